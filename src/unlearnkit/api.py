@@ -1,0 +1,188 @@
+"""The Python API: ``unlearn``, ``evaluate`` and ``run_config``.
+
+``unlearn`` accepts a user's own ``torch.nn.Module`` and data (ExampleSets, ``(x, y)`` tensor tuples or
+map-style datasets of ``(x, y)`` pairs); the input model is never modified: methods work on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from unlearnkit.config import build_dataclass
+from unlearnkit.data.examples import as_example_set
+from unlearnkit.data.splits import Split, validate_labels
+from unlearnkit.engine.loop import Engine, EngineConfig
+from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.io import weights_sha256
+
+
+@dataclass
+class UnlearnResult:
+    model: nn.Module
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    run_dir: Path | None = None
+    receipt: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _split(forget, retain, test) -> Split:
+    """Forget/retain/test from user data. Data given without ids is numbered forget first (0..N_f-1),
+    then retain (N_f..), so the two never collide; ExampleSets keep their own ids."""
+    from unlearnkit.data.examples import ExampleSet
+
+    f = as_example_set(forget, "forget")
+    r = as_example_set(retain, "retain")
+    if not isinstance(retain, ExampleSet) and not (isinstance(retain, dict) and "id" in retain):
+        r = ExampleSet(r.columns, r.ids + (int(f.ids.max()) + 1 if len(f) else 0), r.transform, r.meta)
+    t = as_example_set(test, "test") if test is not None else None
+    if t is None:
+        raise ConfigError("a test set is needed (TA and the MIA use held-out data): pass test=...")
+    return Split(f, r, t)
+
+
+def _num_classes(split: Split, num_classes: int | None, model: nn.Module) -> int:
+    if num_classes is not None:
+        return num_classes
+    from unlearnkit.families.vision import VisionFamily
+
+    fam = VisionFamily()
+    fam.validate(model, split.forget)
+    return int(fam.num_classes)
+
+
+def unlearn(
+    model: nn.Module,
+    method: str = "salun",
+    forget: Any = None,
+    retain: Any = None,
+    test: Any = None,
+    family: str = "vision",
+    num_classes: int | None = None,
+    options: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+    seed: int = 0,
+    evaluate: bool = True,
+    out: str | Path | None = None,
+    **method_options: Any,
+) -> UnlearnResult:
+    """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
+
+    Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``).
+    """
+    from unlearnkit.families.vision import VisionFamily
+    from unlearnkit.methods.base import Task
+    from unlearnkit.pipeline import build_method
+
+    if family != "vision":
+        raise UnlearnkitError(f"the API does not support family {family!r} yet; use 'vision'")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    m = build_method({"name": method} | (options or {}) | method_options, family)
+    split = _split(forget, retain, test)
+    work = copy.deepcopy(model)
+    k = _num_classes(split, num_classes, work)
+    fam = VisionFamily(num_classes=k)
+    for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
+        validate_labels(s, k, name)
+    fam.validate(work, split.forget)
+    ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
+    before = weights_sha256(work)
+    task = Task(fam, work, split, Engine(ecfg, out), seed)
+    t0 = time.perf_counter()
+    fit = m.run(task)
+    seconds = time.perf_counter() - t0
+    metrics = (
+        evaluate_fn(task.model, split.forget, split.retain, split.test, num_classes=k) if evaluate else {}
+    )
+    metrics = metrics | {"RTE": seconds} if evaluate else metrics
+    res = UnlearnResult(task.model, metrics, seconds, Path(out) if out else None, history=fit.history)
+    if out is not None:
+        from unlearnkit.runs.record import write_run
+
+        cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
+        res.receipt = write_run(
+            out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before
+        )
+    return res
+
+
+def evaluate_fn(
+    model: nn.Module,
+    forget: Any,
+    retain: Any,
+    test: Any,
+    family: str = "vision",
+    num_classes: int | None = None,
+    mia_features: tuple[str, ...] = ("confidence",),
+    oracle: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics, also ``gap``."""
+    from unlearnkit.families.vision import VisionFamily
+    from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
+
+    if family != "vision":
+        raise UnlearnkitError(f"evaluate() does not support family {family!r} yet; use 'vision'")
+    split = _split(forget, retain, test)
+    k = _num_classes(split, num_classes, model)
+    out = evaluate_classifier(model, split, VisionFamily(num_classes=k), mia_features)
+    if oracle is not None:
+        out["gap"] = avg_gap(out, oracle)
+    return out
+
+
+evaluate = evaluate_fn
+
+
+def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, Any]:
+    """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does)."""
+    from unlearnkit.metrics.vision import avg_gap
+    from unlearnkit.pipeline import (
+        build_method,
+        evaluate_model,
+        make_setup,
+        original_model,
+        resolve,
+        run_method,
+    )
+
+    cfg = resolve(cfg)
+    method = build_method(cfg["method"], cfg["family"])  # validate before any work
+    out = out or cfg.get("out")
+    protect = [cfg["model"]["path"]] if cfg["model"].get("path") else []
+    if out and protect and Path(out).resolve() == Path(protect[0]).resolve().parent:
+        raise UnlearnkitError(
+            f"--out {str(out)!r} is the folder of the input model; choose another folder so the input is kept"
+        )
+    setup = make_setup(cfg)
+    original, meta = original_model(setup)
+    before = weights_sha256(original)
+    model, seconds, fit = run_method(setup, original, method, Path(out) if out else None)
+    metrics = evaluate_model(setup, model) | {"RTE": seconds}
+    result: dict[str, Any] = {"metrics": metrics, "original": meta}
+    if cfg["eval"].get("oracle"):
+        oracle_m, oracle_s, _ = run_method(setup, original, build_method({"name": "retrain"}))
+        om = evaluate_model(setup, oracle_m) | {"RTE": oracle_s}
+        metrics["gap"] = avg_gap(metrics, om)
+        result["oracle"] = om
+    if out:
+        from unlearnkit.runs.record import write_run
+
+        result["receipt"] = write_run(
+            out,
+            cfg,
+            model,
+            metrics,
+            setup.split.forget_ids_sha256(),
+            len(setup.split.forget),
+            before,
+            extra={"oracle": result.get("oracle"), "steps": fit.steps},
+            protect=protect,
+        )
+    return result

@@ -1,0 +1,1 @@
+"""Benchmark suites: the oracle and every method on one protocol, over seeds."""

@@ -1,0 +1,149 @@
+"""Run a suite (``unlearnkit bench vision-digits``): for each seed, train (or load) the original model,
+retrain the oracle, run every method from the same original, and report each metric with its gap.
+
+``DIR/results.json`` = ``{"suite", "config", "rows": [{"method", "seed", "metrics"}]}`` and
+``DIR/results.md`` holds mean ± std per method.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.config import apply_overrides, load_preset
+from unlearnkit.errors import ConfigError
+from unlearnkit.io import write_json, write_text
+
+SUITE_KEYS = ("UA", "RA", "TA", "MIA", "RTE", "gap")
+
+
+def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    cfg = load_preset(name if "/" in name or name.endswith(".yaml") else f"suites/{name}")
+    cfg = apply_overrides(cfg, overrides or [])
+    if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
+        raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
+    return cfg
+
+
+def run_suite(
+    name: str,
+    seeds: int,
+    out: str | Path,
+    methods: list[str] | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from unlearnkit.metrics.vision import avg_gap
+    from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    cfg = load_suite(name, overrides)
+    method_specs: dict[str, dict] = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
+    if methods:
+        unknown = [m for m in methods if m not in method_specs]
+        if unknown:
+            raise ConfigError(
+                f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(method_specs)}"
+            )
+        method_specs = {k: v for k, v in method_specs.items() if k in methods or k == "retrain"}
+    # Validate every method config before any training.
+    for mname, spec in method_specs.items():
+        build_method(
+            {"name": spec.get("name", mname)} | {k: v for k, v in spec.items() if k != "name"},
+            cfg.get("family", "vision"),
+        )
+    suite_name = cfg.pop("suite", name)
+    cfg.setdefault("engine", {})["progress"] = False
+    rows: list[dict[str, Any]] = []
+    out = Path(out)
+    total = seeds * (len(method_specs) + 1)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        job = bar.add_task(suite_name, total=total)
+        for seed in range(seeds):
+            setup = make_setup(cfg | {"seed": seed})
+            bar.update(job, description=f"{suite_name} seed {seed}: original")
+            original, _ = original_model(setup)
+            bar.advance(job)
+            oracle = None
+            for mname, spec in method_specs.items():
+                bar.update(job, description=f"{suite_name} seed {seed}: {mname}")
+                method = build_method(
+                    {"name": spec.get("name", mname)} | {k: v for k, v in spec.items() if k != "name"},
+                    cfg["family"],
+                )
+                model, seconds, _ = run_method(setup, original, method)
+                metrics = evaluate_model(setup, model) | {"RTE": seconds}
+                if mname == "retrain":
+                    oracle = metrics
+                rows.append({"method": mname, "seed": seed, "metrics": metrics})
+                bar.advance(job)
+            if oracle is not None:
+                for r in rows:
+                    if r["seed"] == seed:
+                        r["metrics"]["gap"] = avg_gap(r["metrics"], oracle)
+    result = {"suite": suite_name, "seeds": seeds, "config": cfg, "methods": method_specs, "rows": rows}
+    write_json(out / "results.json", result)
+    write_text(out / "results.md", markdown_table(result))
+    return result
+
+
+def summarize(rows: list[dict[str, Any]], keys=SUITE_KEYS) -> dict[str, dict[str, tuple[float, float]]]:
+    by: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        d = by.setdefault(r["method"], {})
+        for k in keys:
+            if k in r["metrics"]:
+                d.setdefault(k, []).append(float(r["metrics"][k]))
+    return {
+        m: {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in d.items()}
+        for m, d in by.items()
+    }
+
+
+def markdown_table(result: dict[str, Any], keys=SUITE_KEYS) -> str:
+    summary = summarize(result["rows"], keys)
+    head = f"# {result['suite']} ({result['seeds']} seed{'s' if result['seeds'] != 1 else ''})\n\n"
+    head += (
+        "UA, RA, TA, MIA in %, RTE in seconds, gap = Avg. Gap to retrain over UA/RA/TA/MIA "
+        "(lower is better).\n\n"
+    )
+    lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for m, d in summary.items():
+        cells = [f"{d[k][0]:.2f} ± {d[k][1]:.2f}" if k in d else "" for k in keys]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def print_table(result: dict[str, Any], keys=SUITE_KEYS) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = summarize(result["rows"], keys)
+    t = Table(title=f"{result['suite']} — mean ± std over {result['seeds']} seed(s)")
+    t.add_column("method")
+    for k in keys:
+        t.add_column(k, justify="right")
+    best = min((d["gap"][0] for m, d in summary.items() if m != "retrain" and "gap" in d), default=None)
+    for m, d in summary.items():
+        cells = []
+        for k in keys:
+            if k not in d:
+                cells.append("")
+                continue
+            txt = f"{d[k][0]:.2f} ± {d[k][1]:.2f}"
+            if k == "gap" and m != "retrain" and best is not None and d[k][0] == best:
+                txt = f"[bold green]{txt}[/]"
+            cells.append(txt)
+        t.add_row(m, *cells)
+    Console().print(t)

@@ -1,0 +1,176 @@
+"""The ``unlearnkit`` command line.
+
+    unlearnkit list methods [--json]            registered methods and their families
+    unlearnkit list presets|datasets|models
+    unlearnkit unlearn --preset vision/salun [--out DIR] [key=value ...]
+    unlearnkit train   --preset vision/salun --out FILE.safetensors [key=value ...]
+    unlearnkit evaluate --preset vision/salun model.path=FILE [key=value ...]
+    unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [key=value ...]
+
+User errors (bad config, bad data, unknown names, missing files) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unlearnkit", description="Machine unlearning, with the exact reference."
+    )
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="list methods, presets, datasets or models")
+    ls.add_argument("what", choices=["methods", "presets", "datasets", "models", "families"])
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, help_ in (
+        ("unlearn", "run one unlearning job"),
+        ("train", "train an original model"),
+        ("evaluate", "evaluate a model on a split"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument(
+            "--preset", default="vision/salun", help="preset name or YAML file (default vision/salun)"
+        )
+        sp.add_argument("--config", help="a YAML config file (same as --preset FILE)")
+        sp.add_argument("--out", help="output folder (unlearn) or .safetensors file (train)")
+        sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
+
+    b = sub.add_parser("bench", help="run a benchmark suite over seeds")
+    b.add_argument("suite", help="suite name (vision-digits, vision-digits-class) or YAML file")
+    b.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    b.add_argument("--out", required=True, help="output folder for results.json and results.md")
+    b.add_argument("--methods", help="comma-separated subset of the suite's methods (retrain always runs)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the suite config")
+    return p
+
+
+def _version() -> str:
+    from unlearnkit import __version__
+
+    return f"unlearnkit {__version__}"
+
+
+def _load_cfg(args) -> dict:
+    from unlearnkit.config import apply_overrides, load_preset
+
+    cfg = load_preset(args.config or args.preset)
+    return apply_overrides(cfg, args.overrides)
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table()
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+def _cmd_list(args) -> int:
+    from unlearnkit import registry
+    from unlearnkit.config import preset_names
+
+    if args.what == "methods":
+        rows = registry.list_methods()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['name']:<18} {','.join(r['families']):<24} {r['summary']}")
+        return 0
+    names = preset_names() if args.what == "presets" else registry.list_names(args.what.rstrip("s"))
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def _cmd_unlearn(args) -> int:
+    from unlearnkit.api import run_config
+
+    cfg = _load_cfg(args)
+    res = run_config(cfg, out=args.out)
+    _print_metrics(res["metrics"], args.json)
+    if args.out and not args.json:
+        print(f"run written to {args.out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.io import save_weights
+    from unlearnkit.pipeline import evaluate_model, make_setup, original_model
+
+    if not args.out or not args.out.endswith(".safetensors"):
+        raise UnlearnkitError("train needs --out FILE.safetensors")
+    cfg = _load_cfg(args)
+    cfg.setdefault("model", {})["path"] = None
+    setup = make_setup(cfg)
+    model, meta = original_model(setup)
+    save_weights(model, args.out)
+    _print_metrics(evaluate_model(setup, model), args.json)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.pipeline import evaluate_model, make_setup, original_model
+
+    cfg = _load_cfg(args)
+    if not cfg.get("model", {}).get("path"):
+        raise UnlearnkitError("evaluate needs model.path=FILE.safetensors")
+    setup = make_setup(cfg)
+    model, _ = original_model(setup)
+    _print_metrics(evaluate_model(setup, model), args.json)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from unlearnkit.bench.suite import print_table, run_suite
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    res = run_suite(args.suite, args.seeds, Path(args.out), methods, args.overrides, progress=not args.quiet)
+    print_table(res)
+    print(f"results written to {Path(args.out) / 'results.json'} and results.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from unlearnkit.errors import UnlearnkitError
+
+    args = _parser().parse_args(argv)
+    handler = {
+        "list": _cmd_list,
+        "unlearn": _cmd_unlearn,
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "bench": _cmd_bench,
+    }[args.command]
+    try:
+        return handler(args)
+    except UnlearnkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

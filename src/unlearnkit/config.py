@@ -1,0 +1,161 @@
+"""Configs: YAML presets, ``key=value`` overrides, and dataclass validation with helpful errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unlearnkit.errors import ConfigError, did_you_mean
+
+PRESET_PACKAGE = "unlearnkit.presets"
+
+
+def preset_names() -> list[str]:
+    root = resources.files(PRESET_PACKAGE)
+    out = []
+    for p in _walk(root):
+        rel = str(p).split("presets/", 1)[-1]
+        if rel.endswith(".yaml"):
+            out.append(rel[: -len(".yaml")])
+    return sorted(out)
+
+
+def _walk(node):
+    for child in node.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset by name (``vision/salun``) or a YAML file path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file {name_or_path!r} not found")
+        text = p.read_text()
+    else:
+        node = resources.files(PRESET_PACKAGE).joinpath(f"{name_or_path}.yaml")
+        if not node.is_file():
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}: {did_you_mean(name_or_path, preset_names())}"
+            )
+        text = node.read_text()
+    try:
+        cfg = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name_or_path!r} is not valid YAML: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{name_or_path!r} must hold a YAML mapping at the top level")
+    base = cfg.pop("inherit", None)
+    if base:
+        cfg = merge(load_preset(base), cfg)
+    return cfg
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings; values are parsed as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. method.lr=0.01)")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"cannot set {key!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def build_dataclass(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    """Instantiate a config dataclass, rejecting unknown keys and wrong types with a clear message."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown option {where}.{unknown[0]}: {did_you_mean(unknown[0], list(fields))}")
+    hints = typing.get_type_hints(cls)
+    clean = {}
+    for k, v in values.items():
+        clean[k] = _coerce(v, hints.get(k, Any), f"{where}.{k}")
+    try:
+        obj = cls(**clean)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from exc
+    check = getattr(obj, "check", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def _coerce(v: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any or hint is None:
+        return v
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(v, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {v!r}")
+    if hint is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {v!r}")
+        return float(v)
+    if hint is int:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise ConfigError(f"{where} must be an integer, got {v!r}")
+        return int(v)
+    if hint is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} must be true or false, got {v!r}")
+        return v
+    if hint is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where} must be a string, got {v!r}")
+        return v
+    if origin is list:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {v!r}")
+        (inner,) = typing.get_args(hint) or (Any,)
+        return [_coerce(x, inner, where) for x in v]
+    return v
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,184 @@
+"""Forget / retain / test splits with stable example ids, and their validation.
+
+Builders follow the SalUn/Unlearn-Sparse protocol (classification.md §1.1): *random* forgetting draws a
+fraction (or count) of the training ids; *class-wise* forgetting takes every training example of the
+chosen classes and removes those classes from the test set used for TA (their test examples are kept
+aside as ``test_forgotten``). ``from_ids`` accepts a JSON file of ids, e.g. a worst-case selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unlearnkit.data.examples import ExampleSet
+from unlearnkit.errors import DataError
+
+
+@dataclass
+class Split:
+    """The sets an unlearning run needs; ``forget`` and ``retain`` partition the training set."""
+
+    forget: ExampleSet
+    retain: ExampleSet
+    test: ExampleSet
+    kind: str = "custom"
+    info: dict[str, Any] = field(default_factory=dict)
+    test_forgotten: ExampleSet | None = None
+
+    def __post_init__(self) -> None:
+        validate_split(self.forget, self.retain, self.test)
+
+    @property
+    def forget_ids(self) -> list[int]:
+        return sorted(int(i) for i in self.forget.ids.tolist())
+
+    def forget_ids_sha256(self) -> str:
+        return ids_sha256(self.forget_ids)
+
+    @property
+    def train(self) -> ExampleSet:
+        """Forget ∪ retain, for training the original model."""
+        cols = {k: torch.cat([self.retain.columns[k], self.forget.columns[k]]) for k in self.retain.columns}
+        ids = torch.cat([self.retain.ids, self.forget.ids])
+        return ExampleSet(cols, ids, self.retain.transform, self.retain.meta)
+
+
+def ids_sha256(ids: list[int]) -> str:
+    """sha256 of the sorted ids written as a JSON list: the forget-set fingerprint used in receipts."""
+    return hashlib.sha256(json.dumps(sorted(int(i) for i in ids)).encode()).hexdigest()
+
+
+def validate_split(forget: ExampleSet, retain: ExampleSet, test: ExampleSet | None = None) -> None:
+    if len(forget) == 0:
+        raise DataError(
+            "the forget set is empty: choose a forget fraction > 0, a class that has training examples, "
+            "or a non-empty ids file"
+        )
+    if len(retain) == 0:
+        raise DataError("the retain set is empty: forgetting every training example leaves nothing to keep")
+    overlap = set(forget.ids.tolist()) & set(retain.ids.tolist())
+    if overlap:
+        shown = ", ".join(map(str, sorted(overlap)[:5]))
+        raise DataError(
+            f"{len(overlap)} example id(s) are in both the forget and the retain set ({shown}...): "
+            "an example is either forgotten or retained; remove them from the retain set"
+        )
+    if test is not None and len(test) == 0:
+        raise DataError("the test set is empty: TA and the MIA need held-out examples")
+    for name, s in (("forget", forget), ("retain", retain)) + ((("test", test),) if test is not None else ()):
+        if set(s.columns) != set(forget.columns):
+            raise DataError(
+                f"the {name} set has columns {sorted(s.columns)} but the forget set has "
+                f"{sorted(forget.columns)}: all sets must come from the same dataset format"
+            )
+
+
+def validate_labels(data: ExampleSet, num_classes: int, name: str = "dataset") -> None:
+    if "y" not in data.columns:
+        return
+    y = data.labels
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(
+            f"{name} has labels in [{int(y.min())}, {int(y.max())}] but the model has {num_classes} "
+            f"classes: labels must lie in 0..{num_classes - 1} (set model.num_classes or fix the labels)"
+        )
+
+
+def random_split(train: ExampleSet, test: ExampleSet, fraction: float | int, seed: int) -> Split:
+    """Forget a random ``fraction`` (0 < f < 1) or ``count`` (int >= 1) of the training examples."""
+    n = len(train)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise DataError(f"forget size must be a fraction in (0, 1) or a count, got {fraction!r}")
+    if isinstance(fraction, float) and fraction.is_integer() and fraction >= 1:
+        fraction = int(fraction)
+    if isinstance(fraction, int):
+        k = fraction
+    elif 0 < fraction < 1:
+        k = int(round(fraction * n))
+    else:
+        raise DataError(f"forget fraction must lie strictly between 0 and 1, got {fraction}")
+    if not 1 <= k < n:
+        raise DataError(
+            f"forget size {k} is out of range for a training set of {n} examples (use 1..{n - 1})"
+        )
+    rng = np.random.RandomState(seed)
+    pos = torch.as_tensor(np.sort(rng.choice(n, size=k, replace=False)), dtype=torch.long)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[pos] = True
+    return Split(
+        train.take(pos),
+        train.take((~mask).nonzero().squeeze(1)),
+        test,
+        "random",
+        {"fraction": k / n, "count": k, "seed": seed},
+    )
+
+
+def class_split(train: ExampleSet, test: ExampleSet, classes: int | list[int]) -> Split:
+    """Forget every training example of ``classes``; TA is measured on the other classes."""
+    classes = [classes] if isinstance(classes, int) else [int(c) for c in classes]
+    if not classes:
+        raise DataError("class-wise forgetting needs at least one class")
+    y = train.labels
+    present = set(y.unique().tolist())
+    absent = [c for c in classes if c not in present]
+    if absent:
+        raise DataError(f"class(es) {absent} have no training examples; present classes: {sorted(present)}")
+    fmask = torch.isin(y, torch.as_tensor(classes))
+    tmask = torch.isin(test.labels, torch.as_tensor(classes))
+    return Split(
+        train.take(fmask.nonzero().squeeze(1)),
+        train.take((~fmask).nonzero().squeeze(1)),
+        test.take((~tmask).nonzero().squeeze(1)),
+        "class",
+        {"classes": classes},
+        test_forgotten=test.take(tmask.nonzero().squeeze(1)),
+    )
+
+
+def read_ids_file(path: str | Path) -> list[int]:
+    """Read forget ids from JSON: a list of ints or an object with an ``"ids"`` list."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"forget-ids file {str(p)!r} does not exist: pass the path of a JSON list of ids")
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"forget-ids file {str(p)!r} is not valid JSON ({exc})") from exc
+    ids = obj.get("ids") if isinstance(obj, dict) else obj
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise DataError(
+            f"forget-ids file {str(p)!r} must hold a JSON list of integer ids or {{'ids': [...]}}"
+        )
+    if len(set(ids)) != len(ids):
+        raise DataError(f"forget-ids file {str(p)!r} lists some ids more than once")
+    return ids
+
+
+def ids_split(train: ExampleSet, test: ExampleSet, ids: list[int]) -> Split:
+    """Forget exactly the given stable ids."""
+    if not ids:
+        raise DataError("the list of forget ids is empty")
+    forget = train.subset(ids)
+    return Split(forget, train.exclude(ids), test, "ids", {"count": len(ids)})
+
+
+def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: int) -> Split:
+    """Build a split from the ``split:`` section of a config."""
+    kind = spec.get("kind", "random")
+    if kind == "random":
+        return random_split(train, test, spec.get("forget", 0.1), seed)
+    if kind == "class":
+        return class_split(train, test, spec.get("classes", 0))
+    if kind == "ids":
+        if "ids_file" not in spec:
+            raise DataError("split.kind=ids needs split.ids_file=PATH (a JSON list of example ids)")
+        return ids_split(train, test, read_ids_file(spec["ids_file"]))
+    raise DataError(f"unknown split kind {kind!r}: use random, class or ids")

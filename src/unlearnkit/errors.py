@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every problem a user can fix (bad config, bad data, unknown name, missing file) raises
+:class:`UnlearnkitError` with a message that says what is wrong *and* how to fix it. The CLI prints
+these without a traceback and exits with status 2; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UnlearnkitError(Exception):
+    """A problem with the user's input, reported without a traceback by the CLI."""
+
+
+class ConfigError(UnlearnkitError):
+    """An invalid configuration value or key."""
+
+
+class DataError(UnlearnkitError):
+    """Invalid data or an invalid forget/retain split."""
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """A short hint listing close matches (or all choices) for an unknown name."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=3)
+    if close:
+        return f"did you mean {', '.join(repr(c) for c in close)}? (choices: {', '.join(sorted(choices))})"
+    return f"choose one of: {', '.join(sorted(choices))}"

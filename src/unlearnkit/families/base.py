@@ -1,0 +1,65 @@
+"""The family adapter contract (see DESIGN.md: one loop, one registry, one adapter per family).
+
+Methods written against this contract (GA, GradDiff, NPO, SimNPO, random labels, saliency masks) work
+on every family. A family answers three questions about a batch: the per-example loss, the number of
+loss units per example (answer tokens for an LM, 1 for a classifier), and a relabelled copy of the batch
+(random label, "I don't know" answer, anchor prompt).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.data.base import LoadedData
+from unlearnkit.data.examples import Batch
+
+
+class Family(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Loss of each example in the batch, shape ``[B]`` (not averaged)."""
+
+    def num_units(self, batch: Batch) -> torch.Tensor:
+        """How many loss units each example has (1 for a classifier); shape ``[B]``."""
+        return torch.ones(len(batch["id"]))
+
+    @abstractmethod
+    def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """A copy of ``batch`` with the supervision replaced by a wrong/neutral target."""
+
+    @abstractmethod
+    def load_data(self, spec: dict[str, Any]) -> LoadedData:
+        """Load the dataset named in a config's ``data:`` section."""
+
+    @abstractmethod
+    def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
+        """Build a freshly initialised model from a config's ``model:`` section."""
+
+    @abstractmethod
+    def validate(self, model: nn.Module, data: Any) -> None:
+        """Raise a clear :class:`DataError` if ``model`` cannot consume ``data``."""
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Re-draw every parameter of ``model`` in place from its modules' own initialisers.
+
+    Used to retrain a user's own module from scratch when no builder is known. Modules without
+    ``reset_parameters`` keep their values; BatchNorm running statistics are reset too.
+    """
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for m in model.modules():
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model

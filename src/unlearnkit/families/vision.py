@@ -1,0 +1,124 @@
+"""The image-classifier family: cross-entropy per example, random relabelling, logits for audits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unlearnkit.data.base import LoadedData
+from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.splits import validate_labels
+from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.families.base import Family
+from unlearnkit.registry import get_dataset, get_model, register_family
+
+
+@register_family("vision")
+class VisionFamily(Family):
+    """Image classifiers: batches are ``{"x": [B, C, H, W], "y": [B], "id": [B]}``.
+
+    ``relabel_mode``: ``"other"`` draws a label uniformly among the K-1 wrong classes, as SalUn's
+    random-labelling objective states (y' ≠ y, Eq. 6 of Fan et al., ICLR 2024); ``"any"`` draws from all
+    K classes, as the reference code does (``torch.randint(0, K)``), so y' may equal y.
+    """
+
+    input_range = (0.0, 1.0)
+
+    def __init__(self, num_classes: int | None = None, relabel_mode: str = "other") -> None:
+        if relabel_mode not in ("other", "any"):
+            raise ConfigError(f"relabel_mode must be 'other' or 'any', got {relabel_mode!r}")
+        self.num_classes = num_classes
+        self.relabel_mode = relabel_mode
+
+    # -- core contract ----------------------------------------------------------------------------
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["x"])
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["y"], reduction="none")
+
+    def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
+        k = self._k()
+        y = batch["y"]
+        if self.relabel_mode == "other":
+            shift = torch.randint(1, k, y.shape, generator=generator).to(y.device)
+            new = (y + shift) % k
+        else:
+            new = torch.randint(0, k, y.shape, generator=generator).to(y.device)
+        return batch | {"y": new}
+
+    def _k(self) -> int:
+        if not self.num_classes or self.num_classes < 2:
+            raise ConfigError("the vision family needs num_classes >= 2 to draw random labels")
+        return self.num_classes
+
+    # -- data and models ----------------------------------------------------------------------------
+    def load_data(self, spec: dict[str, Any]) -> LoadedData:
+        spec = dict(spec)
+        name = spec.pop("name", "digits")
+        spec.pop("split", None)
+        try:
+            data = get_dataset(name)(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        self.num_classes = data.num_classes
+        return data
+
+    def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
+        spec = dict(spec)
+        name = spec.pop("name", "resnet-tiny")
+        spec.pop("path", None)
+        spec.pop("seed", None)
+        try:
+            return get_model(name)(data.input_shape, data.num_classes, **spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+
+    def validate(self, model: nn.Module, data: ExampleSet) -> None:
+        if "x" not in data.columns or "y" not in data.columns:
+            raise DataError(f"a classifier dataset needs columns 'x' and 'y', got {sorted(data.columns)}")
+        if self.num_classes is not None:
+            validate_labels(data, self.num_classes)
+        probe = data.__getitems__([0])
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(probe["x"].to(_device_of(model)))
+        except RuntimeError as exc:
+            raise DataError(
+                f"the model cannot take inputs of shape {tuple(probe['x'].shape[1:])}: {exc}. "
+                "Check that the dataset and model.input_shape / in_channels agree"
+            ) from exc
+        finally:
+            model.train(was_training)
+        if out.ndim != 2:
+            raise DataError(f"a classifier must return logits of shape [B, K], got {tuple(out.shape)}")
+        if self.num_classes is None:
+            self.num_classes = int(out.shape[1])
+        elif out.shape[1] < self.num_classes:
+            raise DataError(
+                f"the model returns {out.shape[1]} logits but the data has {self.num_classes} classes"
+            )
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, data: ExampleSet, batch_size: int = 512) -> torch.Tensor:
+        """Logits for every example in ``data`` (eval mode, no gradients), in dataset order."""
+        was_training = model.training
+        model.eval()
+        dev = _device_of(model)
+        outs = []
+        for batch in data.loader(batch_size):
+            outs.append(model(batch["x"].to(dev)).float().cpu())
+        model.train(was_training)
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes or 0)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

@@ -1,0 +1,114 @@
+"""Atomic writes and safetensors weights: outputs are never half-written, inputs never overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.errors import UnlearnkitError
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: nn.Module, path: str | Path, protect: list[str | Path] | None = None) -> None:
+    """Save ``model``'s state dict as safetensors, atomically; refuse to write over a protected file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    for p in protect or []:
+        if p and Path(p).exists() and path.resolve() == Path(p).resolve():
+            raise UnlearnkitError(
+                f"refusing to write the unlearned model over the input model {str(p)!r}: choose another --out"
+            )
+    sd = state_dict_cpu(model)
+    # safetensors refuses tensors that share storage; clone the duplicates so any module saves.
+    seen: dict[int, str] = {}
+    for k, v in sd.items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            sd[k] = v.clone()
+        seen.setdefault(ptr, k)
+    _atomic(path, lambda tmp: save_file(sd, tmp))
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load safetensors weights into ``model`` (no pickle); clear errors for missing or mismatched files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnlearnkitError(f"model weights {str(path)!r} not found: pass the path of a .safetensors file")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnlearnkitError(
+            f"{str(path)!r} is not a readable safetensors file ({exc}); unlearnkit loads weights only from "
+            "safetensors (convert a trusted .pt with torch.load(weights_only=True) + safetensors.save_file)"
+        ) from exc
+    try:
+        model.load_state_dict(sd, strict=strict)
+    except RuntimeError as exc:
+        raise UnlearnkitError(
+            f"the weights in {str(path)!r} do not fit the configured model: {str(exc).splitlines()[0]}. "
+            "Check model.name and its options"
+        ) from exc
+    return model
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes and bytes, in sorted name order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(state_dict_cpu(model).items()):
+        h.update(k.encode())
+        h.update(str(v.dtype).encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,150 @@
+"""The method contract: a config dataclass with the paper's defaults, ``prepare``, and phases of losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.splits import Split
+from unlearnkit.engine.loop import Engine, FitResult, Phase, StepContext
+from unlearnkit.engine.masks import WeightMask
+from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.errors import ConfigError
+from unlearnkit.families.base import Family
+
+
+@dataclass
+class MethodConfig(OptimSpec):
+    """Options every method accepts, on top of the optimizer settings.
+
+    ``mask_ratio`` turns on a SalUn weight-saliency mask for *any* method (share of weights that may
+    move, ranked by the forget-loss gradient at the original weights); ``mask_path`` loads one instead.
+    """
+
+    batch_size: int | None = None
+    forget_batch_size: int | None = None
+    mask_ratio: float | None = None
+    mask_path: str | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"mask_ratio must lie in (0, 1], got {self.mask_ratio}")
+        for name in ("batch_size", "forget_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1, got {v}")
+
+
+@dataclass
+class Task:
+    """Everything a method needs: the family adapter, the model to unlearn (in place), the split."""
+
+    family: Family
+    model: nn.Module
+    split: Split
+    engine: Engine
+    seed: int = 0
+    model_factory: Callable[[], nn.Module] | None = None
+    train_spec: OptimSpec | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class; subclasses set ``Config``, ``families``, ``paper`` and implement ``phases``."""
+
+    name: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ("*",)
+    paper: ClassVar[str] = ""
+    exact: ClassVar[bool] = False
+    Config: ClassVar[type] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.task: Task | None = None
+        self.mask: WeightMask | None = None
+
+    # -- to override ---------------------------------------------------------------------------
+    def streams(self, task: Task) -> dict[str, ExampleSet]:
+        return {"forget": task.split.forget, "retain": task.split.retain}
+
+    def phases(self, epoch: int) -> list[Phase]:
+        raise NotImplementedError
+
+    def prepare(self, task: Task) -> None:
+        """Work done once before the loop (frozen teachers, cached reference losses, head surgery)."""
+
+    def finalize(self, task: Task) -> None:
+        """Work done once after the loop (e.g. pruning an added head)."""
+
+    # -- shared machinery ----------------------------------------------------------------------
+    @property
+    def family(self) -> Family:
+        assert self.task is not None
+        return self.task.family
+
+    @property
+    def model(self) -> nn.Module:
+        assert self.task is not None
+        return self.task.model
+
+    def batch_sizes(self, task: Task) -> dict[str, int]:
+        bs = self.cfg.batch_size or task.engine.cfg.batch_size
+        return {"forget": self.cfg.forget_batch_size or bs, "retain": bs, "train": bs}
+
+    def build_mask(self, task: Task) -> WeightMask | None:
+        if self.cfg.mask_path:
+            return WeightMask.load(self.cfg.mask_path)
+        if self.cfg.mask_ratio is None:
+            return None
+        return saliency_mask(task, self.cfg.mask_ratio, self.batch_sizes(task)["forget"])
+
+    def run(self, task: Task) -> FitResult:
+        """Unlearn ``task.model`` in place."""
+        self.task = task
+        task.model.to(task.engine.device)
+        self.prepare(task)
+        self.mask = self.build_mask(task)
+        result = task.engine.fit(
+            task.model,
+            self.streams(task),
+            self.phases,
+            self.cfg,
+            mask=self.mask,
+            batch_sizes=self.batch_sizes(task),
+            desc=self.name,
+            seed=task.seed,
+        )
+        self.finalize(task)
+        return result
+
+    # loss helpers shared by the methods
+    def mean_loss(self, batch: Batch) -> torch.Tensor:
+        return self.family.per_example_loss(self.model, batch).mean()
+
+    def ctx_generator(self, ctx: StepContext) -> torch.Generator:
+        return ctx.generator
+
+
+def saliency_mask(task: Task, ratio: float, batch_size: int) -> WeightMask:
+    """SalUn's saliency map on the forget set: gradient of the GA loss −ℓ(θ_o; D_f), summed over batches,
+    computed in eval mode at the original weights, global top-``ratio`` (see ``engine.masks``)."""
+    model, family = task.model, task.family
+    dev = task.engine.device
+    was_training = model.training
+    model.eval()
+
+    def losses():
+        for batch in task.split.forget.loader(batch_size):
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            yield -family.per_example_loss(model, batch).mean()
+
+    try:
+        return WeightMask.from_gradients(model, losses, ratio)
+    finally:
+        model.train(was_training)

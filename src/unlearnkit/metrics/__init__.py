@@ -1,0 +1,1 @@
+"""Metrics: accuracies, membership-inference audits, and gaps to the retrained oracle."""

@@ -1,0 +1,1 @@
+"""Model builders: a small CNN and a CIFAR-style ResNet (no torchvision needed)."""

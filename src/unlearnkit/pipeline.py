@@ -1,0 +1,215 @@
+"""Config-driven pipeline shared by the CLI, the API and the suites.
+
+``Setup`` = family adapter + data + split + the original model recipe. ``original_model`` trains (or
+loads from the cache / a safetensors file) the model to unlearn; ``run_method`` unlearns a copy of it
+and measures wall time; ``evaluate_model`` computes the family's metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from unlearnkit.config import build_dataclass, merge
+from unlearnkit.data.base import LoadedData
+from unlearnkit.data.splits import Split, make_split, validate_labels
+from unlearnkit.engine.loop import Engine, EngineConfig, FitResult, Phase
+from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.families.base import Family
+from unlearnkit.io import load_weights, save_weights, write_json
+from unlearnkit.methods.base import Method, Task
+from unlearnkit.registry import get_family, get_method, supports
+
+DEFAULTS: dict[str, Any] = {
+    "family": "vision",
+    "seed": 0,
+    "data": {"name": "digits"},
+    "split": {"kind": "random", "forget": 0.1},
+    "model": {"name": "resnet-tiny", "path": None},
+    "train": {
+        "epochs": 30,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "scheduler": "cosine",
+    },
+    "method": {"name": "salun"},
+    "engine": {},
+    "eval": {"mia_features": ["confidence"], "oracle": False},
+    "out": None,
+}
+TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit"))
+
+
+@dataclass
+class Setup:
+    cfg: dict[str, Any]
+    family: Family
+    data: LoadedData
+    split: Split
+    engine_cfg: EngineConfig
+    train_spec: OptimSpec
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def engine(self, run_dir: str | Path | None = None) -> Engine:
+        return Engine(copy.deepcopy(self.engine_cfg), run_dir)
+
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        import torch
+
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed if seed is None else seed)
+        try:
+            return self.family.build_model(self.cfg["model"], self.data)
+        finally:
+            torch.random.set_rng_state(state)
+
+
+def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(cfg) - TOP_KEYS
+    if unknown:
+        from unlearnkit.errors import did_you_mean
+
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown config section {k!r}: {did_you_mean(k, sorted(TOP_KEYS))}")
+    out = merge(DEFAULTS, cfg)
+    for sec in ("data", "split", "model", "train", "method", "engine", "eval"):
+        if not isinstance(out[sec], dict):
+            raise ConfigError(f"config section {sec!r} must be a mapping, got {out[sec]!r}")
+    return out
+
+
+def make_setup(cfg: dict[str, Any]) -> Setup:
+    cfg = resolve(cfg)
+    seed = cfg["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    family = get_family(cfg["family"])()
+    engine_cfg = build_dataclass(EngineConfig, cfg["engine"] | {"seed": seed}, "engine")
+    train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
+    data = family.load_data(cfg["data"])
+    split = make_split(data.train, data.test, cfg["split"], seed)
+    for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
+        validate_labels(s, data.num_classes, name)
+    return Setup(cfg, family, data, split, engine_cfg, train_spec, seed)
+
+
+def build_method(spec: dict[str, Any], family: str = "vision") -> Method:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not name:
+        raise ConfigError("method.name is missing: set method.name=<method> (see `unlearnkit list methods`)")
+    cls = get_method(name)
+    if not supports(cls, family):
+        raise ConfigError(
+            f"method {name!r} does not support the {family!r} family (it supports {cls.families})"
+        )
+    return cls(build_dataclass(cls.Config, spec, f"method({name})"))
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_original(setup: Setup, model: nn.Module, run_dir: Path | None = None) -> FitResult:
+    """Train ``model`` on forget ∪ retain with the ``train:`` recipe (the model to be unlearned)."""
+    engine = setup.engine(run_dir)
+    fam = setup.family
+
+    def loss(b, ctx):
+        return fam.per_example_loss(model, b["train"]).mean(), {}
+
+    bs = {"train": engine.cfg.batch_size}
+    return engine.fit(
+        model,
+        {"train": setup.split.train},
+        lambda e: [Phase("train", ("train",), loss)],
+        setup.train_spec,
+        batch_sizes=bs,
+        desc="original",
+        seed=setup.seed,
+    )
+
+
+def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to unlearn: loaded from ``model.path``, from the cache, or trained and cached.
+
+    The original is trained on the full training set, so it does not depend on the forget split;
+    the cache key covers data, model and recipe and the seed.
+    """
+    mcfg = setup.cfg["model"]
+    model = setup.new_model()
+    if mcfg.get("path"):
+        load_weights(model, mcfg["path"])
+        setup.family.validate(model, setup.split.forget)
+        return model, {"source": str(mcfg["path"])}
+    key = _hash(
+        {
+            "family": setup.cfg["family"],
+            "data": setup.cfg["data"],
+            "model": mcfg,
+            "train": setup.cfg["train"],
+            "seed": setup.seed,
+        }
+    )
+    folder = cache_root() / "originals" / key
+    weights = folder / "model.safetensors"
+    if use_cache and weights.is_file():
+        load_weights(model, weights)
+        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+        return model, meta | {"source": "cache", "cache": str(folder)}
+    setup.family.validate(model, setup.split.forget)
+    res = train_original(setup, model)
+    meta = {
+        "train_seconds": res.seconds,
+        "steps": res.steps,
+        "config": {k: setup.cfg[k] for k in ("family", "data", "model", "train", "seed")},
+    }
+    if use_cache:
+        save_weights(model, weights)
+        write_json(folder / "meta.json", meta)
+    return model, meta | {"source": "trained"}
+
+
+def run_method(
+    setup: Setup, original: nn.Module, method: Method, run_dir: Path | None = None
+) -> tuple[nn.Module, float, FitResult]:
+    """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit)."""
+    model = copy.deepcopy(original)
+    task = Task(
+        setup.family,
+        model,
+        setup.split,
+        setup.engine(run_dir),
+        setup.seed,
+        model_factory=lambda: setup.new_model(setup.seed + 10_007),
+        train_spec=setup.train_spec,
+    )
+    t0 = time.perf_counter()
+    fit = method.run(task)
+    seconds = time.perf_counter() - t0
+    return task.model, seconds, fit
+
+
+def evaluate_model(setup: Setup, model: nn.Module) -> dict[str, float]:
+    if setup.cfg["family"] != "vision":
+        raise UnlearnkitError(f"no evaluator for family {setup.cfg['family']!r} yet")
+    from unlearnkit.metrics.vision import evaluate_classifier
+
+    feats = setup.cfg["eval"].get("mia_features") or ["confidence"]
+    return evaluate_classifier(model, setup.split, setup.family, feats, setup.engine_cfg.eval_batch_size)

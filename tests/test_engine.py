@@ -1,0 +1,340 @@
+"""The training loop: determinism, stream cycling, the NaN guard, clipping, schedules, SignSGD, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import unlearnkit.engine.loop as loop
+from unlearnkit.data.examples import ExampleSet
+from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig, Phase
+from unlearnkit.engine.optim import OptimSpec, SignSGD, build_optimizer, build_scheduler
+from unlearnkit.errors import ConfigError, UnlearnkitError
+
+torch.set_num_threads(1)
+
+
+def data(n: int, seed: int = 0, start: int = 0) -> ExampleSet:
+    g = torch.Generator().manual_seed(seed)
+    return ExampleSet(
+        {"x": torch.randn(n, 2, generator=g), "y": torch.randint(0, 3, (n,), generator=g)},
+        ids=list(range(start, start + n)),
+    )
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def ce_phases(model, stream="train"):
+    def loss(b, ctx):
+        return F.cross_entropy(model(b[stream]["x"]), b[stream]["y"]), {}
+
+    return lambda e: [Phase(stream, (stream,), loss)]
+
+
+def engine(**kw) -> Engine:
+    return Engine(EngineConfig(progress=False, **kw))
+
+
+def capture_optimizer(monkeypatch) -> list[torch.optim.Optimizer]:
+    made: list[torch.optim.Optimizer] = []
+    real = loop.build_optimizer
+
+    def capture(params, spec):
+        opt = real(params, spec)
+        made.append(opt)
+        return opt
+
+    monkeypatch.setattr(loop, "build_optimizer", capture)
+    return made
+
+
+# -- determinism -------------------------------------------------------------------------------------
+def _train(seed: int) -> dict[str, torch.Tensor]:
+    model = mlp(0)
+    engine(batch_size=4).fit(
+        model, {"train": data(18)}, ce_phases(model), OptimSpec(epochs=3, lr=0.1), seed=seed
+    )
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_gives_bitwise_identical_weights():
+    a, b = _train(5), _train(5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_different_seeds_give_different_weights():
+    a, b = _train(5), _train(6)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_engine_seed_is_the_default_fit_seed():
+    model = mlp(0)
+    engine(batch_size=4, seed=5).fit(
+        model, {"train": data(18)}, ce_phases(model), OptimSpec(epochs=3, lr=0.1)
+    )
+    ref = _train(5)
+    assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref)
+
+
+# -- streams -----------------------------------------------------------------------------------------
+def _record_streams(driver: str, epochs: int = 3):
+    forget, retain = data(5, 1, start=0), data(12, 2, start=100)
+    seen: list[tuple[int, list[int], list[int]]] = []
+    model = nn.Linear(2, 3)
+
+    def loss(b, ctx):
+        seen.append((ctx.epoch, b["forget"]["id"].tolist(), b["retain"]["id"].tolist()))
+        assert ctx.phase == "joint"
+        return F.cross_entropy(model(b["forget"]["x"]), b["forget"]["y"]), {}
+
+    res = engine(batch_size=2).fit(
+        model,
+        {"forget": forget, "retain": retain},
+        lambda e: [Phase("joint", ("forget", "retain"), loss, driver=driver)],
+        OptimSpec(epochs=epochs, lr=0.01),
+    )
+    return res, seen
+
+
+def test_driver_stream_sets_the_epoch_length_and_the_other_stream_cycles():
+    res, seen = _record_streams("forget")
+    # 5 forget examples in batches of 2 -> 3 steps per epoch
+    assert res.steps == 9
+    assert [sum(1 for e, *_ in seen if e == ep) for ep in range(3)] == [3, 3, 3]
+    # each epoch sees the whole forget set once
+    for ep in range(3):
+        ids = sorted(i for e, f, _ in seen if e == ep for i in f)
+        assert ids == list(range(5))
+    # retain (6 batches) keeps cycling across epochs: steps 0..5 are one full pass, steps 6..8 start the next
+    first_pass = [i for _, _, r in seen[:6] for i in r]
+    assert sorted(first_pass) == list(range(100, 112))
+    assert all(len(r) == 2 for _, _, r in seen)
+    second = [i for _, _, r in seen[6:] for i in r]
+    assert len(set(second)) == 6
+
+
+def test_driver_retain_runs_over_the_retain_set():
+    res, seen = _record_streams("retain", epochs=2)
+    assert res.steps == 12
+    for ep in range(2):
+        assert sorted(i for e, _, r in seen if e == ep for i in r) == list(range(100, 112))
+
+
+def test_missing_stream_and_empty_set_are_reported():
+    model = nn.Linear(2, 3)
+    with pytest.raises(ConfigError, match="retain"):
+        engine().fit(model, {"train": data(4)}, ce_phases(model, "retain"), OptimSpec(epochs=1))
+    empty = data(4).take(torch.tensor([], dtype=torch.long))
+    with pytest.raises(UnlearnkitError, match="empty"):
+        engine().fit(model, {"train": empty}, ce_phases(model), OptimSpec(epochs=1))
+
+
+# -- NaN guard ----------------------------------------------------------------------------------------
+def test_nan_loss_raises_divergence_error_mentioning_the_learning_rate():
+    model = nn.Linear(2, 3)
+    calls = []
+
+    def loss(b, ctx):
+        calls.append(ctx.step)
+        out = model(b["train"]["x"]).sum()
+        return (out * float("nan") if ctx.step == 2 else out), {}
+
+    with pytest.raises(DivergenceError) as info:
+        engine(batch_size=2).fit(
+            model,
+            {"train": data(8)},
+            lambda e: [Phase("p", ("train",), loss)],
+            OptimSpec(epochs=1, lr=0.123),
+            desc="ga",
+        )
+    assert isinstance(info.value, UnlearnkitError)
+    msg = str(info.value)
+    assert "learning rate" in msg and "0.123" in msg and "nan" in msg
+    assert calls == [0, 1, 2]
+
+
+def test_infinite_loss_raises_and_guard_can_be_disabled():
+    model = nn.Linear(2, 3)
+
+    def loss(b, ctx):
+        return model(b["train"]["x"]).sum() * float("inf"), {}
+
+    phases = lambda e: [Phase("p", ("train",), loss)]  # noqa: E731
+    with pytest.raises(DivergenceError):
+        engine().fit(model, {"train": data(4)}, phases, OptimSpec(epochs=1))
+    res = engine(nan_guard=False).fit(nn.Linear(2, 3), {"train": data(4)}, phases, OptimSpec(epochs=1))
+    assert res.steps == 1
+
+
+# -- clipping -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_norm", [None, 0.5, 1e6])
+def test_max_grad_norm_clips_the_update(max_norm):
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    ds = data(6)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = ds.columns["x"], ds.columns["y"]
+    grads = torch.autograd.grad(10 * F.cross_entropy(model(x), y), list(model.parameters()))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    assert norm > 0.5
+
+    def loss(b, ctx):
+        return 10 * F.cross_entropy(model(b["train"]["x"]), b["train"]["y"]), {}
+
+    lr = 0.1
+    spec = OptimSpec(epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, max_grad_norm=max_norm)
+    engine(batch_size=6).fit(model, {"train": ds}, lambda e: [Phase("p", ("train",), loss)], spec)
+    coef = 1.0 if not max_norm else min(1.0, max_norm / (float(norm) + 1e-6))
+    updates = [(b - p.detach()) / lr for b, p in zip(before, model.parameters(), strict=True)]
+    for u, g in zip(updates, grads, strict=True):
+        torch.testing.assert_close(u, coef * g, rtol=1e-4, atol=1e-6)
+    update_norm = float(torch.sqrt(sum((u**2).sum() for u in updates)))
+    if max_norm == 0.5:
+        assert update_norm == pytest.approx(0.5, rel=1e-4)
+    else:
+        assert update_norm == pytest.approx(float(norm), rel=1e-4)
+
+
+# -- schedules ----------------------------------------------------------------------------------------
+def _lrs_per_epoch(monkeypatch, spec: OptimSpec) -> list[float]:
+    made = capture_optimizer(monkeypatch)
+    model = nn.Linear(2, 3)
+    seen: dict[int, list[float]] = {}
+
+    def loss(b, ctx):
+        seen.setdefault(ctx.epoch, []).append(made[0].param_groups[0]["lr"])
+        return F.cross_entropy(model(b["train"]["x"]), b["train"]["y"]), {}
+
+    engine(batch_size=2).fit(model, {"train": data(4)}, lambda e: [Phase("p", ("train",), loss)], spec)
+    assert all(len(set(v)) == 1 and len(v) == 2 for v in seen.values())  # constant within an epoch
+    return [seen[e][0] for e in range(spec.epochs)]
+
+
+def test_cosine_schedule_per_epoch(monkeypatch):
+    epochs, lr = 5, 0.2
+    got = _lrs_per_epoch(monkeypatch, OptimSpec(epochs=epochs, lr=lr, scheduler="cosine"))
+    want = [lr * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[0] == pytest.approx(lr)
+
+
+def test_step_schedule_per_epoch(monkeypatch):
+    got = _lrs_per_epoch(monkeypatch, OptimSpec(epochs=8, lr=1.0, scheduler="step", milestones=[0.5, 0.75]))
+    assert got == pytest.approx([1.0] * 4 + [0.1] * 2 + [0.01] * 2, rel=1e-12)
+
+
+def test_constant_schedule_per_epoch(monkeypatch):
+    assert _lrs_per_epoch(monkeypatch, OptimSpec(epochs=3, lr=0.05)) == [0.05] * 3
+
+
+def test_build_scheduler_factor_directly():
+    p = nn.Parameter(torch.zeros(1))
+    spec = OptimSpec(epochs=4, lr=2.0, scheduler="cosine")
+    opt = build_optimizer([p], spec)
+    sched = build_scheduler(opt, spec)
+    for e in range(5):
+        assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * e / 4)))
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(optimizer="rmsprop"), dict(scheduler="linear"), dict(epochs=-1), dict(lr=float("nan"))]
+)
+def test_bad_optim_spec_is_rejected(kw):
+    with pytest.raises(ConfigError):
+        OptimSpec(**kw).check()
+
+
+# -- SignSGD ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("wd", [0.0, 0.5])
+def test_signsgd_update_is_lr_times_sign(wd, monkeypatch):
+    made = capture_optimizer(monkeypatch)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    ds = data(6)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(
+        F.cross_entropy(model(ds.columns["x"]), ds.columns["y"]), list(model.parameters())
+    )
+    lr = 0.125
+    spec = OptimSpec(epochs=1, lr=lr, optimizer="signsgd", weight_decay=wd)
+    engine(batch_size=6).fit(model, {"train": ds}, ce_phases(model), spec)
+    assert isinstance(made[0], SignSGD)
+    for b, p, g in zip(before, model.parameters(), grads, strict=True):
+        d = g + wd * b if wd else g
+        assert (d.abs() > 1e-4).all()  # no sign is ambiguous
+        assert torch.equal(p.detach(), b - lr * torch.sign(d))
+    if wd:  # weight decay flips at least one sign here, so ignoring it would fail the check above
+        assert any(
+            (torch.sign(g + wd * b) != torch.sign(g)).any() for b, g in zip(before, grads, strict=True)
+        )
+
+
+def test_signsgd_step_directly():
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 0.0]))
+    p.grad = torch.tensor([3.0, -1e-8, 0.0, -7.0])
+    SignSGD([p], lr=0.25).step()
+    assert torch.equal(p.detach(), torch.tensor([0.75, -1.75, 0.5, 0.25]))
+
+
+# -- history and logs ---------------------------------------------------------------------------------
+def _logged_fit(run_dir=None, log_every: int = 1):
+    model = mlp(1)
+    returned: list[float] = []
+
+    def loss(b, ctx):
+        value = F.cross_entropy(model(b["train"]["x"]), b["train"]["y"])
+        returned.append(float(value.detach()))
+        return value, {"extra": ctx.step * 2.0}
+
+    eng = Engine(EngineConfig(progress=False, batch_size=3, log_every=log_every), run_dir=run_dir)
+    res = eng.fit(
+        model,
+        {"train": data(9)},
+        lambda e: [Phase("p", ("train",), loss)],
+        OptimSpec(epochs=2, lr=0.1),
+        desc="mydesc",
+    )
+    return res, returned
+
+
+def test_history_records_the_returned_losses():
+    res, returned = _logged_fit()
+    assert res.steps == 6 and len(returned) == 6
+    assert [h["loss"] for h in res.history] == returned
+    assert [h["step"] for h in res.history] == list(range(6))
+    assert [h["epoch"] for h in res.history] == [0, 0, 0, 1, 1, 1]
+    assert [h["extra"] for h in res.history] == [2.0 * s for s in range(6)]
+    assert {h["phase"] for h in res.history} == {"p"}
+    assert len(set(returned)) == 6  # training moves the loss
+
+
+def test_log_every_thins_the_history():
+    res, returned = _logged_fit(log_every=2)
+    assert [h["step"] for h in res.history] == [0, 2, 4]
+    assert [h["loss"] for h in res.history] == returned[::2]
+
+
+def test_log_file_is_written_when_run_dir_is_given(tmp_path):
+    res, _ = _logged_fit(run_dir=tmp_path / "run")
+    path = tmp_path / "run" / "log-mydesc.jsonl"
+    assert path.is_file()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == res.history
+
+
+def test_no_log_file_without_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _logged_fit()
+    assert list(tmp_path.iterdir()) == []
