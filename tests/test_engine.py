@@ -338,3 +338,18 @@ def test_no_log_file_without_run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _logged_fit()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- config validation --------------------------------------------------------------------------------
+def test_bad_engine_config_is_rejected():
+    with pytest.raises(ConfigError):
+        Engine(EngineConfig(progress=False, batch_size=0))
+    with pytest.raises(ConfigError):
+        Engine(EngineConfig(progress=False, device="tpu"))
+
+
+def test_log_every_zero_is_a_config_error():
+    with pytest.raises(ConfigError, match="log_every"):
+        Engine(EngineConfig(progress=False, log_every=0))
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        Engine(EngineConfig(progress=False, checkpoint_every=-1))

@@ -177,7 +177,7 @@ def test_relabel_keeps_other_columns_and_is_seeded():
 def test_rl_joint_loss_is_relabelled_forget_ce_plus_alpha_retain_ce():
     alpha = 0.7
     task = make_task()
-    m = attach(RL(RLConfig(alpha=alpha)), task)
+    m = attach(RL(RLConfig(alpha=alpha, schedule="joint")), task)
     phases = m.phases(0)
     assert len(phases) == 1
     ph = phases[0]
@@ -201,7 +201,7 @@ def test_rl_joint_loss_is_relabelled_forget_ce_plus_alpha_retain_ce():
 
 def test_rl_forget_targets_are_never_the_true_labels_over_many_steps():
     task = make_task()
-    m = attach(RL(RLConfig(alpha=0.0)), task)
+    m = attach(RL(RLConfig(alpha=0.0, schedule="joint")), task)
     ph = m.phases(0)[0]
     batches = {"forget": task.split.forget.all(), "retain": task.split.retain.all()}
     allowed = [hand_mean_ce(FORGET_X, list(yp)) for yp in wrong_labellings(FORGET_Y)]
@@ -275,7 +275,7 @@ def test_salun_defaults():
     cfg = SalUnConfig()
     assert cfg.lr == 0.013
     assert cfg.mask_ratio == 0.5
-    assert (cfg.epochs, cfg.alpha, cfg.schedule) == (10, 1.0, "joint")
+    assert (cfg.epochs, cfg.alpha, cfg.schedule) == (10, 1.0, RLConfig().schedule)
     assert isinstance(SalUn(), RL)
 
 

@@ -152,7 +152,14 @@ def _cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from unlearnkit.errors import UnlearnkitError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options too (argparse stops filling positionals at an option).
+    bad = [e for e in extra if "=" not in e or e.startswith("-")]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     handler = {
         "list": _cmd_list,
         "unlearn": _cmd_unlearn,

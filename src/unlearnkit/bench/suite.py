@@ -23,6 +23,12 @@ def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     cfg = apply_overrides(cfg, overrides or [])
     if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
         raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
+    for key, spec in list(cfg["methods"].items()):
+        if isinstance(spec, str):  # the name of a preset whose method section to use
+            spec = load_preset(spec).get("method", {})
+        spec = dict(spec or {})
+        spec.setdefault("name", key)
+        cfg["methods"][key] = spec
     return cfg
 
 
@@ -51,11 +57,9 @@ def run_suite(
             )
         method_specs = {k: v for k, v in method_specs.items() if k in methods or k == "retrain"}
     # Validate every method config before any training.
-    for mname, spec in method_specs.items():
-        build_method(
-            {"name": spec.get("name", mname)} | {k: v for k, v in spec.items() if k != "name"},
-            cfg.get("family", "vision"),
-        )
+    family = cfg.get("family", "vision")
+    for spec in method_specs.values():
+        build_method(spec, family)
     suite_name = cfg.pop("suite", name)
     cfg.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
@@ -78,10 +82,7 @@ def run_suite(
             oracle = None
             for mname, spec in method_specs.items():
                 bar.update(job, description=f"{suite_name} seed {seed}: {mname}")
-                method = build_method(
-                    {"name": spec.get("name", mname)} | {k: v for k, v in spec.items() if k != "name"},
-                    cfg["family"],
-                )
+                method = build_method(spec, family)
                 model, seconds, _ = run_method(setup, original, method)
                 metrics = evaluate_model(setup, model) | {"RTE": seconds}
                 if mname == "retrain":
@@ -131,9 +132,9 @@ def print_table(result: dict[str, Any], keys=SUITE_KEYS) -> None:
 
     summary = summarize(result["rows"], keys)
     t = Table(title=f"{result['suite']} — mean ± std over {result['seeds']} seed(s)")
-    t.add_column("method")
+    t.add_column("method", no_wrap=True)
     for k in keys:
-        t.add_column(k, justify="right")
+        t.add_column(k, justify="right", no_wrap=True)
     best = min((d["gap"][0] for m, d in summary.items() if m != "retrain" and "gap" in d), default=None)
     for m, d in summary.items():
         cells = []
@@ -141,7 +142,7 @@ def print_table(result: dict[str, Any], keys=SUITE_KEYS) -> None:
             if k not in d:
                 cells.append("")
                 continue
-            txt = f"{d[k][0]:.2f} ± {d[k][1]:.2f}"
+            txt = f"{d[k][0]:.2f}±{d[k][1]:.2f}"
             if k == "gap" and m != "retrain" and best is not None and d[k][0] == best:
                 txt = f"[bold green]{txt}[/]"
             cells.append(txt)

@@ -176,7 +176,10 @@ def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: 
     if kind == "random":
         return random_split(train, test, spec.get("forget", 0.1), seed)
     if kind == "class":
-        return class_split(train, test, spec.get("classes", 0))
+        classes = spec.get("classes", 0)
+        if classes == "by-seed":  # a different class per seed: seed mod K
+            classes = int(seed) % int(train.labels.max() + 1)
+        return class_split(train, test, classes)
     if kind == "ids":
         if "ids_file" not in spec:
             raise DataError("split.kind=ids needs split.ids_file=PATH (a JSON list of example ids)")

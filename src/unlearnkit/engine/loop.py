@@ -43,6 +43,10 @@ class EngineConfig:
     def check(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1, got {self.batch_size}")
+        if self.log_every < 1:
+            raise ConfigError(f"engine.log_every must be >= 1, got {self.log_every}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"engine.checkpoint_every must be >= 0 (0 = off), got {self.checkpoint_every}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"engine.device must be auto, cpu, cuda or mps, got {self.device!r}")
 

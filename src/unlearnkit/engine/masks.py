@@ -37,7 +37,7 @@ class WeightMask:
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"mask_ratio must lie in (0, 1], got {ratio}")
         flat = torch.cat([s.detach().flatten().float().cpu() for s in scores.values()])
-        k = int(ratio * flat.numel())
+        k = int(round(ratio * flat.numel(), 6))  # floor, robust to 0.29*100 = 28.999...
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         if k > 0:
             keep[torch.topk(flat, k, sorted=False).indices] = True
