@@ -71,7 +71,9 @@ def test_user_module_forgets_a_class_through_the_api(tmp_path):
     assert res.metrics["RTE"] > 0
     # Run folder: config, results, weights that reload to the same model, and a receipt with hashes.
     run = tmp_path / "run"
-    assert {"config.yaml", "results.json", "model.safetensors", "receipt.json"} <= {p.name for p in run.iterdir()}
+    assert {"config.yaml", "results.json", "model.safetensors", "receipt.json"} <= {
+        p.name for p in run.iterdir()
+    }
     receipt = json.loads((run / "receipt.json").read_text())
     n_forget = int(forget.sum())
     assert receipt["forget_ids_sha256"] == ids_sha256(list(range(n_forget)))
@@ -88,12 +90,17 @@ def test_evaluate_matches_hand_counts():
     with torch.no_grad():
         pred = model(x).argmax(1)
     forget = torch.arange(len(y)) % 10 == 0
-    m = unlearnkit.evaluate(model, forget=(x[forget], y[forget]), retain=(x[~forget], y[~forget]), test=(x, y))
+    m = unlearnkit.evaluate(
+        model, forget=(x[forget], y[forget]), retain=(x[~forget], y[~forget]), test=(x, y)
+    )
     assert abs(m["UA"] - 100 * (1 - (pred[forget] == y[forget]).float().mean().item())) < 1e-9
     assert abs(m["RA"] - 100 * (pred[~forget] == y[~forget]).float().mean().item()) < 1e-9
     assert abs(m["TA"] - 100 * (pred == y).float().mean().item()) < 1e-9
     gap = unlearnkit.evaluate(
-        model, forget=(x[forget], y[forget]), retain=(x[~forget], y[~forget]), test=(x, y),
+        model,
+        forget=(x[forget], y[forget]),
+        retain=(x[~forget], y[~forget]),
+        test=(x, y),
         oracle={"UA": m["UA"] + 4, "RA": m["RA"], "TA": m["TA"] - 2, "MIA": m["MIA"]},
     )["gap"]
     assert abs(gap - 1.5) < 1e-9
@@ -104,8 +111,14 @@ def test_salun_on_user_module_keeps_half_the_weights_fixed():
     xt, yt = _blobs(20, seed=1)
     forget = torch.arange(len(y)) % 8 == 0
     res = unlearnkit.unlearn(
-        model, method="salun", forget=(x[forget], y[forget]), retain=(x[~forget], y[~forget]),
-        test=(xt, yt), epochs=3, lr=0.05, evaluate=False,
+        model,
+        method="salun",
+        forget=(x[forget], y[forget]),
+        retain=(x[~forget], y[~forget]),
+        test=(xt, yt),
+        epochs=3,
+        lr=0.05,
+        evaluate=False,
     )
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     after = torch.cat([p.detach().flatten() for p in res.model.parameters()])

@@ -14,8 +14,20 @@ FAST = ["train.epochs=8"]
 @pytest.fixture(scope="module")
 def bench_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(["bench", "vision-digits", "--seeds", "2", "--out", str(out), "--methods", "ft,ga,salun",
-                 "--quiet", *FAST])
+    code = main(
+        [
+            "bench",
+            "vision-digits",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--methods",
+            "ft,ga,salun",
+            "--quiet",
+            *FAST,
+        ]
+    )
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -24,8 +36,9 @@ def test_results_json_contract(bench_result):
     out, res = bench_result
     assert res["suite"] == "vision-digits"
     rows = res["rows"]
-    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("retrain", "ft", "ga", "salun")
-                                                         for s in (0, 1)}
+    assert {(r["method"], r["seed"]) for r in rows} == {
+        (m, s) for m in ("retrain", "ft", "ga", "salun") for s in (0, 1)
+    }
     for r in rows:
         assert set(r["metrics"]) >= {"UA", "RA", "TA", "MIA", "RTE", "gap"}
         for k in ("UA", "RA", "TA", "MIA"):
@@ -50,8 +63,11 @@ def test_class_wise_forgetting_drops_forget_accuracy():
     setup = make_setup(cfg)
     original, _ = original_model(setup)
     before = evaluate_model(setup, original)
-    model, _, _ = run_method(setup, original, build_method(load_preset("suites/vision-digits-class")["methods"]
-                                                           ["salun"] | {"name": "salun"}))
+    model, _, _ = run_method(
+        setup,
+        original,
+        build_method(load_preset("suites/vision-digits-class")["methods"]["salun"] | {"name": "salun"}),
+    )
     after = evaluate_model(setup, model)
     assert before["UA"] < 10.0  # the original knows the class
     assert after["UA"] > 80.0  # SalUn forgets it

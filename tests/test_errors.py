@@ -48,7 +48,9 @@ def test_labels_out_of_range_are_rejected_before_training():
     bad = y.clone()
     bad[0] = 7
     with pytest.raises(DataError, match=r"labels must lie in 0\.\.2"):
-        unlearnkit.unlearn(m, "ft", forget=(x[:5], bad[:5]), retain=(x[5:], y[5:]), test=(x, y), num_classes=3)
+        unlearnkit.unlearn(
+            m, "ft", forget=(x[:5], bad[:5]), retain=(x[5:], y[5:]), test=(x, y), num_classes=3
+        )
     assert weights_sha256(m) == before
 
 
@@ -85,15 +87,23 @@ def _cli(capsys, *args):
 
 
 def test_cli_missing_model_file_is_one_clear_line(capsys, tmp_path):
-    code, out, err = _cli(capsys, "unlearn", "--preset", "vision/ft", f"model.path={tmp_path / 'nope.safetensors'}")
+    code, out, err = _cli(
+        capsys, "unlearn", "--preset", "vision/ft", f"model.path={tmp_path / 'nope.safetensors'}"
+    )
     assert code == 2
     assert "not found" in err and "Traceback" not in err
     assert err.count("\n") == 1
 
 
 def test_cli_missing_ids_file(capsys, tmp_path):
-    code, _, err = _cli(capsys, "unlearn", "--preset", "vision/ft", "split.kind=ids",
-                        f"split.ids_file={tmp_path / 'ids.json'}")
+    code, _, err = _cli(
+        capsys,
+        "unlearn",
+        "--preset",
+        "vision/ft",
+        "split.kind=ids",
+        f"split.ids_file={tmp_path / 'ids.json'}",
+    )
     assert code == 2 and "forget-ids file" in err and "does not exist" in err
 
 
@@ -116,7 +126,9 @@ def test_cli_refuses_to_overwrite_the_input_model(capsys, tmp_path):
     path = tmp_path / "model.safetensors"
     save_weights(model, path)
     digest = file_sha256(path)
-    code, _, err = _cli(capsys, "unlearn", "--preset", "vision/ft", f"model.path={path}", "--out", str(tmp_path))
+    code, _, err = _cli(
+        capsys, "unlearn", "--preset", "vision/ft", f"model.path={path}", "--out", str(tmp_path)
+    )
     assert code == 2 and "input model" in err
     assert file_sha256(path) == digest
 
@@ -136,8 +148,12 @@ def test_pickle_file_is_not_loaded(capsys, tmp_path):
 
 
 def test_cli_subprocess_exit_code_and_no_traceback():
-    r = subprocess.run([sys.executable, "-m", "unlearnkit", "bench", "no-such-suite", "--out", "/tmp/x"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "unlearnkit", "bench", "no-such-suite", "--out", "/tmp/x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "unknown preset" in r.stderr and "Traceback" not in r.stderr
 
@@ -147,7 +163,17 @@ def test_list_methods_json_schema(capsys):
     rows = json.loads(out)
     names = {r["name"] for r in rows}
     assert code == 0
-    assert {"retrain", "ft", "ga", "rl", "iu", "l1_sparse", "boundary_shrink", "boundary_expand", "scrub",
-            "salun"} <= names
+    assert {
+        "retrain",
+        "ft",
+        "ga",
+        "rl",
+        "iu",
+        "l1_sparse",
+        "boundary_shrink",
+        "boundary_expand",
+        "scrub",
+        "salun",
+    } <= names
     for r in rows:
         assert isinstance(r["families"], list) and "vision" in r["families"]

@@ -147,4 +147,7 @@ def print_table(result: dict[str, Any], keys=SUITE_KEYS) -> None:
                 txt = f"[bold green]{txt}[/]"
             cells.append(txt)
         t.add_row(m, *cells)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(t)

@@ -39,8 +39,16 @@ class Retrain(Method):
     def run(self, task: Task) -> FitResult:
         if self.cfg.use_train_recipe and task.train_spec is not None:
             spec = task.train_spec
-            for k in ("epochs", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "milestones",
-                      "max_grad_norm"):
+            for k in (
+                "epochs",
+                "lr",
+                "optimizer",
+                "momentum",
+                "weight_decay",
+                "scheduler",
+                "milestones",
+                "max_grad_norm",
+            ):
                 setattr(self.cfg, k, getattr(spec, k))
         if task.model_factory is not None:
             fresh = task.model_factory()
