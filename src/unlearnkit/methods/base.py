@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -148,3 +149,12 @@ def saliency_mask(task: Task, ratio: float, batch_size: int) -> WeightMask:
         return WeightMask.from_gradients(model, losses, ratio)
     finally:
         model.train(was_training)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with every parameter frozen (the original model f_o / a teacher)."""
+    frozen = copy.deepcopy(model)
+    frozen.eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,12 @@ from unlearnkit.data.examples import Batch
 from unlearnkit.engine.loop import FitResult, Phase, StepContext
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.errors import ConfigError, UnlearnkitError
-from unlearnkit.methods.base import Method, MethodConfig, Task
+from unlearnkit.methods.base import (
+    Method,
+    MethodConfig,
+    Task,
+    frozen_copy,  # noqa: F401 (re-exported)
+)
 from unlearnkit.registry import register_method
 
 PAPER = (
@@ -240,15 +244,6 @@ class BoundaryExpand(Method):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with every parameter frozen (the original model f_o / a teacher)."""
-    frozen = copy.deepcopy(model)
-    frozen.eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return frozen
 
 
 def find_head(model: nn.Module, num_classes: int | None) -> tuple[str, nn.Linear]:

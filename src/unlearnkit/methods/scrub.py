@@ -14,8 +14,7 @@ from torch import nn
 from unlearnkit.data.examples import Batch
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError
-from unlearnkit.methods.base import Method, MethodConfig, Task
-from unlearnkit.methods.boundary import frozen_copy
+from unlearnkit.methods.base import Method, MethodConfig, Task, frozen_copy
 from unlearnkit.registry import register_method
 
 
