@@ -1,0 +1,1 @@
+"""Run folders: config, results, weights and a receipt for every unlearning run."""
