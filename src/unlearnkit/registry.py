@@ -16,6 +16,7 @@ _MODELS: dict[str, Callable[..., Any]] = {}
 # Modules whose import registers the built-in entries. Kept lazy so `import unlearnkit` stays fast.
 _BUILTIN_MODULES = (
     "unlearnkit.families.vision",
+    "unlearnkit.families.text",
     "unlearnkit.methods.retrain",
     "unlearnkit.methods.ft",
     "unlearnkit.methods.ga",
@@ -31,6 +32,7 @@ _BUILTIN_MODULES = (
     "unlearnkit.models.cnn",
     "unlearnkit.models.resnet",
     "unlearnkit.models.mlp",
+    "unlearnkit.models.tiny_lm",
 )
 _loaded = False
 

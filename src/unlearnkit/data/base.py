@@ -17,3 +17,4 @@ class LoadedData:
     input_shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
     name: str = ""
+    meta: dict = field(default_factory=dict)

@@ -25,6 +25,10 @@ class Family(ABC):
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Loss of each example in the batch, shape ``[B]`` (not averaged)."""
 
+    def mean_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The batch loss that plain fine-tuning minimises (mean over examples by default)."""
+        return self.per_example_loss(model, batch).mean()
+
     def num_units(self, batch: Batch) -> torch.Tensor:
         """How many loss units each example has (1 for a classifier); shape ``[B]``."""
         return torch.ones(len(batch["id"]))

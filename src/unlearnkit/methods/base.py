@@ -126,7 +126,7 @@ class Method:
 
     # loss helpers shared by the methods
     def mean_loss(self, batch: Batch) -> torch.Tensor:
-        return self.family.per_example_loss(self.model, batch).mean()
+        return self.family.mean_loss(self.model, batch)
 
     def ctx_generator(self, ctx: StepContext) -> torch.Generator:
         return ctx.generator

@@ -1,0 +1,117 @@
+"""Tokenising question/answer pairs for causal LMs, with loss on answer tokens only.
+
+``encode_qa`` builds the columns the text family trains on. The prompt and the answer are tokenised
+separately and concatenated, so the answer boundary is exact whatever the tokenizer merges. With a chat
+template the question is the user turn and the answer the assistant turn; otherwise the TOFU/MUSE
+plain template ``"Question: {q}\\nAnswer:"`` + ``" {a}"`` + EOS is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from unlearnkit.data.examples import ExampleSet
+from unlearnkit.errors import DataError
+
+PLAIN_PROMPT = "Question: {question}\nAnswer:"
+
+
+def prompt_ids(tokenizer: Any, question: str, template: str | None = None) -> list[int]:
+    """Token ids of the prompt that precedes an answer (also the generation prompt)."""
+    if template is None and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    text = (template or PLAIN_PROMPT).format(question=question)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None else []) + list(ids)
+
+
+def answer_ids(tokenizer: Any, answer: str) -> list[int]:
+    ids = list(tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return ids + ([eos] if eos is not None else [])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    if pid is None:
+        pid = getattr(tokenizer, "eos_token_id", None)
+    return int(pid) if pid is not None else 0
+
+
+def encode_pairs(
+    tokenizer: Any,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    max_length: int = 64,
+    template: str | None = None,
+    prefix: str = "",
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``{prefix}input_ids / attention_mask / labels`` for (question, answer) pairs."""
+    if len(questions) != len(answers):
+        raise DataError(f"{len(questions)} questions but {len(answers)} answers")
+    pad = _pad_id(tokenizer)
+    rows_ids, rows_lab = [], []
+    for q, a in zip(questions, answers, strict=True):
+        p = prompt_ids(tokenizer, q, template)
+        y = answer_ids(tokenizer, a)
+        ids = (p + y)[:max_length]
+        lab = ([-100] * len(p) + y)[:max_length]
+        if all(t == -100 for t in lab):
+            raise DataError(
+                f"the prompt of {q[:40]!r}... fills max_length={max_length}: raise data.max_length"
+            )
+        rows_ids.append(ids)
+        rows_lab.append(lab)
+    width = max(len(r) for r in rows_ids) if rows_ids else 1
+    n = len(rows_ids)
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows_ids, rows_lab, strict=True)):
+        input_ids[i, : len(r)] = torch.as_tensor(r)
+        labels[i, : len(lab)] = torch.as_tensor(lab)
+        mask[i, : len(r)] = 1
+    return {f"{prefix}input_ids": input_ids, f"{prefix}attention_mask": mask, f"{prefix}labels": labels}
+
+
+def _pad_to(cols: dict[str, torch.Tensor], width: int, pad: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in cols.items():
+        fill = -100 if k.endswith("labels") else (0 if k.endswith("attention_mask") else pad)
+        if v.shape[1] < width:
+            v = torch.cat([v, torch.full((v.shape[0], width - v.shape[1]), fill, dtype=v.dtype)], 1)
+        out[k] = v
+    return out
+
+
+def encode_qa(
+    tokenizer: Any,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    ids: Sequence[int] | None = None,
+    max_length: int = 64,
+    template: str | None = None,
+    alt_answers: Sequence[str] | None = None,
+    width: int | None = None,
+) -> ExampleSet:
+    """An ExampleSet of tokenised QA pairs (and optional ``alt_*`` columns with alternative answers).
+
+    ``width`` pads every column to a fixed length so that sets built separately (forget, retain, test)
+    can be concatenated.
+    """
+    if not questions:
+        raise DataError("no question/answer pairs to encode")
+    cols = encode_pairs(tokenizer, questions, answers, max_length, template)
+    if alt_answers is not None:
+        cols |= encode_pairs(tokenizer, questions, alt_answers, max_length, template, prefix="alt_")
+    w = max(v.shape[1] for v in cols.values())
+    w = max(w, width or 0)
+    cols = _pad_to(cols, w, _pad_id(tokenizer))
+    return ExampleSet(cols, ids)

@@ -1,0 +1,107 @@
+"""The causal-LM family (Hugging Face ``AutoModelForCausalLM`` + tokenizer).
+
+Batches are ``{"input_ids": [B, T], "attention_mask": [B, T], "labels": [B, T], "id": [B]}``, right-padded,
+with ``labels = -100`` on prompt and padding positions, so every loss counts answer tokens only
+(see :func:`unlearnkit.data.text.encode_qa`). ``per_example_loss`` is the summed answer NLL
+−log π_θ(y|x) (the quantity NPO and SimNPO are defined on); ``num_units`` is the answer length |y|;
+``mean_loss`` is the token-mean NLL of the batch (Hugging Face's ``outputs.loss``, what GA and GradDiff
+use in TOFU). ``relabel`` swaps in an alternative answer (``alt_*`` columns, e.g. "I don't know"), the
+text analogue of a random label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unlearnkit.data.base import LoadedData
+from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.families.base import Family
+from unlearnkit.registry import get_dataset, get_model, register_family
+
+TEXT_COLUMNS = ("input_ids", "attention_mask", "labels")
+ALT_COLUMNS = ("alt_input_ids", "alt_attention_mask", "alt_labels")
+
+
+def _logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits if hasattr(out, "logits") else out
+
+
+def token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π_θ of each next token [B, T-1], mask of answer positions [B, T-1])."""
+    logits = _logits(model, batch)[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    mask = target != -100
+    logp = torch.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return lp * mask, mask
+
+
+@register_family("text")
+class TextFamily(Family):
+    def __init__(self, tokenizer: Any = None, num_classes: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.num_classes = num_classes
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = _logits(model, batch)[:, :-1]
+        target = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction="none")
+        return nll.sum(-1)
+
+    def num_units(self, batch: Batch) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != -100).sum(-1)
+
+    def mean_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.per_example_loss(model, batch).sum() / self.num_units(batch).sum().clamp_min(1)
+
+    def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
+        missing = [c for c in ALT_COLUMNS if c not in batch]
+        if missing:
+            raise DataError(
+                "relabelling a text batch needs alternative answers (columns alt_input_ids, "
+                "alt_attention_mask, alt_labels), e.g. 'I don't know' answers: build the forget set with "
+                "encode_qa(..., alt_answers=...)"
+            )
+        return batch | {c: batch[f"alt_{c}"] for c in TEXT_COLUMNS}
+
+    # -- data and models ----------------------------------------------------------------------------
+    def load_data(self, spec: dict[str, Any]) -> LoadedData:
+        spec = dict(spec)
+        name = spec.pop("name", "tofu-synthetic")
+        spec.pop("split", None)
+        try:
+            data = get_dataset(name)(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
+        return data
+
+    def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
+        spec = dict(spec)
+        name = spec.pop("name", "tiny-llama")
+        spec.pop("path", None)
+        spec.pop("seed", None)
+        try:
+            return get_model(name)(data, **spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+
+    def validate(self, model: nn.Module, data: ExampleSet) -> None:
+        missing = [c for c in TEXT_COLUMNS if c not in data.columns]
+        if missing:
+            raise DataError(f"a text dataset needs columns {list(TEXT_COLUMNS)}; missing {missing}")
+        ids = data.columns["input_ids"]
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if vocab is not None and len(ids) and int(ids.max()) >= vocab:
+            raise DataError(
+                f"token id {int(ids.max())} is outside the model's vocabulary ({vocab}): the data was "
+                "tokenized with another tokenizer than the model's"
+            )
+        if len(data) and int((data.columns["labels"][:, 1:] != -100).sum(-1).min()) == 0:
+            raise DataError("some examples have no answer tokens (all labels are -100): check max_length")
