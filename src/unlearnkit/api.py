@@ -142,11 +142,11 @@ evaluate = evaluate_fn
 
 def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, Any]:
     """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does)."""
-    from unlearnkit.metrics.vision import avg_gap
     from unlearnkit.pipeline import (
         build_method,
         evaluate_model,
         make_setup,
+        oracle_model,
         original_model,
         resolve,
         run_method,
@@ -164,13 +164,15 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, 
     original, meta = original_model(setup)
     before = weights_sha256(original)
     model, seconds, fit = run_method(setup, original, method, Path(out) if out else None)
-    metrics = evaluate_model(setup, model) | {"RTE": seconds}
-    result: dict[str, Any] = {"metrics": metrics, "original": meta}
+    result: dict[str, Any] = {"original": meta}
+    oracle = None
     if cfg["eval"].get("oracle"):
-        oracle_m, oracle_s, _ = run_method(setup, original, build_method({"name": "retrain"}))
-        om = evaluate_model(setup, oracle_m) | {"RTE": oracle_s}
-        metrics["gap"] = avg_gap(metrics, om)
-        result["oracle"] = om
+        oracle_m, oracle_s = oracle_model(setup, build_method({"name": "retrain"}, cfg["family"]), original)
+        oracle = evaluate_model(setup, oracle_m, "self") | {"RTE": oracle_s}
+        result["oracle"] = {k: v for k, v in oracle.items() if not k.startswith("_")}
+    metrics = {k: v for k, v in evaluate_model(setup, model, oracle).items() if not k.startswith("_")}
+    metrics["RTE"] = seconds
+    result["metrics"] = metrics
     if out:
         from unlearnkit.runs.record import write_run
 

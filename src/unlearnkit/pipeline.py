@@ -103,10 +103,46 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     engine_cfg = build_dataclass(EngineConfig, cfg["engine"] | {"seed": seed}, "engine")
     train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
     data = family.load_data(cfg["data"])
-    split = make_split(data.train, data.test, cfg["split"], seed)
-    for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
-        validate_labels(s, data.num_classes, name)
+    if cfg["split"].get("kind") == "benchmark":
+        split = benchmark_split(data, cfg["split"])
+    else:
+        split = make_split(data.train, data.test, cfg["split"], seed)
+    if data.num_classes:
+        for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
+            validate_labels(s, data.num_classes, name)
     return Setup(cfg, family, data, split, engine_cfg, train_spec, seed)
+
+
+def benchmark_split(data: LoadedData, spec: dict[str, Any]) -> Split:
+    """A split the dataset defines itself (TOFU's forget10/retain90, MUSE's forget/retain): the ids come
+    from ``data.meta["forget_ids"][name]`` and ``data.meta["retain_ids"][name]``; test = the holdout."""
+    fids = data.meta.get("forget_ids") or {}
+    rids = data.meta.get("retain_ids") or {}
+    name = spec.get("forget") or data.meta.get("forget_split")
+    if name not in fids:
+        raise ConfigError(
+            f"split.forget={name!r} is not a split of {data.name!r}; choose one of {sorted(fids)}"
+        )
+    retain_name = spec.get("retain") or data.meta.get("retain_split") or _complement(name, rids)
+    if retain_name not in rids:
+        raise ConfigError(f"split.retain={retain_name!r} is not a split of {data.name!r}: {sorted(rids)}")
+    return Split(
+        data.train.subset(fids[name]),
+        data.train.subset(rids[retain_name]),
+        data.test,
+        "benchmark",
+        {"forget": name, "retain": retain_name},
+    )
+
+
+def _complement(forget: str, retain_ids: dict) -> str | None:
+    """TOFU's naming: forget10 pairs with retain90."""
+    digits = "".join(c for c in forget if c.isdigit())
+    if digits:
+        cand = f"retain{100 - int(digits)}"
+        if cand in retain_ids:
+            return cand
+    return next(iter(retain_ids), None)
 
 
 def build_method(spec: dict[str, Any], family: str = "vision") -> Method:
@@ -206,10 +242,57 @@ def run_method(
     return task.model, seconds, fit
 
 
-def evaluate_model(setup: Setup, model: nn.Module) -> dict[str, float]:
-    if setup.cfg["family"] != "vision":
-        raise UnlearnkitError(f"no evaluator for family {setup.cfg['family']!r} yet")
-    from unlearnkit.metrics.vision import evaluate_classifier
+def oracle_model(
+    setup: Setup, method: Method, original: nn.Module, use_cache: bool = True
+) -> tuple[nn.Module, float]:
+    """The retrained oracle for this split, cached by (data, model, recipe, split ids, seed).
 
-    feats = setup.cfg["eval"].get("mia_features") or ["confidence"]
-    return evaluate_classifier(model, setup.split, setup.family, feats, setup.engine_cfg.eval_batch_size)
+    Returns the model and the wall seconds its training took (from the cache's record when reused),
+    so a suite's RTE column stays the real cost of retraining.
+    """
+    key = _hash(
+        {
+            "family": setup.cfg["family"],
+            "data": setup.cfg["data"],
+            "model": setup.cfg["model"],
+            "train": setup.cfg["train"],
+            "seed": setup.seed,
+            "method": vars(method.cfg),
+            "forget": setup.split.forget_ids_sha256(),
+            "n_retain": len(setup.split.retain),
+        }
+    )
+    folder = cache_root() / "oracles" / key
+    weights = folder / "model.safetensors"
+    if use_cache and weights.is_file() and (folder / "meta.json").is_file():
+        model = setup.new_model()
+        load_weights(model, weights)
+        return model, float(json.loads((folder / "meta.json").read_text())["seconds"])
+    model, seconds, _ = run_method(setup, original, method)
+    if use_cache:
+        save_weights(model, weights)
+        write_json(folder / "meta.json", {"seconds": seconds})
+    return model, seconds
+
+
+def evaluate_model(
+    setup: Setup, model: nn.Module, oracle: dict[str, Any] | str | None = None
+) -> dict[str, Any]:
+    """The family's metrics; with the oracle's metrics, also the comparisons to it (gap, forget quality).
+
+    ``oracle="self"`` evaluates the oracle itself and compares it with its own values.
+    """
+    fam = setup.cfg["family"]
+    if fam == "vision":
+        from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
+
+        feats = setup.cfg["eval"].get("mia_features") or ["confidence"]
+        out = evaluate_classifier(model, setup.split, setup.family, feats, setup.engine_cfg.eval_batch_size)
+        if oracle is not None:
+            out["gap"] = avg_gap(out, out if oracle == "self" else oracle)
+        return out
+    if fam == "text":
+        from unlearnkit.metrics.text_suite import evaluate_text
+
+        return evaluate_text(setup, model, oracle)
+    raise UnlearnkitError(f"no evaluator for family {fam!r} yet")

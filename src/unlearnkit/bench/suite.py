@@ -42,8 +42,7 @@ def run_suite(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unlearnkit.metrics.vision import avg_gap
-    from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
+    from unlearnkit.pipeline import build_method, make_setup, original_model
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -61,6 +60,9 @@ def run_suite(
     for spec in method_specs.values():
         build_method(spec, family)
     suite_name = cfg.pop("suite", name)
+    keys = tuple(cfg.pop("keys", SUITE_KEYS))
+    caption = cfg.pop("caption", None)
+    attack = cfg.pop("attack", None)
     cfg.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
     out = Path(out)
@@ -79,24 +81,56 @@ def run_suite(
             bar.update(job, description=f"{suite_name} seed {seed}: original")
             original, _ = original_model(setup)
             bar.advance(job)
-            oracle = None
+            oracle: dict[str, Any] | None = None
             for mname, spec in method_specs.items():
                 bar.update(job, description=f"{suite_name} seed {seed}: {mname}")
-                method = build_method(spec, family)
-                model, seconds, _ = run_method(setup, original, method)
-                metrics = evaluate_model(setup, model) | {"RTE": seconds}
+                metrics = run_row(setup, original, mname, spec, family, oracle, attack)
                 if mname == "retrain":
                     oracle = metrics
-                rows.append({"method": mname, "seed": seed, "metrics": metrics})
+                rows.append({"method": mname, "seed": seed, "metrics": public(metrics)})
                 bar.advance(job)
-            if oracle is not None:
-                for r in rows:
-                    if r["seed"] == seed:
-                        r["metrics"]["gap"] = avg_gap(r["metrics"], oracle)
-    result = {"suite": suite_name, "seeds": seeds, "config": cfg, "methods": method_specs, "rows": rows}
+    result = {
+        "suite": suite_name,
+        "seeds": seeds,
+        "config": cfg,
+        "methods": method_specs,
+        "rows": rows,
+        "keys": keys,
+        "caption": caption,
+    }
     write_json(out / "results.json", result)
-    write_text(out / "results.md", markdown_table(result))
+    write_text(out / "results.md", markdown_table(result, keys))
     return result
+
+
+def public(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without the private ``_``-prefixed entries (per-item values kept for the oracle)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def run_row(
+    setup: Any,
+    original: Any,
+    mname: str,
+    spec: dict[str, Any],
+    family: str,
+    oracle: dict[str, Any] | None,
+    attack: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Unlearn (or retrain, cached) from ``original``, evaluate against the oracle, optionally relearn."""
+    from unlearnkit.pipeline import build_method, evaluate_model, oracle_model, run_method
+
+    if mname == "retrain":
+        model, seconds = oracle_model(setup, build_method(spec, family), original)
+    else:
+        model, seconds, _ = run_method(setup, original, build_method(spec, family))
+    # The oracle is compared with itself (gap 0, forget quality 1), as the papers' tables report it.
+    metrics = evaluate_model(setup, model, "self" if mname == "retrain" else oracle) | {"RTE": seconds}
+    if attack and attack.get("relearn") is not None and mname != "retrain":
+        from unlearnkit.metrics.text_suite import relearn_and_evaluate
+
+        metrics |= relearn_and_evaluate(setup, model, oracle, dict(attack["relearn"] or {}))
+    return metrics
 
 
 def summarize(rows: list[dict[str, Any]], keys=SUITE_KEYS) -> dict[str, dict[str, tuple[float, float]]]:
@@ -104,21 +138,25 @@ def summarize(rows: list[dict[str, Any]], keys=SUITE_KEYS) -> dict[str, dict[str
     for r in rows:
         d = by.setdefault(r["method"], {})
         for k in keys:
-            if k in r["metrics"]:
-                d.setdefault(k, []).append(float(r["metrics"][k]))
+            v = r["metrics"].get(k)
+            if v is not None and v == v:  # skip missing and NaN values
+                d.setdefault(k, []).append(float(v))
     return {
         m: {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in d.items()}
         for m, d in by.items()
     }
 
 
-def markdown_table(result: dict[str, Any], keys=SUITE_KEYS) -> str:
+VISION_CAPTION = (
+    "UA, RA, TA, MIA in %, RTE in seconds, gap = Avg. Gap to retrain over UA/RA/TA/MIA (lower is better)."
+)
+
+
+def markdown_table(result: dict[str, Any], keys=None) -> str:
+    keys = tuple(keys or result.get("keys") or SUITE_KEYS)
     summary = summarize(result["rows"], keys)
     head = f"# {result['suite']} ({result['seeds']} seed{'s' if result['seeds'] != 1 else ''})\n\n"
-    head += (
-        "UA, RA, TA, MIA in %, RTE in seconds, gap = Avg. Gap to retrain over UA/RA/TA/MIA "
-        "(lower is better).\n\n"
-    )
+    head += (result.get("caption") or VISION_CAPTION) + "\n\n"
     lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, d in summary.items():
         cells = [f"{d[k][0]:.2f} ± {d[k][1]:.2f}" if k in d else "" for k in keys]
@@ -126,10 +164,11 @@ def markdown_table(result: dict[str, Any], keys=SUITE_KEYS) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def print_table(result: dict[str, Any], keys=SUITE_KEYS) -> None:
+def print_table(result: dict[str, Any], keys=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    keys = tuple(keys or result.get("keys") or SUITE_KEYS)
     summary = summarize(result["rows"], keys)
     t = Table(title=f"{result['suite']} — mean ± std over {result['seeds']} seed(s)")
     t.add_column("method", no_wrap=True)

@@ -1,0 +1,102 @@
+"""Per-example outputs of a fixed reference model, computed once before the loop and looked up by example id.
+
+NPO, DPO/IdkPO, GradDiff-KL and RMU compare the model being unlearned with the model it started from
+(π_ref = the original). The forget (and retain) examples and the reference are fixed during unlearning, so
+their reference values — summed answer NLLs, output log-probabilities, hidden activations — can be computed
+once, in ``Method.prepare``, and indexed by the examples' stable ids. Training then holds one model and runs
+one forward pass per batch (DESIGN.md, "NPO and DPO cache the reference model's per-example losses once");
+the reference projects instead keep a deep copy of the model and run it on every step (llm.md §4, §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.errors import UnlearnkitError
+
+RefFn = Callable[[nn.Module, Batch], "dict[str, torch.Tensor] | torch.Tensor"]
+
+
+class ReferenceCache:
+    """``{key: Tensor[N, ...]}`` keyed by example id; :meth:`get` returns the rows of a batch's ids."""
+
+    def __init__(self, ids: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        for k, v in values.items():
+            if len(v) != len(ids):
+                raise UnlearnkitError(f"reference values {k!r} have {len(v)} rows for {len(ids)} ids")
+        self.ids, order = ids.sort()
+        self.values = {k: v[order.to(v.device)] for k, v in values.items()}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.values.values())
+
+    def get(self, ids: torch.Tensor, key: str = "loss") -> torch.Tensor:
+        """Rows of ``key`` for ``ids`` (in the batch's order); a clear error if an id was never cached."""
+        if key not in self.values:
+            raise UnlearnkitError(f"no reference values {key!r}; cached: {sorted(self.values)}")
+        table = self.values[key]
+        sorted_ids = self.ids.to(ids.device)
+        pos = torch.searchsorted(sorted_ids, ids).clamp_max(len(sorted_ids) - 1)
+        found = sorted_ids[pos] == ids
+        if not bool(found.all()):
+            missing = ids[~found][:5].tolist()
+            raise UnlearnkitError(
+                f"example id(s) {missing} have no cached reference values: the reference was computed on "
+                "another set (reference values are computed in prepare() on the task's split)"
+            )
+        return table[pos.to(table.device)]
+
+
+@torch.no_grad()
+def compute_reference(
+    model: nn.Module,
+    data: ExampleSet,
+    fn: RefFn,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    budget_bytes: int | None = None,
+) -> ReferenceCache | None:
+    """Run ``fn(model, batch)`` (no grad, eval mode) over ``data`` and cache its per-example outputs by id.
+
+    ``fn`` returns a tensor ``[B, ...]`` (stored under ``"loss"``) or a dict of them. Values are stored
+    in float32 on ``device`` (default: the model's). With ``budget_bytes``, the size of the whole cache
+    is estimated from the first batch, and ``None`` is returned (nothing more is computed) when it would
+    exceed the budget: the caller then keeps a frozen copy of the model instead.
+    """
+    dev = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    ids: list[torch.Tensor] = []
+    parts: dict[str, list[torch.Tensor]] = {}
+    try:
+        for batch in data.loader(batch_size):
+            out = fn(model, {k: v.to(_device_of(model)) for k, v in batch.items()})
+            out = out if isinstance(out, dict) else {"loss": out}
+            if budget_bytes is not None and not ids:
+                per_row = sum(v[0].numel() * 4 for v in out.values())
+                if per_row * len(data) > budget_bytes:
+                    return None
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.detach().float().to(dev))
+            ids.append(batch["id"])
+    finally:
+        model.train(was_training)
+    if not ids:
+        raise UnlearnkitError("cannot compute reference values on an empty set")
+    return ReferenceCache(torch.cat(ids), {k: torch.cat(v) for k, v in parts.items()})
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

@@ -1,0 +1,63 @@
+"""Suite-level evaluation of the text family: TOFU or MUSE metrics, compared with the oracle, and the
+relearning attack (fine-tune the unlearned model on part of the forget set, then re-measure forgetting).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from unlearnkit.errors import UnlearnkitError
+
+TOFU_FORGET_KEYS = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob")
+MUSE_FORGET_KEYS = ("verbmem_f", "knowmem_f", "privleak")
+
+
+def _benchmark(setup: Any) -> str:
+    bench = setup.data.meta.get("benchmark")
+    if bench not in ("tofu", "muse"):
+        raise UnlearnkitError(f"the text dataset {setup.data.name!r} names no benchmark (tofu or muse)")
+    return bench
+
+
+def evaluate_text(setup: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None,
+                  forget_only: bool = False) -> dict[str, Any]:
+    """TOFU: forget quality needs the oracle's per-item forget truth ratios (``_forget_tr``);
+    MUSE: PrivLeak needs the oracle's Min-40% AUC (``_auc``). ``oracle="self"`` compares with itself."""
+    ev = setup.cfg.get("eval", {})
+    tok = setup.data.meta["tokenizer"]
+    records = setup.data.meta["eval"]
+    bs = int(ev.get("batch_size", 32))
+    if _benchmark(setup) == "tofu":
+        from unlearnkit.metrics.tofu import evaluate_tofu
+
+        if forget_only:
+            records = {"forget": records["forget"]}
+        ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
+        out = evaluate_tofu(model, tok, records, ref, batch_size=bs,
+                            max_new_tokens=int(ev.get("max_new_tokens", 32)), forget_only=forget_only)
+        if oracle == "self":
+            from scipy.stats import ks_2samp
+
+            out["forget_quality"] = float(ks_2samp(out["_forget_tr"], out["_forget_tr"]).pvalue)
+        return out
+    from unlearnkit.metrics.muse import evaluate_muse
+
+    ref_auc = None if oracle in (None, "self") else oracle.get("_auc")
+    out = evaluate_muse(model, tok, records, ref_auc, batch_size=bs, forget_only=forget_only)
+    if oracle == "self":
+        out["privleak"] = 0.0
+    return out
+
+
+def relearn_and_evaluate(setup: Any, model: nn.Module, oracle: dict[str, Any] | None,
+                         spec: dict[str, Any]) -> dict[str, Any]:
+    """Relearning attack: fine-tune a copy on a random part of the forget set, re-measure the forget
+    metrics, and report them with the suffix ``_relearned``."""
+    from unlearnkit.attacks.relearn import relearn
+
+    relearned = relearn(setup, model, **spec)
+    after = evaluate_text(setup, relearned, oracle, forget_only=True)
+    keys = TOFU_FORGET_KEYS if _benchmark(setup) == "tofu" else MUSE_FORGET_KEYS
+    return {f"{k}_relearned": after[k] for k in keys if k in after}

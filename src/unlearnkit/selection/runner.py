@@ -1,0 +1,105 @@
+"""Config-driven worst-case selection: suite config -> original model -> selector -> ids JSON.
+
+Shared by ``unlearnkit select worstcase`` and the ``worstcase-digits`` suite. The pool is the whole
+training set of the suite's data (stable ids), the held-out set is its test set, and the lower-level
+methods take their options from the suite's ``methods:`` section when the suite lists them.
+The selector's options live in a ``select:`` section (YAML or ``select.key=value`` overrides).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.config import build_dataclass
+from unlearnkit.errors import ConfigError
+from unlearnkit.io import write_json
+from unlearnkit.selection.worstcase import (
+    SelectionResult,
+    SelectionTask,
+    WorstCaseConfig,
+    select_worst_case,
+    select_worst_classes,
+)
+
+GRANULARITIES = ("example", "class")
+
+
+def split_suite_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], WorstCaseConfig]:
+    """(pipeline config, method specs, selector config) from a loaded suite config (not modified)."""
+    cfg = dict(cfg)
+    methods = {k: dict(v or {}) for k, v in (cfg.pop("methods", None) or {}).items()}
+    sel = cfg.pop("select", None) or {}
+    if not isinstance(sel, dict):
+        raise ConfigError(f"the select section must be a mapping, got {sel!r}")
+    for key in ("suite", "kind", "size", "granularity"):
+        cfg.pop(key, None)
+    return cfg, methods, build_dataclass(WorstCaseConfig, sel, "select")
+
+
+def selection_task(setup, original, method_specs: dict[str, dict] | None = None) -> SelectionTask:
+    """A :class:`SelectionTask` over ``setup``'s full training set (pipeline.Setup + original model)."""
+    return SelectionTask(
+        family=setup.family,
+        original=original,
+        pool=setup.data.train,
+        engine=setup.engine(),
+        holdout=setup.data.test,
+        model_factory=lambda: setup.new_model(setup.seed + 10_007),
+        train_spec=setup.train_spec,
+        seed=setup.seed,
+        method_specs=method_specs or {},
+    )
+
+
+def run_selection(
+    setup, original, size: int | float | str, cfg: WorstCaseConfig, methods: dict | None = None,
+    granularity: str = "example",
+) -> SelectionResult:  # fmt: skip
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    task = selection_task(setup, original, methods)
+    fn = select_worst_classes if granularity == "class" else select_worst_case
+    return fn(task, size, cfg)
+
+
+def payload(res: SelectionResult, suite: str, seed: int, granularity: str, pool_size: int) -> dict[str, Any]:
+    """The JSON written by ``select``: ``split.kind=ids split.ids_file=FILE`` reads its ``ids``."""
+    out: dict[str, Any] = {
+        "ids": res.ids,
+        "size": len(res.ids),
+        "units": res.size,
+        "granularity": granularity,
+        "suite": suite,
+        "seed": seed,
+        "pool_size": pool_size,
+        "config": res.config,
+        "trajectory": res.trajectory,
+        "forget_loss": res.forget_loss,
+        "seconds": res.seconds,
+        "lower_steps": res.lower_steps,
+    }
+    if granularity == "class":
+        out["classes"] = res.units
+    return out
+
+
+def select_for_suite(
+    suite: str, size: int | float | str, out: str | Path | None = None, overrides: list[str] | None = None,
+    granularity: str = "example",
+) -> dict[str, Any]:  # fmt: skip
+    """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
+    from unlearnkit.bench.suite import load_suite
+    from unlearnkit.pipeline import make_setup, original_model
+
+    loaded = load_suite(suite, overrides)
+    name = loaded.get("suite", suite)
+    cfg, methods, sel = split_suite_config(loaded)
+    cfg.setdefault("engine", {})["progress"] = False
+    setup = make_setup(cfg)
+    original, _ = original_model(setup)
+    res = run_selection(setup, original, size, sel, methods, granularity)
+    obj = payload(res, name, setup.seed, granularity, len(setup.data.train))
+    if out is not None:
+        write_json(out, obj)
+    return obj
