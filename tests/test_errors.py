@@ -175,5 +175,9 @@ def test_list_methods_json_schema(capsys):
         "scrub",
         "salun",
     } <= names
+    by_name = {r["name"]: r for r in rows}
     for r in rows:
-        assert isinstance(r["families"], list) and "vision" in r["families"]
+        assert isinstance(r["families"], list) and set(r["families"]) <= {"vision", "text", "diffusion"}
+    for generic in ("ga", "rl", "salun", "simnpo", "npo", "graddiff"):  # written once over the adapter
+        assert {"vision", "text"} <= set(by_name[generic]["families"])
+    assert by_name["scrub"]["families"] == ["vision"] and by_name["rmu"]["families"] == ["text"]

@@ -6,6 +6,7 @@
     unlearnkit train   --preset vision/salun --out FILE.safetensors [key=value ...]
     unlearnkit evaluate --preset vision/salun model.path=FILE [key=value ...]
     unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [key=value ...]
+    unlearnkit select worstcase --suite vision-digits --size 10% --out FILE [key=value ...]
 
 User errors (bad config, bad data, unknown names, missing files) print one line and exit with 2.
 """
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", help="comma-separated subset of the suite's methods (retrain always runs)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the suite config")
+
+    se = sub.add_parser("select", help="select a forget set (worst-case, by bi-level optimisation)")
+    se.add_argument("selector", choices=["worstcase"], help="the selector")
+    se.add_argument("--suite", default="vision-digits", help="suite (or YAML file) giving data and model")
+    se.add_argument("--size", required=True, help="forget-set size: a count (144) or a percent (10%%)")
+    se.add_argument("--out", required=True, help="JSON file for the ids (use with split.kind=ids)")
+    se.add_argument("--granularity", choices=["example", "class"], default="example", help="unit to select")
+    se.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 select.lower=rl")
     return p
 
 
@@ -149,6 +158,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_select(args) -> int:
+    from unlearnkit.selection.runner import select_for_suite
+
+    obj = select_for_suite(args.suite, args.size, args.out, args.overrides, args.granularity)
+    what = f"{len(obj['classes'])} class(es), " if args.granularity == "class" else ""
+    print(
+        f"selected {what}{obj['size']} of {obj['pool_size']} examples in {obj['seconds']:.2f}s "
+        f"(upper objective {obj['trajectory'][0]:.4g} -> {obj['trajectory'][-1]:.4g}); written to {args.out}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from unlearnkit.errors import UnlearnkitError
 
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,
+        "select": _cmd_select,
     }[args.command]
     try:
         return handler(args)

@@ -168,7 +168,7 @@ def train_original(setup: Setup, model: nn.Module, run_dir: Path | None = None) 
     fam = setup.family
 
     def loss(b, ctx):
-        return fam.per_example_loss(model, b["train"]).mean(), {}
+        return fam.mean_loss(model, b["train"]), {}
 
     bs = {"train": engine.cfg.batch_size}
     return engine.fit(

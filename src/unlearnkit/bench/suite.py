@@ -47,6 +47,10 @@ def run_suite(
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     cfg = load_suite(name, overrides)
+    if cfg.get("kind") == "worstcase":  # random vs worst-case forget sets (bench/worstcase.py)
+        from unlearnkit.bench.worstcase import run_worstcase_suite
+
+        return run_worstcase_suite(cfg, name, seeds, out, methods, progress)
     method_specs: dict[str, dict] = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
     if methods:
         unknown = [m for m in methods if m not in method_specs]

@@ -210,6 +210,10 @@ class Engine:
         result.steps = step
         result.seconds = time.perf_counter() - t0
         model.eval()
+        # accelerate keeps every prepared model and optimizer alive; let this run's go.
+        acc._models.clear()
+        acc._optimizers.clear()
+        acc._dataloaders.clear()
         return result
 
 

@@ -96,7 +96,7 @@ class GradDiff(Method):
     """GradDiff: min_θ −γ·ℓ(θ; D_f) + α·R(θ; D_r), R = NLL on D_r or KL to the original (Liu et al. 2022).
 
     With ``retain_loss="nll"`` this is TOFU's ``grad_diff`` / open-unlearning's ``GradDiff``; with ``"kl"``
-    it is TOFU's ``KL`` method (Maini et al. 2024, §5).
+    it is TOFU's ``KL`` method (Maini et al. 2024).
     """
 
     paper = (
@@ -160,7 +160,9 @@ class GradDiff(Method):
                 ref, _ = output_log_probs(self.family, self.kl_model, batch)
         return kl_from_reference(ref, logp, w)
 
-    def loss(self, b: dict[str, Batch], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, b: dict[str, Batch], ctx: StepContext | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         lf, logs = self.forget_term(b["forget"], ctx)
         total = self.cfg.gamma * lf
         logs = {"forget_loss": float(lf.detach())} | logs

@@ -92,7 +92,7 @@ def compute_reference(
         model.train(was_training)
     if not ids:
         raise UnlearnkitError("cannot compute reference values on an empty set")
-    return ReferenceCache(torch.cat(ids), {k: torch.cat(v) for k, v in parts.items()})
+    return ReferenceCache(torch.cat(ids).to(dev), {k: torch.cat(v) for k, v in parts.items()})
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -21,8 +21,9 @@ def _benchmark(setup: Any) -> str:
     return bench
 
 
-def evaluate_text(setup: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None,
-                  forget_only: bool = False) -> dict[str, Any]:
+def evaluate_text(
+    setup: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, forget_only: bool = False
+) -> dict[str, Any]:
     """TOFU: forget quality needs the oracle's per-item forget truth ratios (``_forget_tr``);
     MUSE: PrivLeak needs the oracle's Min-40% AUC (``_auc``). ``oracle="self"`` compares with itself."""
     ev = setup.cfg.get("eval", {})
@@ -30,34 +31,61 @@ def evaluate_text(setup: Any, model: nn.Module, oracle: dict[str, Any] | str | N
     records = setup.data.meta["eval"]
     bs = int(ev.get("batch_size", 32))
     if _benchmark(setup) == "tofu":
-        from unlearnkit.metrics.tofu import evaluate_tofu
+        return _tofu(model, tok, records, oracle, bs, int(ev.get("max_new_tokens", 32)), forget_only)
+    return _muse(model, tok, records, oracle, bs, ev, forget_only)
 
-        if forget_only:
-            records = {"forget": records["forget"]}
-        ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
-        out = evaluate_tofu(model, tok, records, ref, batch_size=bs,
-                            max_new_tokens=int(ev.get("max_new_tokens", 32)), forget_only=forget_only)
-        if oracle == "self":
-            from scipy.stats import ks_2samp
 
-            out["forget_quality"] = float(ks_2samp(out["_forget_tr"], out["_forget_tr"]).pvalue)
-        return out
-    from unlearnkit.metrics.muse import evaluate_muse
+def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> dict[str, Any]:
+    from unlearnkit.metrics.muse import evaluate_muse, privleak
 
     ref_auc = None if oracle in (None, "self") else oracle.get("_auc")
-    out = evaluate_muse(model, tok, records, ref_auc, batch_size=bs, forget_only=forget_only)
+    metrics = ("verbmem_f", "knowmem_f", "privleak") if forget_only else None
+    kw = {"metrics": metrics} if metrics else {}
+    out = evaluate_muse(
+        model,
+        tok,
+        records,
+        ref_auc,
+        batch_size=bs,
+        verbmem_max_new_tokens=int(ev.get("verbmem_max_new_tokens", 64)),
+        **kw,
+    )
+    out["_auc"] = out.pop("auc")
     if oracle == "self":
-        out["privleak"] = 0.0
+        out["privleak"] = privleak(out["_auc"], out["_auc"])
     return out
 
 
-def relearn_and_evaluate(setup: Any, model: nn.Module, oracle: dict[str, Any] | None,
-                         spec: dict[str, Any]) -> dict[str, Any]:
+def _tofu(model, tok, records, oracle, bs: int, max_new: int, forget_only: bool) -> dict[str, Any]:
+    import numpy as np
+
+    from unlearnkit.metrics import tofu
+
+    ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
+    if forget_only:
+        res = tofu.evaluate_split(model, tok, records["forget"], "forget", bs, max_new)
+        out = {
+            "forget_prob": float(np.mean(res["prob"])),
+            "forget_rouge": float(np.mean(res["rouge"])),
+            "forget_truth_ratio": tofu.truth_ratio_forget(res["truth_ratio"]),
+            "_forget_tr": [float(t) for t in res["truth_ratio"]],
+        }
+        out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], ref)
+    else:
+        out = tofu.evaluate_tofu(model, tok, records, ref, batch_size=bs, max_new_tokens=max_new)
+    if oracle == "self":
+        out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
+    return out
+
+
+def relearn_and_evaluate(
+    setup: Any, model: nn.Module, oracle: dict[str, Any] | None, spec: dict[str, Any]
+) -> dict[str, Any]:
     """Relearning attack: fine-tune a copy on a random part of the forget set, re-measure the forget
     metrics, and report them with the suffix ``_relearned``."""
     from unlearnkit.attacks.relearn import relearn
 
-    relearned = relearn(setup, model, **spec)
+    relearned = relearn(model, setup.split.forget, setup.family, **spec)
     after = evaluate_text(setup, relearned, oracle, forget_only=True)
     keys = TOFU_FORGET_KEYS if _benchmark(setup) == "tofu" else MUSE_FORGET_KEYS
     return {f"{k}_relearned": after[k] for k in keys if k in after}

@@ -32,9 +32,9 @@ import numpy as np
 from scipy.stats import hmean, ks_2samp
 from torch import nn
 
+from unlearnkit.data.text import prompt_ids
 from unlearnkit.errors import DataError
 from unlearnkit.metrics.generation import generate_greedy, score_answers
-from unlearnkit.data.text import prompt_ids
 
 SPLITS = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
 UTILITY_KEYS = (
@@ -146,18 +146,18 @@ def evaluate_split(
     cor = [_field(r, correct_key, split, i) for i, r in enumerate(records)]
     perts = [_perturbed(r, split, i) for i, r in enumerate(records)]
     # One batched scoring pass over every (question, answer) pair of the set.
-    pair_q = qs + qs + [q for q, ps in zip(qs, perts, strict=True) for _ in ps]
-    pair_a = ans + cor + [p for ps in perts for p in ps]
+    n = len(qs)
+    extra_q, extra_a = (qs, cor) if correct_key != "answer" else ([], [])
+    pair_q = qs + extra_q + [q for q, ps in zip(qs, perts, strict=True) for _ in ps]
+    pair_a = ans + extra_a + [p for ps in perts for p in ps]
     nll, units = score_answers(model, tokenizer, pair_q, pair_a, batch_size, template, max_length)
     avg = nll / units
-    n = len(qs)
-    ends = np.cumsum([len(ps) for ps in perts]) + 2 * n
-    pert_avg = np.split(avg[2 * n :], ends[:-1] - 2 * n)
+    start = n + len(extra_q)
+    pert_avg = np.split(avg[start:], np.cumsum([len(ps) for ps in perts])[:-1])
+    correct_avg = avg[n:start] if extra_q else avg[:n]
     prob = np.exp(-avg[:n])
-    norm_prob = normalised_probability(np.exp(-avg[n : 2 * n]), [np.exp(-p) for p in pert_avg])
-    if correct_key == "answer":
-        norm_prob = normalised_probability(prob, [np.exp(-p) for p in pert_avg])
-    tr = truth_ratios(avg[n : 2 * n], pert_avg)
+    norm_prob = normalised_probability(prob, [np.exp(-p) for p in pert_avg])
+    tr = truth_ratios(correct_avg, pert_avg)
     prompts = [prompt_ids(tokenizer, q, template) for q in qs]
     gens = [g.strip() for g in generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)]
     return {

@@ -13,6 +13,7 @@ from unlearnkit.selection.worstcase import (
     resolve_size,
     select_worst_case,
     select_worst_classes,
+    select_worst_groups,
 )
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "resolve_size",
     "select_worst_case",
     "select_worst_classes",
+    "select_worst_groups",
     "top_m_indicator",
 ]

@@ -8,7 +8,8 @@ min_{v∈S} ½‖v − w‖² give v = clamp(w − μ, 0, 1) for the scalar μ t
 
 and g is continuous and non-increasing in μ, with g(min w − 1) = N and g(max w) = 0, so bisection on
 that bracket finds μ. We bisect in float64 until the bracket is below ``tol`` (or ``max_iter`` halvings;
-the reference stops at 1e-5 / 100 iterations) and return clamp(w − μ, 0, 1) in the input dtype.
+the reference stops at 1e-5 / 100 iterations), then solve g(μ) = m in closed form on the linear piece
+that contains μ (so 1ᵀw = m to rounding), and return clamp(w − μ, 0, 1) in the input dtype.
 """
 
 from __future__ import annotations
@@ -40,8 +41,19 @@ def project_capped_simplex(
             hi = mid
         if hi - lo < tol:
             break
-    mu = 0.5 * (lo + hi)
+    mu = _polish(x, 0.5 * (lo + hi), m)
     return (x - mu).clamp(0.0, 1.0).to(w.dtype)
+
+
+def _polish(x: torch.Tensor, mu: float, m: float) -> float:
+    """Solve g(μ) = m exactly on the linear piece around the bisection's μ: with U = {x_i − μ ≥ 1} and
+    the free set F = {0 < x_i − μ < 1}, g(μ') = |U| + Σ_F (x_i − μ') = m gives μ' in closed form."""
+    d = x - mu
+    free = (d > 0) & (d < 1)
+    if not bool(free.any()):
+        return mu
+    exact = (float(x[free].sum()) + int((d >= 1).sum()) - m) / int(free.sum())
+    return exact if abs(exact - mu) < 1e-6 else mu
 
 
 def top_m_indicator(w: torch.Tensor, m: int) -> torch.Tensor:

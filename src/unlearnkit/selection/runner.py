@@ -76,6 +76,7 @@ def payload(res: SelectionResult, suite: str, seed: int, granularity: str, pool_
         "config": res.config,
         "trajectory": res.trajectory,
         "forget_loss": res.forget_loss,
+        "best_iter": res.best_iter,
         "seconds": res.seconds,
         "lower_steps": res.lower_steps,
     }
