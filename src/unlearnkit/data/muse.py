@@ -60,7 +60,7 @@ def load_muse(
     """
     if max_length < 2:
         raise DataError(f"max_length must be at least 2 tokens, got {max_length}")
-    src = TableSource(MUSE_HUB.get(source.lower(), source), "MUSE", _FIX, cache_dir)
+    src = TableSource(MUSE_HUB.get(str(source).lower(), str(source)), "MUSE", _FIX, cache_dir)
     raw = {s: _column(src.rows("raw", s), "text", f"raw/{s}") for s in RAW_SPLITS}
     verbmem = _pairs(src.rows("verbmem", "forget"), ("prompt", "gt"), "verbmem/forget")
     know = {

@@ -223,7 +223,16 @@ def pad_set(es: ExampleSet, width: int, pad_id: int) -> ExampleSet:
     return ExampleSet(cols, es.ids, es.transform, es.meta)
 
 
-def _build(tables, forget, tok, max_length, template, seed, name, source) -> LoadedData:
+def _build(
+    tables: dict[str, list[dict]],
+    forget: str,
+    tok: Any,
+    max_length: int,
+    template: str | None,
+    seed: int,
+    name: str,
+    source: str,
+) -> LoadedData:
     forget_ids, retain_ids = _split_ids(tables)
     full = tables["full"]
     rng = random.Random(seed)
