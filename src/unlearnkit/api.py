@@ -140,6 +140,13 @@ def evaluate_fn(
 evaluate = evaluate_fn
 
 
+def _overlaps_input(out: Path, model_path: Path) -> bool:
+    """True when writing into ``out`` could touch the input model (its file, its folder, or inside it)."""
+    out, mp = out.resolve(), model_path.resolve()
+    home = mp if mp.is_dir() else mp.parent
+    return out == home or home in out.parents
+
+
 def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, Any]:
     """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does)."""
     from unlearnkit.pipeline import (
@@ -156,7 +163,7 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, 
     method = build_method(cfg["method"], cfg["family"])  # validate before any work
     out = out or cfg.get("out")
     protect = [cfg["model"]["path"]] if cfg["model"].get("path") else []
-    if out and protect and Path(out).resolve() == Path(protect[0]).resolve().parent:
+    if out and protect and _overlaps_input(Path(out), Path(protect[0])):
         raise UnlearnkitError(
             f"--out {str(out)!r} is the folder of the input model; choose another folder so the input is kept"
         )
@@ -186,5 +193,6 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, 
             before,
             extra={"oracle": result.get("oracle"), "steps": fit.steps},
             protect=protect,
+            tokenizer=setup.data.meta.get("tokenizer"),
         )
     return result

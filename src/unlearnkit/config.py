@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import types
@@ -134,6 +135,9 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {v!r}")
     if hint is float:
+        if isinstance(v, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                v = float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{where} must be a number, got {v!r}")
         return float(v)

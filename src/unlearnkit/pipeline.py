@@ -126,12 +126,13 @@ def benchmark_split(data: LoadedData, spec: dict[str, Any]) -> Split:
     retain_name = spec.get("retain") or data.meta.get("retain_split") or _complement(name, rids)
     if retain_name not in rids:
         raise ConfigError(f"split.retain={retain_name!r} is not a split of {data.name!r}: {sorted(rids)}")
+    retain = data.train.subset(rids[retain_name])
+    if data.meta.get("pretrain") is not None:  # general knowledge trained alongside (TOFU's real authors)
+        from unlearnkit.data.examples import concat
+
+        retain = concat(retain, data.meta["pretrain"])
     return Split(
-        data.train.subset(fids[name]),
-        data.train.subset(rids[retain_name]),
-        data.test,
-        "benchmark",
-        {"forget": name, "retain": retain_name},
+        data.train.subset(fids[name]), retain, data.test, "benchmark", {"forget": name, "retain": retain_name}
     )
 
 
@@ -190,6 +191,9 @@ def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dic
     """
     mcfg = setup.cfg["model"]
     model = setup.new_model()
+    if mcfg.get("name") == "hf":  # a pretrained folder: the builder already loaded its weights
+        setup.family.validate(model, setup.split.forget)
+        return model, {"source": str(mcfg.get("path"))}
     if mcfg.get("path"):
         load_weights(model, mcfg["path"])
         setup.family.validate(model, setup.split.forget)

@@ -120,6 +120,14 @@ def uint8_to_unit(batch: Batch) -> Batch:
     return batch | {"x": batch["x"].float() / 255.0}
 
 
+def concat(*sets: ExampleSet) -> ExampleSet:
+    """Rows of several sets with the same columns (ids must stay unique); transform of the first."""
+    if not sets:
+        raise DataError("nothing to concatenate")
+    cols = {k: torch.cat([s.columns[k] for s in sets]) for k in sets[0].columns}
+    return ExampleSet(cols, torch.cat([s.ids for s in sets]), sets[0].transform, sets[0].meta)
+
+
 def _identity(batch: Batch) -> Batch:
     return batch
 

@@ -33,7 +33,7 @@ from unlearnkit.data.tofu import load_tofu, tofu_texts
 from unlearnkit.errors import DataError
 from unlearnkit.registry import register_dataset
 
-GEN_VERSION = 1
+GEN_VERSION = 2  # 2: perturbed answers use the paraphrase wording
 
 
 def split_words(text: str, sep: str | None = None) -> list[str]:
@@ -200,7 +200,9 @@ def _overlap(a: Any, b: Any) -> bool:
 
 
 def _perturbed(rng: random.Random, world: dict, p: dict, template: tuple, k: int) -> list[str]:
-    slot, answer = template[0], template[3]
+    """Wrong facts in the *paraphrased* answer's wording, as TOFU builds them: the Truth Ratio compares
+    the paraphrase with these, so the two must differ in facts only, never in style."""
+    slot, answer = template[0], template[4]
     true = answer.format(**_fields(p, world))
     out: list[str] = []
     for _ in range(200 * k):

@@ -85,7 +85,8 @@ class TextFamily(Family):
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
         spec = dict(spec)
         name = spec.pop("name", "tiny-llama")
-        spec.pop("path", None)
+        if name != "hf":  # a pretrained folder is loaded by the "hf" builder itself
+            spec.pop("path", None)
         spec.pop("seed", None)
         try:
             return get_model(name)(data, **spec)

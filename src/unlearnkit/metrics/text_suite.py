@@ -14,8 +14,22 @@ TOFU_FORGET_KEYS = ("forget_quality", "forget_truth_ratio", "forget_rouge", "for
 MUSE_FORGET_KEYS = ("verbmem_f", "knowmem_f", "privleak")
 
 
+MUSE_EVAL_KEYS = {  # data loader's names -> metrics' names
+    "verbmem_forget": "verbmem_f",
+    "knowmem_forget": "knowmem_f",
+    "knowmem_retain": "knowmem_r",
+    "knowmem_icl": "knowmem_f_icl",
+    "knowmem_retain_icl": "knowmem_r_icl",
+    "forget_texts": "forget",
+    "holdout_texts": "holdout",
+}
+
+
 def _benchmark(setup: Any) -> str:
-    bench = setup.data.meta.get("benchmark")
+    ev = setup.data.meta.get("eval") or {}
+    bench = setup.data.meta.get("benchmark") or (
+        "tofu" if "real_authors" in ev else "muse" if "verbmem_forget" in ev else None
+    )
     if bench not in ("tofu", "muse"):
         raise UnlearnkitError(f"the text dataset {setup.data.name!r} names no benchmark (tofu or muse)")
     return bench
@@ -39,6 +53,7 @@ def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> 
     from unlearnkit.metrics.muse import evaluate_muse, privleak
 
     ref_auc = None if oracle in (None, "self") else oracle.get("_auc")
+    records = {MUSE_EVAL_KEYS.get(k, k): v for k, v in records.items()}
     metrics = ("verbmem_f", "knowmem_f", "privleak") if forget_only else None
     kw = {"metrics": metrics} if metrics else {}
     out = evaluate_muse(

@@ -28,10 +28,15 @@ def write_run(
     weights_before_sha256: str,
     extra: dict[str, Any] | None = None,
     protect: list[str | Path] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / "model.safetensors", protect=protect)
+    if hasattr(model, "save_pretrained"):  # a Hugging Face model: also a folder from_pretrained can load
+        model.save_pretrained(out / "hf_model", safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / "hf_model")
     after = weights_sha256(model)
     results = {"metrics": metrics} | (extra or {})
     receipt = {

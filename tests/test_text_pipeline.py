@@ -1,0 +1,100 @@
+"""The text family end to end: the tofu-synthetic suite contract and `unlearnkit unlearn` on local folders."""
+
+import json
+
+import pytest
+import torch
+
+from unlearnkit.cli import main
+
+SMALL = ["data.n_authors=20", "train.epochs=6", "eval.max_new_tokens=16"]
+
+
+@pytest.fixture(scope="module")
+def tofu_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tofu")
+    code = main(
+        [
+            "bench",
+            "tofu-synthetic",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--methods",
+            "simnpo,npo",
+            "--quiet",
+            *SMALL,
+        ]
+    )
+    assert code == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_tofu_suite_rows_and_keys(tofu_result):
+    rows = {r["method"]: r["metrics"] for r in tofu_result["rows"]}
+    assert set(rows) == {"retrain", "simnpo", "npo"}
+    keys = {"forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "forget_prob"}
+    for name, m in rows.items():
+        assert keys <= set(m)
+        assert not any(k.startswith("_") for k in m)  # per-item values stay private
+        assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
+        if name != "retrain":
+            assert {f"{k}_relearned" for k in keys - {"model_utility"}} <= set(m)
+    # The oracle compared with itself: identical truth-ratio samples give a KS p-value of 1.
+    assert rows["retrain"]["forget_quality"] == 1.0
+
+
+def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
+    """`unlearnkit unlearn --preset text/tofu` on a local TOFU-format folder and a save_pretrained model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearnkit.data.synthetic_authors import write_tofu_folder
+    from unlearnkit.data.tokenizer import load_tokenizer
+    from unlearnkit.io import file_sha256
+
+    data_dir = write_tofu_folder(tmp_path / "tofu", n_authors=10, with_tokenizer=True)
+    tok = load_tokenizer(data_dir / "tokenizer")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model_dir = tmp_path / "model"
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    weights = next(model_dir.glob("*.safetensors"))
+    digest = file_sha256(weights)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "unlearn",
+            "--preset",
+            "text/tofu",
+            f"data.source={data_dir}",
+            f"data.tokenizer={model_dir}",
+            f"model.path={model_dir}",
+            "method.epochs=2",
+            "method.lr=1e-3",
+            "eval.max_new_tokens=8",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    assert file_sha256(weights) == digest  # the input model is untouched
+    results = json.loads((out / "results.json").read_text())
+    assert {"forget_rouge", "forget_truth_ratio", "model_utility"} <= set(results["metrics"])
+    receipt = json.loads((out / "receipt.json").read_text())
+    assert receipt["weights_before_sha256"] != receipt["weights_after_sha256"]
+    reloaded = LlamaForCausalLM.from_pretrained(out / "hf_model")
+    assert reloaded.config.vocab_size == len(tok)
