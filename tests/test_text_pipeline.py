@@ -98,3 +98,24 @@ def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
     assert receipt["weights_before_sha256"] != receipt["weights_after_sha256"]
     reloaded = LlamaForCausalLM.from_pretrained(out / "hf_model")
     assert reloaded.config.vocab_size == len(tok)
+
+
+def test_lora_trains_only_adapters_and_merges_back():
+    """model.lora: only adapter weights train; the merged model has the original architecture."""
+    from unlearnkit.config import load_preset
+    from unlearnkit.pipeline import build_method, make_setup, original_model, run_method
+
+    cfg = load_preset("text/simnpo")
+    cfg["data"] = cfg["data"] | {"n_authors": 20}
+    cfg["train"] = cfg["train"] | {"epochs": 3}
+    cfg["model"] = cfg["model"] | {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    cfg["engine"] = {"progress": False}
+    setup = make_setup(cfg)
+    original, _ = original_model(setup)
+    model, _, _ = run_method(setup, original, build_method(cfg["method"] | {"epochs": 2, "lr": 1e-2}, "text"))
+    assert type(model) is type(original)
+    before, after = original.state_dict(), model.state_dict()
+    assert set(before) == set(after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Merged LoRA deltas land exactly on the targeted projections, nowhere else.
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)

@@ -202,7 +202,7 @@ def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dic
         {
             "family": setup.cfg["family"],
             "data": setup.cfg["data"],
-            "model": mcfg,
+            "model": {k: v for k, v in mcfg.items() if k != "lora"},
             "train": setup.cfg["train"],
             "seed": setup.seed,
         }
@@ -231,6 +231,11 @@ def run_method(
 ) -> tuple[nn.Module, float, FitResult]:
     """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit)."""
     model = copy.deepcopy(original)
+    lora = None if method.exact else setup.cfg["model"].get("lora")  # the oracle retrains fully
+    if lora:
+        from unlearnkit.models.lora import apply_lora
+
+        model = apply_lora(model, dict(lora))
     task = Task(
         setup.family,
         model,
@@ -242,6 +247,10 @@ def run_method(
     )
     t0 = time.perf_counter()
     fit = method.run(task)
+    if lora:
+        from unlearnkit.models.lora import merge_lora
+
+        task.model = merge_lora(task.model)
     seconds = time.perf_counter() - t0
     return task.model, seconds, fit
 

@@ -88,6 +88,7 @@ class TextFamily(Family):
         if name != "hf":  # a pretrained folder is loaded by the "hf" builder itself
             spec.pop("path", None)
         spec.pop("seed", None)
+        spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
         try:
             return get_model(name)(data, **spec)
         except TypeError as exc:

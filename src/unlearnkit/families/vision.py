@@ -72,6 +72,7 @@ class VisionFamily(Family):
         name = spec.pop("name", "resnet-tiny")
         spec.pop("path", None)
         spec.pop("seed", None)
+        spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
         try:
             return get_model(name)(data.input_shape, data.num_classes, **spec)
         except TypeError as exc:
