@@ -42,6 +42,10 @@ _BUILTIN_MODULES = (
     "unlearnkit.models.resnet",
     "unlearnkit.models.mlp",
     "unlearnkit.models.tiny_lm",
+    "unlearnkit.families.diffusion",
+    "unlearnkit.methods.esd",
+    "unlearnkit.data.shapes",
+    "unlearnkit.models.t2i",
 )
 _loaded = False
 

@@ -51,6 +51,10 @@ def run_suite(
         from unlearnkit.bench.worstcase import run_worstcase_suite
 
         return run_worstcase_suite(cfg, name, seeds, out, methods, progress)
+    if cfg.get("kind") == "sequential":  # MUSE scalability / sustainability (bench/sequential.py)
+        from unlearnkit.bench.sequential import run_sequential_suite
+
+        return run_sequential_suite(cfg, name, seeds, out, methods, progress)
     method_specs: dict[str, dict] = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
     if methods:
         unknown = [m for m in methods if m not in method_specs]

@@ -1,0 +1,282 @@
+"""MUSE's scalability and sustainability protocols (Shi et al., 2024, §2.5–2.6): suite ``kind: sequential``.
+
+A suite config lists unlearning ``requests`` (forget sets the dataset defines, e.g. ``sust_forget_1..4``)
+and a ``mode``:
+
+- ``sustainability``: the requests arrive one after another; request k unlearns its own articles starting
+  from the model request k−1 left (MUSE's ``unlearn_news_sust.sh`` chains ``model_path``). After each request
+  the forget metrics are measured on the articles of requests 1..k (the cumulative forget set).
+- ``scalability``: every request (forget sets of growing size, ``scal_forget_1..4``) is unlearned from the
+  *original* model; the forget metrics are measured on that request's articles.
+
+In both modes ``knowmem_r`` (and ``verbmem_r``, VerbMem on the retain articles: a utility signal for tiny
+models, whose KnowMem sits at its floor) is measured on the retain set. The reference row ``retrain`` is the
+oracle trained on the retain set only (the one the plain ``muse-synthetic`` suite uses, cached): it never saw
+any forget article, so it is the retrained model for every request's articles, and each request's PrivLeak
+compares the model's forget-vs-holdout Min-40% AUC with the oracle's AUC on the same articles.
+
+Restricting MUSE's evaluation sets to a request's articles: PrivLeak takes the articles' texts (read from the
+dataset's ``scal``/``sust`` tables); VerbMem takes the forget article's VerbMem record (the one whose prompt
+starts the article), or else prompt = the first half of the article's tokens, ground truth = the rest; KnowMem
+takes the forget QA of the matched articles, read as consecutive equal blocks per article (the layout of
+``muse-synthetic``). A request with articles outside ``raw/forget`` and no QA is refused with a clear error.
+
+``DIR/results.json`` rows: ``{"method", "seed", "request", "forget", "n_unlearned", "n_articles", "start",
+"weights_before", "weights_after", "metrics"}`` (``request`` 1-based; the hashes are the receipts of the
+chain: in sustainability mode ``weights_before`` of request k is ``weights_after`` of request k−1).
+``results.md`` has one line per (method, request), mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import ConfigError
+from unlearnkit.io import weights_sha256, write_json, write_text
+
+MODES = ("sustainability", "scalability")
+SEQ_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "verbmem_r", "RTE")
+CAPTION = (
+    "verbmem_f / knowmem_f / privleak on the {scope}; knowmem_r on the retain QA; verbmem_r = VerbMem on "
+    "the retain articles (utility); ROUGE-L F1 x 100; PrivLeak in % of the oracle's AUC (0 = like the "
+    "oracle, negative = under-unlearned); RTE in seconds per request. retrain = the retain-only oracle."
+)
+SCOPES = {
+    "sustainability": "articles of requests 1..k (each request starts from the previous request's model)",
+    "scalability": "request's articles (each request starts from the original model)",
+}
+SUITE_ONLY = ("suite", "kind", "mode", "requests", "keys", "caption", "attack")
+
+
+def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], dict[str, Any]]:
+    """(pipeline config, method specs, suite options) from a loaded suite config (not modified)."""
+    cfg = copy.deepcopy(cfg)
+    specs = {k: dict(v or {}) for k, v in (cfg.pop("methods", None) or {}).items()}
+    opts = {k: cfg.pop(k) for k in SUITE_ONLY if k in cfg}
+    mode = opts.get("mode", "sustainability")
+    if mode not in MODES:
+        raise ConfigError(f"a sequential suite's mode must be one of {MODES}, got {mode!r}")
+    requests = opts.get("requests")
+    if not isinstance(requests, list) or not requests or not all(isinstance(r, str) for r in requests):
+        raise ConfigError(
+            f"a sequential suite needs 'requests:' (a list of forget-set names), got {requests!r}"
+        )
+    return cfg, specs, opts | {"mode": mode}
+
+
+# -- evaluation sets restricted to some articles ------------------------------------------------------------
+def request_texts(data: Any, name: str) -> list[str]:
+    """The article texts of forget set ``name``: ``forget``, or ``<config>_<split>`` (e.g. sust_forget_2)."""
+    ev = data.meta["eval"]
+    if name == data.meta.get("forget_split", "forget"):
+        return list(ev["forget_texts"])
+    from unlearnkit.data.muse import TableSource
+
+    config, _, split = name.partition("_")
+    rows = TableSource(data.meta["source"], "MUSE", "see data/synthetic_muse.py").rows(config, split) or []
+    return [r["text"] for r in rows]
+
+
+def continuation_record(tokenizer: Any, text: str) -> dict[str, str]:
+    """A VerbMem record for a raw text: prompt = its first half of tokens, ground truth = the rest."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    half = max(1, len(ids) // 2)
+    return {
+        "prompt": tokenizer.decode(ids[:half], skip_special_tokens=True),
+        "gt": tokenizer.decode(ids[half:], skip_special_tokens=True),
+    }
+
+
+def restrict_eval(data: Any, texts: list[str]) -> dict[str, Any]:
+    """``data.meta["eval"]`` with the forget-side sets (VerbMem, KnowMem-f, PrivLeak) cut to ``texts``."""
+    ev = data.meta["eval"]
+    tok = data.meta["tokenizer"]
+    forget = list(ev["forget_texts"])
+    position = {t: i for i, t in enumerate(forget)}
+    qa = list(ev["knowmem_forget"])
+    per = len(qa) // len(forget) if forget and len(qa) % len(forget) == 0 else 0
+    verb, know = [], []
+    for text in texts:
+        rec = next((r for r in ev["verbmem_forget"] if text.startswith(r["prompt"])), None)
+        verb.append(rec or continuation_record(tok, text))
+        if per and text in position:
+            i = position[text]
+            know.extend(qa[i * per : (i + 1) * per])
+    if not know:
+        raise ConfigError(
+            "none of the request's articles has KnowMem QA (they are not among the forget articles, or the "
+            "forget QA is not laid out per article): the sequential suite measures forget metrics on the "
+            "requests' own articles; use a dataset whose scal/sust articles are forget articles "
+            "(muse-synthetic)"
+        )
+    return ev | {"verbmem_forget": verb, "knowmem_forget": know, "forget_texts": list(texts)}
+
+
+def verbmem_retain(setup: Any, model: Any) -> float:
+    """VerbMem (ROUGE-L F1 × 100) on the retain articles (first-half prompts): verbmem_f's utility twin."""
+    from unlearnkit.metrics.muse import verbmem
+
+    ev, tok = setup.data.meta["eval"], setup.data.meta["tokenizer"]
+    recs = [continuation_record(tok, t) for t in ev["retain_texts"]]
+    ecfg = setup.cfg.get("eval", {})
+    n_new = int(ecfg.get("verbmem_max_new_tokens", 64))
+    return verbmem(model, tok, recs, n_new, int(ecfg.get("batch_size", 32)))
+
+
+def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) -> Any:
+    """A shallow copy of ``setup`` whose forget split is ``forget_ids`` and, with ``texts``, whose MUSE
+    evaluation sets are restricted to those articles (what unlearning and evaluation then see)."""
+    from unlearnkit.data.splits import Split
+
+    sub = copy.copy(setup)
+    old = setup.split
+    sub.split = Split(
+        setup.data.train.subset(forget_ids), old.retain, old.test, old.kind, {**old.info, "forget": "request"}
+    )
+    if texts is not None:
+        sub.data = dataclasses.replace(
+            setup.data, meta=setup.data.meta | {"eval": restrict_eval(setup.data, texts)}
+        )
+    return sub
+
+
+# -- the runner ---------------------------------------------------------------------------------------------
+def _pick(specs: dict[str, dict], methods: list[str] | None, name: str) -> dict[str, dict]:
+    if not methods:
+        return specs
+    unknown = [m for m in methods if m not in specs]
+    if unknown:
+        raise ConfigError(f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(specs)}")
+    return {k: v for k, v in specs.items() if k in methods or k == "retrain"}
+
+
+def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack: dict | None) -> dict:
+    from unlearnkit.pipeline import evaluate_model
+
+    metrics = evaluate_model(sub, model, oracle) | {"verbmem_r": verbmem_retain(sub, model)}
+    if attack and attack.get("relearn") is not None and oracle != "self":
+        from unlearnkit.metrics.text_suite import relearn_and_evaluate
+
+        metrics |= relearn_and_evaluate(sub, model, oracle, dict(attack["relearn"] or {}))
+    return metrics
+
+
+def run_sequential_suite(
+    cfg: dict[str, Any],
+    name: str,
+    seeds: int,
+    out: str | Path,
+    methods: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
+    from rich.progress import Progress
+
+    from unlearnkit.bench.suite import public
+    from unlearnkit.pipeline import build_method, make_setup, oracle_model, original_model, run_method
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    base, specs, opts = split_config(cfg)
+    specs = _pick(specs, methods, name)
+    family = base.get("family", "text")
+    if family != "text":
+        raise ConfigError(f"the sequential (MUSE) protocols need the text family, got {family!r}")
+    for spec in specs.values():
+        build_method(spec, family)  # validate every method before any training
+    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
+    suite_name = opts.get("suite", name)
+    base.setdefault("engine", {})["progress"] = False
+    rows: list[dict[str, Any]] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(suite_name, total=seeds * (1 + len(requests) * len(specs)))
+        for seed in range(seeds):
+            setup = make_setup(base | {"seed": seed})
+            fids = setup.data.meta.get("forget_ids") or {}
+            missing = [r for r in requests if r not in fids]
+            if missing:
+                raise ConfigError(
+                    f"request {missing[0]!r} is not a forget set of {setup.data.name!r}: {sorted(fids)}"
+                )
+            original, _ = original_model(setup)
+            original_sha = weights_sha256(original)
+            oracle = oracle_seconds = None
+            if "retrain" in specs:
+                oracle, oracle_seconds = oracle_model(setup, build_method(specs["retrain"], family), original)
+            bar.advance(job)
+            current = {m: (original, original_sha) for m in specs if m != "retrain"}
+            seen: list[str] = []
+            for k, req in enumerate(requests, start=1):
+                texts = request_texts(setup.data, req)
+                seen += [t for t in texts if t not in seen]
+                scope = seen if mode == "sustainability" else texts
+                eval_ids = (
+                    sorted({i for r in requests[:k] for i in fids[r]})
+                    if mode == "sustainability"
+                    else fids[req]
+                )
+                sub = scoped(setup, eval_ids, list(scope))
+                unlearn = scoped(setup, fids[req])
+                ref: dict[str, Any] | None = None
+                for mname, spec in specs.items():
+                    bar.update(job, description=f"{suite_name} seed {seed} request {k}: {mname}")
+                    row = {"method": mname, "seed": seed, "request": k, "forget": req}
+                    row |= {"n_unlearned": len(unlearn.split.forget), "n_articles": len(scope)}
+                    if mname == "retrain":
+                        metrics = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
+                        ref = metrics
+                        sha = weights_sha256(oracle)
+                        row |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
+                    else:
+                        start, before = (
+                            current[mname] if mode == "sustainability" else (original, original_sha)
+                        )
+                        model, seconds, _ = run_method(unlearn, start, build_method(spec, family))
+                        after = weights_sha256(model)
+                        metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
+                        current[mname] = (model, after)
+                        origin = "original" if mode == "scalability" or k == 1 else f"request {k - 1}"
+                        row |= {"start": origin, "weights_before": before, "weights_after": after}
+                    rows.append(row | {"metrics": public(metrics)})
+                    bar.advance(job)
+    keys = tuple(opts.get("keys") or SEQ_KEYS)
+    result = {
+        "suite": suite_name,
+        "kind": "sequential",
+        "mode": mode,
+        "requests": requests,
+        "seeds": seeds,
+        "config": base,
+        "methods": specs,
+        "keys": list(keys),
+        "caption": opts.get("caption") or CAPTION.format(scope=SCOPES[mode]),
+        "rows": rows,
+    }
+    out = Path(out)
+    write_json(out / "results.json", result)
+    write_text(out / "results.md", sequential_table(result))
+    return result
+
+
+def sequential_table(result: dict[str, Any]) -> str:
+    """Markdown: one line per (method, request), each metric as mean ± std over seeds."""
+    from unlearnkit.bench.suite import summarize
+
+    keys = tuple(result.get("keys") or SEQ_KEYS)
+    seeds = result["seeds"]
+    head = f"# {result['suite']}: {result['mode']} ({seeds} seed{'s' if seeds != 1 else ''})\n\n"
+    head += f"{result['caption']}\n\n"
+    lines = ["| method | request | forget | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    for m in methods:
+        for k, req in enumerate(result["requests"], start=1):
+            sel = [r for r in result["rows"] if r["method"] == m and r["request"] == k]
+            if not sel:
+                continue
+            d = summarize(sel, keys).get(m, {})
+            cells = [f"{d[x][0]:.2f} ± {d[x][1]:.2f}" if x in d else "" for x in keys]
+            lines.append(f"| {m} | {k} | {req} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"

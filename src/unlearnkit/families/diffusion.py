@@ -1,0 +1,177 @@
+"""The text-to-image diffusion family: denoising error per example, anchor-prompt relabelling.
+
+Batches are ``{"x": [B, 3, H, W] in [0, 1], "input_ids": [B, L], "id": [B]}`` (plus ``shape``/``color``/``y``
+for the shapes world). The per-example loss is the ε-prediction error of DDPM (Ho et al. 2020, Eq. 14),
+
+    ℓ(θ; x_0, c) = ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, c, t)‖²   (mean over pixels),
+
+with (t, ε) drawn from a generator seeded by ``(seed, example id, draw)``: the same example always gets the
+same draw for a fixed ``draw`` counter (a saliency mask or a cached reference loss is reproducible), and a
+method that wants fresh noise every step sets ``resample=True`` (the counter then advances on each call).
+A batch may also carry explicit ``t`` and ``noise`` columns, which win.
+
+``relabel`` is the diffusion analogue of a random label: the caption of a concept example is replaced by its
+anchor caption (``relabel_map``, e.g. ``{"a red circle": "a red square"}`` or ``{"a red circle": ""}``), which
+is SalUn's prompt remapping (Fan et al., ICLR 2024, Eq. 8) and concept ablation's anchor (Kumari et al. 2023).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.data.base import LoadedData
+from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
+from unlearnkit.families.base import Family
+from unlearnkit.registry import get_dataset, get_model, register_family
+
+_MIX = 1_000_003
+
+
+@register_family("diffusion")
+class DiffusionFamily(Family):
+    def __init__(
+        self,
+        relabel_map: dict[str, str] | None = None,
+        seed: int = 0,
+        resample: bool = False,
+        tokenizer: Any = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.relabel_map = dict(relabel_map or {})
+        self.seed = seed
+        self.resample = resample
+        self.draw = 0
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # -- core contract ----------------------------------------------------------------------------
+    def draw_noise(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t ``[B]``, ε ``[B, C, H, W]``) for each example, a function of (seed, id, draw) only."""
+        x = batch["x"]
+        if "t" in batch and "noise" in batch:
+            return batch["t"].long(), batch["noise"]
+        n_t = model.num_train_timesteps
+        ts, eps = [], []
+        for i in batch["id"].tolist():
+            g = torch.Generator().manual_seed((self.seed * _MIX + int(i)) * _MIX + self.draw)
+            ts.append(int(torch.randint(0, n_t, (1,), generator=g)))
+            eps.append(torch.randn(x.shape[1:], generator=g))
+        if self.resample:
+            self.draw += 1
+        return torch.tensor(ts, device=x.device), torch.stack(eps).to(x.device, x.dtype)
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        _check_model(model)
+        x0 = batch["x"] * 2 - 1
+        t, noise = self.draw_noise(model, batch)
+        pred = model(model.add_noise(x0, noise, t), t, batch["input_ids"])
+        return (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+
+    def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Swap each concept caption for its anchor caption (deterministic; ``generator`` is unused)."""
+        table = self._anchor_table()
+        ids = batch["input_ids"]
+        new = ids.clone()
+        hit = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        for concept, anchor in table:
+            rows = (ids == concept.to(ids.device)).all(-1)
+            new[rows] = anchor.to(ids.device)
+            hit |= rows
+        if not bool(hit.all()):
+            bad = ids[~hit][0].tolist()
+            shown = self.tokenizer.decode(bad, skip_special_tokens=True) if self.tokenizer else bad
+            raise DataError(
+                f"caption {shown!r} of a forget example is not a key of relabel_map "
+                f"({sorted(self.relabel_map)}): map every forget caption to an anchor prompt"
+            )
+        return batch | {"input_ids": new}
+
+    def _anchor_table(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._table is None:
+            if not self.relabel_map:
+                raise ConfigError(
+                    "the diffusion family relabels by prompt: set relabel_map, e.g. "
+                    "{'a red circle': 'a red square'} (or '' for the unconditional anchor)"
+                )
+            if self.tokenizer is None:
+                raise ConfigError(
+                    "the diffusion family needs the tokenizer to relabel prompts (load_data sets it)"
+                )
+            from unlearnkit.data.shapes import MAX_LENGTH, tokenize
+
+            keys = list(self.relabel_map)
+            n = self.max_length or MAX_LENGTH
+            c_ids = tokenize(self.tokenizer, keys, n)
+            a_ids = tokenize(self.tokenizer, [self.relabel_map[k] for k in keys], n)
+            self._table = list(zip(c_ids, a_ids, strict=True))
+        return self._table
+
+    # -- data and models ----------------------------------------------------------------------------
+    def load_data(self, spec: dict[str, Any]) -> LoadedData:
+        spec = dict(spec)
+        name = spec.pop("name", "shapes")
+        spec.pop("split", None)
+        try:
+            data = get_dataset(name)(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
+        self.max_length = data.meta.get("max_length", self.max_length)
+        self._table = None
+        return data
+
+    def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
+        spec = dict(spec)
+        name = spec.pop("name", "t2i-tiny")
+        path = spec.pop("path", None)
+        spec.pop("lora", None)
+        if path:
+            from unlearnkit.models.t2i import load_t2i
+
+            model = load_t2i(path)
+        else:
+            try:
+                model = get_model(name)(data, **spec)
+            except TypeError as exc:
+                raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+        if self.tokenizer is None:
+            self.tokenizer = getattr(model, "tokenizer", None)
+        return model
+
+    def validate(self, model: nn.Module, data: ExampleSet) -> None:
+        _check_model(model)
+        missing = [c for c in ("x", "input_ids") if c not in data.columns]
+        if missing:
+            raise DataError(f"a text-to-image dataset needs columns 'x' and 'input_ids'; missing {missing}")
+        ids = data.columns["input_ids"]
+        te_cfg = model.text_encoder.config
+        if len(ids) and int(ids.max()) >= te_cfg.vocab_size:
+            raise DataError(
+                f"token id {int(ids.max())} is outside the text encoder's vocabulary ({te_cfg.vocab_size}): "
+                "the captions were tokenized with another tokenizer than the model's"
+            )
+        if ids.shape[1] > te_cfg.max_position_embeddings:
+            raise DataError(
+                f"captions have {ids.shape[1]} tokens but the text encoder takes at most "
+                f"{te_cfg.max_position_embeddings}"
+            )
+        u = model.unet.config
+        want = (u.in_channels, u.sample_size, u.sample_size)
+        if tuple(data.columns["x"].shape[1:]) != want:
+            raise DataError(
+                f"images have shape {tuple(data.columns['x'].shape[1:])}, the UNet expects {want}"
+            )
+
+
+def _check_model(model: nn.Module) -> None:
+    for part in ("unet", "text_encoder"):
+        if getattr(model, part, None) is None:
+            raise UnlearnkitError(
+                f"the diffusion family needs a T2IModel with a UNet and a text encoder; {part} is missing "
+                "(build one with unlearnkit.models.t2i.build_t2i or load_t2i)"
+            )

@@ -1,0 +1,147 @@
+"""Metrics of concept erasure in text-to-image models, judged by :class:`~unlearnkit.models.t2i.ShapeJudge`.
+
+- **UA** (unlearning accuracy, UnlearnCanvas): share of the concept prompts' generations that the judge does
+  *not* recognise as the concept.
+- **utility**: judge accuracy (shape and colour both right) on the retain prompts' generations.
+- **Fréchet distance** (Heusel et al. 2017): ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^{1/2}) between Gaussians
+  fitted to the judge's penultimate features of generated and real images (the FID formula in a small,
+  domain-specific feature space instead of Inception's).
+- **ASR** (UnlearnDiffAtk, ``check_asr.py``): pre-ASR = #prompts already recognised without attack / N;
+  ASR = (#pre-successes + #attack successes among the others) / N ("ASR = pre-ASR + post-ASR").
+
+The arithmetic helpers are pure functions returning fractions in [0, 1]; suites report percents.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from unlearnkit.errors import UnlearnkitError
+
+
+def parse_concept(prompt: str) -> tuple[int | None, int | None]:
+    """(shape index or None, colour index or None) named by a prompt such as "a red circle" or "circle"."""
+    from unlearnkit.data.shapes import COLORS, SHAPES
+
+    words = prompt.lower().split()
+    shapes = [SHAPES.index(w) for w in words if w in SHAPES]
+    colors = [COLORS.index(w) for w in words if w in COLORS]
+    if not shapes and not colors or len(shapes) > 1 or len(colors) > 1:
+        raise UnlearnkitError(
+            f"concept {prompt!r} names no single shape/colour of the shapes world "
+            f"(shapes: {', '.join(SHAPES)}; colours: {', '.join(COLORS)})"
+        )
+    return (shapes[0] if shapes else None), (colors[0] if colors else None)
+
+
+def recognised(
+    pred_shape: torch.Tensor, pred_color: torch.Tensor, shape: int | None, color: int | None
+) -> torch.Tensor:
+    """Boolean per image: the judge sees the concept (every attribute the concept names)."""
+    ok = torch.ones_like(pred_shape, dtype=torch.bool)
+    if shape is not None:
+        ok &= pred_shape == shape
+    if color is not None:
+        ok &= pred_color == color
+    return ok
+
+
+def unlearn_accuracy(recognised_flags: torch.Tensor) -> float:
+    """UA = 1 − share recognised."""
+    return 1.0 - float(recognised_flags.float().mean())
+
+
+def asr(pre_success: Sequence[bool], attack_success: Sequence[bool]) -> tuple[float, float]:
+    """(pre-ASR, ASR) over N prompts; an attack success on an already-successful prompt counts once."""
+    pre = np.asarray(pre_success, dtype=bool)
+    att = np.asarray(attack_success, dtype=bool)
+    if pre.shape != att.shape or pre.ndim != 1 or len(pre) == 0:
+        raise UnlearnkitError("pre_success and attack_success must be equal-length, non-empty 1-D lists")
+    return float(pre.mean()), float((pre | att).mean())
+
+
+def frechet_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]``."""
+    from scipy import linalg
+
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise UnlearnkitError("frechet_distance needs two [N, D] feature arrays with N >= 2 and equal D")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s_a @ s_b)
+        if not np.isfinite(covmean).all():  # near-singular product: regularise as pytorch-fid does
+            off = np.eye(len(s_a)) * 1e-6
+            covmean = linalg.sqrtm((s_a + off) @ (s_b + off))
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+
+
+@torch.no_grad()
+def generate_for_prompts(
+    model,
+    prompts: Sequence[str],
+    per_prompt: int = 16,
+    seed: int = 0,
+    guidance: float = 3.0,
+    steps: int = 25,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_prompt`` images per prompt in [0, 1] and the prompt index of each image (fixed seeds)."""
+    from unlearnkit.models.t2i import ddim_sample, encode_prompts
+
+    was_training = model.training
+    model.eval()
+    ids = encode_prompts(model, list(prompts))
+    idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size]
+        out.append(ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen).cpu())
+    model.train(was_training)
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
+
+
+@torch.no_grad()
+def judge_features(judge, images01: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    judge.eval()
+    return torch.cat(
+        [judge.features(images01[i : i + batch_size]) for i in range(0, len(images01), batch_size)]
+    )
+
+
+def erasure_metrics(
+    model,
+    judge,
+    concept: str,
+    retain_prompts: Sequence[str],
+    real_images01: torch.Tensor,
+    per_prompt: int = 16,
+    seed: int = 0,
+    guidance: float = 3.0,
+    steps: int = 25,
+) -> dict[str, float]:
+    """UA on the concept prompt, utility on the retain prompts, and the judge-feature Fréchet distance between
+    the retain generations and real images (percents for UA and utility)."""
+    from unlearnkit.models.t2i import ShapeJudge  # noqa: F401  (documents the expected judge)
+
+    shape, color = parse_concept(concept)
+    imgs, _ = generate_for_prompts(model, [concept], per_prompt, seed, guidance, steps)
+    ps, pc = judge.predict(imgs)
+    ua = unlearn_accuracy(recognised(ps, pc, shape, color))
+    r_imgs, r_idx = generate_for_prompts(model, list(retain_prompts), per_prompt, seed + 1, guidance, steps)
+    targets = [parse_concept(p) for p in retain_prompts]
+    ps, pc = judge.predict(r_imgs)
+    ok = torch.stack(
+        [recognised(ps[k : k + 1], pc[k : k + 1], *targets[int(i)])[0] for k, i in enumerate(r_idx)]
+    )
+    fid = frechet_distance(judge_features(judge, r_imgs), judge_features(judge, real_images01))
+    return {"UA": 100 * ua, "utility": 100 * float(ok.float().mean()), "fid": fid}

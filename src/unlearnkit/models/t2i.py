@@ -1,0 +1,334 @@
+"""A tiny pixel-space text-to-image diffusion model from diffusers/transformers components, and its judge.
+
+:class:`T2IModel` is one ``nn.Module`` holding the ``UNet2DConditionModel`` and the ``CLIPTextModel`` (so the
+engine, optimizers and weight masks see both); the DDPM noise schedule and the tokenizer ride along as plain
+attributes. The denoiser predicts ε (Ho et al. 2020, Eq. 14): ``model(x_t, t, input_ids) = ε_θ(x_t, c, t)``
+with ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε``. :func:`ddim_sample` is deterministic DDIM (Song et al. 2021, Eq. 12,
+η=0) with classifier-free guidance ε̃ = ε_∅ + w(ε_c − ε_∅) (Ho & Salimans 2022) and can stop after a given
+number of steps (ESD's partial sampling). The measured CPU config is in ``cpu-recipes.md``.
+
+:class:`ShapeJudge` is a small CNN with shape and colour heads; it plays the role of NudeNet / ResNet-50 in
+the papers, and its penultimate features define the Fréchet distance of :mod:`unlearnkit.metrics.diffusion`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.registry import register_model
+
+COMPONENTS = ("unet", "text_encoder", "scheduler", "tokenizer")
+PRESETS: dict[str, dict[str, Any]] = {
+    # measured on 2 CPU cores: ~1.0M UNet parameters, ~0.38 s per batch-32 step
+    "small": {"blocks": (32, 64), "hidden": 64, "ffn": 128, "heads": 4, "groups": 8, "head_dim": 8},
+    # for tests: a few thousand parameters
+    "tiny": {"blocks": (8, 16), "hidden": 16, "ffn": 32, "heads": 2, "groups": 4, "head_dim": 4},
+}
+
+
+def build_text_encoder(vocab_size: int, max_length: int, preset: str = "small") -> nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    p = PRESETS[preset]
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=p["hidden"],
+        intermediate_size=p["ffn"],
+        num_hidden_layers=2,
+        num_attention_heads=p["heads"],
+        max_position_embeddings=max_length,
+        projection_dim=p["hidden"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return CLIPTextModel(cfg)
+
+
+def build_unet(preset: str = "small", size: int = 16) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    p = PRESETS[preset]
+    return UNet2DConditionModel(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=p["blocks"],
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=p["hidden"],
+        norm_num_groups=p["groups"],
+        attention_head_dim=p["head_dim"],
+    )
+
+
+def build_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+
+
+class T2IModel(nn.Module):
+    """UNet + text encoder as one module; ``forward(x_t, t, input_ids)`` predicts the noise ε."""
+
+    def __init__(
+        self, unet: nn.Module, text_encoder: nn.Module, scheduler: Any = None, tokenizer: Any = None
+    ):
+        super().__init__()
+        if unet is None or text_encoder is None:
+            missing = "unet" if unet is None else "text_encoder"
+            raise UnlearnkitError(
+                f"a text-to-image model needs a UNet and a text encoder; {missing} is missing"
+            )
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.scheduler = scheduler if scheduler is not None else build_scheduler()
+        self.tokenizer = tokenizer
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Per-token text states ``[B, L, H]`` (the cross-attention context)."""
+        return self.text_encoder(input_ids=input_ids).last_hidden_state
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if context is None:
+            if input_ids is None:
+                raise UnlearnkitError("pass input_ids or a text context to the T2I model")
+            context = self.encode(input_ids)
+        return self.unet(x_t, t, encoder_hidden_states=context).sample
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -> torch.Tensor:
+    """Token ids ``[N, L]`` of ``prompts`` with the model's tokenizer (unknown words are an error)."""
+    from unlearnkit.data.shapes import tokenize
+
+    tok = tokenizer if tokenizer is not None else model.tokenizer
+    if tok is None:
+        raise UnlearnkitError("the T2I model has no tokenizer: pass one to encode_prompts")
+    n_pos = model.text_encoder.config.max_position_embeddings
+    return tokenize(tok, prompts, n_pos).to(_device(model))
+
+
+def ddim_timesteps(model: T2IModel, steps: int) -> list[int]:
+    """Evenly spaced ("leading") DDIM timesteps, noisiest first."""
+    stride = model.num_train_timesteps // steps
+    return list(range(0, model.num_train_timesteps, stride))[:steps][::-1]
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: T2IModel,
+    input_ids: torch.Tensor | None = None,
+    guidance: float = 3.0,
+    steps: int = 25,
+    generator: torch.Generator | None = None,
+    context: torch.Tensor | None = None,
+    uncond_ids: torch.Tensor | None = None,
+    stop_at: int | None = None,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, int]:
+    """Sample images in [-1, 1] with DDIM (η=0) and classifier-free guidance ``guidance``.
+
+    Conditioning is ``input_ids`` or a precomputed ``context``; the unconditional branch uses ``uncond_ids``
+    (default: the empty caption). With ``stop_at=k`` the loop stops after k steps and returns
+    ``(x_t, t)`` (the partially denoised sample and the timestep it belongs to).
+    """
+    dev = _device(model)
+    if context is None:
+        context = model.encode(input_ids.to(dev))
+    n = context.shape[0]
+    if uncond_ids is None:
+        uncond_ids = encode_prompts(model, [""]) if model.tokenizer is not None else _empty_ids(model)
+    uncond = model.encode(uncond_ids.to(dev)).expand(n, -1, -1)
+    size = model.unet.config.sample_size
+    c = model.unet.config.in_channels
+    x = x_T if x_T is not None else torch.randn(n, c, size, size, generator=generator).to(dev)
+    ts = ddim_timesteps(model, steps)
+    acp = model.alphas_cumprod.to(dev)
+    for i, t in enumerate(ts):
+        if stop_at is not None and i >= stop_at:
+            return x, t
+        tt = torch.full((2 * n,), t, device=dev, dtype=torch.long)
+        eps_u, eps_c = model(torch.cat([x, x]), tt, context=torch.cat([uncond, context])).chunk(2)
+        eps = eps_u + guidance * (eps_c - eps_u)
+        a = acp[t]
+        a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
+        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    if stop_at is not None:
+        return x, 0
+    return x
+
+
+def _empty_ids(model: T2IModel) -> torch.Tensor:
+    cfg = model.text_encoder.config
+    ids = torch.full((1, cfg.max_position_embeddings), cfg.pad_token_id, dtype=torch.long)
+    ids[0, 0], ids[0, 1] = cfg.bos_token_id, cfg.eos_token_id
+    return ids
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@register_model("t2i-tiny")
+def build_t2i(data: Any = None, preset: str = "small", seed: int | None = None) -> T2IModel:
+    """A freshly initialised T2I model for the ``shapes`` tokenizer (``data.meta["tokenizer"]``)."""
+    from unlearnkit.data.shapes import MAX_LENGTH, build_tokenizer
+
+    if preset not in PRESETS:
+        raise UnlearnkitError(f"unknown T2I preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    meta = getattr(data, "meta", {}) or {}
+    tok = meta.get("tokenizer") or build_tokenizer()
+    max_len = meta.get("max_length", MAX_LENGTH)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return T2IModel(build_unet(preset), build_text_encoder(len(tok), max_len, preset), build_scheduler(), tok)
+
+
+def save_t2i(model: T2IModel, folder: str | Path) -> None:
+    """Write each component with ``save_pretrained`` (safetensors) under ``folder/<component>``."""
+    folder = Path(folder)
+    model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    model.scheduler.save_pretrained(folder / "scheduler")
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(folder / "tokenizer")
+
+
+def load_t2i(folder: str | Path, text_encoder: str | Path | None = None) -> T2IModel:
+    """Load a folder written by :func:`save_t2i` (offline); ``text_encoder`` swaps in another encoder folder
+    (e.g. an unlearned one exported as a plug-in)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UnlearnkitError(f"T2I model folder {str(folder)!r} not found")
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if text_encoder is not None and "text_encoder" in missing:
+        missing.remove("text_encoder")
+    if missing:
+        raise UnlearnkitError(
+            f"the T2I model folder {str(folder)!r} lacks component(s) {missing}; expected sub-folders "
+            f"{list(COMPONENTS)} as written by save_t2i / save_pretrained"
+        )
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+    te = CLIPTextModel.from_pretrained(text_encoder or folder / "text_encoder", local_files_only=True)
+    sched = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+    tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
+    return T2IModel(unet, te, sched, tok).eval()
+
+
+# -- the judge ---------------------------------------------------------------------------------------
+class ShapeJudge(nn.Module):
+    """4 conv layers → 128 features → shape and colour logits; input images in [0, 1]."""
+
+    def __init__(self, n_shapes: int = 3, n_colors: int = 3, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * w * 4 * 4, 128), nn.ReLU(),
+        )  # fmt: skip
+        self.shape_head = nn.Linear(128, n_shapes)
+        self.color_head = nn.Linear(128, n_colors)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return self.shape_head(h), self.color_head(h)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shape, colour) predictions for images in [0, 1]."""
+        self.eval()
+        s, c = [], []
+        for i in range(0, len(x), batch_size):
+            ls, lc = self(x[i : i + batch_size])
+            s.append(ls.argmax(-1))
+            c.append(lc.argmax(-1))
+        return torch.cat(s), torch.cat(c)
+
+
+def train_judge(
+    data: Any, epochs: int = 10, lr: float = 2e-3, seed: int = 0, batch_size: int = 64
+) -> ShapeJudge:
+    """Fit the judge on the real ``shapes`` training images (a few seconds on one core)."""
+    torch.manual_seed(seed)
+    judge = ShapeJudge()
+    opt = torch.optim.Adam(judge.parameters(), lr=lr)
+    judge.train()
+    for ep in range(epochs):
+        for b in data.train.loader(batch_size, shuffle=True, seed=seed + ep):
+            ls, lc = judge(b["x"])
+            loss = F.cross_entropy(ls, b["shape"]) + F.cross_entropy(lc, b["color"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return judge.eval()
+
+
+def judge_accuracy(judge: ShapeJudge, images01: torch.Tensor, shape: torch.Tensor, color: torch.Tensor):
+    """(shape accuracy, colour accuracy, both) of the judge on images in [0, 1]."""
+    ps, pc = judge.predict(images01)
+    s, c = ps == shape, pc == color
+    return float(s.float().mean()), float(c.float().mean()), float((s & c).float().mean())
+
+
+# -- the trained original (cached or shipped) -----------------------------------------------------------
+TRAIN_COMMAND = "python scripts/train_t2i_shapes.py"
+
+
+def original_dir() -> Path:
+    """Where the trained original lives: ``$UNLEARNKIT_CACHE/t2i-shapes`` if trained there, else the copy
+    shipped in ``unlearnkit/assets/t2i_shapes``; a clear error says how to make one."""
+    import os
+
+    cache = Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit")).expanduser()
+    for d in (cache / "t2i-shapes", Path(__file__).resolve().parents[1] / "assets" / "t2i_shapes"):
+        if (d / "model").is_dir() and (d / "judge.safetensors").is_file():
+            return d
+    raise UnlearnkitError(
+        f"no trained t2i-shapes model found in {cache / 't2i-shapes'} or the package assets: "
+        f"run `{TRAIN_COMMAND}` once (~15 min on one CPU core)"
+    )
+
+
+def load_original(folder: str | Path | None = None) -> tuple[T2IModel, ShapeJudge]:
+    """(the original T2I model, the judge) from ``folder`` (default: :func:`original_dir`)."""
+    from unlearnkit.io import load_weights
+
+    folder = Path(folder) if folder is not None else original_dir()
+    judge = load_weights(ShapeJudge(), folder / "judge.safetensors").eval()
+    return load_t2i(folder / "model"), judge
