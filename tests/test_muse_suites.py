@@ -14,8 +14,8 @@ from unlearnkit.config import apply_overrides, load_preset
 from unlearnkit.errors import ConfigError
 from unlearnkit.io import weights_sha256
 
-# 16 articles: 4 forget (one per sust_forget_k), 8 retain, 4 holdout; a few training epochs.
-DATA = ["data.n_articles=16", "train.epochs=4", "eval.verbmem_max_new_tokens=12"]
+# 20 articles: 5 forget (sust_forget_1..4 hold 1, 1, 1 and 2 of them), 10 retain, 5 holdout; a few epochs.
+DATA = ["data.n_articles=20", "train.epochs=4", "eval.verbmem_max_new_tokens=12"]
 SMALL = [*DATA, "methods.npo.epochs=2", "attack.relearn.steps=2"]
 SEQ_SMALL = [*DATA, "methods.npo.epochs=2"]
 MUSE_KEYS = {"verbmem_f", "knowmem_f", "knowmem_r", "privleak", "RTE"}
@@ -76,9 +76,10 @@ def test_sustainability_chains_requests(tmp_path, spy, data):
         assert [r["weights_after"] for r in npo] == [c["after"] for c in calls]
         # each request unlearns only its own articles; metrics cover requests 1..k
         assert [c["forget"] for c in calls] == [sorted(data.meta["forget_ids"][q]) for q in requests]
-        assert [r["n_articles"] for r in npo] == [1, 2, 3, 4]
-    oracle = [r for r in res["rows"] if r["method"] == "retrain"]
-    assert all(r["metrics"]["privleak"] == 0.0 for r in oracle)
+        assert [r["n_articles"] for r in npo] == [1, 2, 3, 5]
+    # the oracle compared with itself: 0, or None where its AUC on few articles is 0 (PrivLeak undefined)
+    oracle = [r["metrics"]["privleak"] for r in res["rows"] if r["method"] == "retrain"]
+    assert set(oracle) <= {0.0, None} and 0.0 in oracle
     assert all(MUSE_KEYS | {"verbmem_r"} <= set(r["metrics"]) for r in res["rows"])
     md = (tmp_path / "results.md").read_text()
     assert "| npo | 4 | sust_forget_4 |" in md and "±" in md
@@ -96,7 +97,7 @@ def test_scalability_starts_from_original(tmp_path, spy, data):
     assert [c["forget"] for c in spy] == [
         sorted(data.meta["forget_ids"][f"scal_forget_{k}"]) for k in range(1, 5)
     ]
-    assert [r["n_articles"] for r in npo] == [1, 2, 3, 4]
+    assert [r["n_articles"] for r in npo] == [1, 2, 3, 5]
 
 
 def test_restrict_eval_keeps_only_the_requests_articles(data):

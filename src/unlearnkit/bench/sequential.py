@@ -154,9 +154,20 @@ def _pick(specs: dict[str, dict], methods: list[str] | None, name: str) -> dict[
 
 
 def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack: dict | None) -> dict:
+    """MUSE metrics on ``sub``'s articles (+ ``verbmem_r``, + the relearning attack for a method).
+
+    ``oracle="self"`` evaluates the oracle: its PrivLeak is 0, or None when its own AUC is 0 (a request of
+    few articles that all score below every holdout text), where PrivLeak is undefined for every model
+    of that request: the methods' PrivLeak is then None too, not an error.
+    """
     from unlearnkit.pipeline import evaluate_model
 
-    metrics = evaluate_model(sub, model, oracle) | {"verbmem_r": verbmem_retain(sub, model)}
+    if isinstance(oracle, dict) and not oracle.get("_auc"):
+        oracle = oracle | {"_auc": None}
+    metrics = evaluate_model(sub, model, None if oracle == "self" else oracle)
+    if oracle == "self":
+        metrics["privleak"] = 0.0 if metrics["_auc"] > 0 else None
+    metrics["verbmem_r"] = verbmem_retain(sub, model)
     if attack and attack.get("relearn") is not None and oracle != "self":
         from unlearnkit.metrics.text_suite import relearn_and_evaluate
 
