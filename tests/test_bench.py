@@ -73,3 +73,12 @@ def test_class_wise_forgetting_drops_forget_accuracy():
     assert after["UA"] > 80.0  # SalUn forgets it
     assert after["TA"] > 80.0  # and keeps the other classes
     assert after["TA_forgotten"] < 30.0
+
+
+def test_suite_writes_a_tradeoff_figure(bench_result):
+    out, res = bench_result
+    png = out / "tradeoff.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from unlearnkit.bench.plots import axes_for
+
+    assert axes_for(res) == ("TA", "UA")

@@ -108,6 +108,9 @@ def run_suite(
     }
     write_json(out / "results.json", result)
     write_text(out / "results.md", markdown_table(result, keys))
+    from unlearnkit.bench.plots import tradeoff_plot
+
+    tradeoff_plot(result, out / "tradeoff.png")
     return result
 
 
