@@ -107,7 +107,7 @@ def main() -> None:
         "judge_real_acc_shape_color_both": real_acc,
         "judge_on_samples_shape_color_both": gen_acc,
         "sample_seconds_144": round(sample_s, 1),
-        "command": "python scripts/train_t2i_shapes.py " + " ".join(f"--steps {args.steps}".split()),
+        "command": f"python scripts/train_t2i_shapes.py --steps {args.steps} --seed {args.seed}",
     }
     write_json(out / "train.json", report)
     print(report, flush=True)

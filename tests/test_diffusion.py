@@ -149,9 +149,12 @@ def test_validate_and_missing_components(data, model, tmp_path):
     torch.testing.assert_close(fam.per_example_loss(back, b), fam.per_example_loss(model, b))
     import shutil
 
+    shutil.copytree(tmp_path / "m" / "text_encoder", tmp_path / "plugin_te")
     shutil.rmtree(tmp_path / "m" / "text_encoder")
     with pytest.raises(UnlearnkitError, match="text_encoder"):
         load_t2i(tmp_path / "m")
+    plugged = load_t2i(tmp_path / "m", text_encoder=tmp_path / "plugin_te")  # an exported encoder plugs in
+    torch.testing.assert_close(fam.per_example_loss(plugged, b), fam.per_example_loss(model, b))
 
 
 def test_ddim_sampler_shapes_and_partial_stop(model):
@@ -214,7 +217,7 @@ def test_esd_loss_on_stub_predictions(data):
         stub.unet.attn2_bias.fill_(0.5)  # the student moved; the teacher must still use θ_o (bias 0)
     loss, _ = method.loss({"forget": batch}, type("C", (), {"generator": gen})())
     assert loss.item() == pytest.approx((3.5 + 1.0) ** 2)
-    assert float(stub.unet.attn2_bias) == 0.5  # restored after the teacher pass
+    assert stub.unet.attn2_bias.item() == 0.5  # restored after the teacher pass
     assert [n for n, p in stub.named_parameters() if p.requires_grad] == ["unet.attn2_bias"]
 
 
@@ -308,3 +311,8 @@ def test_salun_on_diffusion_reuses_mask_and_anchor_relabel(data, model):
     assert torch.equal(
         anchored["input_ids"], tokenize(data.meta["tokenizer"], ["a red square"] * len(forget["id"]))
     )
+
+
+def test_too_long_prompt_is_a_clear_error():
+    with pytest.raises(DataError, match="at most 6"):
+        tokenize(build_tokenizer(), ["a red circle a red circle"], max_length=6)

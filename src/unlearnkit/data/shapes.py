@@ -73,16 +73,18 @@ def build_tokenizer(max_length: int = MAX_LENGTH):
 def tokenize(tokenizer: Any, prompts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Token ids ``[N, max_length]`` (padded); an unknown word or a too-long prompt is a clear error."""
     unk = tokenizer.unk_token_id
-    enc = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=False)
-    ids = torch.as_tensor(enc["input_ids"], dtype=torch.long)
-    for p, row in zip(prompts, ids.tolist(), strict=True):
+    rows = tokenizer(list(prompts))["input_ids"]
+    for p, row in zip(prompts, rows, strict=True):
         if unk is not None and unk in row:
             raise DataError(
                 f"prompt {p!r} has words outside the caption vocabulary ({', '.join(vocabulary()[4:])})"
             )
-    if ids.shape[1] > max_length:
-        raise DataError(f"a prompt is longer than {max_length} tokens: {prompts}")
-    return ids
+        if len(row) > max_length:
+            raise DataError(
+                f"prompt {p!r} has {len(row)} tokens; the text encoder takes at most {max_length}"
+            )
+    pad = tokenizer.pad_token_id
+    return torch.as_tensor([row + [pad] * (max_length - len(row)) for row in rows], dtype=torch.long)
 
 
 def draw(shape: int, color: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:

@@ -55,11 +55,18 @@ def esd_param_names(model: torch.nn.Module, variant: str) -> list[str]:
 @dataclass
 class ESDConfig(MethodConfig):
     """Paper/code defaults: η=1, start guidance 3, lr 1e-5 for 1000 iterations of batch 1 on SD 1.4.
-    Here: a tiny model, so lr 1e-4 with Adam over a few passes of the concept's images."""
+
+    Here, tuned on t2i-shapes (erase "a red circle", 16 samples per prompt, seed 0): ESD-x with Adam lr 5e-4,
+    3 passes over the concept's 300 images in batches of 16 (57 steps, ~8 s) gave UA 94% / utility 81%;
+    lr 3e-4 gave 56% / 94%, lr 1e-3 gave 94% / 42%. ESD-u at lr 3e-4 gave 81% / 84%. (The original model:
+    UA 6%, utility 99%.) ESD has no retain term, so a tiny model pays in collateral damage on prompts that
+    share words with the concept.
+    """
 
     epochs: int = 3
-    lr: float = 1e-4
+    lr: float = 5e-4
     optimizer: str = "adam"
+    batch_size: int | None = 16
     variant: str = "x"
     eta: float = 1.0
     concept: str | None = None
