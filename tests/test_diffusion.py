@@ -120,7 +120,9 @@ def test_relabel_maps_concept_to_anchor(data):
     tok = fam.tokenizer
     ids = tokenize(tok, ["a red circle", "a green circle"])
     out = fam.relabel({"input_ids": ids, "id": torch.tensor([0, 1])}, torch.Generator())
-    assert torch.equal(out["input_ids"], tokenize(tok, ["a red square", ""]))
+    # The concept prompt stays the condition; the anchor prompt becomes the target (SalUn's remapping).
+    assert torch.equal(out["input_ids"], ids)
+    assert torch.equal(out["anchor_input_ids"], tokenize(tok, ["a red square", ""]))
     with pytest.raises(DataError, match="not a key of relabel_map"):
         fam.relabel(
             {"input_ids": tokenize(tok, ["a blue square"]), "id": torch.tensor([0])}, torch.Generator()
@@ -308,11 +310,33 @@ def test_salun_on_diffusion_reuses_mask_and_anchor_relabel(data, model):
     assert moved > 0
     forget = task.split.forget.all()
     anchored = task.family.relabel(forget, torch.Generator())
+    assert torch.equal(anchored["input_ids"], forget["input_ids"])
     assert torch.equal(
-        anchored["input_ids"], tokenize(data.meta["tokenizer"], ["a red square"] * len(forget["id"]))
+        anchored["anchor_input_ids"], tokenize(data.meta["tokenizer"], ["a red square"] * len(forget["id"]))
     )
 
 
 def test_too_long_prompt_is_a_clear_error():
     with pytest.raises(DataError, match="at most 6"):
         tokenize(build_tokenizer(), ["a red circle a red circle"], max_length=6)
+
+
+def test_relabelled_loss_matches_the_anchor_prediction(data, model):
+    """ℓ = ‖ε_θ(x_t, c_f) − sg[ε_θ(x_t, c')]‖², with the gradient flowing only through the c_f branch."""
+    tok = data.meta["tokenizer"]
+    fam = DiffusionFamily(relabel_map={"a red circle": "a red square"}, tokenizer=tok)
+    x = data.train.all()["x"][:2]
+    ids = tokenize(tok, ["a red circle", "a red circle"])
+    t = torch.tensor([10, 500])
+    noise = torch.randn(2, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    batch = fam.relabel(
+        {"x": x, "input_ids": ids, "id": torch.tensor([0, 1]), "t": t, "noise": noise}, torch.Generator()
+    )
+    loss = fam.per_example_loss(model, batch)
+    with torch.no_grad():
+        xt = model.add_noise(x * 2 - 1, noise, t)
+        want = (
+            (model(xt, t, ids) - model(xt, t, tokenize(tok, ["a red square"] * 2))).pow(2).flatten(1).mean(1)
+        )
+    assert torch.allclose(loss, want, atol=1e-6)
+    assert loss.requires_grad

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "engine": {},
     "eval": {"mia_features": ["confidence"], "oracle": False},
     "out": None,
+    "family_options": {},
 }
 TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description"}
 
@@ -99,12 +100,21 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     seed = cfg["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    family = get_family(cfg["family"])()
+    if not isinstance(cfg["family_options"], dict):
+        raise ConfigError(
+            "family_options must be a mapping (e.g. {relabel_map: {'a red circle': 'a red square'}})"
+        )
+    try:
+        family = get_family(cfg["family"])(**cfg["family_options"])
+    except TypeError as exc:
+        raise ConfigError(f"bad family_options for {cfg['family']!r}: {exc}") from exc
     engine_cfg = build_dataclass(EngineConfig, cfg["engine"] | {"seed": seed}, "engine")
     train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
     data = family.load_data(cfg["data"])
     if cfg["split"].get("kind") == "benchmark":
         split = benchmark_split(data, cfg["split"])
+    elif cfg["split"].get("kind") == "concept":
+        split = concept_split(data, cfg["split"])
     else:
         split = make_split(data.train, data.test, cfg["split"], seed)
     if data.num_classes:
@@ -134,6 +144,20 @@ def benchmark_split(data: LoadedData, spec: dict[str, Any]) -> Split:
     return Split(
         data.train.subset(fids[name]), retain, data.test, "benchmark", {"forget": name, "retain": retain_name}
     )
+
+
+def concept_split(data: LoadedData, spec: dict[str, Any]) -> Split:
+    """Text-to-image: forget every training image captioned with ``split.concept`` (e.g. "a red circle");
+    retain the other captions; test images of the other captions are the real images for FID."""
+    concept = spec.get("concept")
+    names = list(data.class_names)
+    if concept not in names:
+        raise ConfigError(
+            f"split.concept={concept!r} is not a caption of {data.name!r}; choose one of {names}"
+        )
+    from unlearnkit.data.splits import class_split
+
+    return class_split(data.train, data.test, [names.index(concept)])
 
 
 def _complement(forget: str, retain_ids: dict) -> str | None:
@@ -190,6 +214,14 @@ def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dic
     the cache key covers data, model and recipe and the seed.
     """
     mcfg = setup.cfg["model"]
+    if setup.cfg["family"] == "diffusion":  # the shipped (or cached, or given) trained T2I model + judge
+        from unlearnkit.models.t2i import load_original
+
+        model, judge = load_original(mcfg.get("path"))
+        setup.info["judge"] = judge
+        setup.info["original"] = model  # attacks target images drawn by the original
+        setup.family.validate(model, setup.split.forget)
+        return model, {"source": str(mcfg.get("path") or "shipped")}
     model = setup.new_model()
     if mcfg.get("name") == "hf":  # a pretrained folder: the builder already loaded its weights
         setup.family.validate(model, setup.split.forget)
@@ -308,4 +340,8 @@ def evaluate_model(
         from unlearnkit.metrics.text_suite import evaluate_text
 
         return evaluate_text(setup, model, oracle)
+    if fam == "diffusion":
+        from unlearnkit.metrics.t2i_suite import evaluate_t2i
+
+        return evaluate_t2i(setup, model)
     raise UnlearnkitError(f"no evaluator for family {fam!r} yet")

@@ -65,8 +65,9 @@ def run_suite(
         method_specs = {k: v for k, v in method_specs.items() if k in methods or k == "retrain"}
     # Validate every method config before any training.
     family = cfg.get("family", "vision")
-    for spec in method_specs.values():
-        build_method(spec, family)
+    for mname, spec in method_specs.items():
+        if mname != "original":
+            build_method(spec, family)
     suite_name = cfg.pop("suite", name)
     keys = tuple(cfg.pop("keys", SUITE_KEYS))
     caption = cfg.pop("caption", None)
@@ -133,6 +134,8 @@ def run_row(
 
     if mname == "retrain":
         model, seconds = oracle_model(setup, build_method(spec, family), original)
+    elif mname == "original":  # the model before unlearning, as a reference row
+        model, seconds = original, 0.0
     else:
         model, seconds, _ = run_method(setup, original, build_method(spec, family))
     # The oracle is compared with itself (gap 0, forget quality 1), as the papers' tables report it.

@@ -10,9 +10,16 @@ same draw for a fixed ``draw`` counter (a saliency mask or a cached reference lo
 method that wants fresh noise every step sets ``resample=True`` (the counter then advances on each call).
 A batch may also carry explicit ``t`` and ``noise`` columns, which win.
 
-``relabel`` is the diffusion analogue of a random label: the caption of a concept example is replaced by its
-anchor caption (``relabel_map``, e.g. ``{"a red circle": "a red square"}`` or ``{"a red circle": ""}``), which
-is SalUn's prompt remapping (Fan et al., ICLR 2024, Eq. 8) and concept ablation's anchor (Kumari et al. 2023).
+``relabel`` is the diffusion analogue of a random label. The *condition* is the input and the image is the
+output, so a relabelled concept example keeps its concept prompt c_f and gets a new target: the model's own
+(stop-gradient) prediction under the anchor prompt c' (``relabel_map``, e.g. ``{"a red circle": "a red
+square"}`` or ``{"a red circle": ""}``). Its loss is then SalUn's generation objective (Fan et al., ICLR 2024,
+§4, the remapping term; reference code ``certain_label``):
+
+    ℓ(θ; x_0, c_f → c') = ‖ε_θ(x_t, c_f, t) − sg[ε_θ(x_t, c', t)]‖²
+
+Swapping the caption instead (training ε_θ(x_t, c') on concept images) would teach the anchor prompt to draw
+the concept and leave the concept prompt untouched.
 """
 
 from __future__ import annotations
@@ -69,11 +76,17 @@ class DiffusionFamily(Family):
         _check_model(model)
         x0 = batch["x"] * 2 - 1
         t, noise = self.draw_noise(model, batch)
-        pred = model(model.add_noise(x0, noise, t), t, batch["input_ids"])
-        return (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+        xt = model.add_noise(x0, noise, t)
+        pred = model(xt, t, batch["input_ids"])
+        target = noise
+        if "anchor_input_ids" in batch:  # relabelled: match the anchor prompt's prediction (stop-gradient)
+            with torch.no_grad():
+                target = model(xt, t, batch["anchor_input_ids"])
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
     def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
-        """Swap each concept caption for its anchor caption (deterministic; ``generator`` is unused)."""
+        """Give each concept example its anchor prompt as the target condition (``anchor_input_ids``);
+        deterministic, ``generator`` is unused."""
         table = self._anchor_table()
         ids = batch["input_ids"]
         new = ids.clone()
@@ -89,7 +102,7 @@ class DiffusionFamily(Family):
                 f"caption {shown!r} of a forget example is not a key of relabel_map "
                 f"({sorted(self.relabel_map)}): map every forget caption to an anchor prompt"
             )
-        return batch | {"input_ids": new}
+        return batch | {"anchor_input_ids": new}
 
     def _anchor_table(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._table is None:
