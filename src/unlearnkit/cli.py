@@ -153,7 +153,10 @@ def _cmd_bench(args) -> int:
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     res = run_suite(args.suite, args.seeds, Path(args.out), methods, args.overrides, progress=not args.quiet)
-    print_table(res)
+    if res.get("kind") in (None, "plain"):
+        print_table(res)
+    else:  # sequential and worst-case suites have their own row layout: show their markdown table
+        print((Path(args.out) / "results.md").read_text())
     print(f"results written to {Path(args.out) / 'results.json'} and results.md")
     return 0
 

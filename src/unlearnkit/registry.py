@@ -44,6 +44,7 @@ _BUILTIN_MODULES = (
     "unlearnkit.models.tiny_lm",
     "unlearnkit.families.diffusion",
     "unlearnkit.methods.esd",
+    "unlearnkit.methods.advunlearn",
     "unlearnkit.data.shapes",
     "unlearnkit.models.t2i",
 )

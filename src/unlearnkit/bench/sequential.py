@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,79 +187,36 @@ def run_sequential_suite(
     """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
     from rich.progress import Progress
 
-    from unlearnkit.bench.suite import public
-    from unlearnkit.pipeline import build_method, make_setup, oracle_model, original_model, run_method
+    from unlearnkit.pipeline import build_method, make_setup
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     base, specs, opts = split_config(cfg)
     specs = _pick(specs, methods, name)
+    specs = dict(sorted(specs.items(), key=lambda kv: kv[0] != "retrain"))  # the oracle first
     family = base.get("family", "text")
     if family != "text":
         raise ConfigError(f"the sequential (MUSE) protocols need the text family, got {family!r}")
     for spec in specs.values():
         build_method(spec, family)  # validate every method before any training
-    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
     suite_name = opts.get("suite", name)
     base.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
     with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(suite_name, total=seeds * (1 + len(requests) * len(specs)))
-        for seed in range(seeds):
-            setup = make_setup(base | {"seed": seed})
-            fids = setup.data.meta.get("forget_ids") or {}
-            missing = [r for r in requests if r not in fids]
-            if missing:
-                raise ConfigError(
-                    f"request {missing[0]!r} is not a forget set of {setup.data.name!r}: {sorted(fids)}"
-                )
-            original, _ = original_model(setup)
-            original_sha = weights_sha256(original)
-            oracle = oracle_seconds = None
-            if "retrain" in specs:
-                oracle, oracle_seconds = oracle_model(setup, build_method(specs["retrain"], family), original)
+        job = bar.add_task(suite_name, total=seeds * (1 + len(opts["requests"]) * len(specs)))
+
+        def tick(text: str) -> None:
+            bar.update(job, description=f"{suite_name} {text}")
             bar.advance(job)
-            current = {m: (original, original_sha) for m in specs if m != "retrain"}
-            seen: list[str] = []
-            for k, req in enumerate(requests, start=1):
-                texts = request_texts(setup.data, req)
-                seen += [t for t in texts if t not in seen]
-                scope = seen if mode == "sustainability" else texts
-                eval_ids = (
-                    sorted({i for r in requests[:k] for i in fids[r]})
-                    if mode == "sustainability"
-                    else fids[req]
-                )
-                sub = scoped(setup, eval_ids, list(scope))
-                unlearn = scoped(setup, fids[req])
-                ref: dict[str, Any] | None = None
-                for mname, spec in specs.items():
-                    bar.update(job, description=f"{suite_name} seed {seed} request {k}: {mname}")
-                    row = {"method": mname, "seed": seed, "request": k, "forget": req}
-                    row |= {"n_unlearned": len(unlearn.split.forget), "n_articles": len(scope)}
-                    if mname == "retrain":
-                        metrics = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
-                        ref = metrics
-                        sha = weights_sha256(oracle)
-                        row |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
-                    else:
-                        start, before = (
-                            current[mname] if mode == "sustainability" else (original, original_sha)
-                        )
-                        model, seconds, _ = run_method(unlearn, start, build_method(spec, family))
-                        after = weights_sha256(model)
-                        metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
-                        current[mname] = (model, after)
-                        origin = "original" if mode == "scalability" or k == 1 else f"request {k - 1}"
-                        row |= {"start": origin, "weights_before": before, "weights_after": after}
-                    rows.append(row | {"metrics": public(metrics)})
-                    bar.advance(job)
-    keys = tuple(opts.get("keys") or SEQ_KEYS)
+
+        for seed in range(seeds):
+            rows += _run_seed(make_setup(base | {"seed": seed}), specs, opts, tick)
+    mode, keys = opts["mode"], tuple(opts.get("keys") or SEQ_KEYS)
     result = {
         "suite": suite_name,
         "kind": "sequential",
         "mode": mode,
-        "requests": requests,
+        "requests": list(opts["requests"]),
         "seeds": seeds,
         "config": base,
         "methods": specs,
@@ -270,6 +228,57 @@ def run_sequential_suite(
     write_json(out / "results.json", result)
     write_text(out / "results.md", sequential_table(result))
     return result
+
+
+def _run_seed(setup: Any, specs: dict[str, dict], opts: dict[str, Any], tick: Callable[[str], None]) -> list:
+    """Every request of one seed: the oracle's row, then each method's (chained or from the original)."""
+    from unlearnkit.bench.suite import public
+    from unlearnkit.pipeline import build_method, oracle_model, original_model, run_method
+
+    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
+    family, seed = setup.cfg["family"], setup.seed
+    fids = setup.data.meta.get("forget_ids") or {}
+    missing = [r for r in requests if r not in fids]
+    if missing:
+        raise ConfigError(
+            f"request {missing[0]!r} is not a forget set of {setup.data.name!r}: {sorted(fids)}"
+        )
+    original, _ = original_model(setup)
+    original_sha = weights_sha256(original)
+    oracle = oracle_seconds = None
+    if "retrain" in specs:
+        oracle, oracle_seconds = oracle_model(setup, build_method(specs["retrain"], family), original)
+    tick(f"seed {seed}: original")
+    chained = {m: (original, original_sha) for m in specs if m != "retrain"}
+    rows, seen = [], []
+    for k, req in enumerate(requests, start=1):
+        texts = request_texts(setup.data, req)
+        seen += [t for t in texts if t not in seen]
+        if mode == "sustainability":  # metrics on the articles of requests 1..k
+            scope, eval_ids = seen, sorted({i for r in requests[:k] for i in fids[r]})
+        else:
+            scope, eval_ids = texts, fids[req]
+        sub, unlearn = scoped(setup, eval_ids, list(scope)), scoped(setup, fids[req])
+        ref: dict[str, Any] | None = None
+        for mname, spec in specs.items():
+            row = {"method": mname, "seed": seed, "request": k, "forget": req}
+            row |= {"n_unlearned": len(unlearn.split.forget), "n_articles": len(scope)}
+            if mname == "retrain":
+                metrics = ref = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
+                sha = weights_sha256(oracle)
+                row |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
+            else:
+                start, before = chained[mname] if mode == "sustainability" else (original, original_sha)
+                model, seconds, _ = run_method(unlearn, start, build_method(spec, family))
+                after = weights_sha256(model)
+                metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
+                if mode == "sustainability":
+                    chained[mname] = (model, after)
+                origin = f"request {k - 1}" if mode == "sustainability" and k > 1 else "original"
+                row |= {"start": origin, "weights_before": before, "weights_after": after}
+            rows.append(row | {"metrics": public(metrics)})
+            tick(f"seed {seed} request {k}: {mname}")
+    return rows
 
 
 def sequential_table(result: dict[str, Any]) -> str:

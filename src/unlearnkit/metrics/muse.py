@@ -75,8 +75,8 @@ def privleak(auc: float, auc_retrain: float | None) -> float | None:
     """PrivLeak = (AUC − AUC_retrain) / AUC_retrain × 100 (``None`` without the oracle's AUC)."""
     if auc_retrain is None:
         return None
-    if auc_retrain <= 0:
-        raise DataError(f"the retrained model's AUC must be > 0 to normalise PrivLeak, got {auc_retrain}")
+    if auc_retrain <= 0:  # the oracle separates forget from holdout perfectly: PrivLeak is undefined
+        return None
     return float((auc - auc_retrain) / auc_retrain * 100.0)
 
 

@@ -1,0 +1,288 @@
+"""AdvUnlearn, the soft-prompt attack, UnlearnDiffAtk and ASR on tiny random components (no trained weights).
+
+The simplex projection is checked against scipy's constrained solver and random feasible points; ASR runs
+end to end on a stub model whose images show the concept only when the word "bright" is in the prompt, and
+a stub judge that reads the image, so the expected percentages are known by construction.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unlearnkit.attacks.prompt import (
+    encode_embeds,
+    evaluate_asr,
+    insert_prefix,
+    prefix_embeds,
+    project_simplex,
+    relaxed_prefix,
+    run_asr,
+    soft_prompt_attack,
+)
+from unlearnkit.data.shapes import load_shapes, vocabulary
+from unlearnkit.data.splits import Split
+from unlearnkit.engine.loop import Engine, EngineConfig, StepContext
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.families.diffusion import DiffusionFamily
+from unlearnkit.methods.advunlearn import (
+    AdvUnlearn,
+    AdvUnlearnConfig,
+    AdvUnlearnFast,
+    AdvUnlearnFastConfig,
+    plug_text_encoder,
+    save_text_encoder,
+)
+from unlearnkit.methods.base import Task
+from unlearnkit.models.t2i import T2IModel, build_scheduler, build_t2i, encode_prompts, load_t2i, save_t2i
+from unlearnkit.registry import get_method
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_shapes(n_train_per_class=4, n_test_per_class=2, seed=0)
+
+
+@pytest.fixture
+def model(data):
+    return build_t2i(data, preset="tiny", seed=0)
+
+
+# -- simplex projection ------------------------------------------------------------------------------
+def test_project_simplex_hand_cases_and_scipy():
+    from scipy.optimize import minimize
+
+    got = project_simplex(torch.tensor([[0.5, 0.5], [2.0, 0.0], [1.0, 1.0], [-1.0, 0.2]]))
+    torch.testing.assert_close(got, torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 7)) * 2
+    p = project_simplex(torch.tensor(v)).numpy()
+    assert np.allclose(p.sum(1), 1) and (p >= 0).all()
+    for row, prow in zip(v, p, strict=True):
+        ref = minimize(
+            lambda w, row=row: ((w - row) ** 2).sum(),
+            np.full(7, 1 / 7),
+            jac=lambda w, row=row: 2 * (w - row),
+            bounds=[(0, None)] * 7,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 500},
+        ).x
+        np.testing.assert_allclose(prow, ref, atol=1e-5)
+        feas = rng.dirichlet(np.ones(7), size=2000)  # no feasible point is closer than the projection
+        assert ((feas - row) ** 2).sum(1).min() >= ((prow - row) ** 2).sum() - 1e-12
+
+
+# -- relaxed one-hot, embeddings, prefixes --------------------------------------------------------------
+def test_relaxed_one_hot_equals_token_embedding_and_encoder(model):
+    vocab = torch.arange(4, 22)
+    w = torch.zeros(2, len(vocab))
+    w[0, 5], w[1, 0] = 1.0, 1.0
+    E = model.text_encoder.get_input_embeddings().weight
+    torch.testing.assert_close(relaxed_prefix(model, w, vocab), E[vocab[[5, 0]]])
+    ids = encode_prompts(model, ["a red circle"])
+    discrete = insert_prefix(ids, 2, 0)
+    discrete[0, 1:3] = vocab[[5, 0]]
+    ctx = encode_embeds(model.text_encoder, prefix_embeds(model, ids, relaxed_prefix(model, w, vocab)))
+    torch.testing.assert_close(ctx, model.encode(discrete))
+    torch.testing.assert_close(encode_embeds(model.text_encoder, E[ids]), model.encode(ids))
+    assert discrete[0, :7].tolist() == [1, int(vocab[5]), int(vocab[0]), *ids[0, 1:5].tolist()]
+    long = encode_prompts(model, ["a photo of a red circle"])  # 8 of 12 positions
+    with pytest.raises(UnlearnkitError, match="does not fit"):
+        insert_prefix(long, 5, 0)
+
+
+def test_soft_prompt_step_descends_the_attack_objective(model):
+    torch.manual_seed(0)
+    ids = encode_prompts(model, ["a red circle"] * 2)
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 600])
+    target = torch.randn(2, 3, 16, 16)
+    d0 = torch.randn(1, model.text_encoder.config.hidden_size) * 0.02
+
+    def obj(d):
+        with torch.no_grad():
+            ctx = encode_embeds(model.text_encoder, prefix_embeds(model, ids, d))
+            return float(((model.unet(x_t, t, encoder_hidden_states=ctx).sample - target) ** 2).mean())
+
+    d1, n = soft_prompt_attack(model, ids, x_t, t, target, d0, steps=1, lr=1e-4, bound=10.0)
+    assert n == 1 and obj(d1) < obj(d0)
+    assert torch.allclose((d1 - d0).abs(), torch.full_like(d0, 1e-4), atol=1e-7)  # a signed step
+    assert all(p.grad is None for p in model.parameters())
+    d2, _ = soft_prompt_attack(model, ids, x_t, t, target, d0, steps=3, lr=1.0, bound=0.05)
+    assert float(d2.abs().max()) <= 0.05 + 1e-7
+
+
+# -- AdvUnlearn -----------------------------------------------------------------------------------------
+def _task(data, model):
+    train = data.train
+    fm = train.columns["y"] == 0  # "a red circle"
+    split = Split(train.take(fm.nonzero().squeeze(1)), train.take((~fm).nonzero().squeeze(1)), data.test)
+    engine = Engine(EngineConfig(batch_size=4, progress=False))
+    return Task(DiffusionFamily(tokenizer=data.meta["tokenizer"]), model, split, engine)
+
+
+@pytest.mark.parametrize(("name", "steps_per_outer"), [("advunlearn", 3), ("advunlearn_fast", 1)])
+def test_advunlearn_changes_only_text_encoder(data, model, name, steps_per_outer):
+    cls = get_method(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = cls(cls.Config(epochs=2, lr=1e-2, batch_size=2, retain_batch_size=3))
+    fit = method.run(_task(data, model))
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.startswith("text_encoder.encoder.") or "final_layer_norm" in k for k in changed)
+    for n, p in model.unet.named_parameters():
+        assert torch.equal(p, before[f"unet.{n}"]) and p.grad is None, n
+    assert fit.steps == method.outer_steps == 4  # 4 concept images, batch 2, 2 epochs
+    assert method.inner_steps == steps_per_outer * method.outer_steps  # the fast variant: one inner step
+    assert all(p.requires_grad for p in model.parameters())  # restored by finalize
+
+
+def test_fast_variant_defaults_and_layer_selection(data, model):
+    assert AdvUnlearnFast.Config is AdvUnlearnFastConfig and AdvUnlearnFastConfig().attack_steps == 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    AdvUnlearn(AdvUnlearnConfig(epochs=1, lr=1e-2, batch_size=2, train_layers="attn")).run(_task(data, model))
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(".self_attn." in k for k in changed)
+    with pytest.raises(UnlearnkitError, match="selects no text-encoder parameter"):
+        AdvUnlearn(AdvUnlearnConfig(train_layers="nothing_matches")).prepare(_task(data, model))
+
+
+def _two_steps(data, model, init: str):
+    task = _task(data, model)
+    method = AdvUnlearn(AdvUnlearnConfig(attack_init=init, attack_steps=2))
+    method.task = task
+    method.prepare(task)
+    fg, rt = task.split.forget.__getitems__([0, 1]), task.split.retain.__getitems__([0, 1, 2])
+    seen = []
+    for step in range(2):
+        ctx = StepContext(0, 1, step, "advunlearn", torch.Generator().manual_seed(step))
+        loss, _ = method.loss({"forget": fg, "retain": rt}, ctx)
+        loss.backward()
+        seen.append((method.delta_init.clone(), method.delta.clone()))
+    return method, seen
+
+
+def test_warm_start_reuses_previous_adversarial_embedding(data, model):
+    method, seen = _two_steps(data, model, "latest")
+    assert not torch.equal(seen[0][1], seen[0][0])  # the attack moved δ
+    assert torch.equal(seen[1][0], seen[0][1])  # step 2 starts where step 1 ended
+    assert method.inner_steps == 4
+    assert all(p.grad is None for p in model.unet.parameters())
+    _, cold = _two_steps(data, build_t2i(data, preset="tiny", seed=0), "random")
+    assert not torch.equal(cold[1][0], cold[0][1])
+
+
+def test_teacher_outputs_are_cached_original_encoder(data, model):
+    task = _task(data, model)
+    method = AdvUnlearn()
+    method.task = task
+    method.prepare(task)
+    ids = task.split.retain.columns["input_ids"][:3]
+    ref = model.encode(ids).detach()
+    with torch.no_grad():
+        for p in model.text_encoder.encoder.parameters():
+            p.add_(0.1)  # the student moves; the cached teacher states must not
+    torch.testing.assert_close(method.teacher_context(ids), ref)
+
+
+def test_export_text_encoder_plugs_into_same_model(data, model, tmp_path):
+    AdvUnlearnFast(AdvUnlearnFastConfig(epochs=1, lr=1e-2, batch_size=2)).run(_task(data, model))
+    save_t2i(build_t2i(data, preset="tiny", seed=0), tmp_path / "base")
+    save_text_encoder(model, tmp_path / "te")
+    ids = encode_prompts(model, ["a red circle", "a blue square"])
+    model.eval()
+    for plugged in (
+        load_t2i(tmp_path / "base", text_encoder=tmp_path / "te"),
+        plug_text_encoder(load_t2i(tmp_path / "base"), tmp_path / "te"),
+    ):
+        torch.testing.assert_close(plugged.encode(ids), model.encode(ids))
+        torch.testing.assert_close(
+            plugged.unet.conv_in.weight, build_t2i(data, "tiny", 0).unet.conv_in.weight
+        )
+    other = build_t2i(data, preset="small", seed=0)
+    with pytest.raises(UnlearnkitError, match="hidden_size"):
+        plug_text_encoder(other, tmp_path / "te")
+
+
+# -- ASR on a stub world ------------------------------------------------------------------------------
+KEY = vocabulary().index("bright")
+
+
+class _KeyUNet(nn.Module):
+    """ε such that DDIM's x̂_0 is +1 everywhere if the context shows the key token, else −1 (smooth in it)."""
+
+    def __init__(self, acp: torch.Tensor) -> None:
+        super().__init__()
+        self.acp = acp
+        self.config = SimpleNamespace(sample_size=4, in_channels=3)
+
+    def forward(self, x, t, encoder_hidden_states):
+        a = self.acp[t].view(-1, 1, 1, 1)
+        x0 = torch.tanh(10 * encoder_hidden_states[..., KEY].amax(1)).view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(x - a.sqrt() * x0) / (1 - a).sqrt())
+
+
+def _key_model(tokenizer) -> T2IModel:
+    """Text encoder = normalised one-hot of each token (attention/MLP outputs zeroed, positions zeroed)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    n = len(vocabulary())
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=n,
+            hidden_size=n,
+            intermediate_size=4,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=12,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )  # fmt: skip
+    )
+    with torch.no_grad():
+        for p in te.parameters():
+            p.zero_()
+        te.embeddings.token_embedding.weight.copy_(torch.eye(n))
+        te.final_layer_norm.weight.fill_(1.0)
+    sched = build_scheduler()
+    return T2IModel(_KeyUNet(sched.alphas_cumprod), te, sched, tokenizer).eval()
+
+
+class _MeanJudge:
+    """Shape 0 ("circle") when the image is bright, colour 0 ("red") always."""
+
+    def predict(self, x):
+        bright = x.flatten(1).mean(1) > 0.5
+        return torch.where(bright, 0, 1), torch.zeros(len(x), dtype=torch.long)
+
+
+def test_asr_arithmetic_on_stub_judge(data):
+    stub = _key_model(data.meta["tokenizer"])
+    prompts = ["a bright red circle", "a red circle", "a red circle", "a bright red circle", "a red circle"]
+    kw = dict(concept="a red circle", k=2, rounds=2, check_every=2, noise_batch=2, sample_steps=3)
+    res = evaluate_asr(stub, stub, _MeanJudge(), prompts, allowed_words=["dark", "small"], **kw)
+    assert res == {"pre_ASR": 40.0, "ASR": 40.0}  # the attack cannot reach "bright"
+    res, per = run_asr(stub, stub, _MeanJudge(), prompts, allowed_words=["bright"], **kw)
+    assert res == {"pre_ASR": 40.0, "ASR": 100.0}  # already-successful prompts count, attacked ones succeed
+    assert per[0] is None and per[3] is None  # not attacked
+    assert all(r.success and r.rounds == 1 and r.steps == 2 for r in (per[1], per[2], per[4]))
+    assert per[1].prompt == "bright bright a red circle"
+    _, per = run_asr(stub, stub, _MeanJudge(), prompts, allowed_words=["dark", "small"], **kw)
+    assert not per[1].success and per[1].rounds == 2 and per[1].steps == 4
+    assert all(p.grad is None for p in stub.parameters())
+
+
+def test_prompt_concept_mismatch_is_a_clear_error(data):
+    stub = _key_model(data.meta["tokenizer"])
+    with pytest.raises(UnlearnkitError, match="does not name the attacked concept"):
+        evaluate_asr(stub, stub, _MeanJudge(), ["a red circle", "a blue square"], concept="a red circle")
+    with pytest.raises(UnlearnkitError, match="names no single shape"):
+        evaluate_asr(stub, stub, _MeanJudge(), ["a photo"])
+    with pytest.raises(UnlearnkitError, match="not in the tokenizer"):
+        evaluate_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=["purple"])
