@@ -37,9 +37,22 @@ class Family(ABC):
     def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
         """A copy of ``batch`` with the supervision replaced by a wrong/neutral target."""
 
-    @abstractmethod
+    default_dataset: str = ""
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
-        """Load the dataset named in a config's ``data:`` section."""
+        """Load the dataset named in a config's ``data:`` section (its other keys are the loader's options).
+
+        Families extend this to pick up what the data defines (classes, tokenizer)."""
+        from unlearnkit.errors import ConfigError
+        from unlearnkit.registry import get_dataset
+
+        spec = dict(spec)
+        name = spec.pop("name", self.default_dataset)
+        spec.pop("split", None)
+        try:
+            return get_dataset(name)(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
 
     @abstractmethod
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:

@@ -33,13 +33,15 @@ from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family
-from unlearnkit.registry import get_dataset, get_model, register_family
+from unlearnkit.registry import get_model, register_family
 
 _MIX = 1_000_003
 
 
 @register_family("diffusion")
 class DiffusionFamily(Family):
+    default_dataset = "shapes"
+
     def __init__(
         self,
         relabel_map: dict[str, str] | None = None,
@@ -126,13 +128,7 @@ class DiffusionFamily(Family):
 
     # -- data and models ----------------------------------------------------------------------------
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
-        spec = dict(spec)
-        name = spec.pop("name", "shapes")
-        spec.pop("split", None)
-        try:
-            data = get_dataset(name)(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
         self.max_length = data.meta.get("max_length", self.max_length)
         self._table = None

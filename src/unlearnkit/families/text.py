@@ -21,7 +21,7 @@ from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.families.base import Family
-from unlearnkit.registry import get_dataset, get_model, register_family
+from unlearnkit.registry import get_model, register_family
 
 TEXT_COLUMNS = ("input_ids", "attention_mask", "labels")
 ALT_COLUMNS = ("alt_input_ids", "alt_attention_mask", "alt_labels")
@@ -44,6 +44,8 @@ def token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
 
 @register_family("text")
 class TextFamily(Family):
+    default_dataset = "tofu-synthetic"
+
     def __init__(self, tokenizer: Any = None, num_classes: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.num_classes = num_classes
@@ -72,13 +74,7 @@ class TextFamily(Family):
 
     # -- data and models ----------------------------------------------------------------------------
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
-        spec = dict(spec)
-        name = spec.pop("name", "tofu-synthetic")
-        spec.pop("split", None)
-        try:
-            data = get_dataset(name)(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
         return data
 

@@ -13,7 +13,7 @@ from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.data.splits import validate_labels
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.families.base import Family
-from unlearnkit.registry import get_dataset, get_model, register_family
+from unlearnkit.registry import get_model, register_family
 
 
 @register_family("vision")
@@ -24,6 +24,8 @@ class VisionFamily(Family):
     random-labelling objective states (y' ≠ y, Eq. 6 of Fan et al., ICLR 2024); ``"any"`` draws from all
     K classes, as the reference code does (``torch.randint(0, K)``), so y' may equal y.
     """
+
+    default_dataset = "digits"
 
     input_range = (0.0, 1.0)
 
@@ -57,13 +59,7 @@ class VisionFamily(Family):
 
     # -- data and models ----------------------------------------------------------------------------
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
-        spec = dict(spec)
-        name = spec.pop("name", "digits")
-        spec.pop("split", None)
-        try:
-            data = get_dataset(name)(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        data = super().load_data(spec)
         self.num_classes = data.num_classes
         return data
 
