@@ -248,3 +248,34 @@ def test_worstcase_suite_contract(tmp_path):
     sel = json.loads((out / "worst-seed0.json").read_text())
     assert len(sel["ids"]) == 144 and res["selection"][0]["ids_file"] == "worst-seed0.json"
     assert "| ga |" in (out / "results.md").read_text()
+
+
+def test_question_wise_selection_on_the_text_family(tmp_path):
+    """The selector needs only per-example losses: it runs unchanged on a causal LM (TOFU questions)."""
+    import json
+
+    from unlearnkit.cli import main
+
+    out = tmp_path / "worst-questions.json"
+    code = main(
+        [
+            "select",
+            "worstcase",
+            "--suite",
+            "tofu-synthetic",
+            "--size",
+            "10%",
+            "--out",
+            str(out),
+            "select.lower=ft",
+            "data.n_authors=20",
+            "train.epochs=4",
+            "select.iters=3",
+        ]
+    )
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["size"] == 20 and len(set(res["ids"])) == 20
+    assert all(0 <= i < 200 for i in res["ids"])  # ids of the `full` config
+    # The upper objective (Σ w_i ℓ_i after the lower level) went down from the uniform start.
+    assert min(res["trajectory"][1:]) < res["trajectory"][0]

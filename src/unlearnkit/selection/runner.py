@@ -32,8 +32,19 @@ def split_suite_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, d
     sel = cfg.pop("select", None) or {}
     if not isinstance(sel, dict):
         raise ConfigError(f"the select section must be a mapping, got {sel!r}")
-    for key in ("suite", "kind", "size", "granularity"):
-        cfg.pop(key, None)
+    for key in (
+        "suite",
+        "kind",
+        "size",
+        "granularity",
+        "keys",
+        "caption",
+        "attack",
+        "plot",
+        "mode",
+        "requests",
+    ):
+        cfg.pop(key, None)  # suite-only sections
     return cfg, methods, build_dataclass(WorstCaseConfig, sel, "select")
 
 
