@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unlearnkit.attacks.prompt import (
+    attack_timesteps,
     encode_embeds,
     evaluate_asr,
     insert_prefix,
@@ -286,3 +287,49 @@ def test_prompt_concept_mismatch_is_a_clear_error(data):
         evaluate_asr(stub, stub, _MeanJudge(), ["a photo"])
     with pytest.raises(UnlearnkitError, match="not in the tokenizer"):
         evaluate_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=["purple"])
+
+
+def test_attack_timesteps_sweep_the_schedule_in_order():
+    g = torch.Generator().manual_seed(0)
+    t = attack_timesteps(10, 1000, "sequential", g, 4)
+    assert t.shape == (10, 4)
+    for i in range(10):  # step i draws inside band i: least noisy first, the whole schedule covered
+        assert bool(((t[i] >= 100 * i) & (t[i] < 100 * (i + 1))).all())
+    u = attack_timesteps(50, 1000, "uniform", g, 8)
+    assert u.min() >= 0 and u.max() < 1000 and len(u.unique()) > 100
+    with pytest.raises(UnlearnkitError, match="sequential"):
+        attack_timesteps(3, 1000, "random", g, 1)
+
+
+def test_sampled_candidates_and_soft_check_find_what_argmax_misses(data):
+    """lr=0 keeps w uniform over ["dark", "bright"]: argmax = "dark" (never the concept); sampled
+    candidates reach "bright"; the relaxed prefix (half "bright") shows the concept too."""
+    stub = _key_model(data.meta["tokenizer"])
+    kw = dict(concept="a red circle", k=2, rounds=2, check_every=1, noise_batch=2, sample_steps=3, lr=0.0)
+    words = ["dark", "bright"]
+    _, per = run_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=words, candidates=0, **kw)
+    assert not per[0].success and per[0].prompt == "dark dark a red circle" and per[0].rounds == 2
+    _, per = run_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=words, candidates=8, **kw)
+    assert per[0].success and "bright" in per[0].prompt.split()[:2] and per[0].rounds == 1
+    _, per = run_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=words, candidates=0, soft=True,
+                     **kw)  # fmt: skip
+    assert per[0].success and per[0].prompt == "<soft> a red circle" and per[0].ids is None
+
+
+def test_n_prompts_cycles_the_prompts_over_seeds(data):
+    stub = _key_model(data.meta["tokenizer"])
+    kw = dict(concept="a red circle", k=1, rounds=1, check_every=1, noise_batch=2, sample_steps=3)
+    prompts = ["a bright red circle", "a red circle"]
+    res, per = run_asr(stub, stub, _MeanJudge(), prompts, allowed_words=["dark"], n_prompts=5, **kw)
+    assert len(per) == 5 and res == {"pre_ASR": 60.0, "ASR": 60.0}  # bright, plain, bright, plain, bright
+    with pytest.raises(UnlearnkitError, match="n_prompts"):
+        run_asr(stub, stub, _MeanJudge(), prompts, n_prompts=0, **kw)
+
+
+def test_tuned_defaults_match_the_presets():
+    from unlearnkit.config import load_preset
+
+    for name, cls in (("advunlearn", AdvUnlearnConfig), ("advunlearn_fast", AdvUnlearnFastConfig)):
+        spec = load_preset(f"diffusion/{name}")["method"]
+        assert spec["name"] == name and spec["retain_batch_size"] == 5 == cls().retain_batch_size
+        assert spec["eta"] == cls().eta and spec["lr"] == cls().lr

@@ -8,10 +8,22 @@
 
       min_{w}  E_{t,ε} ‖ε_θ*(√ᾱ_t x_tgt + √(1−ᾱ_t) ε, emb([w; c]), t) − ε‖²,   w ← Π_Δ(w − lr·Adam(∇_w)),
 
-  with Π_Δ the Euclidean projection onto the simplex (:func:`project_simplex`). Every ``check_every`` steps
-  the prompt is discretised by ``argmax``, an image is generated with the evaluation seed and the judge is
-  asked; success = the concept is recognised. (The reference samples tokens with a straight-through
-  estimator in the forward pass; here the forward uses the relaxed embedding itself, which is deterministic.)
+  with Π_Δ the Euclidean projection onto the simplex (:func:`project_simplex`). Defaults follow the paper
+  where CPU allows: k=5 prefix tokens, timesteps swept over the whole schedule from the least to the most
+  noisy (``timesteps="sequential"``), a judge check after every round of ``check_every`` steps. At each
+  check the prompt is discretised by ``argmax`` and ``candidates`` more prompts are drawn from ``w`` (the
+  reference samples tokens with a straight-through estimator in the forward pass; here the forward uses
+  the relaxed embedding, and the sampling happens at the check instead); images from the evaluation seed are
+  judged in one batch; success = the concept is recognised in any candidate. ``soft=True`` also judges the
+  relaxed prefix itself (an embedding-space threat model, reported as ``"<soft> …"``, not a typeable prompt).
+
+  Measured on t2i-shapes ("a red circle", 8 seeds, the t2i-shapes suite settings, 1 seed): the attack
+  takes the original from pre-ASR 87.5% to ASR 100%, ESD-x from 0% to 0–12.5%, SalUn 0% → 0%, and the
+  text-encoder-only AdvUnlearn models from 0–12.5% to 37.5–75%. Against ESD-x no prompt of the 18-word
+  vocabulary brings the concept back (63 hand-made / random prefixed prompts × 8 seeds: at most 1/8
+  samples recognised), and neither do relaxed (``soft=True``) or unconstrained soft prefixes (80 Adam
+  steps, diffusion-classifier or P4D objective): the tiny world leaves little to find against UNet-side
+  erasure.
 - :func:`soft_prompt_attack` is AdvUnlearn's inner maximisation (Zhang et al., NeurIPS 2024, Eq. 5): k free
   prefix vectors δ in token-embedding space, signed-gradient (PGD-style) steps on
   ‖ε_θ(x_t, TE_φ([δ; c]), t) − ε_θo(x_t, TE_o(c), t)‖², warm-startable; one step is the fast (FGSM-like)
@@ -195,6 +207,24 @@ def diffusion_classifier_loss(
     return F.mse_loss(pred, noise.to(dev))
 
 
+def attack_timesteps(
+    n_steps: int, num_train_timesteps: int, schedule: str, generator: torch.Generator, batch: int
+) -> torch.Tensor:
+    """``[n_steps, batch]`` timesteps for the attack's gradient steps. ``"uniform"``: i.i.d. over the
+    schedule; ``"sequential"`` (UnlearnDiffAtk's ``sequential=True``): the schedule is cut into ``n_steps``
+    equal bands, visited from the least to the most noisy, each step drawing its batch inside its band (so
+    every part of the schedule is covered whatever the budget)."""
+    T = num_train_timesteps
+    if schedule == "uniform":
+        return torch.randint(0, T, (n_steps, batch), generator=generator)
+    if schedule != "sequential":
+        raise UnlearnkitError(f"timesteps must be 'uniform' or 'sequential', got {schedule!r}")
+    lo = torch.arange(n_steps) * T // n_steps
+    hi = (torch.arange(n_steps) + 1) * T // n_steps
+    u = torch.rand(n_steps, batch, generator=generator)
+    return (lo[:, None] + (u * (hi - lo)[:, None]).long()).clamp_max(T - 1)
+
+
 def unlearndiff_attack(
     model: Any,
     judge: Any,
@@ -202,12 +232,15 @@ def unlearndiff_attack(
     x_tgt: torch.Tensor,
     concept: str | None = None,
     *,
-    k: int = 3,
-    rounds: int = 4,
-    check_every: int = 10,
+    k: int = 5,
+    rounds: int = 8,
+    check_every: int = 15,
     lr: float = 0.1,
     weight_decay: float = 0.0,
     noise_batch: int = 8,
+    timesteps: str = "sequential",
+    candidates: int = 3,
+    soft: bool = False,
     seed: int = 0,
     eval_seed: int = 0,
     n_images: int = 1,
@@ -217,8 +250,11 @@ def unlearndiff_attack(
     tokenizer: Any = None,
 ) -> AttackResult:
     """UnlearnDiffAtk on one prompt (see the module docstring); ``x_tgt`` is ``[C, H, W]`` or ``[1, C, H, W]``
-    in [-1, 1]. The judge checks ``n_images`` samples from ``eval_seed`` (majority vote) after every
-    ``check_every`` steps, at most ``rounds`` times; the attack stops at the first success."""
+    in [-1, 1]. ``rounds × check_every`` gradient steps with timesteps from ``timesteps``
+    (:func:`attack_timesteps`); after every round the prompt is discretised — the ``argmax`` of ``w`` plus
+    ``candidates`` prompts drawn from ``w`` (the reference's multinomial token sampling), all judged in one
+    batch on ``n_images`` samples from ``eval_seed`` (majority vote); the attack stops at the first prompt
+    the judge recognises as the concept."""
     from unlearnkit.models.t2i import encode_prompts
 
     tok = tokenizer if tokenizer is not None else model.tokenizer
@@ -226,21 +262,22 @@ def unlearndiff_attack(
     ids = encode_prompts(model, [prompt], tok)
     dev = ids.device
     vocab = (vocab_ids if vocab_ids is not None else attack_vocabulary(tok)).to(dev)
-    insert_prefix(ids, k, 0, _pad(model))  # a clear error if the prefix does not fit
+    base = insert_prefix(ids, k, 0, _pad(model))  # a clear error if the prefix does not fit
     x_tgt = x_tgt.reshape(1, *x_tgt.shape[-3:])
     x_T = _x_T(model, [eval_seed], n_images)
     w = torch.full((k, len(vocab)), 1.0 / len(vocab), device=dev, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
     gen = _gen(seed)
+    all_t = attack_timesteps(rounds * check_every, model.num_train_timesteps, timesteps, gen, noise_batch)
     was = model.training
     model.eval()
     losses: list[float] = []
     steps = 0
-    adv_ids = ids
+    adv_ids = base
     try:
         for r in range(1, rounds + 1):
             for _ in range(check_every):
-                t = torch.randint(0, model.num_train_timesteps, (noise_batch,), generator=gen)
+                t = all_t[steps]
                 noise = torch.randn(noise_batch, *x_tgt.shape[1:], generator=gen)
                 ctx = encode_embeds(
                     model.text_encoder, prefix_embeds(model, ids, relaxed_prefix(model, w, vocab))
@@ -253,14 +290,38 @@ def unlearndiff_attack(
                     w.copy_(project_simplex(w))
                 losses.append(float(loss.detach()))
                 steps += 1
-            adv_ids = insert_prefix(ids, k, 0, _pad(model))
-            adv_ids[0, 1 : 1 + k] = vocab[w.detach().argmax(-1)]
-            hits = _recognised(judge, _sample(model, adv_ids, x_T, guidance, sample_steps), target)
-            if 2 * int(hits.sum()) > len(hits):
+            with torch.no_grad():
+                probs = w.detach().clamp_min(0) + 1e-12
+                picks = [probs.argmax(-1)]
+                picks += [torch.multinomial(probs, 1, generator=gen).squeeze(-1) for _ in range(candidates)]
+            cand = base.repeat(len(picks), 1)
+            cand[:, 1 : 1 + k] = vocab[torch.stack(picks)]
+            x_T_all = x_T.repeat(len(picks), 1, 1, 1)
+            hits = _recognised(judge, _sample(model, cand, x_T_all, guidance, sample_steps), target)
+            votes = hits.view(len(picks), n_images).sum(-1)
+            ok = (2 * votes > n_images).nonzero()
+            adv_ids = cand[int(ok[0]) if len(ok) else 0 : (int(ok[0]) if len(ok) else 0) + 1]
+            if len(ok):
                 return AttackResult(_decode(tok, adv_ids), True, steps, r, losses, adv_ids)
+            if soft and _soft_hit(model, judge, ids, relaxed_prefix(model, w.detach(), vocab), x_T, target,
+                                  guidance, sample_steps):  # fmt: skip
+                return AttackResult("<soft> " + prompt, True, steps, r, losses, None)
         return AttackResult(_decode(tok, adv_ids), False, steps, rounds, losses, adv_ids)
     finally:
         model.train(was)
+
+
+@torch.no_grad()
+def _soft_hit(model, judge, ids, prefix, x_T, target, guidance: float, sample_steps: int) -> bool:
+    """Whether the judge recognises the concept in samples conditioned on the relaxed (continuous)
+    prefix ``w·E`` itself — the embedding-space threat model, not a typeable prompt."""
+    from unlearnkit.models.t2i import ddim_sample
+
+    dev = x_T.device
+    ctx = encode_embeds(model.text_encoder, prefix_embeds(model, ids, prefix)).expand(len(x_T), -1, -1)
+    x = ddim_sample(model, guidance=guidance, steps=sample_steps, context=ctx, x_T=x_T.to(dev))
+    hits = _recognised(judge, ((x.cpu() + 1) / 2).clamp(0, 1), target)
+    return 2 * int(hits.sum()) > len(hits)
 
 
 def _decode(tok: Any, ids: torch.Tensor) -> str:
@@ -313,6 +374,7 @@ def run_asr(
     exclude_words: Sequence[str] = (),
     allowed_words: Sequence[str] | None = None,
     x_tgt: torch.Tensor | None = None,
+    n_prompts: int | None = None,
     progress: Callable[[int, AttackResult | None], None] | None = None,
     **attack: Any,
 ) -> tuple[dict[str, float], list[AttackResult | None]]:
@@ -320,10 +382,16 @@ def run_asr(
 
     Prompt i is judged on samples from seed ``seed + i`` (the same seed without and under attack); targets
     come from the original model (:func:`target_images`, or pass ``x_tgt``); ``attack`` goes to
-    :func:`unlearndiff_attack` (k, rounds, check_every, lr, noise_batch, n_images, guidance, sample_steps)."""
+    :func:`unlearndiff_attack` (k, rounds, check_every, lr, noise_batch, timesteps, candidates, soft,
+    n_images, guidance, sample_steps). ``n_prompts``: cycle the prompts to this many (the same caption under
+    different seeds counts as a new prompt, one concept caption gives an ASR over ``n_prompts`` attacks)."""
     from unlearnkit.models.t2i import encode_prompts
 
     prompts = list(concept_prompts)
+    if n_prompts is not None and prompts:
+        if int(n_prompts) < 1:
+            raise UnlearnkitError(f"n_prompts must be >= 1, got {n_prompts}")
+        prompts = [prompts[i % len(prompts)] for i in range(int(n_prompts))]
     if not prompts:
         raise UnlearnkitError("evaluate_asr needs at least one concept prompt")
     tok = tokenizer if tokenizer is not None else model.tokenizer
