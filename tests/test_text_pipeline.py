@@ -47,29 +47,19 @@ def test_tofu_suite_rows_and_keys(tofu_result):
 
 def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
     """`unlearnkit unlearn --preset text/tofu` on a local TOFU-format folder and a save_pretrained model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from unlearnkit.data.synthetic_authors import write_tofu_folder
     from unlearnkit.data.tokenizer import load_tokenizer
     from unlearnkit.io import file_sha256
+    from unlearnkit.models.tiny_lm import llama_for_tokenizer
 
     data_dir = write_tofu_folder(tmp_path / "tofu", n_authors=10, with_tokenizer=True)
     tok = load_tokenizer(data_dir / "tokenizer")
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    model = llama_for_tokenizer(tok, hidden=32, ffn=64)
     model_dir = tmp_path / "model"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     weights = next(model_dir.glob("*.safetensors"))
     digest = file_sha256(weights)

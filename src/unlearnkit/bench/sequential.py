@@ -145,15 +145,6 @@ def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) ->
 
 
 # -- the runner ---------------------------------------------------------------------------------------------
-def _pick(specs: dict[str, dict], methods: list[str] | None, name: str) -> dict[str, dict]:
-    if not methods:
-        return specs
-    unknown = [m for m in methods if m not in specs]
-    if unknown:
-        raise ConfigError(f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(specs)}")
-    return {k: v for k, v in specs.items() if k in methods or k == "retrain"}
-
-
 def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack: dict | None) -> dict:
     """MUSE metrics on ``sub``'s articles (+ ``verbmem_r``, + the relearning attack for a method).
 
@@ -187,18 +178,17 @@ def run_sequential_suite(
     """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
     from rich.progress import Progress
 
-    from unlearnkit.pipeline import build_method, make_setup
+    from unlearnkit.bench.suite import select_methods
+    from unlearnkit.pipeline import make_setup
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     base, specs, opts = split_config(cfg)
-    specs = _pick(specs, methods, name)
-    specs = dict(sorted(specs.items(), key=lambda kv: kv[0] != "retrain"))  # the oracle first
     family = base.get("family", "text")
     if family != "text":
         raise ConfigError(f"the sequential (MUSE) protocols need the text family, got {family!r}")
-    for spec in specs.values():
-        build_method(spec, family)  # validate every method before any training
+    specs = select_methods(specs, methods, name, family)
+    specs = dict(sorted(specs.items(), key=lambda kv: kv[0] != "retrain"))  # the oracle first
     suite_name = opts.get("suite", name)
     base.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ def run_suite(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unlearnkit.pipeline import build_method, make_setup, original_model
+    from unlearnkit.pipeline import make_setup, original_model
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -55,19 +55,10 @@ def run_suite(
         from unlearnkit.bench.sequential import run_sequential_suite
 
         return run_sequential_suite(cfg, name, seeds, out, methods, progress)
-    method_specs: dict[str, dict] = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
-    if methods:
-        unknown = [m for m in methods if m not in method_specs]
-        if unknown:
-            raise ConfigError(
-                f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(method_specs)}"
-            )
-        method_specs = {k: v for k, v in method_specs.items() if k in methods or k == "retrain"}
-    # Validate every method config before any training.
     family = cfg.get("family", "vision")
-    for mname, spec in method_specs.items():
-        if mname != "original":
-            build_method(spec, family)
+    method_specs = select_methods(
+        {k: dict(v or {}) for k, v in cfg.pop("methods").items()}, methods, name, family
+    )
     suite_name = cfg.pop("suite", name)
     keys = tuple(cfg.pop("keys", SUITE_KEYS))
     caption = cfg.pop("caption", None)
@@ -113,6 +104,24 @@ def run_suite(
 
     tradeoff_plot(result, out / "tradeoff.png")
     return result
+
+
+def select_methods(
+    specs: dict[str, dict], methods: list[str] | None, name: str, family: str
+) -> dict[str, dict]:
+    """The suite's methods restricted to ``--methods`` (the oracle ``retrain`` always stays), each config
+    validated before any training starts (``original`` is the un-unlearned reference row, no method)."""
+    from unlearnkit.pipeline import build_method
+
+    if methods:
+        unknown = [m for m in methods if m not in specs]
+        if unknown:
+            raise ConfigError(f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(specs)}")
+        specs = {k: v for k, v in specs.items() if k in methods or k == "retrain"}
+    for mname, spec in specs.items():
+        if mname != "original":
+            build_method(spec, family)
+    return specs
 
 
 def public(metrics: dict[str, Any]) -> dict[str, Any]:

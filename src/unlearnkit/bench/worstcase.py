@@ -28,15 +28,6 @@ CAPTION = (
 )
 
 
-def _pick_methods(specs: dict[str, dict], methods: list[str] | None, name: str) -> dict[str, dict]:
-    if not methods:
-        return specs
-    unknown = [m for m in methods if m not in specs]
-    if unknown:
-        raise ConfigError(f"suite {name!r} has no method {unknown[0]!r}; it has {', '.join(specs)}")
-    return {k: v for k, v in specs.items() if k in methods or k == "retrain"}
-
-
 def _splits(setup, res, granularity: str, seed: int):
     """(random split, worst-case split) of the same size: m examples, or m classes."""
     from unlearnkit.data.splits import class_split, ids_split, random_split
@@ -60,7 +51,7 @@ def run_worstcase_suite(
     """Run a loaded ``kind: worstcase`` suite config; writes ``results.json`` and ``results.md``."""
     from rich.progress import Progress
 
-    from unlearnkit.bench.suite import markdown_table
+    from unlearnkit.bench.suite import markdown_table, select_methods
     from unlearnkit.metrics.vision import avg_gap
     from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
     from unlearnkit.selection.runner import GRANULARITIES, payload, run_selection, split_suite_config
@@ -72,10 +63,8 @@ def run_worstcase_suite(
         raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     suite_name = cfg.get("suite", name)
     base, specs, sel = split_suite_config(cfg)
-    specs = _pick_methods(specs, methods, name)
     family = base.get("family", "vision")
-    for spec in specs.values():
-        build_method(spec, family)  # validate every method before any training
+    specs = select_methods(specs, methods, name, family)
     base.setdefault("engine", {})["progress"] = False
     out = Path(out)
     rows: list[dict[str, Any]] = []

@@ -21,15 +21,14 @@ def _vocab(data: Any) -> tuple[int, Any]:
     return len(tok), tok
 
 
-@register_model("tiny-llama")
-def build_tiny_llama(
-    data: Any, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 256, max_positions: int = 128
+def llama_for_tokenizer(
+    tok: Any, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 256, max_positions: int = 128
 ) -> nn.Module:
+    """A random ``LlamaForCausalLM`` whose vocabulary and special ids match ``tok``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    vocab, tok = _vocab(data)
     cfg = LlamaConfig(
-        vocab_size=vocab,
+        vocab_size=len(tok),
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
@@ -42,6 +41,13 @@ def build_tiny_llama(
         pad_token_id=tok.pad_token_id,
     )
     return LlamaForCausalLM(cfg)
+
+
+@register_model("tiny-llama")
+def build_tiny_llama(
+    data: Any, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 256, max_positions: int = 128
+) -> nn.Module:
+    return llama_for_tokenizer(_vocab(data)[1], hidden, layers, heads, ffn, max_positions)
 
 
 @register_model("tiny-gpt2")
