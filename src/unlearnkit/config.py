@@ -53,7 +53,10 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{name_or_path!r} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{name_or_path!r} is not valid YAML{where}: {problem}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{name_or_path!r} must hold a YAML mapping at the top level")
     base = cfg.pop("inherit", None)
@@ -163,3 +166,29 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+def call_with_options(fn: Any, args: tuple, options: dict[str, Any], what: str) -> Any:
+    """Call ``fn(*args, **options)`` after checking ``options`` against its signature.
+
+    An unknown or missing option becomes a ConfigError that lists what ``fn`` accepts (``what`` names the
+    config section, e.g. "dataset 'tofu'"); TypeErrors raised *inside* ``fn`` are not mislabelled.
+    """
+    import inspect
+
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(*args, **options)
+    except TypeError as exc:
+        accepted = [
+            p.name
+            for p in list(sig.parameters.values())[len(args) :]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        unknown = [k for k in options if k not in accepted]
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            raise ConfigError(
+                f"{what} has no option {unknown[0]!r}: {did_you_mean(unknown[0], accepted)}"
+            ) from None
+        raise ConfigError(f"bad options for {what}: {exc}; it accepts {', '.join(accepted)}") from None
+    return fn(*args, **options)

@@ -109,6 +109,10 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     except TypeError as exc:
         raise ConfigError(f"bad family_options for {cfg['family']!r}: {exc}") from exc
     engine_cfg = build_dataclass(EngineConfig, cfg["engine"] | {"seed": seed}, "engine")
+    if cfg["model"].get("lora") is not None:
+        from unlearnkit.models.lora import check_lora_spec
+
+        check_lora_spec(cfg["model"]["lora"])
     train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
     data = family.load_data(cfg["data"])
     if cfg["split"].get("kind") == "benchmark":

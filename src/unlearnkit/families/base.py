@@ -43,16 +43,13 @@ class Family(ABC):
         """Load the dataset named in a config's ``data:`` section (its other keys are the loader's options).
 
         Families extend this to pick up what the data defines (classes, tokenizer)."""
-        from unlearnkit.errors import ConfigError
+        from unlearnkit.config import call_with_options
         from unlearnkit.registry import get_dataset
 
         spec = dict(spec)
         name = spec.pop("name", self.default_dataset)
         spec.pop("split", None)
-        try:
-            return get_dataset(name)(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for dataset {name!r}: {exc}") from exc
+        return call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
 
     @abstractmethod
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:

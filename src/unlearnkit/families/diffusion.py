@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
@@ -144,10 +145,7 @@ class DiffusionFamily(Family):
 
             model = load_t2i(path)
         else:
-            try:
-                model = get_model(name)(data, **spec)
-            except TypeError as exc:
-                raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+            model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
         if self.tokenizer is None:
             self.tokenizer = getattr(model, "tokenizer", None)
         return model

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
-from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.errors import DataError
 from unlearnkit.families.base import Family
 from unlearnkit.registry import get_model, register_family
 
@@ -85,10 +86,7 @@ class TextFamily(Family):
             spec.pop("path", None)
         spec.pop("seed", None)
         spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
-        try:
-            return get_model(name)(data, **spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+        return call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
 
     def validate(self, model: nn.Module, data: ExampleSet) -> None:
         missing = [c for c in TEXT_COLUMNS if c not in data.columns]

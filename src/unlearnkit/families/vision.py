@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.data.splits import validate_labels
@@ -69,10 +70,9 @@ class VisionFamily(Family):
         spec.pop("path", None)
         spec.pop("seed", None)
         spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
-        try:
-            return get_model(name)(data.input_shape, data.num_classes, **spec)
-        except TypeError as exc:
-            raise ConfigError(f"bad options for model {name!r}: {exc}") from exc
+        return call_with_options(
+            get_model(name), (data.input_shape, data.num_classes), spec, f"model {name!r} (model.*)"
+        )
 
     def validate(self, model: nn.Module, data: ExampleSet) -> None:
         if "x" not in data.columns or "y" not in data.columns:

@@ -16,10 +16,24 @@ from unlearnkit.errors import ConfigError, UnlearnkitError
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
-def apply_lora(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+def check_lora_spec(spec: Any) -> None:
+    """Validate a ``model.lora`` section before any work starts (peft's own errors come late and raw)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model.lora must be a mapping like {{r: 8, alpha: 16}}, got {spec!r}")
     unknown = set(spec) - LORA_KEYS
     if unknown:
         raise ConfigError(f"unknown model.lora option(s) {sorted(unknown)}: use {sorted(LORA_KEYS)}")
+    for key in ("r", "alpha"):
+        v = spec.get(key, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"model.lora.{key} must be a positive integer, got {v!r}")
+    d = spec.get("dropout", 0.0)
+    if not isinstance(d, int | float) or not 0.0 <= float(d) < 1.0:
+        raise ConfigError(f"model.lora.dropout must lie in [0, 1), got {d!r}")
+
+
+def apply_lora(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    check_lora_spec(spec)
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:

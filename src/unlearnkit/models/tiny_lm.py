@@ -6,6 +6,7 @@ measured 2-core recipe: hidden 64, 2 layers, 4 heads, FFN 256, tied embeddings (
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -77,4 +78,14 @@ def load_hf_causal_lm(data: Any, path: str | None = None, trust_remote_code: boo
 
     if not path:
         raise ConfigError("model.name=hf needs model.path=FOLDER (a save_pretrained folder)")
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    looks_local = str(path).startswith((".", "/", "~")) or Path(path).exists()
+    if looks_local and not (Path(path).expanduser() / "config.json").is_file():
+        raise ConfigError(
+            f"model.path={path!r} is not a Hugging Face model folder (no config.json there); "
+            "pass a folder written by save_pretrained, or a hub id when online"
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # not found offline, no weights file, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not load the causal LM {path!r}: {first}") from exc

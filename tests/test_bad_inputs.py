@@ -1,0 +1,157 @@
+"""Bad input across the three families: one clear line naming the fix, exit code 2, and no input touched.
+
+Each case runs the real CLI in-process on files prepared in a temporary folder. Every file a case
+hands to the CLI is hashed before and after: a failed command must leave all of them byte-identical.
+The list is the one the scale-out/reliability issue asks for (at least 15 distinct bad inputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearnkit.cli import main
+from unlearnkit.io import save_weights
+
+# (case id, CLI arguments with {tmp} for the prepared folder, a phrase the message must contain)
+CASES = [
+    # configuration files and overrides
+    ("yaml-syntax", ["unlearn", "--config", "{tmp}/broken.yaml"], "not valid YAML at line"),
+    ("unknown-section", ["unlearn", "--preset", "vision/ga", "optim.lr=0.1"], "unknown config section"),
+    ("bad-type", ["unlearn", "--preset", "vision/ga", "method.epochs=abc"], "must be an integer"),
+    ("negative-lr", ["unlearn", "--preset", "vision/ga", "method.lr=-1"], ">= 0"),
+    (
+        "batch-size-zero",
+        ["unlearn", "--preset", "vision/ga", "engine.batch_size=0"],
+        "batch_size must be >= 1",
+    ),
+    ("unknown-model-option", ["unlearn", "--preset", "vision/ga", "model.widht=3"], "has no option 'widht'"),
+    ("unknown-dataset-option", ["unlearn", "--preset", "text/ga", "data.n_author=3"], "did you mean"),
+    ("unknown-suite", ["bench", "vision-digit", "--out", "{tmp}/o"], "did you mean"),
+    ("zero-seeds", ["bench", "vision-digits", "--seeds", "0", "--out", "{tmp}/o"], "--seeds must be >= 1"),
+    (
+        "size-over-100",
+        ["select", "worstcase", "--size", "150%", "--out", "{tmp}/s.json"],
+        "between 0% and 100%",
+    ),
+    # forget sets
+    (
+        "ids-not-json",
+        ["unlearn", "--preset", "vision/ga", "split.kind=ids", "split.ids_file={tmp}/bad.json"],
+        "not valid JSON",
+    ),
+    (
+        "ids-unknown",
+        ["unlearn", "--preset", "vision/ga", "split.kind=ids", "split.ids_file={tmp}/far.json"],
+        "not in this dataset",
+    ),
+    (
+        "ids-duplicated",
+        ["unlearn", "--preset", "vision/ga", "split.kind=ids", "split.ids_file={tmp}/dup.json"],
+        "more than once",
+    ),
+    (
+        "class-absent",
+        ["unlearn", "--preset", "vision/ga", "split.kind=class", "split.classes=[12]"],
+        "have no training examples",
+    ),
+    ("tofu-split", ["unlearn", "--preset", "text/ga", "split.forget=forget99"], "choose one of"),
+    (
+        "concept-absent",
+        ["unlearn", "--preset", "diffusion/esd", "split.concept=a purple hexagon"],
+        "is not a caption",
+    ),
+    # models and weights
+    (
+        "weights-mismatch",
+        ["unlearn", "--preset", "vision/ga", "model.path={tmp}/other.safetensors"],
+        "do not fit",
+    ),
+    (
+        "pickle-weights",
+        ["unlearn", "--preset", "vision/ga", "model.path={tmp}/pickle.safetensors"],
+        "safetensors",
+    ),
+    (
+        "hf-folder-missing",
+        ["unlearn", "--preset", "text/ga", "model.name=hf", "model.path={tmp}/nolm"],
+        "not a Hugging Face model folder",
+    ),
+    ("lora-rank", ["unlearn", "--preset", "text/ga", "model.lora.r=0"], "positive integer"),
+    ("t2i-component-missing", ["unlearn", "--preset", "diffusion/esd", "model.path={tmp}/t2i"], "not found"),
+    # methods
+    ("method-wrong-family", ["unlearn", "--preset", "text/ga", "method.name=esd"], "does not support"),
+    (
+        "method-wrong-family-2",
+        ["unlearn", "--preset", "diffusion/esd", "method.name=boundary_shrink"],
+        "does not support",
+    ),
+    (
+        "out-over-input",
+        ["unlearn", "--preset", "vision/ga", "model.path={tmp}/model.safetensors", "--out", "{tmp}"],
+        "input model",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad-inputs")
+    (tmp / "broken.yaml").write_text("method: {name: ga\n")
+    (tmp / "bad.json").write_text('{"ids": [1, 2')
+    (tmp / "far.json").write_text("[999999]")
+    (tmp / "dup.json").write_text("[1, 2, 1]")
+    save_weights(torch.nn.Linear(3, 2), tmp / "other.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp / "pickle.safetensors")
+    (tmp / "nolm").mkdir()
+    (tmp / "nolm" / "notes.txt").write_text("not a model")
+    (tmp / "t2i").mkdir()
+    (tmp / "t2i" / "readme.txt").write_text("a folder without unet/, text_encoder/ or judge")
+    # A real digits MLP as the input model for the --out-over-input case.
+    from unlearnkit.config import load_preset
+    from unlearnkit.pipeline import make_setup
+
+    setup = make_setup(load_preset("vision/ga"))
+    save_weights(setup.new_model(), tmp / "model.safetensors")
+    return tmp
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_at_least_fifteen_distinct_bad_inputs():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 15
+    families = {
+        next(
+            (
+                a.split("/")[0]
+                for a in c[1]
+                if "/" in a and a.split("/")[0] in ("vision", "text", "diffusion")
+            ),
+            None,
+        )
+        for c in CASES
+    }
+    assert {"vision", "text", "diffusion"} <= families
+
+
+@pytest.mark.parametrize("case,argv,phrase", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(case, argv, phrase, bad_files, capsys):
+    before = _hashes(bad_files)
+    args = [a.replace("{tmp}", str(bad_files)) for a in argv]
+    assert main(args) == 2, case
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    assert phrase in err, err
+    assert _hashes(bad_files) == before, "a failed command changed its input files"
+    assert json.loads((bad_files / "far.json").read_text()) == [999999]
