@@ -82,3 +82,20 @@ def test_suite_writes_a_tradeoff_figure(bench_result):
     from unlearnkit.bench.plots import axes_for
 
     assert axes_for(res) == ("TA", "UA")
+
+
+def test_suite_indexes_rows_in_the_store_and_writes_curves(bench_result):
+    from unlearnkit.runs.store import open_store
+
+    out, res = bench_result
+    with open_store(out) as st:
+        stored = {(r.method, r.seed): r for r in st.query(kind="suite-row")}
+    assert set(stored) == {(r["method"], r["seed"]) for r in res["rows"]}
+    for r in res["rows"]:
+        rec = stored[(r["method"], r["seed"])]
+        assert rec.status == "done" and rec.metrics == r["metrics"] and rec.suite == "vision-digits"
+        assert rec.rte == r["metrics"]["RTE"] and rec.wall >= 0 and rec.family == "vision"
+    for m in ("ft", "ga", "salun"):
+        for seed in (0, 1):
+            curve = json.loads((out / "curves" / f"{m}-seed{seed}.json").read_text())
+            assert curve["method"] == m and curve["seed"] == seed and curve["history"]

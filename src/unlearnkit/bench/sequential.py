@@ -25,13 +25,15 @@ takes the forget QA of the matched articles, read as consecutive equal blocks pe
 "weights_before", "weights_after", "metrics"}`` (``request`` 1-based; the hashes are the receipts of the
 chain: in sustainability mode ``weights_before`` of request k is ``weights_after`` of request k−1).
 ``results.md`` has one line per (method, request), mean ± std over seeds.
+
+Each (method, seed, request) row is stored in ``DIR/runs.sqlite`` as it finishes and reused on a rerun
+(``bench/loop.py``); its training curve goes to ``DIR/curves/<method>-seed<k>-request<r>.json``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +176,11 @@ def run_sequential_suite(
     out: str | Path,
     methods: list[str] | None = None,
     progress: bool = True,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
-    from rich.progress import Progress
-
+    from unlearnkit.bench.loop import SuiteRunner
     from unlearnkit.bench.suite import select_methods
-    from unlearnkit.pipeline import make_setup
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -192,15 +193,11 @@ def run_sequential_suite(
     suite_name = opts.get("suite", name)
     base.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(suite_name, total=seeds * (1 + len(opts["requests"]) * len(specs)))
-
-        def tick(text: str) -> None:
-            bar.update(job, description=f"{suite_name} {text}")
-            bar.advance(job)
-
+    out = Path(out)
+    total = seeds * len(opts["requests"]) * len(specs)
+    with SuiteRunner(out, suite_name, family, total, fresh, progress) as runner:
         for seed in range(seeds):
-            rows += _run_seed(make_setup(base | {"seed": seed}), specs, opts, tick)
+            rows += _run_seed(runner, base, seed, specs, opts)
     mode, keys = opts["mode"], tuple(opts.get("keys") or SEQ_KEYS)
     result = {
         "suite": suite_name,
@@ -214,60 +211,168 @@ def run_sequential_suite(
         "caption": opts.get("caption") or CAPTION.format(scope=SCOPES[mode]),
         "rows": rows,
     }
-    out = Path(out)
     write_json(out / "results.json", result)
     write_text(out / "results.md", sequential_table(result))
     return result
 
 
-def _run_seed(setup: Any, specs: dict[str, dict], opts: dict[str, Any], tick: Callable[[str], None]) -> list:
-    """Every request of one seed: the oracle's row, then each method's (chained or from the original)."""
-    from unlearnkit.bench.suite import public
-    from unlearnkit.pipeline import build_method, oracle_model, original_model, run_method
+class _SeedState:
+    """What the rows of one seed share, built on first use: the setup (with its requests checked), the
+    original and oracle models with their weight hashes."""
 
-    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
-    family, seed = setup.cfg["family"], setup.seed
+    def __init__(
+        self, runner: Any, base: dict[str, Any], seed: int, specs: dict[str, dict], requests: list[str]
+    ) -> None:
+        from unlearnkit.bench.loop import Lazy
+
+        self.runner, self.seed, self.specs = runner, seed, specs
+        self.setup = Lazy(lambda: make_checked_setup(base | {"seed": seed}, requests))
+        self.original = Lazy(self._original)
+        self.oracle = Lazy(self._oracle)
+
+    def _original(self) -> tuple[Any, str]:
+        from unlearnkit.pipeline import original_model
+
+        self.runner.say(f"seed {self.seed}: original model")
+        model, _ = original_model(self.setup())
+        return model, weights_sha256(model)
+
+    def _oracle(self) -> tuple[Any, float]:
+        from unlearnkit.pipeline import build_method, oracle_model
+
+        self.runner.say(f"seed {self.seed}: oracle")
+        setup = self.setup()
+        return oracle_model(setup, build_method(self.specs["retrain"], "text"), self.original()[0])
+
+
+def make_checked_setup(cfg: dict[str, Any], requests: list[str]) -> Any:
+    """``make_setup(cfg)``, refusing a request that is not one of the dataset's forget sets."""
+    from unlearnkit.pipeline import make_setup
+
+    setup = make_setup(cfg)
     fids = setup.data.meta.get("forget_ids") or {}
     missing = [r for r in requests if r not in fids]
     if missing:
         raise ConfigError(
             f"request {missing[0]!r} is not a forget set of {setup.data.name!r}: {sorted(fids)}"
         )
-    original, _ = original_model(setup)
-    original_sha = weights_sha256(original)
-    oracle = oracle_seconds = None
-    if "retrain" in specs:
-        oracle, oracle_seconds = oracle_model(setup, build_method(specs["retrain"], family), original)
-    tick(f"seed {seed}: original")
-    chained = {m: (original, original_sha) for m in specs if m != "retrain"}
-    rows, seen = [], []
+    return setup
+
+
+def _scopes(setup: Any, requests: list[str], k: int, mode: str) -> tuple[Any, Any, int]:
+    """(evaluation setup, unlearning setup, number of articles evaluated) of request ``k`` (1-based)."""
+    fids = setup.data.meta["forget_ids"]
+    req = requests[k - 1]
+    if mode == "sustainability":  # metrics on the articles of requests 1..k
+        scope: list[str] = []
+        for r in requests[:k]:
+            scope += [t for t in request_texts(setup.data, r) if t not in scope]
+        eval_ids = sorted({i for r in requests[:k] for i in fids[r]})
+    else:
+        scope, eval_ids = request_texts(setup.data, req), fids[req]
+    return scoped(setup, eval_ids, list(scope)), scoped(setup, fids[req]), len(scope)
+
+
+def _run_seed(
+    runner: Any, base: dict[str, Any], seed: int, specs: dict[str, dict], opts: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every request of one seed: the oracle's row, then each method's (chained or from the original).
+
+    Rows found in the store are reused. In sustainability mode a method's request k starts from its model
+    after request k-1: when that row was reused, the chain is replayed (training only, no evaluation) to
+    rebuild the model, and its weight hash is checked against the stored ``weights_after``.
+    """
+    import warnings
+
+    from unlearnkit.bench.loop import Outcome, resolved
+    from unlearnkit.pipeline import build_method, run_method
+
+    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
+    state = _SeedState(runner, base, seed, specs, requests)
+    scfg = resolved(base, seed)
+    family = "text"
+    # per method: (model or None when its last row came from the store, weights hash after the last request)
+    chained: dict[str, tuple[Any, str | None]] = {}
+    rows: list[dict[str, Any]] = []
+    cache: dict[int, tuple[Any, Any, int]] = {}
+
+    def scopes(k: int) -> tuple[Any, Any, int]:
+        if k not in cache:
+            cache[k] = _scopes(state.setup(), requests, k, mode)
+        return cache[k]
+
+    def chain_start(mname: str, spec: dict, k: int) -> tuple[Any, str]:
+        """The model request ``k`` starts from, and its hash (replaying stored requests if needed)."""
+        original, original_sha = state.original()
+        if mode != "sustainability" or k == 1:
+            return original, original_sha
+        model, sha = chained[mname]
+        if model is not None:
+            return model, sha  # type: ignore[return-value]
+        model = original
+        for j in range(1, k):
+            runner.say(f"seed {seed}: {mname} replays request {j}")
+            unlearn = scopes(j)[1]
+            model, _, _ = run_method(unlearn, model, build_method(spec, family))
+        replayed = weights_sha256(model)
+        if replayed != sha:
+            warnings.warn(
+                f"{mname} seed {seed}: replaying requests 1..{k - 1} gave weights {replayed[:12]} "
+                f"but the stored row says {str(sha)[:12]} (non-deterministic training?); "
+                f"request {k} continues from the replayed model",
+                stacklevel=2,
+            )
+        return model, replayed
+
     for k, req in enumerate(requests, start=1):
-        texts = request_texts(setup.data, req)
-        seen += [t for t in texts if t not in seen]
-        if mode == "sustainability":  # metrics on the articles of requests 1..k
-            scope, eval_ids = seen, sorted({i for r in requests[:k] for i in fids[r]})
-        else:
-            scope, eval_ids = texts, fids[req]
-        sub, unlearn = scoped(setup, eval_ids, list(scope)), scoped(setup, fids[req])
         ref: dict[str, Any] | None = None
+        ref_key: str | None = None
         for mname, spec in specs.items():
-            row = {"method": mname, "seed": seed, "request": k, "forget": req}
-            row |= {"n_unlearned": len(unlearn.split.forget), "n_articles": len(scope)}
+            identity = {
+                "suite": runner.suite,
+                "kind": "sequential",
+                "mode": mode,
+                "config": scfg,
+                "method": spec,
+                "request": k,
+                "requests": requests[:k] if mode == "sustainability" else [req],
+                "attack": None if mname == "retrain" else attack,
+                "oracle": None if mname == "retrain" else ref_key,
+            }
+
+            def compute(mname=mname, spec=spec, k=k, req=req, ref=ref) -> Outcome:
+                sub, unlearn, n_articles = scopes(k)
+                fields: dict[str, Any] = {"request": k, "forget": req}
+                fields |= {"n_unlearned": len(unlearn.split.forget), "n_articles": n_articles}
+                history = None
+                if mname == "retrain":
+                    oracle, oracle_seconds = state.oracle()
+                    metrics = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
+                    sha = weights_sha256(oracle)
+                    fields |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
+                else:
+                    start, before = chain_start(mname, spec, k)
+                    model, seconds, fit = run_method(unlearn, start, build_method(spec, family))
+                    history, after = fit.history, weights_sha256(model)
+                    metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
+                    if mode == "sustainability":
+                        chained[mname] = (model, after)
+                    origin = f"request {k - 1}" if mode == "sustainability" and k > 1 else "original"
+                    fields |= {"start": origin, "weights_before": before, "weights_after": after}
+                receipt = {
+                    "forget_ids_sha256": unlearn.split.forget_ids_sha256(),
+                    "forget_count": len(unlearn.split.forget),
+                    "weights_before_sha256": fields["weights_before"],
+                    "weights_after_sha256": fields["weights_after"],
+                }
+                return Outcome(metrics, fields=fields, receipt=receipt, history=history)
+
+            res = runner.row(identity, mname, seed, compute, tag=f"request{k}")
             if mname == "retrain":
-                metrics = ref = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
-                sha = weights_sha256(oracle)
-                row |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
-            else:
-                start, before = chained[mname] if mode == "sustainability" else (original, original_sha)
-                model, seconds, _ = run_method(unlearn, start, build_method(spec, family))
-                after = weights_sha256(model)
-                metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
-                if mode == "sustainability":
-                    chained[mname] = (model, after)
-                origin = f"request {k - 1}" if mode == "sustainability" and k > 1 else "original"
-                row |= {"start": origin, "weights_before": before, "weights_after": after}
-            rows.append(row | {"metrics": public(metrics)})
-            tick(f"seed {seed} request {k}: {mname}")
+                ref, ref_key = res.metrics, res.key
+            elif res.cached and mode == "sustainability":
+                chained[mname] = (None, res.fields.get("weights_after"))
+            rows.append({"method": mname, "seed": seed} | res.fields | {"metrics": res.public})
     return rows
 
 

@@ -1,8 +1,12 @@
 """Run a suite (``unlearnkit bench vision-digits``): for each seed, train (or load) the original model,
 retrain the oracle, run every method from the same original, and report each metric with its gap.
 
-``DIR/results.json`` = ``{"suite", "config", "rows": [{"method", "seed", "metrics"}]}`` and
-``DIR/results.md`` holds mean ± std per method.
+``DIR/results.json`` = ``{"suite", "seeds", "config", "methods", "rows": [{"method", "seed", "metrics"}],
+"keys", "caption"}`` and ``DIR/results.md`` holds mean ± std per method. Every row is indexed in
+``DIR/runs.sqlite`` as it finishes (``runs/store.py``) and reused by a later run of the same configuration
+(``fresh=True`` / ``--fresh`` recomputes); training curves go to ``DIR/curves/`` (``bench/loop.py``).
+Suites of ``kind: worstcase`` and ``kind: sequential`` run in ``bench/worstcase.py`` and
+``bench/sequential.py`` through the same row loop.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from unlearnkit.io import write_json, write_text
 SUITE_KEYS = ("UA", "RA", "TA", "MIA", "RTE", "gap")
 
 
+def _suite_preset(name: str) -> str:
+    return name if "/" in name or name.endswith(".yaml") else f"suites/{name}"
+
+
 def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    cfg = load_preset(name if "/" in name or name.endswith(".yaml") else f"suites/{name}")
+    cfg = load_preset(_suite_preset(name))
     cfg = apply_overrides(cfg, overrides or [])
     if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
         raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
@@ -34,27 +42,37 @@ def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
 
 def run_suite(
     name: str,
-    seeds: int,
+    seeds: int | None,
     out: str | Path,
     methods: list[str] | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run suite ``name`` over seeds ``0..seeds-1`` into ``out``; rows already in ``out``'s run store (same
+    configuration) are reused unless ``fresh``, so rerunning a killed command resumes it.
 
-    from unlearnkit.pipeline import make_setup, original_model
-
-    if seeds < 1:
+    ``seeds=None`` means 1, or for a composite suite (``kind: composite``, e.g. ``quick``) each part's own
+    seed count (bench/composite.py)."""
+    if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    raw = load_preset(_suite_preset(name))
+    if raw.get("kind") == "composite":  # several suites into sub-folders, then the report
+        from unlearnkit.bench.composite import run_composite_suite
+
+        return run_composite_suite(raw, name, seeds, out, methods, overrides, progress, fresh)
+    seeds = 1 if seeds is None else seeds
     cfg = load_suite(name, overrides)
     if cfg.get("kind") == "worstcase":  # random vs worst-case forget sets (bench/worstcase.py)
         from unlearnkit.bench.worstcase import run_worstcase_suite
 
-        return run_worstcase_suite(cfg, name, seeds, out, methods, progress)
+        return run_worstcase_suite(cfg, name, seeds, out, methods, progress, fresh)
     if cfg.get("kind") == "sequential":  # MUSE scalability / sustainability (bench/sequential.py)
         from unlearnkit.bench.sequential import run_sequential_suite
 
-        return run_sequential_suite(cfg, name, seeds, out, methods, progress)
+        return run_sequential_suite(cfg, name, seeds, out, methods, progress, fresh)
+    from unlearnkit.bench.loop import SuiteRunner
+
     family = cfg.get("family", "vision")
     method_specs = select_methods(
         {k: dict(v or {}) for k, v in cfg.pop("methods").items()}, methods, name, family
@@ -63,32 +81,13 @@ def run_suite(
     keys = tuple(cfg.pop("keys", SUITE_KEYS))
     caption = cfg.pop("caption", None)
     attack = cfg.pop("attack", None)
+    cfg.pop("kind", None)
     cfg.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
     out = Path(out)
-    total = seeds * (len(method_specs) + 1)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        job = bar.add_task(suite_name, total=total)
+    with SuiteRunner(out, suite_name, family, seeds * len(method_specs), fresh, progress) as runner:
         for seed in range(seeds):
-            setup = make_setup(cfg | {"seed": seed})
-            bar.update(job, description=f"{suite_name} seed {seed}: original")
-            original, _ = original_model(setup)
-            bar.advance(job)
-            oracle: dict[str, Any] | None = None
-            for mname, spec in method_specs.items():
-                bar.update(job, description=f"{suite_name} seed {seed}: {mname}")
-                metrics = run_row(setup, original, mname, spec, family, oracle, attack)
-                if mname == "retrain":
-                    oracle = metrics
-                rows.append({"method": mname, "seed": seed, "metrics": public(metrics)})
-                bar.advance(job)
+            rows += _plain_seed(runner, cfg, seed, method_specs, family, attack)
     result = {
         "suite": suite_name,
         "seeds": seeds,
@@ -104,6 +103,60 @@ def run_suite(
 
     tradeoff_plot(result, out / "tradeoff.png")
     return result
+
+
+def _plain_seed(
+    runner: Any,
+    cfg: dict[str, Any],
+    seed: int,
+    specs: dict[str, dict],
+    family: str,
+    attack: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """One seed of a plain suite: each method's row (the oracle first, as the suite lists it), reused from
+    the store where finished; the setup and the original model are built only if some row must run."""
+    from unlearnkit.bench.loop import Lazy, Outcome, resolved
+    from unlearnkit.io import weights_sha256
+    from unlearnkit.pipeline import make_setup, original_model
+
+    scfg = resolved(cfg, seed)
+    setup = Lazy(lambda: make_setup(scfg))
+
+    def load_original():
+        runner.say(f"seed {seed}: original model")
+        model = original_model(setup())[0]
+        return model, weights_sha256(model)
+
+    original = Lazy(load_original)
+    oracle: dict[str, Any] | None = None
+    oracle_key: str | None = None
+    rows = []
+    for mname, spec in specs.items():
+        identity = {
+            "suite": runner.suite,
+            "kind": "plain",
+            "config": scfg,
+            "method": spec,
+            "attack": None if mname == "retrain" else attack,
+            "oracle": None if mname == "retrain" else oracle_key,
+        }
+
+        def compute(mname=mname, spec=spec, oracle=oracle) -> Outcome:
+            model0, before = original()
+            metrics, model, history = run_row(setup(), model0, mname, spec, family, oracle, attack)
+            receipt = {
+                "forget_ids_sha256": setup().split.forget_ids_sha256(),
+                "forget_count": len(setup().split.forget),
+                "weights_before_sha256": None if mname == "retrain" else before,
+                "weights_after_sha256": weights_sha256(model),
+            }
+            return Outcome(metrics, receipt=receipt, history=history)
+
+        res = runner.row(identity, mname, seed, compute)
+        if mname == "retrain":
+            oracle, oracle_key = res.metrics, res.key
+        rows.append({"method": mname, "seed": seed, "metrics": public(res.metrics)})
+    return rows
 
 
 def select_methods(
@@ -137,23 +190,28 @@ def run_row(
     family: str,
     oracle: dict[str, Any] | None,
     attack: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Unlearn (or retrain, cached) from ``original``, evaluate against the oracle, optionally relearn."""
+) -> tuple[dict[str, Any], Any, list[dict[str, Any]] | None]:
+    """Unlearn (or retrain, cached) from ``original``, evaluate against the oracle, optionally relearn.
+
+    Returns (metrics, the model, its training log or None: the cached oracle and ``original`` have none).
+    """
     from unlearnkit.pipeline import build_method, evaluate_model, oracle_model, run_method
 
+    history = None
     if mname == "retrain":
         model, seconds = oracle_model(setup, build_method(spec, family), original)
     elif mname == "original":  # the model before unlearning, as a reference row
         model, seconds = original, 0.0
     else:
-        model, seconds, _ = run_method(setup, original, build_method(spec, family))
+        model, seconds, fit = run_method(setup, original, build_method(spec, family))
+        history = fit.history
     # The oracle is compared with itself (gap 0, forget quality 1), as the papers' tables report it.
     metrics = evaluate_model(setup, model, "self" if mname == "retrain" else oracle) | {"RTE": seconds}
     if attack and attack.get("relearn") is not None and mname != "retrain":
         from unlearnkit.metrics.text_suite import relearn_and_evaluate
 
         metrics |= relearn_and_evaluate(setup, model, oracle, dict(attack["relearn"] or {}))
-    return metrics
+    return metrics, model, history
 
 
 def summarize(rows: list[dict[str, Any]], keys=SUITE_KEYS) -> dict[str, dict[str, tuple[float, float]]]:

@@ -6,12 +6,17 @@ same size, and run every method of the suite from the same original on both sets
 ``UA_random``, ``UA_worst``, ``RA_*``, ``TA_*``, ``MIA_*`` (percent) and ``gap_*`` (Avg. Gap to retrain on
 the same set). A suite config has ``kind: worstcase``, a ``size`` (count, fraction or ``"10%"``), an
 optional ``granularity`` (``example`` or ``class``) and an optional ``select:`` section.
+
+Rows go through the shared row loop (``bench/loop.py``): each (method, seed, set) is stored in
+``DIR/runs.sqlite`` as it finishes and reused on a rerun, the selection too; curves go to
+``DIR/curves/<method>-seed<k>-random.json`` and ``...-worst.json``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -47,14 +52,16 @@ def run_worstcase_suite(
     out: str | Path,
     methods: list[str] | None = None,
     progress: bool = True,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Run a loaded ``kind: worstcase`` suite config; writes ``results.json`` and ``results.md``."""
-    from rich.progress import Progress
+    """Run a loaded ``kind: worstcase`` suite config; writes ``results.json`` and ``results.md``.
 
+    The store keeps one row per seed for the selection (kind ``selection``: its ids, so a resumed run does
+    not select again) and one row per (method, seed, set) (``set`` = random or worst, tag of its curve).
+    """
+    from unlearnkit.bench.loop import SuiteRunner
     from unlearnkit.bench.suite import markdown_table, select_methods
-    from unlearnkit.metrics.vision import avg_gap
-    from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
-    from unlearnkit.selection.runner import GRANULARITIES, payload, run_selection, split_suite_config
+    from unlearnkit.selection.runner import GRANULARITIES, split_suite_config
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -69,33 +76,12 @@ def run_worstcase_suite(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     selections: list[dict[str, Any]] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(suite_name, total=seeds * (1 + 2 * len(specs)))
+    opts = {"size": size, "granularity": granularity, "select": asdict(sel)}
+    with SuiteRunner(out, suite_name, family, seeds * (1 + 2 * len(specs)), fresh, progress) as runner:
         for seed in range(seeds):
-            setup = make_setup(base | {"seed": seed})
-            original, _ = original_model(setup)
-            res = run_selection(setup, original, size, sel, specs, granularity)
-            ids_file = out / f"worst-seed{seed}.json"
-            write_json(ids_file, payload(res, suite_name, seed, granularity, len(setup.data.train)))
-            selections.append(
-                {"seed": seed, "ids_file": ids_file.name, "seconds": res.seconds, "best_iter": res.best_iter}
-                | {"lower_steps": res.lower_steps, "trajectory": res.trajectory}
-            )
-            bar.advance(job)
-            by_set: dict[str, dict[str, dict[str, float]]] = {}
-            for tag, split in zip(("random", "worst"), _splits(setup, res, granularity, seed), strict=True):
-                setup.split = split
-                for mname, spec in specs.items():
-                    model, seconds, _ = run_method(setup, original, build_method(spec, family))
-                    by_set.setdefault(mname, {})[tag] = evaluate_model(setup, model) | {"RTE": seconds}
-                    bar.advance(job)
-            for mname, sets in by_set.items():
-                metrics: dict[str, float] = {}
-                for tag, m in sets.items():
-                    metrics |= {f"{k}_{tag}": m[k] for k in ("UA", "RA", "TA", "MIA", "RTE")}
-                    if "retrain" in by_set:
-                        metrics[f"gap_{tag}"] = avg_gap(m, by_set["retrain"][tag])
-                rows.append({"method": mname, "seed": seed, "metrics": metrics})
+            seed_rows, selection = _worst_seed(runner, base, seed, specs, sel, opts, family)
+            rows += seed_rows
+            selections.append(selection)
     result = {
         "suite": suite_name,
         "kind": "worstcase",
@@ -113,3 +99,93 @@ def run_worstcase_suite(
     write_json(out / "results.json", result)
     write_text(out / "results.md", markdown_table(result, WORST_KEYS))
     return result
+
+
+def _worst_seed(
+    runner: Any,
+    base: dict[str, Any],
+    seed: int,
+    specs: dict[str, dict],
+    sel: Any,
+    opts: dict[str, Any],
+    family: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One seed: the selection (stored or run), then every method on the random and the worst-case set."""
+    from unlearnkit.bench.loop import Lazy, Outcome, resolved
+    from unlearnkit.io import weights_sha256
+    from unlearnkit.metrics.vision import avg_gap
+    from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
+    from unlearnkit.runs.store import config_hash
+    from unlearnkit.selection.runner import payload, run_selection
+
+    suite_name, out = runner.suite, runner.out
+    size, granularity = opts["size"], opts["granularity"]
+    scfg = resolved(base, seed)
+    setup = Lazy(lambda: make_setup(scfg))
+
+    def load_original():
+        runner.say(f"seed {seed}: original model")
+        model = original_model(setup())[0]
+        return model, weights_sha256(model)
+
+    original = Lazy(load_original)
+    sel_identity = {
+        "suite": suite_name,
+        "kind": "worstcase-selection",
+        "config": scfg,
+        # the lower level takes the suite's options for its method ("auto" picks retrain or ft)
+        "lower": {k: specs[k] for k in (sel.lower, "retrain", "ft") if k in specs},
+    } | opts
+
+    def select() -> Outcome:
+        res = run_selection(setup(), original()[0], size, sel, specs, granularity)
+        obj = payload(res, suite_name, seed, granularity, len(setup().data.train))
+        metrics = {"seconds": res.seconds, "best_iter": res.best_iter, "lower_steps": res.lower_steps}
+        return Outcome(metrics, fields={"payload": obj, "units": list(res.units)})
+
+    chosen = runner.row(sel_identity, None, seed, select, kind="selection")
+    obj = chosen.fields["payload"]
+    ids_file = out / f"worst-seed{seed}.json"
+    write_json(ids_file, obj)
+    picked = SimpleNamespace(ids=obj["ids"], size=obj["units"], units=chosen.fields["units"])
+    selection = {"seed": seed, "ids_file": ids_file.name, "seconds": obj["seconds"]}
+    selection |= {"best_iter": obj["best_iter"], "lower_steps": obj["lower_steps"]}
+    selection |= {"trajectory": obj["trajectory"]}
+    tags = ("random", "worst")
+    splits = Lazy(lambda: dict(zip(tags, _splits(setup(), picked, granularity, seed), strict=True)))
+    by_set: dict[str, dict[str, dict[str, Any]]] = {}
+    for tag in tags:
+        for mname, spec in specs.items():
+            identity = {
+                "suite": suite_name,
+                "kind": "worstcase",
+                "config": scfg,
+                "method": spec,
+                "set": tag,
+                "selection": config_hash(sorted(obj["ids"])) if tag == "worst" else None,
+            } | opts
+
+            def compute(tag=tag, spec=spec) -> Outcome:
+                model0, before = original()
+                setup().split = split = splits()[tag]
+                model, seconds, fit = run_method(setup(), model0, build_method(spec, family))
+                receipt = {
+                    "forget_ids_sha256": split.forget_ids_sha256(),
+                    "forget_count": len(split.forget),
+                    "weights_before_sha256": before,
+                    "weights_after_sha256": weights_sha256(model),
+                }
+                metrics = evaluate_model(setup(), model) | {"RTE": seconds}
+                return Outcome(metrics, fields={"set": tag}, receipt=receipt, history=fit.history)
+
+            res = runner.row(identity, mname, seed, compute, tag=tag)
+            by_set.setdefault(mname, {})[tag] = res.public
+    rows = []
+    for mname, sets in by_set.items():
+        metrics: dict[str, float] = {}
+        for tag, m in sets.items():
+            metrics |= {f"{k}_{tag}": m[k] for k in ("UA", "RA", "TA", "MIA", "RTE")}
+            if "retrain" in by_set:
+                metrics[f"gap_{tag}"] = avg_gap(m, by_set["retrain"][tag])
+        rows.append({"method": mname, "seed": seed, "metrics": metrics})
+    return rows, selection

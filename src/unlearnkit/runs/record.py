@@ -1,7 +1,10 @@
-"""Write a run folder: ``config.yaml``, ``results.json``, ``model.safetensors`` and ``receipt.json``.
+"""Write a run folder: ``config.yaml``, ``results.json``, ``model.safetensors``, ``receipt.json`` and a
+model card ``README.md`` (``runs/card.py``), and index the run in the run store (``RUN/../runs.sqlite``,
+or ``UNLEARNKIT_STORE``; ``runs/store.py``).
 
 The receipt lets anyone check later what was forgotten and by which model: the sha256 of the sorted
-forget ids, of the weights before and after, and the metrics. Every file is written atomically.
+forget ids, of the weights before and after, and the metrics. Every file is written atomically. A store
+that cannot be written (read-only folder, locked file) only warns: the run folder is the record.
 """
 
 from __future__ import annotations
@@ -53,4 +56,43 @@ def write_run(
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     write_json(out / "results.json", results)
     write_json(out / "receipt.json", receipt)
+    from unlearnkit.runs.card import write_card
+
+    write_card(out, config, receipt, metrics, (extra or {}).get("oracle"))
+    index_run(out, config, metrics, receipt, extra)
     return receipt
+
+
+def index_run(
+    out: str | Path,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    receipt: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> int | None:
+    """Record a single run folder in its run store (replacing the row of an earlier run into the same
+    folder); returns the row id, or None (with a warning) when the store cannot be written."""
+    import sqlite3
+    import warnings
+
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.runs.store import open_store, store_path
+
+    folder = Path(out).resolve()
+    try:
+        with open_store(store_path(folder, single_run=True)) as store:
+            return store.upsert(
+                kind="unlearn",
+                key=f"unlearn:{folder}",
+                config=config,
+                family=config.get("family"),
+                method=(config.get("method") or {}).get("name"),
+                seed=config.get("seed"),
+                metrics=metrics,
+                fields=dict(extra or {}),
+                receipt=receipt,
+                path=folder,
+            )
+    except (sqlite3.Error, UnlearnkitError, OSError) as exc:
+        warnings.warn(f"the run in {str(folder)!r} was not indexed in the run store: {exc}", stacklevel=2)
+        return None

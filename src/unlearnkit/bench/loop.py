@@ -1,0 +1,233 @@
+"""The row loop every suite kind shares: progress, the run store (skip finished rows, resume after a kill)
+and training curves.
+
+A suite describes each unit of work (a row) by its *identity*: a JSON-able dict of everything that decides
+its result (the suite, the resolved pipeline config with its seed, the method spec, the forget set, the
+oracle row it is compared with). :meth:`SuiteRunner.row` hashes the identity; when the store already holds a
+finished row with that hash (and ``fresh`` is off), the stored result is returned and nothing runs;
+otherwise the row runs, and is written to the store the moment it finishes (marked ``running`` while it
+runs, ``failed`` / ``interrupted`` if it stops), so a killed suite loses at most the row in progress and the
+same command resumes it.
+
+Training curves go to ``DIR/curves/<method>-seed<k>[-<tag>].json`` (see :func:`write_curve`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from unlearnkit.io import write_json
+from unlearnkit.runs.store import RunStore, config_hash, open_store, split_metrics, store_path
+
+MAX_CURVE_POINTS = 500
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """What computing a row yields: its metrics (private ``_`` entries included), the other fields of its
+    ``results.json`` row, an optional receipt, and the training log (``FitResult.history``) if any."""
+
+    metrics: dict[str, Any]
+    fields: dict[str, Any] = field(default_factory=dict)
+    receipt: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class RowResult:
+    """A finished row, computed now or read from the store."""
+
+    id: int
+    key: str
+    metrics: dict[str, Any]
+    fields: dict[str, Any]
+    cached: bool
+
+    @property
+    def public(self) -> dict[str, Any]:
+        return split_metrics(self.metrics)[0]
+
+
+class Lazy(Generic[T]):
+    """A value computed on first use (a seed's setup and original model are only built when some row of
+    that seed must run)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._done = False
+        self._value: T | None = None
+
+    def __call__(self) -> T:
+        if not self._done:
+            self._value = self._make()
+            self._done = True
+        return self._value  # type: ignore[return-value]
+
+    @property
+    def ready(self) -> bool:
+        return self._done
+
+
+def thin(history: list[dict[str, Any]], limit: int = MAX_CURVE_POINTS) -> list[dict[str, Any]]:
+    """At most ``limit`` records of a training log, evenly spaced, the first and last kept."""
+    n = len(history)
+    if n <= limit:
+        return list(history)
+    if limit < 2:
+        return list(history[-limit:]) if limit else []
+    picks = sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+    return [history[i] for i in picks]
+
+
+def curve_path(out: str | Path, method: str, seed: int, tag: str | None = None) -> Path:
+    """``out/curves/<method>-seed<seed>.json``, or ``...-seed<seed>-<tag>.json`` for a tagged row."""
+    name = f"{method}-seed{seed}" + (f"-{tag}" if tag else "")
+    return Path(out) / "curves" / f"{name}.json"
+
+
+def write_curve(
+    out: str | Path,
+    suite: str,
+    method: str,
+    seed: int,
+    history: list[dict[str, Any]],
+    tag: str | None = None,
+) -> Path:
+    """Write a row's training curve: ``{"suite", "method", "seed", "tag", "steps", "points", "history"}``
+    where ``history`` is the thinned ``FitResult.history`` (records with ``epoch``, ``step``, ``phase``,
+    ``loss`` and the method's own logs), ``steps`` the logged records before thinning."""
+    path = curve_path(out, method, seed, tag)
+    pts = thin(history)
+    payload = {"suite": suite, "method": method, "seed": seed, "tag": tag}
+    write_json(path, payload | {"steps": len(history), "points": len(pts), "history": pts})
+    return path
+
+
+class SuiteRunner:
+    """Rows of one suite command: a progress bar, the store and the curves of output folder ``out``."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        suite: str,
+        family: str | None,
+        total: int,
+        fresh: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.out = Path(out)
+        self.suite = suite
+        self.family = family
+        self.total = total
+        self.fresh = fresh
+        self.progress = progress
+        self.computed = 0
+        self.reused = 0
+        self.store: RunStore | None = None
+
+    def __enter__(self) -> SuiteRunner:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(store_path(self.out))
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            disable=not self.progress,
+            transient=True,
+        )
+        self._bar.__enter__()
+        self._job = self._bar.add_task(self.suite, total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.__exit__(*exc)
+        if self.progress and self.reused and self.store is not None:
+            import sys
+
+            print(
+                f"{self.suite}: {self.reused} row(s) reused from {self.store.path} (--fresh recomputes), "
+                f"{self.computed} computed",
+                file=sys.stderr,
+            )
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def say(self, text: str) -> None:
+        """Show what runs now (e.g. training the original) next to the bar."""
+        self._bar.update(self._job, description=f"{self.suite} {text}")
+
+    def lookup(self, identity: dict[str, Any]) -> RowResult | None:
+        """The stored finished row for ``identity`` (None when absent or when running fresh)."""
+        assert self.store is not None, "use SuiteRunner as a context manager"
+        key = config_hash(identity)
+        rec = None if self.fresh else self.store.find(key)
+        if rec is None:
+            return None
+        return RowResult(rec.id, key, rec.all_metrics, rec.fields, cached=True)
+
+    def row(
+        self,
+        identity: dict[str, Any],
+        method: str | None,
+        seed: int,
+        compute: Callable[[], Outcome],
+        tag: str | None = None,
+        kind: str = "suite-row",
+    ) -> RowResult:
+        """The row for ``identity``: from the store if finished before, else computed and stored at once."""
+        assert self.store is not None, "use SuiteRunner as a context manager"
+        label = f"seed {seed}: {method or kind}" + (f" ({tag})" if tag else "")
+        found = self.lookup(identity)
+        if found is not None:
+            self.reused += 1
+            self.say(f"{label} (stored)")
+            self._bar.advance(self._job)
+            return found
+        self.say(label)
+        common = {
+            "kind": kind,
+            "config": identity,
+            "suite": self.suite,
+            "family": self.family,
+            "method": method,
+            "seed": seed,
+            "path": str(self.out.resolve()),
+        }
+        run_id = self.store.upsert(**common, status="running")
+        t0 = time.perf_counter()
+        try:
+            res = compute()
+        except KeyboardInterrupt:
+            self.store.set_status(run_id, "interrupted")
+            raise
+        except Exception as exc:
+            self.store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        wall = time.perf_counter() - t0
+        if res.history and method:
+            write_curve(self.out, self.suite, method, seed, res.history, tag)
+        run_id = self.store.upsert(
+            **common, metrics=res.metrics, fields=res.fields, receipt=res.receipt, wall=wall, status="done"
+        )
+        self.computed += 1
+        self._bar.advance(self._job)
+        return RowResult(run_id, config_hash(identity), dict(res.metrics), dict(res.fields), cached=False)
+
+
+def resolved(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The full effective pipeline config of one seed (defaults merged), as rows hash it. Its ``method``
+    section is dropped: a suite's rows take their methods from the suite's ``methods:``."""
+    from unlearnkit.pipeline import resolve
+
+    out = resolve(cfg | {"seed": seed})
+    out.pop("method", None)
+    return out
