@@ -353,3 +353,273 @@ def test_log_every_zero_is_a_config_error():
         Engine(EngineConfig(progress=False, log_every=0))
     with pytest.raises(ConfigError, match="checkpoint_every"):
         Engine(EngineConfig(progress=False, checkpoint_every=-1))
+
+
+# -- checkpoints and resume ---------------------------------------------------------------------------
+class Crash(Exception):
+    pass
+
+
+def _resume_setup(kind: str):
+    """A model, streams, phases and optimizer spec exercising one resume scenario."""
+    from unlearnkit.engine.masks import WeightMask
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3))
+    sets = {"forget": data(7, 1, start=0), "retain": data(13, 2, start=100)}
+    mask = None
+    if kind == "two-phases":  # a driver and a cycled stream, random draws from ctx.generator, Adam, mask
+
+        def forget(b, ctx):
+            noise = torch.randn(b["forget"]["x"].shape, generator=ctx.generator)
+            lf = -F.cross_entropy(model(b["forget"]["x"] + noise), b["forget"]["y"])
+            return lf + F.cross_entropy(model(b["retain"]["x"]), b["retain"]["y"]), {
+                "forget_loss": float(lf.detach())
+            }
+
+        def retain(b, ctx):
+            return F.cross_entropy(model(b["retain"]["x"]), b["retain"]["y"]), {}
+
+        phases = lambda e: [  # noqa: E731
+            Phase("forget", ("forget", "retain"), forget),
+            Phase("retain", ("retain",), retain),
+        ]
+        spec = OptimSpec(epochs=3, lr=0.05, optimizer="adam", scheduler="cosine")
+        g = torch.Generator().manual_seed(0)
+        mask = WeightMask.from_scores(
+            {n: torch.rand(p.shape, generator=g) for n, p in model.named_parameters()}, 0.5
+        )
+    else:  # one stream, SGD with momentum, a step schedule, clipping
+        phases = ce_phases(model, "retain")
+        spec = OptimSpec(epochs=4, lr=0.2, scheduler="step", milestones=[0.5], max_grad_norm=1.0)
+    return model, sets, phases, spec, mask
+
+
+def _fit(kind, run_dir=None, crash_at=None, resume=False, **cfg):
+    model, sets, phases, spec, mask = _resume_setup(kind)
+    calls = [0]
+    if crash_at is not None:
+        inner = phases
+
+        def phases(e):  # noqa: F811
+            out = []
+            for ph in inner(e):
+
+                def loss(b, ctx, f=ph.loss):
+                    calls[0] += 1
+                    if ctx.step == crash_at:
+                        raise Crash()
+                    return f(b, ctx)
+
+                out.append(Phase(ph.name, ph.streams, loss, ph.driver))
+            return out
+
+    eng = Engine(EngineConfig(progress=False, batch_size=3, seed=4, **cfg), run_dir=run_dir)
+    torch.manual_seed(123)  # the global generator (dropout) starts somewhere else in every process
+    res = eng.fit(model, sets, phases, spec, mask=mask, desc="t", resume=resume)
+    return model, res
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, crash_at, cfg",
+    [
+        ("one-stream", 7, {"checkpoint_steps": 1}),  # mid-epoch
+        ("one-stream", 10, {"checkpoint_steps": 5}),  # the checkpoint at step 10 ends epoch 1 (5 steps each)
+        ("two-phases", 13, {"checkpoint_steps": 3}),  # mid-phase, the cycled stream half-way through a pass
+        ("two-phases", 20, {"checkpoint_every": 1}),  # epoch checkpoints only: resume from the end of epoch 1
+    ],
+)
+def test_resume_after_a_crash_gives_bitwise_identical_weights_and_history(tmp_path, kind, crash_at, cfg):
+    ref_model, ref = _fit(kind)
+    with pytest.raises(Crash):
+        _fit(kind, tmp_path, crash_at=crash_at, **cfg)
+    torch.manual_seed(999)  # the resumed process is in another random state
+    model, res = _fit(kind, tmp_path, resume=True, **cfg)
+    assert res.resumed_from_step is not None and 0 < res.resumed_from_step <= crash_at
+    assert _same_weights(model, ref_model)
+    assert res.steps == ref.steps
+    assert res.history == ref.history
+    logged = [json.loads(line) for line in (tmp_path / "log-t.jsonl").read_text().splitlines()]
+    assert logged == ref.history
+
+
+def test_checkpoint_folder_holds_safe_files_and_only_the_newest(tmp_path):
+    from unlearnkit.engine.checkpoint import latest_checkpoint, read_checkpoint
+    from unlearnkit.io import load_weights
+
+    model, res = _fit("two-phases", tmp_path, checkpoint_steps=4)
+    root = tmp_path / "checkpoints" / "t"
+    assert [p.name for p in root.iterdir()] == [f"step-{res.steps // 4 * 4:08d}"]
+    ck = read_checkpoint(latest_checkpoint(root))
+    assert ck.path == res.checkpoint
+    assert {p.name for p in ck.path.iterdir()} == {
+        "model.safetensors",
+        "state.pt",
+        "mask.safetensors",
+        "meta.json",
+    }
+    torch.load(ck.path / "state.pt", weights_only=True)  # no pickled objects
+    fresh, *_ = _resume_setup("two-phases")
+    load_weights(fresh, ck.model_file)  # the model file is a plain weights file
+    assert ck.meta["position"]["step"] == ck.step == res.steps // 4 * 4
+    assert ck.mask is not None and set(ck.mask) == {n for n, _ in model.named_parameters()}
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_after_the_end_changes_nothing(tmp_path):
+    ref_model, _ = _fit("one-stream")
+    model, res = _fit("one-stream", tmp_path, resume=True)  # nothing to resume: checkpoints every epoch
+    assert res.resumed_from_step is None and _same_weights(model, ref_model)
+    assert (tmp_path / "checkpoints" / "t" / f"step-{res.steps:08d}").is_dir()
+    again, res2 = _fit("one-stream", tmp_path, resume=True)
+    assert res2.resumed_from_step == res.steps and _same_weights(again, ref_model)
+
+
+def test_a_fresh_run_removes_stale_checkpoints(tmp_path):
+    with pytest.raises(Crash):
+        _fit("one-stream", tmp_path, crash_at=9, checkpoint_steps=1)
+    with pytest.raises(Crash):
+        _fit("one-stream", tmp_path, crash_at=2, checkpoint_steps=1)  # not resumed: starts over
+    root = tmp_path / "checkpoints" / "t"
+    # step 2's checkpoint is not confirmed yet (the crash came before its loss was checked): 1 stays too
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000001", "step-00000002"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    with pytest.raises(Crash):
+        _fit("one-stream", tmp_path, crash_at=6, checkpoint_steps=2)
+    model, sets, phases, spec, _ = _resume_setup("one-stream")
+    eng = Engine(EngineConfig(progress=False, batch_size=4, seed=4), run_dir=tmp_path)  # batch size differs
+    with pytest.raises(ConfigError, match="different run"):
+        eng.fit(model, sets, phases, spec, desc="t", resume=True)
+
+
+def test_resume_takes_the_learning_rate_from_the_current_config(tmp_path, monkeypatch):
+    with pytest.raises(Crash):
+        _fit("one-stream", tmp_path, crash_at=6, checkpoint_steps=1)
+    made = capture_optimizer(monkeypatch)
+    model, sets, phases, _, _ = _resume_setup("one-stream")
+    seen = []
+
+    def loss(b, ctx):
+        seen.append(made[0].param_groups[0]["lr"])
+        return phases(0)[0].loss(b, ctx)
+
+    spec = OptimSpec(epochs=4, lr=0.02, scheduler="step", milestones=[0.5], max_grad_norm=1.0)
+    Engine(EngineConfig(progress=False, batch_size=3, seed=4), run_dir=tmp_path).fit(
+        model, sets, lambda e: [Phase("retain", ("retain",), loss)], spec, desc="t", resume=True
+    )
+    assert seen[0] == pytest.approx(0.02) and seen[-1] == pytest.approx(0.002)  # 10x lower after 50%
+
+
+# -- divergence guard ----------------------------------------------------------------------------------
+def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
+    from unlearnkit.engine.checkpoint import latest_checkpoint, read_checkpoint
+    from unlearnkit.io import load_weights
+
+    model = mlp(0)
+    snapshots = []
+
+    def loss(b, ctx):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        out = F.cross_entropy(model(b["train"]["x"]), b["train"]["y"])
+        return (out * float("nan") if ctx.step == 5 else out), {}
+
+    eng = Engine(EngineConfig(progress=False, batch_size=3, checkpoint_steps=1), run_dir=tmp_path)
+    with pytest.raises(DivergenceError) as info:
+        eng.fit(model, {"train": data(18)}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=2))
+    msg = str(info.value)
+    # the weights after 5 steps gave the NaN: their checkpoint is dropped, the one after 4 steps is kept
+    path = tmp_path / "checkpoints" / "train" / "step-00000004"
+    assert "nan" in msg and "step 5" in msg and str(path) in msg and "--resume" in msg
+    assert latest_checkpoint(path.parent) == path
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    ck = read_checkpoint(path)
+    fresh = load_weights(mlp(1), ck.model_file)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in snapshots[4].items())
+    assert ck.meta["position"]["step"] == 4 and len(ck.meta["history"]) == 4
+
+
+def test_nan_guard_without_checkpoints_says_so():
+    model = mlp(0)
+
+    def loss(b, ctx):
+        return model(b["train"]["x"]).sum() * float("nan"), {}
+
+    with pytest.raises(DivergenceError, match="No checkpoint was written"):
+        engine().fit(model, {"train": data(4)}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=1))
+
+
+def test_divergence_bound_stops_gradient_ascent(tmp_path):
+    model = mlp(0)
+
+    def ga(b, ctx):
+        lf = -F.cross_entropy(model(b["train"]["x"]), b["train"]["y"])
+        return lf, {"forget_loss": float(lf.detach())}
+
+    eng = Engine(
+        EngineConfig(progress=False, batch_size=3, checkpoint_steps=2, divergence_bound=20.0),
+        run_dir=tmp_path,
+    )
+    with pytest.raises(DivergenceError, match="divergence_bound=20.0") as info:
+        eng.fit(
+            model, {"train": data(18)}, lambda e: [Phase("p", ("train",), ga)], OptimSpec(epochs=50, lr=1.0)
+        )
+    assert "last good checkpoint" in str(info.value)
+    res_steps = int(str(info.value).split("step ")[1].split(" ")[0])
+    assert res_steps > 2  # it ascended for a while before passing the bound
+    # without the bound the same run goes on (the loss stays finite for these steps)
+    res = engine(batch_size=3).fit(
+        mlp(0), {"train": data(18)}, lambda e: [Phase("p", ("train",), ga)], OptimSpec(epochs=2, lr=1.0)
+    )
+    assert res.steps == 12
+
+
+@pytest.mark.parametrize("bound", [0, -1.0, float("inf"), float("nan"), "x", True])
+def test_bad_divergence_bound_is_rejected(bound):
+    with pytest.raises(ConfigError, match="divergence_bound"):
+        Engine(EngineConfig(progress=False, divergence_bound=bound))
+    with pytest.raises(ConfigError, match="checkpoint_steps"):
+        Engine(EngineConfig(progress=False, checkpoint_steps=-1))
+
+
+def test_state_kept_by_the_phases_owner_is_checkpointed(tmp_path):
+    """Method state outside the model (e.g. an adversarial prompt) resumes through loop_state()."""
+
+    class Owner:
+        def __init__(self, model, crash_at=None):
+            self.model, self.crash_at, self.shift = model, crash_at, torch.zeros(2)
+
+        def phases(self, epoch):
+            return [Phase("p", ("train",), self.loss)]
+
+        def loss(self, b, ctx):
+            if ctx.step == self.crash_at:
+                raise Crash()
+            self.shift += 0.1  # changes every step and feeds the loss
+            x = b["train"]["x"] + self.shift
+            return F.cross_entropy(self.model(x), b["train"]["y"]), {}
+
+        def loop_state(self):
+            return {"shift": self.shift.clone()}
+
+        def load_loop_state(self, state):
+            self.shift = state["shift"].clone()
+
+    def run(run_dir=None, crash_at=None, resume=False):
+        owner = Owner(mlp(0), crash_at)
+        eng = Engine(EngineConfig(progress=False, batch_size=3, checkpoint_steps=2), run_dir=run_dir)
+        eng.fit(owner.model, {"train": data(12)}, owner.phases, OptimSpec(epochs=2, lr=0.1), resume=resume)
+        return owner
+
+    whole = run()
+    with pytest.raises(Crash):
+        run(tmp_path, crash_at=5)
+    resumed = run(tmp_path, resume=True)
+    assert torch.equal(resumed.shift, whole.shift)
+    assert _same_weights(resumed.model, whole.model)

@@ -17,7 +17,7 @@ from torch import nn
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.examples import as_example_set
 from unlearnkit.data.splits import Split, validate_labels
-from unlearnkit.engine.loop import Engine, EngineConfig
+from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.io import weights_sha256
 
@@ -147,8 +147,12 @@ def _overlaps_input(out: Path, model_path: Path) -> bool:
     return out == home or home in out.parents
 
 
-def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, Any]:
-    """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does)."""
+def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does).
+
+    ``resume`` continues a killed job from its last checkpoint in ``out`` (and a killed training of the
+    original from the cache); the final weights and metrics equal an uninterrupted run's (RTE aside).
+    Under several processes only the main process writes ``out``."""
     from unlearnkit.pipeline import (
         build_method,
         evaluate_model,
@@ -167,10 +171,12 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, 
         raise UnlearnkitError(
             f"--out {str(out)!r} is the folder of the input model; choose another folder so the input is kept"
         )
+    if resume and not out:
+        raise ConfigError("--resume needs the --out folder of the run to continue")
     setup = make_setup(cfg)
-    original, meta = original_model(setup)
+    original, meta = original_model(setup, resume=resume)
     before = weights_sha256(original)
-    model, seconds, fit = run_method(setup, original, method, Path(out) if out else None)
+    model, seconds, fit = run_method(setup, original, method, Path(out) if out else None, resume=resume)
     result: dict[str, Any] = {"original": meta}
     oracle = None
     if cfg["eval"].get("oracle"):
@@ -180,7 +186,7 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None) -> dict[str, 
     metrics = {k: v for k, v in evaluate_model(setup, model, oracle).items() if not k.startswith("_")}
     metrics["RTE"] = seconds
     result["metrics"] = metrics
-    if out:
+    if out and is_main_process():
         from unlearnkit.runs.record import write_run
 
         result["receipt"] = write_run(

@@ -2,11 +2,13 @@
 
     unlearnkit list methods [--json]            registered methods and their families
     unlearnkit list presets|datasets|models
-    unlearnkit unlearn --preset vision/salun [--out DIR] [key=value ...]
-    unlearnkit train   --preset vision/salun --out FILE.safetensors [key=value ...]
+    unlearnkit unlearn --preset vision/salun [--out DIR] [--resume] [key=value ...]
+    unlearnkit train   --preset vision/salun --out FILE.safetensors [--resume] [key=value ...]
     unlearnkit evaluate --preset vision/salun model.path=FILE [key=value ...]
-    unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [key=value ...]
+    unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [--fresh] [key=value ...]
+    unlearnkit runs list|show ID|compare ID ID... [--store PATH|DIR] [--json]   the run store
     unlearnkit select worstcase --suite vision-digits --size 10% --out FILE [key=value ...]
+    unlearnkit report DIR [--out DIR2] [--title T]   report.md + self-contained report.html
 
 User errors (bad config, bad data, unknown names, missing files) print one line and exit with 2.
 """
@@ -43,22 +45,45 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="a YAML config file (same as --preset FILE)")
         sp.add_argument("--out", help="output folder (unlearn) or .safetensors file (train)")
         sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        if name in ("unlearn", "train"):
+            sp.add_argument(
+                "--resume", action="store_true", help="continue a killed run from its last checkpoint"
+            )
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
     b.add_argument("suite", help="suite name (vision-digits, vision-digits-class) or YAML file")
-    b.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    b.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="number of seeds (0..N-1; default 1, or each part's own for quick)",
+    )
     b.add_argument("--out", required=True, help="output folder for results.json and results.md")
     b.add_argument("--methods", help="comma-separated subset of the suite's methods (retrain always runs)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--fresh", action="store_true", help="recompute every row (ignore rows stored in DIR/runs.sqlite)"
+    )
     b.add_argument("overrides", nargs="*", help="key=value overrides of the suite config")
+
+    rp = sub.add_parser("report", help="Markdown + self-contained HTML report of suite results")
+    rp.add_argument("dir", help="a suite output folder (bench --out) or a folder of them")
+    rp.add_argument("--out", help="where to write report.md, report_files/ and report.html (default: DIR)")
+    rp.add_argument("--title", help="the report's title")
+
+    from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
 
     se = sub.add_parser("select", help="select a forget set (worst-case, by bi-level optimisation)")
     se.add_argument("selector", choices=["worstcase"], help="the selector")
     se.add_argument("--suite", default="vision-digits", help="suite (or YAML file) giving data and model")
     se.add_argument("--size", required=True, help="forget-set size: a count (144) or a percent (10%%)")
     se.add_argument("--out", required=True, help="JSON file for the ids (use with split.kind=ids)")
-    se.add_argument("--granularity", choices=["example", "class"], default="example", help="unit to select")
+    se.add_argument(
+        "--granularity", choices=["example", "class", "prompt"], default="example", help="unit to select"
+    )
     se.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 select.lower=rl")
     return p
 
@@ -110,9 +135,12 @@ def _cmd_list(args) -> int:
 
 def _cmd_unlearn(args) -> int:
     from unlearnkit.api import run_config
+    from unlearnkit.engine.loop import is_main_process
 
     cfg = _load_cfg(args)
-    res = run_config(cfg, out=args.out)
+    res = run_config(cfg, out=args.out, resume=args.resume)
+    if not is_main_process():  # under several processes, rank 0 reports
+        return 0
     _print_metrics(res["metrics"], args.json)
     if args.out and not args.json:
         print(f"run written to {args.out}")
@@ -120,6 +148,7 @@ def _cmd_unlearn(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from unlearnkit.engine.loop import is_main_process
     from unlearnkit.errors import UnlearnkitError
     from unlearnkit.io import save_weights
     from unlearnkit.pipeline import evaluate_model, make_setup, original_model
@@ -129,9 +158,12 @@ def _cmd_train(args) -> int:
     cfg = _load_cfg(args)
     cfg.setdefault("model", {})["path"] = None
     setup = make_setup(cfg)
-    model, meta = original_model(setup)
-    save_weights(model, args.out)
-    _print_metrics(evaluate_model(setup, model), args.json)
+    model, meta = original_model(setup, resume=args.resume)
+    if is_main_process():  # under several processes, rank 0 writes and reports
+        save_weights(model, args.out)
+    metrics = evaluate_model(setup, model)
+    if is_main_process():
+        _print_metrics(metrics, args.json)
     return 0
 
 
@@ -152,13 +184,35 @@ def _cmd_bench(args) -> int:
     from unlearnkit.bench.suite import print_table, run_suite
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    res = run_suite(args.suite, args.seeds, Path(args.out), methods, args.overrides, progress=not args.quiet)
+    res = run_suite(
+        args.suite,
+        args.seeds,
+        Path(args.out),
+        methods,
+        args.overrides,
+        progress=not args.quiet,
+        fresh=args.fresh,
+    )
+    out = Path(args.out)
+    if res.get("kind") == "composite":  # several suites: each part's table, then where the report is
+        for part, info in res["parts"].items():
+            print(f"\n== {part}: {info['suite']} ({info['seconds']:.0f} s)")
+            print((out / info["folder"] / "results.md").read_text())
+        rep = res.get("report") or {}
+        print(f"report written to {rep.get('html', out / 'report.html')} and {rep.get('markdown', '')}")
+        return 0
     if res.get("kind") in (None, "plain"):
         print_table(res)
     else:  # sequential and worst-case suites have their own row layout: show their markdown table
-        print((Path(args.out) / "results.md").read_text())
-    print(f"results written to {Path(args.out) / 'results.json'} and results.md")
+        print((out / "results.md").read_text())
+    print(f"results written to {out / 'results.json'} and results.md")
     return 0
+
+
+def _cmd_runs(args) -> int:
+    from unlearnkit.runs.cli_runs import run
+
+    return run(args)
 
 
 def _cmd_select(args) -> int:
@@ -166,10 +220,23 @@ def _cmd_select(args) -> int:
 
     obj = select_for_suite(args.suite, args.size, args.out, args.overrides, args.granularity)
     what = f"{len(obj['classes'])} class(es), " if args.granularity == "class" else ""
+    if args.granularity == "prompt":
+        what = f"{len(obj['prompts'])} prompt(s) {obj['prompts']}, "
     print(
         f"selected {what}{obj['size']} of {obj['pool_size']} examples in {obj['seconds']:.2f}s "
         f"(upper objective {obj['trajectory'][0]:.4g} -> {obj['trajectory'][-1]:.4g}); written to {args.out}"
     )
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from unlearnkit.report import make_report
+
+    res = make_report(args.dir, args.out, args.title)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    n, k = len(res.suites), len(res.figures)
+    print(f"report of {n} suite(s), {k} figure(s): {res.markdown} and {res.html}")
     return 0
 
 
@@ -191,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,
         "select": _cmd_select,
+        "runs": _cmd_runs,
+        "report": _cmd_report,
     }[args.command]
     try:
         return handler(args)

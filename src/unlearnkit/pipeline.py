@@ -21,7 +21,14 @@ from torch import nn
 from unlearnkit.config import build_dataclass, merge
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.splits import Split, make_split, validate_labels
-from unlearnkit.engine.loop import Engine, EngineConfig, FitResult, Phase
+from unlearnkit.engine.loop import (
+    Engine,
+    EngineConfig,
+    FitResult,
+    Phase,
+    broadcast_object,
+    is_main_process,
+)
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.families.base import Family
@@ -67,8 +74,8 @@ class Setup:
     seed: int
     info: dict[str, Any] = field(default_factory=dict)
 
-    def engine(self, run_dir: str | Path | None = None) -> Engine:
-        return Engine(copy.deepcopy(self.engine_cfg), run_dir)
+    def engine(self, run_dir: str | Path | None = None, resume: bool = False) -> Engine:
+        return Engine(copy.deepcopy(self.engine_cfg), run_dir, resume=resume)
 
     def new_model(self, seed: int | None = None) -> nn.Module:
         import torch
@@ -151,17 +158,23 @@ def benchmark_split(data: LoadedData, spec: dict[str, Any]) -> Split:
 
 
 def concept_split(data: LoadedData, spec: dict[str, Any]) -> Split:
-    """Text-to-image: forget every training image captioned with ``split.concept`` (e.g. "a red circle");
-    retain the other captions; test images of the other captions are the real images for FID."""
+    """Text-to-image: forget every training image captioned with ``split.concept`` (e.g. "a red circle", or
+    a list of captions); retain the other captions; test images of the other captions are the real images
+    for FID. ``split.prompts_file`` (a prompt-wise worst-case selection's JSON) names the captions instead
+    and wins over ``split.concept``."""
     concept = spec.get("concept")
+    if spec.get("prompts_file"):
+        from unlearnkit.selection.prompts import read_prompts_file
+
+        concept = read_prompts_file(spec["prompts_file"])
+    concepts = list(concept) if isinstance(concept, (list, tuple)) else [concept]
     names = list(data.class_names)
-    if concept not in names:
-        raise ConfigError(
-            f"split.concept={concept!r} is not a caption of {data.name!r}; choose one of {names}"
-        )
+    for c in concepts:
+        if c not in names:
+            raise ConfigError(f"split.concept={c!r} is not a caption of {data.name!r}; choose one of {names}")
     from unlearnkit.data.splits import class_split
 
-    return class_split(data.train, data.test, [names.index(concept)])
+    return class_split(data.train, data.test, sorted({names.index(c) for c in concepts}))
 
 
 def _complement(forget: str, retain_ids: dict) -> str | None:
@@ -191,9 +204,14 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_original(setup: Setup, model: nn.Module, run_dir: Path | None = None) -> FitResult:
-    """Train ``model`` on forget ∪ retain with the ``train:`` recipe (the model to be unlearned)."""
-    engine = setup.engine(run_dir)
+def train_original(
+    setup: Setup, model: nn.Module, run_dir: Path | None = None, resume: bool = False
+) -> FitResult:
+    """Train ``model`` on forget ∪ retain with the ``train:`` recipe (the model to be unlearned).
+
+    With ``run_dir``, checkpoints (``engine.checkpoint_every``/``checkpoint_steps``) go there and
+    ``resume`` continues from the last one."""
+    engine = setup.engine(run_dir, resume)
     fam = setup.family
 
     def loss(b, ctx):
@@ -211,11 +229,14 @@ def train_original(setup: Setup, model: nn.Module, run_dir: Path | None = None) 
     )
 
 
-def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def original_model(
+    setup: Setup, use_cache: bool = True, resume: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model to unlearn: loaded from ``model.path``, from the cache, or trained and cached.
 
     The original is trained on the full training set, so it does not depend on the forget split;
-    the cache key covers data, model and recipe and the seed.
+    the cache key covers data, model and recipe and the seed. When checkpoints are on (or ``resume``),
+    its training checkpoints go to the cache folder, and ``resume`` continues a killed training.
     """
     mcfg = setup.cfg["model"]
     if setup.cfg["family"] == "diffusion":  # the shipped (or cached, or given) trained T2I model + judge
@@ -250,22 +271,26 @@ def original_model(setup: Setup, use_cache: bool = True) -> tuple[nn.Module, dic
         meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
         return model, meta | {"source": "cache", "cache": str(folder)}
     setup.family.validate(model, setup.split.forget)
-    res = train_original(setup, model)
+    ecfg = setup.engine_cfg
+    ckpt = use_cache and (resume or ecfg.checkpoint_every > 0 or ecfg.checkpoint_steps > 0)
+    res = train_original(setup, model, folder if ckpt else None, resume=resume)
     meta = {
         "train_seconds": res.seconds,
         "steps": res.steps,
         "config": {k: setup.cfg[k] for k in ("family", "data", "model", "train", "seed")},
     }
-    if use_cache:
+    if use_cache and is_main_process():
         save_weights(model, weights)
         write_json(folder / "meta.json", meta)
     return model, meta | {"source": "trained"}
 
 
 def run_method(
-    setup: Setup, original: nn.Module, method: Method, run_dir: Path | None = None
+    setup: Setup, original: nn.Module, method: Method, run_dir: Path | None = None, resume: bool = False
 ) -> tuple[nn.Module, float, FitResult]:
-    """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit)."""
+    """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit).
+
+    ``resume`` continues from the last checkpoint in ``run_dir`` (see ``Engine.fit``)."""
     model = copy.deepcopy(original)
     lora = None if method.exact else setup.cfg["model"].get("lora")  # the oracle retrains fully
     if lora:
@@ -276,7 +301,7 @@ def run_method(
         setup.family,
         model,
         setup.split,
-        setup.engine(run_dir),
+        setup.engine(run_dir, resume),
         setup.seed,
         model_factory=lambda: setup.new_model(setup.seed + 10_007),
         train_spec=setup.train_spec,
@@ -318,7 +343,7 @@ def oracle_model(
         load_weights(model, weights)
         return model, float(json.loads((folder / "meta.json").read_text())["seconds"])
     model, seconds, _ = run_method(setup, original, method)
-    if use_cache:
+    if use_cache and is_main_process():
         save_weights(model, weights)
         write_json(folder / "meta.json", {"seconds": seconds})
     return model, seconds
@@ -329,8 +354,14 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The family's metrics; with the oracle's metrics, also the comparisons to it (gap, forget quality).
 
-    ``oracle="self"`` evaluates the oracle itself and compares it with its own values.
+    ``oracle="self"`` evaluates the oracle itself and compares it with its own values. Under several
+    processes every rank evaluates the (identical) model on the whole split, so that collective forward
+    passes (DeepSpeed ZeRO-3) stay in step, and every rank returns rank 0's metrics.
     """
+    return broadcast_object(_evaluate_model(setup, model, oracle))
+
+
+def _evaluate_model(setup: Setup, model: nn.Module, oracle: dict[str, Any] | str | None) -> dict[str, Any]:
     fam = setup.cfg["family"]
     if fam == "vision":
         from unlearnkit.metrics.vision import avg_gap, evaluate_classifier

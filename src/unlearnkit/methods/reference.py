@@ -6,6 +6,8 @@ their reference values — summed answer NLLs, output log-probabilities, hidden 
 once, in ``Method.prepare``, and indexed by the examples' stable ids. Training then holds one model and runs
 one forward pass per batch (DESIGN.md, "NPO and DPO cache the reference model's per-example losses once");
 the reference projects instead keep a deep copy of the model and run it on every step (llm.md §4, §5).
+Under several processes the cache is computed once, split across the ranks, and all-gathered (see
+:func:`compute_reference`).
 """
 
 from __future__ import annotations
@@ -71,28 +73,71 @@ def compute_reference(
     in float32 on ``device`` (default: the model's). With ``budget_bytes``, the size of the whole cache
     is estimated from the first batch, and ``None`` is returned (nothing more is computed) when it would
     exceed the budget: the caller then keeps a frozen copy of the model instead.
+
+    Several processes: the batches are dealt out round-robin (rank ``r`` of ``N`` computes batches
+    ``r, r + N, ...`` of the same unshuffled batching a single process would use), each example is
+    computed once, on one rank, and the shards are all-gathered so that every rank ends with the whole
+    cache; the values equal a single process's (the batches are the same). All ranks must call this.
     """
+    from unlearnkit.engine.loop import all_gather_objects, world_size
+
     dev = torch.device(device) if device is not None else _device_of(model)
+    world = world_size()
+    rank = _rank() if world > 1 else 0
+    shard = data
+    if world > 1:  # this rank's batches, in the single-process batching
+        mine = [
+            p
+            for k in range(rank, -(-len(data) // batch_size), world)
+            for p in range(k * batch_size, min((k + 1) * batch_size, len(data)))
+        ]
+        shard = data.take(torch.as_tensor(mine, dtype=torch.long))
     was_training = model.training
     model.eval()
     ids: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {}
+    checked = budget_bytes is None
     try:
-        for batch in data.loader(batch_size):
+        for batch in shard.loader(batch_size) if len(shard) else []:
             out = fn(model, {k: v.to(_device_of(model)) for k, v in batch.items()})
             out = out if isinstance(out, dict) else {"loss": out}
-            if budget_bytes is not None and not ids:
-                per_row = sum(v[0].numel() * 4 for v in out.values())
-                if per_row * len(data) > budget_bytes:
+            if not checked:
+                checked = True
+                if _over_budget(sum(v[0].numel() * 4 for v in out.values()) * len(data), budget_bytes):
                     return None
             for k, v in out.items():
                 parts.setdefault(k, []).append(v.detach().float().to(dev))
             ids.append(batch["id"])
+        if not checked and _over_budget(0, budget_bytes):  # a rank without batches still takes part
+            return None
     finally:
         model.train(was_training)
+    if world > 1:
+        local = (
+            torch.cat(ids).cpu() if ids else torch.zeros(0, dtype=torch.long),
+            {k: torch.cat(v).cpu() for k, v in parts.items()},
+        )
+        gathered = [g for g in all_gather_objects(local) if len(g[0])]
+        ids = [g[0] for g in gathered]
+        parts = {k: [g[1][k].to(dev) for g in gathered] for k in gathered[0][1]} if gathered else {}
     if not ids:
         raise UnlearnkitError("cannot compute reference values on an empty set")
     return ReferenceCache(torch.cat(ids).to(dev), {k: torch.cat(v) for k, v in parts.items()})
+
+
+def _over_budget(estimate: int, budget: int | None) -> bool:
+    """Whether the cache would exceed ``budget`` (the largest estimate over the ranks decides for all)."""
+    if budget is None:
+        return False
+    from unlearnkit.engine.loop import all_gather_objects
+
+    return max(all_gather_objects(estimate)) > budget
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
 
 
 def _device_of(model: nn.Module) -> torch.device:
