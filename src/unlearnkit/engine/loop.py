@@ -49,8 +49,19 @@ from unlearnkit.engine.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
+from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the engine's public helpers)
+    _dist,
+    all_gather_objects,
+    average_gradients,
+    broadcast_object,
+    broadcast_tensors,
+    is_main_process,
+    norm_buffers,
+    world_size,
+)
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler
+from unlearnkit.engine.streams import Pass, Stream, next_cycled
 from unlearnkit.errors import ConfigError, UnlearnkitError
 
 LossFn = Callable[[dict[str, Batch], "StepContext"], tuple[torch.Tensor, dict[str, float]]]
@@ -129,152 +140,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int | None = None
     checkpoint: Path | None = None
-
-
-# -- processes ------------------------------------------------------------------------------------------
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def world_size() -> int:
-    """The number of processes of this run (1 without torch.distributed)."""
-    dist = _dist()
-    return dist.get_world_size() if dist else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0, and always in a single-process run."""
-    dist = _dist()
-    return dist is None or dist.get_rank() == 0
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Every rank gets rank ``src``'s ``obj`` (a no-op in a single process)."""
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _average_gradients(params: list[nn.Parameter], world: int, device: torch.device) -> None:
-    """Replace each gradient by its mean over the ranks (a parameter without a gradient on some rank
-    counts as zero there; one without a gradient on every rank keeps none, as in a single process)."""
-    import torch.distributed as dist
-
-    has = torch.tensor([int(p.grad is not None) for p in params], dtype=torch.int32, device=device)
-    dist.all_reduce(has)
-    grads = []
-    for p, n in zip(params, has.tolist(), strict=True):
-        if n:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-    limit = 1 << 24  # elements per all-reduce bucket
-    buckets: dict[tuple, list[list[torch.Tensor]]] = {}
-    for g in grads:
-        group = buckets.setdefault((g.dtype, g.device), [[]])
-        if group[-1] and sum(t.numel() for t in group[-1]) + g.numel() > limit:
-            group.append([])
-        group[-1].append(g)
-    for group in buckets.values():
-        for bucket in group:
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            flat.div_(world)
-            i = 0
-            for g in bucket:
-                g.copy_(flat[i : i + g.numel()].view_as(g))
-                i += g.numel()
-
-
-def _broadcast_tensors(tensors: list[torch.Tensor]) -> None:
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for t in tensors:
-            dist.broadcast(t.data, src=0)
-
-
-def _norm_buffers(model: nn.Module) -> list[torch.Tensor]:
-    """Buffers that training changes (BatchNorm-style running statistics)."""
-    from torch.nn.modules.batchnorm import _NormBase
-
-    return [b for m in model.modules() if isinstance(m, _NormBase) for b in m.buffers(recurse=False)]
-
-
-# -- data streams ---------------------------------------------------------------------------------------
-class _Pass:
-    """One pass over a stream's loader; remembers where its shuffle started and how far it has got."""
-
-    def __init__(self, loader, start: torch.Tensor) -> None:
-        self.start = start
-        self.it = iter(loader)
-        self.consumed = 0
-
-    def next(self) -> Batch | None:
-        try:
-            batch = next(self.it)
-        except StopIteration:
-            return None
-        self.consumed += 1
-        return batch
-
-    def state(self) -> dict[str, Any]:
-        return {"start": self.start, "consumed": self.consumed}
-
-
-class _Stream:
-    """A prepared loader and the generator that shuffles it.
-
-    A pass draws its order from the generator when it starts, so a pass is reproduced exactly from the
-    generator state recorded just before it started plus the number of batches it has given out.
-    """
-
-    def __init__(self, name: str, loader, generator: torch.Generator) -> None:
-        self.name, self.loader, self.generator = name, loader, generator
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def start(self) -> _Pass:
-        return _Pass(self.loader, self.generator.get_state())
-
-    def replay(self, state: dict[str, Any]) -> _Pass:
-        self.generator.set_state(state["start"])
-        p = self.start()
-        for _ in range(int(state["consumed"])):
-            if p.next() is None:
-                raise UnlearnkitError(
-                    f"the {self.name} data is shorter than when the checkpoint was written; start afresh"
-                )
-        return p
-
-
-def _next_cycled(iters: dict[str, _Pass], streams: dict[str, _Stream], name: str) -> Batch:
-    p = iters.get(name)
-    if p is not None:
-        batch = p.next()
-        if batch is not None:
-            return batch
-    iters[name] = streams[name].start()
-    batch = iters[name].next()
-    if batch is None:
-        raise UnlearnkitError(f"the {name} set gave no batch")
-    return batch
 
 
 class Engine:
@@ -370,13 +235,13 @@ class Engine:
         raw_model = acc.unwrap_model(model)
         reduce_grads = world > 1 and not sharded
         if reduce_grads:
-            _broadcast_tensors(list(raw_model.parameters()) + list(raw_model.buffers()))
-        streams: dict[str, _Stream] = {}
+            broadcast_tensors(list(raw_model.parameters()) + list(raw_model.buffers()))
+        streams: dict[str, Stream] = {}
         for i, (name, data) in enumerate(sets.items()):
             if len(data) == 0:
                 raise UnlearnkitError(f"the {name} set is empty; nothing to train on")
             raw = data.loader(bs_of[name], shuffle=True, seed=seed * 1000 + i)
-            streams[name] = _Stream(name, acc.prepare_data_loader(raw), raw.generator)
+            streams[name] = Stream(name, acc.prepare_data_loader(raw), raw.generator)
         gen = torch.Generator().manual_seed(seed)
         epoch_phases = [phases(e) for e in range(optim.epochs)]
         for ph_list in epoch_phases:
@@ -391,9 +256,9 @@ class Engine:
         fingerprint = _fingerprint(desc, optim, sets, bs_of, seed, world, total, inner_opt, mask)
 
         result = FitResult()
-        iters: dict[str, _Pass] = {}
+        iters: dict[str, Pass] = {}
         start_epoch, start_phase, step, elapsed = 0, 0, 0, 0.0
-        resumed_driver: _Pass | None = None
+        resumed_driver: Pass | None = None
         ck = None
         if root is not None and resume:
             found = broadcast_object(latest_checkpoint(root) if main else None)
@@ -432,7 +297,7 @@ class Engine:
         if mask is not None:
             mask.attach(raw_model)
         opt_params = [p for g in inner_opt.param_groups for p in g["params"]]
-        buffers = _norm_buffers(raw_model) if reduce_grads else []
+        buffers = norm_buffers(raw_model) if reduce_grads else []
         last_saved = step if ck is not None else -1
         # ``good``: the newest checkpoint known to be good (the next step's loss from its weights passed
         # the guard, or the one resumed from); ``pending``: written since, not yet confirmed.
@@ -447,7 +312,7 @@ class Engine:
                     prune_checkpoints(root, good)
             result.checkpoint = good
 
-        def save(epoch: int, phase: int, driver: tuple[str, _Pass] | None) -> None:
+        def save(epoch: int, phase: int, driver: tuple[str, Pass] | None) -> None:
             nonlocal last_saved, pending
             if cfg.nan_guard and not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters()):
                 raise DivergenceError(
@@ -501,7 +366,7 @@ class Engine:
                     while (batch := dpass.next()) is not None:
                         batches = {ph.length_stream: batch}
                         for s in others:
-                            batches[s] = _next_cycled(iters, streams, s)
+                            batches[s] = next_cycled(iters, streams, s)
                         ctx = StepContext(epoch, optim.epochs, step, ph.name, gen)
                         loss, logs = ph.loss(batches, ctx)
                         value, logs = _global_values(loss, logs, world, self.device)
@@ -515,7 +380,7 @@ class Engine:
                         optimizer.zero_grad(set_to_none=True)
                         acc.backward(loss)
                         if reduce_grads:
-                            _average_gradients(opt_params, world, self.device)
+                            average_gradients(opt_params, world, self.device)
                         if mask is not None:
                             mask.mask_gradients()
                         if optim.max_grad_norm:
@@ -524,7 +389,7 @@ class Engine:
                         if mask is not None:
                             mask.restore(inner_opt)
                         if buffers:
-                            _broadcast_tensors(buffers)
+                            broadcast_tensors(buffers)
                         if step % cfg.log_every == 0:
                             rec = {"epoch": epoch, "step": step, "phase": ph.name, "loss": value} | logs
                             result.history.append(rec)
