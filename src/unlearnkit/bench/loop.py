@@ -168,6 +168,7 @@ class SuiteRunner:
     def lookup(self, identity: dict[str, Any]) -> RowResult | None:
         """The stored finished row for ``identity`` (None when absent or when running fresh)."""
         assert self.store is not None, "use SuiteRunner as a context manager"
+        identity = _versioned(identity)
         key = config_hash(identity)
         rec = None if self.fresh else self.store.find(key)
         if rec is None:
@@ -185,6 +186,7 @@ class SuiteRunner:
     ) -> RowResult:
         """The row for ``identity``: from the store if finished before, else computed and stored at once."""
         assert self.store is not None, "use SuiteRunner as a context manager"
+        identity = _versioned(identity)
         label = f"seed {seed}: {method or kind}" + (f" ({tag})" if tag else "")
         found = self.lookup(identity)
         if found is not None:
@@ -221,6 +223,13 @@ class SuiteRunner:
         self.computed += 1
         self._bar.advance(self._job)
         return RowResult(run_id, config_hash(identity), dict(res.metrics), dict(res.fields), cached=False)
+
+
+def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
+    """A row's identity includes the unlearnkit version: rows stored by another version are recomputed."""
+    from unlearnkit import __version__
+
+    return identity | {"unlearnkit_version": __version__}
 
 
 def resolved(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
