@@ -1,6 +1,6 @@
 """The lower level θ*(w) of the worst-case selection, and the per-unit losses the upper level reads.
 
-Two kinds (Unlearn-WorstCase reference, ``classification.md`` §4.1):
+Three kinds (Unlearn-WorstCase reference, ``classification.md`` §4.1 and §4.3):
 
 * weighted, ``retrain`` / ``ft`` (reference ``w_retrain`` / ``w_FT``): minimise the batch mean of
   (1 − w_i)·ℓ_i(θ) over the whole pool, from a fresh initialisation (retrain) or from the original model
@@ -11,8 +11,15 @@ Two kinds (Unlearn-WorstCase reference, ``classification.md`` §4.1):
 * binarised, any registered method (``rl``, ``ga``, ``salun``, ...; reference ``w_RL``): the method runs
   from the original on forget = the examples of the current top-m units, retain = the rest, with its
   options from the suite (``method_specs``), ``epochs = lower_epochs`` and ``lower_options`` on top.
+* forget-weighted, ``esd`` (diffusion; reference ``prompt-wise/.../esd.py::SignESD``, which multiplies each
+  prompt's ESD loss by its weight): from the original, minimise the batch mean of w_i·ℓ^ESD_i(θ) over the
+  pool, with ℓ^ESD_i = ‖ε_θ(x_t, c_i, t) − [ε_θo(x_t, ∅, t) − η(ε_θo(x_t, c_i, t) − ε_θo(x_t, ∅, t))]‖²
+  (ESD Eq. 3–4, :mod:`unlearnkit.methods.esd`); ESD's options come from the suite's ``esd`` method spec
+  and ``lower_options``, its optimizer is sign-SGD at ``lower_lr`` (the reference's ``SignESD``) or, with
+  ``optimizer=plain``, ESD's own (Adam at the preset's lr).
 
-Everything goes through ``Engine.fit``, ``Method.run`` and ``family.per_example_loss``: no family code.
+Everything goes through ``Engine.fit``, ``Method.run`` and ``family.per_example_loss``; the ESD lower level
+reuses the registered ESD method's teacher machinery (:func:`esd_per_example_loss`) rather than a copy.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     from unlearnkit.selection.worstcase import SelectionTask, WorstCaseConfig
 
 WEIGHTED_LOWER = ("retrain", "ft")
+FORGET_WEIGHTED_LOWER = ("esd",)
 
 
 class LowerLevel:
@@ -40,13 +48,22 @@ class LowerLevel:
     def __init__(self, task: SelectionTask, cfg: WorstCaseConfig, seed: int) -> None:
         self.task, self.cfg, self.seed = task, cfg, seed
         self.steps = 0
-        self.weighted = cfg.lower in WEIGHTED_LOWER
+        self.weighted = cfg.lower in WEIGHTED_LOWER + FORGET_WEIGHTED_LOWER
         self._warm: nn.Module | None = None
         self._sorted_ids, self._order = torch.sort(task.pool.ids)
         self._check()
 
     def _check(self) -> None:
         name, family = self.cfg.lower, self.task.family.name or "vision"
+        if name in FORGET_WEIGHTED_LOWER:
+            from unlearnkit.pipeline import build_method
+
+            if family != "diffusion":
+                raise ConfigError(
+                    f"select.lower={name} is the diffusion family's lower level; this task is {family!r}"
+                )
+            build_method(self.method_spec(), family)
+            return
         if self.weighted:
             if name == "retrain" and self.task.model_factory is None:
                 raise UnlearnkitError(
@@ -69,6 +86,8 @@ class LowerLevel:
         return spec | {"epochs": self.cfg.lower_epochs} | dict(self.cfg.lower_options)
 
     def __call__(self, w_ex: torch.Tensor, it: int) -> nn.Module:
+        if self.cfg.lower in FORGET_WEIGHTED_LOWER:
+            return self._esd(w_ex.float(), it)
         return self._weighted(w_ex.float(), it) if self.weighted else self._method(w_ex > 0.5, it)
 
     # -- weighted: Σ (1 − w_i) ℓ_i(θ) ------------------------------------------------------------------
@@ -112,6 +131,42 @@ class LowerLevel:
             self._warm = model
         return model
 
+    # -- forget-weighted ESD: Σ w_i ℓ^ESD_i(θ) from the original -----------------------------------------
+    def _esd(self, w_ex: torch.Tensor, it: int) -> nn.Module:
+        from unlearnkit.methods.base import Task
+        from unlearnkit.pipeline import build_method
+
+        task, c = self.task, self.cfg
+        method = build_method(self.method_spec(), "diffusion")
+        # ESD reads only the model in prepare (its data is the pool stream below): no split is needed.
+        t = Task(task.family, copy.deepcopy(task.original), None, task.engine, self.seed + it)  # type: ignore[arg-type]
+        method.task = t
+        t.model.to(task.engine.device)
+        method.prepare(t)
+        weight = w_ex.to(task.engine.device)
+
+        def loss(b, ctx):
+            batch = b["pool"]
+            per_ex = esd_per_example_loss(method, batch, ctx.generator)
+            return (weight[self._positions(batch["id"])] * per_ex).sum() / len(per_ex), {}
+
+        if c.optimizer == "plain":  # ESD's own recipe (Adam at the preset's lr)
+            spec = OptimSpec(c.lower_epochs, method.cfg.lr, method.cfg.optimizer, 0.0, 0.0)
+        else:
+            spec = self._optim(c.lower_epochs)
+        fit = task.engine.fit(
+            t.model,
+            {"pool": task.pool},
+            lambda e: [Phase("esd", ("pool",), loss)],
+            spec,
+            batch_sizes={"pool": c.batch_size or method.cfg.batch_size or task.engine.cfg.batch_size},
+            desc="select-esd",
+            seed=self.seed + it,
+        )
+        method.finalize(t)
+        self.steps += fit.steps
+        return t.model
+
     # -- binarised: a registered method on forget = top-m ------------------------------------------------
     def _method(self, forget_ex: torch.Tensor, it: int) -> nn.Module:
         from unlearnkit.methods.base import Task
@@ -133,6 +188,26 @@ class LowerLevel:
         )
         self.steps += method.run(t).steps
         return t.model
+
+
+def esd_per_example_loss(method, batch, generator: torch.Generator) -> torch.Tensor:
+    """ℓ^ESD_i per example (mean over pixels): :meth:`unlearnkit.methods.esd.ESD.loss` without the batch
+    mean, on a prepared ESD method (its teacher swap, x_t source, null and concept prompts). Its batch mean
+    is ESD's loss; ``tests/test_worstcase_prompts.py`` checks that the two agree."""
+    from unlearnkit.methods.esd import esd_target
+
+    ids = batch["input_ids"] if method._concept is None else method._concept.expand(len(batch["id"]), -1)
+    ids = ids.to(batch["x"].device)
+    with torch.no_grad(), method.original_weights() as teacher:
+        was = teacher.training
+        teacher.eval()
+        x_t, t = method._xt(batch, ids, generator, teacher)
+        null = method._null.to(ids.device).expand(len(ids), -1)
+        eps_u, eps_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, ids])).chunk(2)
+        teacher.train(was)
+        target = esd_target(eps_u, eps_c, method.cfg.eta)
+    pred = method.model(x_t, t, ids)
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def per_unit_losses(

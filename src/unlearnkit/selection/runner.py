@@ -4,6 +4,11 @@ Shared by ``unlearnkit select worstcase`` and the ``worstcase-digits`` suite. Th
 training set of the suite's data (stable ids), the held-out set is its test set, and the lower-level
 methods take their options from the suite's ``methods:`` section when the suite lists them.
 The selector's options live in a ``select:`` section (YAML or ``select.key=value`` overrides).
+
+Granularities: ``example`` (data-wise), ``class`` (class-wise) and ``prompt`` (diffusion: the distinct
+captions of the pool, :mod:`unlearnkit.selection.prompts`, whose defaults go under the user's ``select:``).
+A prompt selection's JSON also lists ``prompts``; ``split.kind=concept split.prompts_file=FILE`` erases them
+(and ``split.kind=ids split.ids_file=FILE`` forgets exactly their images).
 """
 
 from __future__ import annotations
@@ -22,16 +27,23 @@ from unlearnkit.selection.worstcase import (
     select_worst_classes,
 )
 
-GRANULARITIES = ("example", "class")
+GRANULARITIES = ("example", "class", "prompt")
 
 
-def split_suite_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], WorstCaseConfig]:
-    """(pipeline config, method specs, selector config) from a loaded suite config (not modified)."""
+def split_suite_config(
+    cfg: dict[str, Any], granularity: str = "example"
+) -> tuple[dict[str, Any], dict[str, dict], WorstCaseConfig]:
+    """(pipeline config, method specs, selector config) from a loaded suite config (not modified); for
+    ``granularity="prompt"`` the prompt-wise defaults fill the ``select:`` keys the config leaves unset."""
     cfg = dict(cfg)
     methods = {k: dict(v or {}) for k, v in (cfg.pop("methods", None) or {}).items()}
     sel = cfg.pop("select", None) or {}
     if not isinstance(sel, dict):
         raise ConfigError(f"the select section must be a mapping, got {sel!r}")
+    if granularity == "prompt":
+        from unlearnkit.selection.prompts import PROMPT_DEFAULTS
+
+        sel = PROMPT_DEFAULTS | sel
     for key in (
         "suite",
         "kind",
@@ -70,6 +82,15 @@ def run_selection(
     if granularity not in GRANULARITIES:
         raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     task = selection_task(setup, original, methods)
+    if granularity == "prompt":
+        from unlearnkit.selection.prompts import select_worst_prompts
+
+        if setup.family.name != "diffusion":
+            raise ConfigError(
+                f"--granularity prompt selects captions of a text-to-image suite; {setup.family.name!r} "
+                "has none (text questions: --granularity example)"
+            )
+        return select_worst_prompts(task, size, cfg, setup.data.meta.get("tokenizer"))
     fn = select_worst_classes if granularity == "class" else select_worst_case
     return fn(task, size, cfg)
 
@@ -93,6 +114,11 @@ def payload(res: SelectionResult, suite: str, seed: int, granularity: str, pool_
     }
     if granularity == "class":
         out["classes"] = res.units
+    if granularity == "prompt":
+        out["prompts"] = res.unit_names
+        out["prompt_pool"] = res.pool_names
+    if res.unit_losses:
+        out["unit_losses"] = res.unit_losses
     return out
 
 
@@ -106,7 +132,7 @@ def select_for_suite(
 
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)
-    cfg, methods, sel = split_suite_config(loaded)
+    cfg, methods, sel = split_suite_config(loaded, granularity)
     cfg.setdefault("engine", {})["progress"] = False
     setup = make_setup(cfg)
     original, _ = original_model(setup)

@@ -33,11 +33,17 @@ What a family must provide (the selector touches nothing else, so text and diffu
   * ``family.relabel`` only for a relabelling lower level (``rl``, ``salun``);
   * a pool :class:`ExampleSet` with stable ids, the original model and, for ``retrain``, a model factory.
 Units are groups of pool examples (``groups``; a unit's loss is the mean over its examples): one example
-each (data-wise), a class (``select_worst_classes``, paper §4.2), and later a prompt (diffusion,
-prompt-wise, paper §4.3: groups = prompt ids, lower = ESD through the registry) or a question / author
-(text: groups = question or author ids) through ``select_worst_groups``; those families need only a
-``groups`` tensor, a deterministic ``loss_fn`` where their loss is stochastic, and (for their binarised
-lower levels) their methods in the registry.
+each (data-wise), a class (``select_worst_classes``, paper §4.2), a prompt (``selection.prompts``,
+diffusion, the reference's prompt-wise variant: groups = distinct captions, lower = forget-weighted ESD) or
+a question / author (text) through ``select_worst_groups``; a family needs only a ``groups`` tensor, a
+deterministic ``loss_fn`` where its loss is stochastic, and (for binarised lower levels) its methods in
+the registry. ``per_unit`` caps the examples per group the bi-level loop sees (a seeded subsample, the
+same for every iteration); the returned ``ids`` are still all pool examples of the chosen groups.
+
+Baseline. ``baseline="original"`` replaces ℓ_i(θ*(w)) in F by the unlearning *gap* ℓ_i(θ*(w)) − ℓ_i(θ_o)
+(θ_o the original, evaluated once): a constant per unit, so the hypergradient only shifts, but it stops
+units whose loss is low for every model (easy images, short answers) from counting as "hard to forget".
+The paper uses the raw loss (``"none"``, the default for examples and classes).
 """
 
 from __future__ import annotations
@@ -70,13 +76,18 @@ class WorstCaseConfig:
       confidence (on the planted test one class's planted points had loss ~1e-3 while ordinary points of
       the other class had ~1e-5), so it found 50–90% of the planted samples over 5 seeds against 100% for
       retrain. Class-wise selection uses ``ft`` (paper §4.2: a class never trained on has no meaningful
-      loss), as do families whose models cannot be retrained cheaply (LLMs, diffusion).
+      loss), as do families whose models cannot be retrained cheaply (LLMs); the diffusion family uses
+      ``esd`` (forget-weighted ESD, the reference's prompt-wise lower level).
     * ``optimizer="signsgd"``, ``lower_lr=1e-3`` (the paper's optimizer; lr 1e-3 gives 95% train / 94% test
       accuracy after ``first_epochs=10`` on digits), ``lower_epochs=2`` per warm-started lower level.
     * ``iters=6``, ``binarize_every=3``, ``step=0.5``, ``init="uniform"`` (w = m/N: no random-set bias;
       ``"random"`` starts from a random set's indicator as the reference does).
     Cost: ``first_epochs`` + ``iters``·``lower_epochs`` pool epochs (22) and ``iters`` + 1 loss passes;
     ``benchmarks/worstcase_cost.py`` prints it against one SalUn run and one retrain.
+    * grouped selection only: ``per_unit`` (examples per group in the loop; None = all), ``baseline``
+      (``"none"`` = the paper's raw loss, ``"original"`` = the gap to the original's loss); diffusion only:
+      ``timesteps`` (fixed (t, ε) draws per example in the upper loss; the reference uses 10). The
+      prompt-wise runner (``selection.prompts``) changes some defaults; its docstring lists them.
     """
 
     lower: str = "auto"
@@ -94,6 +105,9 @@ class WorstCaseConfig:
     lower_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
     seed: int | None = None
+    per_unit: int | None = None
+    baseline: str = "none"
+    timesteps: int = 10
 
     def check(self) -> None:
         if self.optimizer not in (*OPTIMIZERS, "plain"):
@@ -114,6 +128,12 @@ class WorstCaseConfig:
             raise ConfigError(f"select.gamma must be >= 0, got {self.gamma}")
         if self.init not in ("uniform", "random"):
             raise ConfigError(f"select.init must be 'uniform' or 'random', got {self.init!r}")
+        if self.per_unit is not None and self.per_unit < 1:
+            raise ConfigError(f"select.per_unit must be >= 1 (or null for all), got {self.per_unit}")
+        if self.baseline not in ("none", "original"):
+            raise ConfigError(f"select.baseline must be 'none' or 'original', got {self.baseline!r}")
+        if self.timesteps < 1:
+            raise ConfigError(f"select.timesteps must be >= 1, got {self.timesteps}")
 
 
 @dataclass
@@ -147,6 +167,9 @@ class SelectionResult:
     seconds: float
     lower_steps: int
     config: dict[str, Any]
+    unit_losses: list[list[float]] = field(default_factory=list)  # grouped: per iteration, per unit
+    unit_names: list[str] = field(default_factory=list)  # names of the chosen units, where known
+    pool_names: list[str] = field(default_factory=list)  # names of every unit, where known
 
 
 def resolve_size(size: int | float | str, n: int, what: str = "pool") -> int:
@@ -197,12 +220,17 @@ class WorstCaseSelector:
     def __init__(
         self, task: SelectionTask, cfg: WorstCaseConfig | None = None, grouped: bool = False
     ) -> None:
-        """``grouped``: units are groups of examples (classes, prompts); ``lower="auto"`` then means ft."""
+        """``grouped``: units are groups of examples (classes, prompts); ``lower="auto"`` then means ft
+        (esd for the diffusion family, the lower level of the reference's prompt-wise selection)."""
         self.task = task
         cfg = cfg or WorstCaseConfig()
         cfg.check()
         if cfg.lower == "auto":
-            cfg = replace(cfg, lower="ft" if grouped or task.model_factory is None else "retrain")
+            if task.family.name == "diffusion":
+                auto = "esd"
+            else:
+                auto = "ft" if grouped or task.model_factory is None else "retrain"
+            cfg = replace(cfg, lower=auto)
         self.cfg = cfg
         self._seed = task.seed if cfg.seed is None else cfg.seed
         LowerLevel(task, cfg, self._seed)  # validate the lower level before any work
@@ -216,6 +244,22 @@ class WorstCaseSelector:
             raise UnlearnkitError(f"groups has {len(groups)} entries for a pool of {n_ex} examples")
         return torch.unique(torch.as_tensor(groups), return_inverse=True)
 
+    def _subsample(self, inverse: torch.Tensor, n: int) -> tuple[SelectionTask, torch.Tensor]:
+        """(task on at most ``per_unit`` seeded examples of each unit, their unit indices)."""
+        k = self.cfg.per_unit
+        if k is None or int(torch.bincount(inverse, minlength=n).max()) <= k:
+            return self.task, inverse
+        g = torch.Generator().manual_seed(self._seed)
+        order = torch.randperm(len(inverse), generator=g)
+        keep = torch.zeros(len(inverse), dtype=torch.bool)
+        seen = torch.zeros(n, dtype=torch.long)
+        for p in order.tolist():
+            u = int(inverse[p])
+            if seen[u] < k:
+                keep[p], seen[u] = True, seen[u] + 1
+        pos = keep.nonzero().squeeze(1)
+        return replace(self.task, pool=self.task.pool.take(pos)), inverse[pos]
+
     def _init(self, n: int, m: int) -> torch.Tensor:
         if self.cfg.init == "uniform":
             return torch.full((n,), m / n, dtype=torch.float64)
@@ -228,21 +272,27 @@ class WorstCaseSelector:
 
         Iterations 0..K−1 run the lower level at w_t (at top-m(w_t) for a binarised lower level) and take
         the upper step; iteration K runs it once more at the final top-m set. The trajectory holds
-        F(w_t) = Σ w_i ℓ_i(θ*(w_t)) + γ‖w_t‖² for the w the lower level saw.
+        F(w_t) = Σ w_i ℓ_i(θ*(w_t)) + γ‖w_t‖² for the w the lower level saw (ℓ_i − ℓ_i(θ_o) with
+        ``baseline="original"``).
         """
-        task, c = self.task, self.cfg
-        unit_ids, inverse = self._units(groups)
+        c = self.cfg
+        t0 = time.perf_counter()
+        unit_ids, inverse_all = self._units(groups)
         n = len(unit_ids)
         m = resolve_size(size, n, "pool" if groups is None else "set of groups")
+        task, inverse = self._subsample(inverse_all, n)
         lower = LowerLevel(task, c, self._seed)
+        base = per_unit_losses(task, task.original, inverse, n) if c.baseline == "original" else 0.0
         w = self._init(n, m)
         traj: list[float] = []
         fl: list[float] = []
+        per_unit: list[list[float]] = []
         best: tuple[float, int, torch.Tensor] | None = None
-        t0 = time.perf_counter()
         for it in range(c.iters + 1):
             w_eval = top_m_indicator(w, m) if not lower.weighted or it == c.iters else w
-            losses = per_unit_losses(task, lower(w_eval[inverse], it), inverse, n)
+            losses = per_unit_losses(task, lower(w_eval[inverse], it), inverse, n) - base
+            if groups is not None:
+                per_unit.append([float(v) for v in losses])
             traj.append(float((w_eval * losses).sum() + c.gamma * (w_eval * w_eval).sum()))
             top = top_m_indicator(w_eval, m).bool()
             fl.append(float(losses[top].mean()))
@@ -258,7 +308,7 @@ class WorstCaseSelector:
         assert best is not None  # the last iteration is always binary
         chosen = best[2]
         return SelectionResult(
-            ids=sorted(int(i) for i in task.pool.ids[chosen[inverse]].tolist()),
+            ids=sorted(int(i) for i in self.task.pool.ids[chosen[inverse_all]].tolist()),
             units=sorted(int(u) for u in unit_ids[chosen].tolist()),
             size=m,
             weights=[float(x) for x in w],
@@ -268,6 +318,7 @@ class WorstCaseSelector:
             seconds=time.perf_counter() - t0,
             lower_steps=lower.steps,
             config=asdict(c),
+            unit_losses=per_unit,
         )
 
 
