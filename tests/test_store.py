@@ -316,3 +316,16 @@ def test_runs_cli_list_show_compare(tmp_path, capsys, monkeypatch):
     assert "no run with id 999" in capsys.readouterr().err
     assert main(["runs", "list", "--store", str(tmp_path / "nowhere")]) == 2
     assert "no run store" in capsys.readouterr().err
+
+
+def test_row_identity_follows_the_contents_of_the_ids_file(tmp_path):
+    """Overwriting a split's ids file changes the row key, so stale stored rows are not reused."""
+    from unlearnkit.bench.loop import _versioned
+
+    ids = tmp_path / "ids.json"
+    ids.write_text("[1, 2, 3]")
+    identity = {"config": {"split": {"kind": "ids", "ids_file": str(ids)}}, "method": {"name": "ft"}}
+    first = config_hash(_versioned(identity))
+    assert config_hash(_versioned(identity)) == first
+    ids.write_text("[4, 5, 6]")
+    assert config_hash(_versioned(identity)) != first

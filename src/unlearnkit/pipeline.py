@@ -126,6 +126,8 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
         split = benchmark_split(data, cfg["split"])
     elif cfg["split"].get("kind") == "concept":
         split = concept_split(data, cfg["split"])
+    elif cfg["split"].get("kind") == "ids" and cfg["family"] == "text":
+        split, data = text_ids_split(data, cfg["split"])
     else:
         split = make_split(data.train, data.test, cfg["split"], seed)
     if data.num_classes:
@@ -155,6 +157,40 @@ def benchmark_split(data: LoadedData, spec: dict[str, Any]) -> Split:
     return Split(
         data.train.subset(fids[name]), retain, data.test, "benchmark", {"forget": name, "retain": retain_name}
     )
+
+
+def text_ids_split(data: LoadedData, spec: dict[str, Any]) -> tuple[Split, LoadedData]:
+    """TOFU-style text data: forget = the questions of ``full`` listed by ``split.ids_file`` (or inline
+    ``split.ids``), e.g. a worst-case selection; retain = every other question plus the real-author and
+    world-fact pairs (as in :func:`benchmark_split`), so the oracle is retrained on them; test = the holdout.
+
+    Returns the split and the data with ``meta["eval"]`` rebuilt for it (:func:`unlearnkit.data.tofu.
+    ids_eval_sets`): the forget evaluation set is those questions with their paraphrased and perturbed
+    answers, the retain evaluation set loses any forgotten question (listed in ``split.info``).
+    ``split.without_perturbed=partial`` accepts questions that have no perturbed answers (real TOFU).
+    """
+    from dataclasses import replace
+
+    from unlearnkit.data.splits import ids_from_spec, ids_split
+    from unlearnkit.data.tofu import ids_eval_sets
+
+    if "perturbed" not in data.meta:
+        raise ConfigError(
+            f"split.kind=ids on the text dataset {data.name!r} is not supported: its forget metrics are tied "
+            "to its own forget split (MUSE's forget corpus); use split.kind=benchmark, or a TOFU dataset "
+            "(data.name=tofu or tofu-synthetic) for forget sets of any questions"
+        )
+    base = ids_split(data.train, data.test, ids_from_spec(spec))
+    ev, info = ids_eval_sets(data.meta, base.forget_ids, spec.get("without_perturbed", "error"))
+    retain = base.retain
+    if data.meta.get("pretrain") is not None:
+        from unlearnkit.data.examples import concat
+
+        retain = concat(retain, data.meta["pretrain"])
+    info = base.info | info | ({"ids_file": str(spec["ids_file"])} if spec.get("ids_file") else {})
+    split = Split(base.forget, retain, data.test, "ids", info)
+    meta = data.meta | {"eval": ev, "forget_split": "ids", "retain_split": None}
+    return split, replace(data, meta=meta)
 
 
 def concept_split(data: LoadedData, spec: dict[str, Any]) -> Split:

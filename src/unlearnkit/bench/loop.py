@@ -14,6 +14,7 @@ Training curves go to ``DIR/curves/<method>-seed<k>[-<tag>].json`` (see :func:`w
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,10 +227,19 @@ class SuiteRunner:
 
 
 def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
-    """A row's identity includes the unlearnkit version: rows stored by another version are recomputed."""
+    """A row's identity plus the unlearnkit version (rows of another version are recomputed) and the
+    contents of the files its split reads."""
     from unlearnkit import __version__
 
-    return identity | {"unlearnkit_version": __version__}
+    out = identity | {"unlearnkit_version": __version__}
+    # Files a split reads are identified by their contents too: an overwritten ids/prompts file must not
+    # reuse rows computed on the old one.
+    split = (identity.get("config") or {}).get("split") or {}
+    for key in ("ids_file", "prompts_file"):
+        path = split.get(key) if isinstance(split, dict) else None
+        if path and Path(path).is_file():
+            out[f"{key}_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return out
 
 
 def resolved(cfg: dict[str, Any], seed: int) -> dict[str, Any]:

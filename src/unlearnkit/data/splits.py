@@ -157,17 +157,40 @@ def read_ids_file(path: str | Path) -> list[int]:
         raise DataError(
             f"forget-ids file {str(p)!r} must hold a JSON list of integer ids or {{'ids': [...]}}"
         )
-    if len(set(ids)) != len(ids):
-        raise DataError(f"forget-ids file {str(p)!r} lists some ids more than once")
-    return ids
+    return check_ids(ids, f"forget-ids file {str(p)!r}")
+
+
+def check_ids(ids: Any, where: str = "the list of forget ids") -> list[int]:
+    """``ids`` as a list of ints; a clear error when it is empty, not integers or lists an id twice."""
+    if not isinstance(ids, (list, tuple)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise DataError(f"{where} must be a list of integer example ids, got {ids!r:.80}")
+    if not ids:
+        raise DataError(f"{where} is empty: a forget set needs at least one example id")
+    seen: set[int] = set()
+    twice = sorted({i for i in ids if i in seen or seen.add(i)})
+    if twice:
+        raise DataError(
+            f"{where} lists some ids more than once ({twice[:5]}): each example is forgotten once"
+        )
+    return [int(i) for i in ids]
+
+
+def ids_from_spec(spec: dict[str, Any]) -> list[int]:
+    """The forget ids of a ``split.kind=ids`` section: ``split.ids_file`` (JSON) or inline ``split.ids``."""
+    if spec.get("ids_file"):
+        return read_ids_file(spec["ids_file"])
+    if spec.get("ids") is not None:
+        return check_ids(spec["ids"], "split.ids")
+    raise DataError("split.kind=ids needs split.ids_file=PATH (a JSON list of example ids)")
 
 
 def ids_split(train: ExampleSet, test: ExampleSet, ids: list[int]) -> Split:
-    """Forget exactly the given stable ids."""
-    if not ids:
-        raise DataError("the list of forget ids is empty")
+    """Forget exactly the given stable ids; retain every other training example."""
+    ids = check_ids(ids)
     forget = train.subset(ids)
-    return Split(forget, train.exclude(ids), test, "ids", {"count": len(ids)})
+    return Split(forget, train.exclude(ids), test, "ids", {"count": len(ids), "ids_sha256": ids_sha256(ids)})
 
 
 def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: int) -> Split:
@@ -181,7 +204,5 @@ def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: 
             classes = int(seed) % int(train.labels.max() + 1)
         return class_split(train, test, classes)
     if kind == "ids":
-        if "ids_file" not in spec:
-            raise DataError("split.kind=ids needs split.ids_file=PATH (a JSON list of example ids)")
-        return ids_split(train, test, read_ids_file(spec["ids_file"]))
+        return ids_split(train, test, ids_from_spec(spec))
     raise DataError(f"unknown split kind {kind!r}: use random, class or ids")

@@ -12,6 +12,10 @@ same way and are never in ``full``.
 :func:`write_tofu_folder` writes the Hub layout (``<config>.json`` JSON lines plus a README whose YAML lists
 the configs, so ``datasets.load_dataset(folder, "forget10")`` also works). As on the Hub, ``forget01/05/10``
 are the last 1/5/10% of the authors and ``retain99/95/90`` the rest; ``retain_perturbed`` is the first 10%.
+Unlike the Hub, ``full_perturbed`` carries the paraphrased and perturbed answers of *every* question of
+``full`` (same rows, same order), so a forget set of any questions (``split.kind=ids``, e.g. a worst-case
+selection) has its truth ratio. It is left out of the tokenizer's training text, which therefore stays the
+one of earlier versions.
 With 100 authors × 10 questions: ``full`` 1,000 pairs, ``forget10`` 100, ``holdout10`` 100, 30 real-author
 and 36 world-fact questions.
 """
@@ -33,7 +37,7 @@ from unlearnkit.data.tofu import load_tofu, tofu_texts
 from unlearnkit.errors import DataError
 from unlearnkit.registry import register_dataset
 
-GEN_VERSION = 2  # 2: perturbed answers use the paraphrase wording
+GEN_VERSION = 3  # 2: perturbed answers use the paraphrase wording; 3: adds the full_perturbed table
 
 
 def split_words(text: str, sep: str | None = None) -> list[str]:
@@ -301,6 +305,7 @@ def generate_tofu(
     qa = [{"question": r["question"], "answer": r["answer"]} for r in flat]
     per = questions_per_author
     tables: dict[str, list[dict]] = {"full": qa, "retain_perturbed": flat[: _share(n_authors, 10) * per]}
+    tables["full_perturbed"] = flat
     for pct in (1, 5, 10):
         cut = (n_authors - _share(n_authors, pct)) * per
         tables[f"forget{pct:02d}"] = qa[cut:]

@@ -17,12 +17,21 @@ the test set is the real-author and world-fact questions and ``eval["holdout"]``
 ``paraphrased_answer`` is the answer itself, as in TOFU's evaluation (``base_answer_key: answer``).
 ``meta["pretrain"]`` holds the real-author and world-fact pairs tokenised like ``train``, for models
 trained from scratch that need that background knowledge first (TOFU assumes a pretrained model).
+
+Forget sets of arbitrary questions (``split.kind=ids``, e.g. a worst-case selection): ``meta["perturbed"]``
+maps a row of ``full`` to its evaluation record, gathered from every ``*_perturbed`` config of the folder
+that holds questions of ``full``: the optional ``full_perturbed`` (all questions; written by the synthetic
+generator, absent on the Hub), ``forget01/05/10_perturbed`` and ``retain_perturbed``. On the Hub release
+(200 authors × 20 questions) that covers the 400 forget10 questions and the 400 of ``retain_perturbed``,
+800 of the 4,000. :func:`ids_eval_sets` builds the forget and retain evaluation sets of such a split.
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,6 +49,9 @@ FORGET_SPLITS = ("forget01", "forget05", "forget10")
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 HOLDOUT_OF = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 EVAL_CONFIGS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+# Read only for forget sets of arbitrary questions; never part of the tokenizer's training text.
+EXTRA_PERTURBED = ("full_perturbed", *(f"{f}_perturbed" for f in FORGET_SPLITS))
+WITHOUT_PERTURBED = ("error", "partial")
 TEST_ID_OFFSET = 1_000_000
 PRETRAIN_ID_OFFSET = 2_000_000
 IDK_ANSWERS = (
@@ -91,15 +103,16 @@ def load_tofu(
         raise DataError(f"unknown TOFU forget split {forget!r}: {did_you_mean(forget, list(FORGET_SPLITS))}")
     src = TableSource(source, "TOFU", _FIX, cache_dir)
     tables = _read_tables(src, forget)
+    extra = _read_extra_perturbed(src, tables)
     tok = resolve_tokenizer(tokenizer, tofu_texts(tables), vocab_size, src.folder)
-    return _build(tables, forget, tok, max_length, template, seed, name, source)
+    return _build(tables, forget, tok, max_length, template, seed, name, source, extra)
 
 
 def tofu_texts(tables: dict[str, list[dict]]) -> list[str]:
-    """Every string of every config (sorted by config), the prompt-formatted pairs and the IdK answers:
-    what a tokenizer for this data is trained on."""
+    """Every string of every config (sorted by config) but ``full_perturbed``, the prompt-formatted pairs and
+    the IdK answers: what a tokenizer for this data is trained on."""
     texts = [f"{PLAIN_PROMPT.format(question=r['question'])} {r['answer']}" for r in tables.get("full", [])]
-    for config in sorted(tables):
+    for config in sorted(c for c in tables if c != "full_perturbed"):
         for row in tables[config]:
             for key in sorted(row):
                 value = row[key]
@@ -115,9 +128,14 @@ def _read_tables(src: TableSource, forget: str) -> dict[str, list[dict]]:
         rows = src.rows(config, required=False)
         if rows is not None:
             tables[config] = rows
+    _check_rows(tables, src.source)
+    return tables
+
+
+def _check_rows(tables: dict[str, list[dict]], source: str) -> None:
     for config, rows in tables.items():
         if not rows:
-            raise DataError(f"TOFU config {config!r} of {src.source!r} is empty")
+            raise DataError(f"TOFU config {config!r} of {source!r} is empty")
         for i, row in enumerate(rows):
             for col in ("question", "answer"):
                 if not isinstance(row.get(col), str) or not row[col].strip():
@@ -125,7 +143,19 @@ def _read_tables(src: TableSource, forget: str) -> dict[str, list[dict]]:
                         f"row {i} of TOFU config {config!r} has no text in column {col!r} (columns: "
                         f"{sorted(row)}); every TOFU config needs 'question' and 'answer' strings"
                     )
-    return tables
+
+
+def _read_extra_perturbed(src: TableSource, tables: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The optional ``*_perturbed`` configs not read yet (:data:`EXTRA_PERTURBED`), kept apart from
+    ``tables`` so that the tokenizer trained on ``tables`` does not change with them."""
+    extra = {}
+    for config in EXTRA_PERTURBED:
+        if config not in tables:
+            rows = src.rows(config, required=False)
+            if rows is not None:
+                extra[config] = rows
+    _check_rows(extra, src.source)
+    return extra
 
 
 def _match_ids(pairs: dict, rows: list[dict], config: str, taken: set[int], from_end: bool) -> list[int]:
@@ -213,6 +243,102 @@ def _attach_ids(records: list[dict], rows: list[dict], ids: list[int]) -> list[d
     return records
 
 
+def _perturbed_by_row(full: list[dict], tables: dict[str, list[dict]]) -> dict[int, dict]:
+    """Row of ``full`` -> its evaluation record, from every ``*_perturbed`` config that holds questions of
+    ``full`` (matched on question + answer, else on the question alone; ``full_perturbed`` first; rows of
+    no config are absent)."""
+    pairs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    by_question: dict[str, list[int]] = defaultdict(list)
+    for pos, row in enumerate(full):
+        pairs[(row["question"].strip(), row["answer"].strip())].append(pos)
+        by_question[row["question"].strip()].append(pos)
+    order = ["full_perturbed", *(f"{f}_perturbed" for f in FORGET_SPLITS), "retain_perturbed"]
+    out: dict[int, dict] = {}
+    for config in order:
+        rows = tables.get(config)
+        if not rows:
+            continue
+        for row, rec in zip(rows, eval_records(rows), strict=True):
+            if not rec["perturbed_answers"]:
+                continue
+            q = row["question"].strip()
+            for pos in pairs.get((q, row["answer"].strip())) or by_question.get(q, ()):
+                out.setdefault(pos, rec | {"id": pos})
+    return out
+
+
+def ids_eval_sets(
+    meta: dict[str, Any], forget_ids: Sequence[int], without_perturbed: str = "error"
+) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """The evaluation records of a forget set of arbitrary questions of ``full`` (rows ``forget_ids``).
+
+    Returns ``(eval, info)``: ``eval`` is ``meta["eval"]`` with ``forget`` = the records of those questions
+    (paraphrased and perturbed answers from ``meta["perturbed"]``, in the order of ``forget_ids``) and
+    ``retain`` = ``meta["eval"]["retain"]`` (``retain_perturbed``) less every question that is forgotten;
+    ``info`` lists the dropped retain-eval ids and the forget ids without perturbed answers.
+
+    A question without perturbed answers (real TOFU has them only for forget10 and ``retain_perturbed``)
+    is an error unless ``without_perturbed="partial"``: its record then has no perturbed answers, and
+    probability and ROUGE cover every question while the truth ratio and forget quality cover the others.
+    """
+    if without_perturbed not in WITHOUT_PERTURBED:
+        raise DataError(
+            f"split.without_perturbed must be one of {list(WITHOUT_PERTURBED)}, got {without_perturbed!r}"
+        )
+    pool = meta.get("perturbed")
+    full = meta.get("full_questions")
+    if pool is None or full is None:
+        raise DataError(
+            "these data carry no TOFU evaluation records (meta['perturbed']): load them with data.name=tofu "
+            "or data.name=tofu-synthetic"
+        )
+    ids = [int(i) for i in forget_ids]
+    unknown = [i for i in ids if not 0 <= i < len(full)]
+    if unknown:
+        raise DataError(
+            f"forget ids {unknown[:5]} are not rows of 'full' (ids run from 0 to {len(full) - 1})"
+        )
+    missing = [i for i in ids if i not in pool]
+    if missing and without_perturbed == "error":
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise DataError(
+            f"{len(missing)} of the {len(ids)} forget questions have no paraphrased/perturbed answers in any "
+            f"*_perturbed config of {meta.get('source')!r} (ids {shown}; {len(pool)} of the {len(full)} "
+            "questions of 'full' have them), so their truth ratio and forget quality cannot be computed. "
+            "Select among those questions, add a full_perturbed config, or pass split.without_perturbed="
+            "partial to compute probability and ROUGE on all of them and the truth ratio on the others"
+        )
+    forget = []
+    for i in ids:
+        q, a = full[i]
+        bare = {"question": q, "answer": a, "paraphrased_answer": a, "perturbed_answers": [], "id": i}
+        forget.append(dict(pool.get(i, bare)))
+    forgotten_q, forgotten_ids = {r["question"] for r in forget}, set(ids)
+    base = meta["eval"]
+    keep = [r["question"] not in forgotten_q and r.get("id") not in forgotten_ids for r in base["retain"]]
+    retain = [r for r, k in zip(base["retain"], keep, strict=True) if k]
+    dropped = [r.get("id") for r, k in zip(base["retain"], keep, strict=True) if not k]
+    n_base = len(base["retain"])
+    if not retain:
+        raise DataError(
+            f"every question of the retain evaluation set (retain_perturbed, {n_base} questions) is in the "
+            "forget set, so model utility cannot be measured: leave some of them out of the forget set"
+        )
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} of the {n_base} retain-evaluation questions (retain_perturbed) are in the "
+            "forget set: they were dropped from the retain evaluation (model utility)",
+            stacklevel=2,
+        )
+    info = {
+        "retain_eval_dropped": dropped,
+        "retain_eval_size": len(retain),
+        "forget_missing_perturbed": missing,
+        "without_perturbed": without_perturbed,
+    }
+    return base | {"forget": forget, "retain": retain}, info
+
+
 def pad_set(es: ExampleSet, width: int, pad_id: int) -> ExampleSet:
     """Right-pad every column of a token ExampleSet to ``width`` (-100 for labels, 0 for masks)."""
     cols = {}
@@ -232,6 +358,7 @@ def _build(
     seed: int,
     name: str,
     source: str,
+    extra: dict[str, list[dict]] | None = None,
 ) -> LoadedData:
     forget_ids, retain_ids = _split_ids(tables)
     full = tables["full"]
@@ -282,5 +409,7 @@ def _build(
         "pretrain": pretrain,
         "source": str(source),
         "template": template,
+        "perturbed": _perturbed_by_row(full, tables | (extra or {})),
+        "full_questions": [(r["question"].strip(), r["answer"].strip()) for r in full],
     }
     return LoadedData(train, test, 0, (), [], name, meta)

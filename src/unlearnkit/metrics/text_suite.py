@@ -45,8 +45,26 @@ def evaluate_text(
     records = setup.data.meta["eval"]
     bs = int(ev.get("batch_size", 32))
     if _benchmark(setup) == "tofu":
-        return _tofu(model, tok, records, oracle, bs, int(ev.get("max_new_tokens", 32)), forget_only)
+        info = setup.split.info if setup.split.kind == "ids" else {}
+        partial = info.get("without_perturbed") == "partial"
+        out = _tofu(model, tok, records, oracle, bs, int(ev.get("max_new_tokens", 32)), forget_only, partial)
+        return out | _ids_split_fields(info)
     return _muse(model, tok, records, oracle, bs, ev, forget_only)
+
+
+def _ids_split_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """For a forget set of listed questions (``split.kind=ids``): how many retain-evaluation questions were
+    dropped because they are forgotten, the retain evaluation's size, and (``without_perturbed=partial``)
+    how many forget questions have no perturbed answers."""
+    if "retain_eval_size" not in info:
+        return {}
+    out = {
+        "retain_eval_dropped": len(info["retain_eval_dropped"]),
+        "retain_eval_size": info["retain_eval_size"],
+    }
+    if info.get("forget_missing_perturbed"):
+        out["forget_missing_perturbed"] = len(info["forget_missing_perturbed"])
+    return out
 
 
 def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> dict[str, Any]:
@@ -71,23 +89,28 @@ def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> 
     return out
 
 
-def _tofu(model, tok, records, oracle, bs: int, max_new: int, forget_only: bool) -> dict[str, Any]:
+def _tofu(
+    model, tok, records, oracle, bs: int, max_new: int, forget_only: bool, partial: bool = False
+) -> dict[str, Any]:
     import numpy as np
 
     from unlearnkit.metrics import tofu
 
     ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
     if forget_only:
-        res = tofu.evaluate_split(model, tok, records["forget"], "forget", bs, max_new)
+        res = tofu.evaluate_split(
+            model, tok, records["forget"], "forget", bs, max_new, allow_missing_perturbed=partial
+        )
         out = {
             "forget_prob": float(np.mean(res["prob"])),
             "forget_rouge": float(np.mean(res["rouge"])),
-            "forget_truth_ratio": tofu.truth_ratio_forget(res["truth_ratio"]),
-            "_forget_tr": [float(t) for t in res["truth_ratio"]],
-        }
+        } | tofu.forget_truth_ratio_values(res)
+        out.pop("forget_prob_normalised", None)
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], ref)
     else:
-        out = tofu.evaluate_tofu(model, tok, records, ref, batch_size=bs, max_new_tokens=max_new)
+        out = tofu.evaluate_tofu(
+            model, tok, records, ref, batch_size=bs, max_new_tokens=max_new, allow_missing_perturbed=partial
+        )
     if oracle == "self":
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
     return out

@@ -20,7 +20,10 @@
 
 Records are dicts ``{"question", "answer", "paraphrased_answer", "perturbed_answers": [str, ...]}``
 (``perturbed_answer``, the hub's column name, is accepted too); the number of perturbed answers may
-vary per item.
+vary per item. A forget set of arbitrary questions of real TOFU may hold questions without perturbed
+answers: with ``allow_missing_perturbed`` their truth ratio (and normalised probability) is NaN, the
+aggregate truth ratio and forget quality use the other questions, and ``forget_missing_perturbed`` counts
+them.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def forget_quality(tr_forget: Sequence[float], oracle_tr_forget: Sequence[float]
     """KS-test p-value between the unlearned and the oracle's per-item forget truth ratios."""
     if oracle_tr_forget is None:
         return None
+    if len(oracle_tr_forget) == 0 and len(tr_forget) == 0:
+        return None  # no forget question has perturbed answers (without_perturbed=partial)
     if len(oracle_tr_forget) == 0 or len(tr_forget) == 0:
         raise DataError("forget quality needs non-empty truth-ratio lists for the model and the oracle")
     return float(ks_2samp(np.asarray(tr_forget), np.asarray(oracle_tr_forget)).pvalue)
@@ -110,13 +115,13 @@ def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> np.
 
 
 # -- evaluation on a model ------------------------------------------------------------------------------
-def _perturbed(record: Mapping[str, Any], split: str, i: int) -> list[str]:
+def _perturbed(record: Mapping[str, Any], split: str, i: int, allow_missing: bool = False) -> list[str]:
     pert = record.get("perturbed_answers", record.get("perturbed_answer"))
     if isinstance(pert, str):
         pert = [pert]
-    if not pert:
+    if not pert and not allow_missing:
         raise DataError(f"TOFU {split} record {i} has no perturbed answers ('perturbed_answers' list)")
-    return list(pert)
+    return list(pert or [])
 
 
 def _field(record: Mapping[str, Any], key: str, split: str, i: int) -> str:
@@ -134,9 +139,12 @@ def evaluate_split(
     max_new_tokens: int = 200,
     template: str | None = None,
     max_length: int = 512,
+    allow_missing_perturbed: bool = False,
 ) -> dict[str, Any]:
     """Per-item probability, normalised probability, truth ratio, ROUGE-L recall and generation of one
     record set. ``correct`` for the truth ratio is the paraphrased answer on forget/retain, else the answer.
+    With ``allow_missing_perturbed``, items without perturbed answers get a NaN truth ratio and normalised
+    probability instead of an error.
     """
     if not records:
         raise DataError(f"the TOFU {split!r} record set is empty")
@@ -144,7 +152,7 @@ def evaluate_split(
     qs = [_field(r, "question", split, i) for i, r in enumerate(records)]
     ans = [_field(r, "answer", split, i) for i, r in enumerate(records)]
     cor = [_field(r, correct_key, split, i) for i, r in enumerate(records)]
-    perts = [_perturbed(r, split, i) for i, r in enumerate(records)]
+    perts = [_perturbed(r, split, i, allow_missing_perturbed) for i, r in enumerate(records)]
     # One batched scoring pass over every (question, answer) pair of the set.
     n = len(qs)
     extra_q, extra_a = (qs, cor) if correct_key != "answer" else ([], [])
@@ -156,8 +164,12 @@ def evaluate_split(
     pert_avg = np.split(avg[start:], np.cumsum([len(ps) for ps in perts])[:-1])
     correct_avg = avg[n:start] if extra_q else avg[:n]
     prob = np.exp(-avg[:n])
-    norm_prob = normalised_probability(prob, [np.exp(-p) for p in pert_avg])
-    tr = truth_ratios(correct_avg, pert_avg)
+    has = np.array([len(ps) > 0 for ps in perts])
+    norm_prob, tr = np.full(n, np.nan), np.full(n, np.nan)
+    if has.any():
+        with_pert = [p for p, h in zip(pert_avg, has, strict=True) if h]
+        norm_prob[has] = normalised_probability(prob[has], [np.exp(-p) for p in with_pert])
+        tr[has] = truth_ratios(correct_avg[has], with_pert)
     prompts = [prompt_ids(tokenizer, q, template) for q in qs]
     gens = [g.strip() for g in generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)]
     return {
@@ -178,6 +190,7 @@ def evaluate_tofu(
     max_new_tokens: int = 200,
     template: str | None = None,
     max_length: int = 512,
+    allow_missing_perturbed: bool = False,
 ) -> dict[str, Any]:
     """TOFU forget metrics, the nine utility values, Forget Quality and Model Utility.
 
@@ -186,7 +199,8 @@ def evaluate_tofu(
     (mean min(TR, 1/TR)), ``forget_quality`` (``None`` without ``oracle_forget_tr``), ``model_utility``,
     per split ``{forget,retain,ra,wf}_{prob,prob_normalised,rouge,truth_ratio}``, and the per-item
     forget truth ratios ``_forget_tr`` (store them when evaluating the oracle) and greedy answers
-    ``_forget_generations``.
+    ``_forget_generations``. ``allow_missing_perturbed`` lets forget items lack perturbed answers (see the
+    module docstring); the other sets always need them.
     """
     missing = [s for s in SPLITS if s not in eval_records]
     if missing:
@@ -197,18 +211,36 @@ def evaluate_tofu(
     out: dict[str, Any] = {}
     per_item: dict[str, dict[str, Any]] = {}
     for split, prefix in SPLITS.items():
+        missing_ok = allow_missing_perturbed and split == "forget"
         res = evaluate_split(
-            model, tokenizer, eval_records[split], split, batch_size, max_new_tokens, template, max_length
-        )
+            model, tokenizer, eval_records[split], split, batch_size, max_new_tokens, template, max_length,
+            missing_ok,
+        )  # fmt: skip
         per_item[split] = res
-        agg = truth_ratio_forget if split == "forget" else truth_ratio_utility
         out[f"{prefix}_prob"] = float(np.mean(res["prob"]))
-        out[f"{prefix}_prob_normalised"] = float(np.mean(res["prob_normalised"]))
         out[f"{prefix}_rouge"] = float(np.mean(res["rouge"]))
-        out[f"{prefix}_truth_ratio"] = agg(res["truth_ratio"])
-    tr_forget = per_item["forget"]["truth_ratio"]
-    out["forget_quality"] = forget_quality(tr_forget, oracle_forget_tr)
+        if split == "forget":
+            out |= forget_truth_ratio_values(res)
+        else:
+            out[f"{prefix}_prob_normalised"] = float(np.mean(res["prob_normalised"]))
+            out[f"{prefix}_truth_ratio"] = truth_ratio_utility(res["truth_ratio"])
+    out["forget_quality"] = forget_quality(out["_forget_tr"], oracle_forget_tr)
     out["model_utility"] = model_utility(out)
-    out["_forget_tr"] = [float(t) for t in tr_forget]
     out["_forget_generations"] = list(per_item["forget"]["generations"])
+    return out
+
+
+def forget_truth_ratio_values(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The forget set's truth-ratio entries of :func:`evaluate_split`'s result: ``forget_truth_ratio``,
+    ``forget_prob_normalised`` and the per-item ``_forget_tr``, over the items that have perturbed answers
+    (None when none has); ``forget_missing_perturbed`` counts the others when there are any."""
+    tr = np.asarray(res["truth_ratio"], dtype=np.float64)
+    known = ~np.isnan(tr)
+    out: dict[str, Any] = {
+        "forget_truth_ratio": truth_ratio_forget(tr[known]) if known.any() else None,
+        "forget_prob_normalised": float(np.mean(res["prob_normalised"][known])) if known.any() else None,
+        "_forget_tr": [float(t) for t in tr[known]],
+    }
+    if not known.all():
+        out["forget_missing_perturbed"] = int((~known).sum())
     return out
