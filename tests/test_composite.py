@@ -1,0 +1,102 @@
+"""Composite suites (``bench quick``): parts run into sub-folders, options reach the right part, the
+report is written, and a rerun reuses every stored row."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unlearnkit.bench.composite import check_parts, split_overrides
+from unlearnkit.cli import main
+from unlearnkit.config import load_preset
+from unlearnkit.errors import ConfigError
+
+
+def test_quick_preset_covers_every_family_and_a_worst_case_selection():
+    parts = check_parts(load_preset("suites/quick"), "quick")
+    families = set()
+    kinds = set()
+    for spec in parts.values():
+        suite = load_preset(f"suites/{spec['suite']}")
+        families.add(suite.get("family", "vision"))
+        kinds.add(suite.get("kind", "plain"))
+    assert families == {"vision", "text", "diffusion"}
+    assert "worstcase" in kinds
+
+
+def test_overrides_go_to_all_parts_or_to_the_named_one():
+    common, per = split_overrides(["seed=3", "llm:method.lr=1e-5", "t2i:eval.per_prompt=4"], ["llm", "t2i"])
+    assert common == ["seed=3"]
+    assert per == {"llm": ["method.lr=1e-5"], "t2i": ["eval.per_prompt=4"]}
+    with pytest.raises(ConfigError, match="names no part"):
+        split_overrides(["vision:seed=1"], ["llm", "t2i"])
+
+
+@pytest.mark.parametrize(
+    "parts,match",
+    [
+        (None, "must list its suites"),
+        ({"a": {"suite": "vision-digits", "seed": 2}}, "unknown key"),
+        ({"a": {"methods": ["ft"]}}, "needs 'suite: NAME'"),
+        ({"a": {"suite": "vision-digits", "seeds": 0}}, "positive integer"),
+    ],
+)
+def test_bad_parts_are_rejected(parts, match):
+    with pytest.raises(ConfigError, match=match):
+        check_parts({"kind": "composite", "parts": parts}, "mine")
+
+
+@pytest.fixture()
+def tiny_composite(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "suite": "tiny",
+                "kind": "composite",
+                "parts": {
+                    "random": {"suite": "vision-digits", "methods": ["ft", "ga"]},
+                    "classwise": {"suite": "vision-digits-class", "methods": ["ga"]},
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    return path
+
+
+def test_composite_runs_parts_filters_methods_and_writes_the_report(
+    tiny_composite, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "out"
+    args = ["bench", str(tiny_composite), "--out", str(out), "--quiet", "--methods", "ga"]
+    assert main(args + ["method.epochs=1", "classwise:seed=1"]) == 0
+    summary = json.loads((out / "composite.json").read_text())
+    assert list(summary["parts"]) == ["random", "classwise"]
+    assert summary["parts"]["random"]["methods"] == ["ga"]
+    rows = json.loads((out / "random" / "results.json").read_text())["rows"]
+    assert sorted({r["method"] for r in rows}) == ["ga", "retrain"]  # --methods kept ga (+ the oracle)
+    class_rows = json.loads((out / "classwise" / "results.json").read_text())["rows"]
+    assert {r["seed"] for r in class_rows} == {0}  # one seed by default
+    assert "seed=1" in summary["parts"]["classwise"]["overrides"]
+    assert "seed=1" not in summary["parts"]["random"]["overrides"]
+    html = (out / "report.html").read_text()
+    assert "vision-digits" in html and "vision-digits-class" in html
+    printed = capsys.readouterr().out
+    assert "== random" in printed and "report written to" in printed
+    # A rerun reuses the stored rows: identical results, and no row is computed again.
+    before = json.loads((out / "random" / "results.json").read_text())["rows"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a stored row was recomputed")
+
+    monkeypatch.setattr("unlearnkit.bench.suite.run_row", no_training)
+    assert main(args + ["method.epochs=1", "classwise:seed=1"]) == 0
+    assert json.loads((out / "random" / "results.json").read_text())["rows"] == before
+
+
+def test_a_method_no_part_has_is_an_error(tiny_composite, tmp_path, capsys):
+    assert main(["bench", str(tiny_composite), "--out", str(tmp_path / "o"), "--methods", "npo"]) == 2
+    assert "no part" in capsys.readouterr().err
