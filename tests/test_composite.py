@@ -82,6 +82,13 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(
     assert {r["seed"] for r in class_rows} == {0}  # one seed by default
     assert "seed=1" in summary["parts"]["classwise"]["overrides"]
     assert "seed=1" not in summary["parts"]["random"]["overrides"]
+    # One store for the whole run, holding the rows of both parts.
+    from unlearnkit.runs.store import open_store
+
+    with open_store(out / "runs.sqlite") as store:
+        suites = {r.suite for r in store.query()}
+    assert suites == {"vision-digits", "vision-digits-class"}
+    assert not (out / "random" / "runs.sqlite").exists()
     html = (out / "report.html").read_text()
     assert "vision-digits" in html and "vision-digits-class" in html
     printed = capsys.readouterr().out

@@ -12,14 +12,18 @@ text-to-image) and a worst-case selection, followed by the report. A composite p
 On the command line, ``--seeds`` overrides every part's seeds, ``--methods`` keeps the listed methods in
 each part that has them (a name no part has is an error), and ``key=value`` overrides go to every part,
 or to one part when prefixed with its name and a colon (``llm:method.lr=1e-5``). Each part writes
-``DIR/PART/results.json`` and ``DIR/composite.json`` lists the parts;
+``DIR/PART/results.json``, ``DIR/composite.json`` lists the parts, and every row is indexed in one store,
+``DIR/runs.sqlite`` (``unlearnkit runs list --store DIR``);
 parts whose rows are already stored are skipped by the suite runner, so an interrupted composite run
 resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +80,7 @@ def run_composite_suite(
     fresh: bool = False,
 ) -> dict[str, Any]:
     """Run every part into ``out/PART``, list them in ``out/composite.json``, then write the report."""
-    from unlearnkit.bench.suite import load_suite, run_suite
+    from unlearnkit.bench.suite import load_suite
 
     parts = check_parts(cfg, name)
     common, per = split_overrides(list(overrides or []), list(parts))
@@ -94,6 +98,46 @@ def run_composite_suite(
             raise ConfigError(f"no part of {name!r} has method {missing[0]!r}")
     out = Path(out)
     summary: dict[str, Any] = {"suite": cfg.get("suite", name), "kind": "composite", "parts": {}}
+    with _one_store(out):
+        _run_parts(plan, summary, out, seeds, common, per, methods, progress, fresh)
+    if cfg.get("report", True):
+        from unlearnkit.report import build_report
+
+        summary["report"] = {k: str(v) for k, v in build_report(out).items()}
+        write_json(out / "composite.json", summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _one_store(out: Path) -> Iterator[None]:
+    """Every part indexes its rows in ``out/runs.sqlite`` (one store for the whole composite run), unless
+    the user points ``UNLEARNKIT_STORE`` elsewhere."""
+    from unlearnkit.runs.store import ENV, STORE_NAME
+
+    if os.environ.get(ENV):
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = str(out / STORE_NAME)
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV, None)
+
+
+def _run_parts(
+    plan: dict[str, dict[str, Any]],
+    summary: dict[str, Any],
+    out: Path,
+    seeds: int | None,
+    common: list[str],
+    per: dict[str, list[str]],
+    methods: list[str] | None,
+    progress: bool,
+    fresh: bool,
+) -> None:
+    from unlearnkit.bench.suite import run_suite
+
     for pname, spec in plan.items():
         if methods and not spec["methods"]:
             continue
@@ -111,9 +155,3 @@ def run_composite_suite(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_json(out / "composite.json", summary)
-    if cfg.get("report", True):
-        from unlearnkit.report import build_report
-
-        summary["report"] = {k: str(v) for k, v in build_report(out).items()}
-        write_json(out / "composite.json", summary)
-    return summary
