@@ -17,7 +17,7 @@ from torch import nn
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.examples import as_example_set
 from unlearnkit.data.splits import Split, validate_labels
-from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
+from unlearnkit.engine.loop import Engine, EngineConfig
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.io import weights_sha256
 
@@ -107,8 +107,9 @@ def unlearn(
         from unlearnkit.runs.record import write_run
 
         cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
-        res.receipt = write_run(
-            out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before
+        res.receipt = (  # rank 0 writes; the other ranks get no receipt
+            write_run(out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before)
+            or {}
         )
     return res
 
@@ -186,7 +187,7 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool 
     metrics = {k: v for k, v in evaluate_model(setup, model, oracle).items() if not k.startswith("_")}
     metrics["RTE"] = seconds
     result["metrics"] = metrics
-    if out and is_main_process():
+    if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
         from unlearnkit.runs.record import write_run
 
         result["receipt"] = write_run(

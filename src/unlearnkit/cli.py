@@ -159,8 +159,7 @@ def _cmd_train(args) -> int:
     cfg.setdefault("model", {})["path"] = None
     setup = make_setup(cfg)
     model, meta = original_model(setup, resume=args.resume)
-    if is_main_process():  # under several processes, rank 0 writes and reports
-        save_weights(model, args.out)
+    save_weights(model, args.out)  # every rank (a sharded model is gathered collectively); rank 0 writes
     metrics = evaluate_model(setup, model)
     if is_main_process():
         _print_metrics(metrics, args.json)

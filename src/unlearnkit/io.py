@@ -46,20 +46,32 @@ def _jsonable(o: Any) -> Any:
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """``model``'s whole state dict as contiguous CPU tensors. A sharded model is gathered: then every rank
+    must call it, and ranks other than 0 get ``{}`` (see ``engine.distributed.full_state_dict``)."""
+    from unlearnkit.engine.distributed import full_state_dict
+
+    return full_state_dict(model)
 
 
-def save_weights(model: nn.Module, path: str | Path, protect: list[str | Path] | None = None) -> None:
-    """Save ``model``'s state dict as safetensors, atomically; refuse to write over a protected file."""
-    from safetensors.torch import save_file
-
+def check_protected(path: str | Path, protect: list[str | Path] | None) -> None:
+    """Refuse (UnlearnkitError) when ``path`` is one of the ``protect``ed input files."""
     path = Path(path)
     for p in protect or []:
         if p and Path(p).exists() and path.resolve() == Path(p).resolve():
             raise UnlearnkitError(
                 f"refusing to write the unlearned model over the input model {str(p)!r}: choose another --out"
             )
-    sd = state_dict_cpu(model)
+
+
+def save_state_dict(
+    sd: dict[str, torch.Tensor], path: str | Path, protect: list[str | Path] | None = None
+) -> None:
+    """Write a state dict as safetensors, atomically; refuse to write over a protected file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    check_protected(path, protect)
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     # safetensors refuses tensors that share storage; clone the duplicates so any module saves.
     seen: dict[int, str] = {}
     for k, v in sd.items():
@@ -68,6 +80,22 @@ def save_weights(model: nn.Module, path: str | Path, protect: list[str | Path] |
             sd[k] = v.clone()
         seen.setdefault(ptr, k)
     _atomic(path, lambda tmp: save_file(sd, tmp))
+
+
+def save_weights(model: nn.Module, path: str | Path, protect: list[str | Path] | None = None) -> None:
+    """Save ``model``'s whole state dict as safetensors, atomically; refuse to write over a protected file.
+
+    Under several processes only the main process writes. A sharded model (FSDP, DeepSpeed ZeRO-3) is
+    gathered first, which is a collective: then every rank must call this function (a plain model may be
+    saved from rank 0 alone).
+    """
+    from unlearnkit.engine.distributed import is_main_process
+
+    path = Path(path)
+    check_protected(path, protect)  # before gathering: every rank raises alike
+    sd = state_dict_cpu(model)
+    if is_main_process():
+        save_state_dict(sd, path, protect)
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
@@ -85,25 +113,42 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             f"{str(path)!r} is not a readable safetensors file ({exc}); unlearnkit loads weights only from "
             "safetensors (convert a trusted .pt with torch.load(weights_only=True) + safetensors.save_file)"
         ) from exc
+    from unlearnkit.engine.distributed import load_full_state_dict
+
     try:
-        model.load_state_dict(sd, strict=strict)
-    except RuntimeError as exc:
+        load_full_state_dict(model, sd, strict=strict)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = (str(exc).splitlines() or [repr(exc)])[0]
         raise UnlearnkitError(
-            f"the weights in {str(path)!r} do not fit the configured model: {str(exc).splitlines()[0]}. "
+            f"the weights in {str(path)!r} do not fit the configured model: {first}. "
             "Check model.name and its options"
         ) from exc
     return model
 
 
-def weights_sha256(model: nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes and bytes, in sorted name order)."""
+def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict (names, dtypes, shapes and bytes, in sorted name order)."""
     h = hashlib.sha256()
-    for k, v in sorted(state_dict_cpu(model).items()):
+    for k, v in sorted(sd.items()):
+        v = v.detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(v.dtype).encode())
         h.update(str(tuple(v.shape)).encode())
         h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over ``model``'s whole state dict (see :func:`state_dict_sha256`), the same on every rank.
+
+    A sharded model is gathered first and the hash sent from rank 0 to the others: every rank must call
+    this function then (it is a collective)."""
+    from unlearnkit.engine.distributed import broadcast_object, is_main_process, is_sharded
+
+    sharded = is_sharded(model)
+    sd = state_dict_cpu(model)
+    digest = state_dict_sha256(sd) if is_main_process() or not sharded else None
+    return broadcast_object(digest) if sharded else digest
 
 
 def file_sha256(path: str | Path) -> str:

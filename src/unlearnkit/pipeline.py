@@ -315,9 +315,10 @@ def original_model(
         "steps": res.steps,
         "config": {k: setup.cfg[k] for k in ("family", "data", "model", "train", "seed")},
     }
-    if use_cache and is_main_process():
-        save_weights(model, weights)
-        write_json(folder / "meta.json", meta)
+    if use_cache:
+        save_weights(model, weights)  # every rank: a sharded model is gathered collectively; rank 0 writes
+        if is_main_process():
+            write_json(folder / "meta.json", meta)
     return model, meta | {"source": "trained"}
 
 
@@ -327,7 +328,13 @@ def run_method(
     """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit).
 
     ``resume`` continues from the last checkpoint in ``run_dir`` (see ``Engine.fit``)."""
-    model = copy.deepcopy(original)
+    from unlearnkit.engine.distributed import full_state_dict, is_sharded, load_full_state_dict
+
+    if is_sharded(original):  # trained under FSDP/ZeRO-3 in this run; FSDP modules cannot be deep-copied
+        model = setup.new_model()
+        load_full_state_dict(model, full_state_dict(original, all_ranks=True))
+    else:
+        model = copy.deepcopy(original)
     lora = None if method.exact else setup.cfg["model"].get("lora")  # the oracle retrains fully
     if lora:
         from unlearnkit.models.lora import apply_lora
@@ -379,9 +386,10 @@ def oracle_model(
         load_weights(model, weights)
         return model, float(json.loads((folder / "meta.json").read_text())["seconds"])
     model, seconds, _ = run_method(setup, original, method)
-    if use_cache and is_main_process():
-        save_weights(model, weights)
-        write_json(folder / "meta.json", {"seconds": seconds})
+    if use_cache:
+        save_weights(model, weights)  # every rank: a sharded model is gathered collectively; rank 0 writes
+        if is_main_process():
+            write_json(folder / "meta.json", {"seconds": seconds})
     return model, seconds
 
 

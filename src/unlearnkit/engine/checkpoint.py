@@ -3,12 +3,15 @@
 One checkpoint is one folder, ``<run_dir>/checkpoints/<desc>/step-00000042/`` (42 optimizer steps done):
 
 ``model.safetensors``
-    the weights and buffers; :func:`unlearnkit.io.load_weights` loads it into the model like any weights file.
+    the weights and buffers, whole even when the run shards the model (FSDP version 2 gathers them to rank 0
+    first); :func:`unlearnkit.io.load_weights` loads it into the model like any weights file (into a
+    sharded model too: each rank takes its share).
 ``state.pt``
-    optimizer and learning-rate schedule state, every random-number-generator state (torch, CUDA, Python,
-    NumPy, the engine's step generator and each data stream's shuffling generator) and the data order of
-    the passes in progress. It holds only tensors, numbers, strings, lists and dicts, and is read back with
-    ``torch.load(..., weights_only=True)``: nothing in it can run code.
+    optimizer state (under FSDP: gathered whole, keyed by parameter name) and learning-rate schedule state,
+    every random-number-generator state (torch, CUDA, Python, NumPy, the engine's step generator and each
+    data stream's shuffling generator) and the data order of the passes in progress. It holds only
+    tensors, numbers, strings, lists and dicts, and is read back with ``torch.load(..., weights_only=True)``:
+    nothing in it can run code.
 ``mask.safetensors``
     the weight mask (when the run has one), as 0/1 uint8 tensors.
 ``meta.json``
@@ -94,19 +97,21 @@ class Checkpoint:
 def write_checkpoint(
     root: str | Path,
     step: int,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     state: dict[str, Any],
     meta: dict[str, Any],
     mask: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint atomically (temporary folder + rename); older ones are left in place.
 
+    ``model`` is the model, or its whole state dict (a sharded model's, gathered beforehand with
+    ``engine.distributed.full_state_dict`` on every rank: this function runs on the main process alone).
     ``state`` must contain only tensors, numbers, strings, booleans, None, lists, tuples and dicts (what
     ``torch.load(weights_only=True)`` accepts); ``meta`` must be JSON-serialisable.
     """
     from safetensors.torch import save_file
 
-    from unlearnkit.io import save_weights
+    from unlearnkit.io import save_state_dict, save_weights
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +119,10 @@ def write_checkpoint(
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        save_weights(model, tmp / "model.safetensors")
+        if isinstance(model, nn.Module):
+            save_weights(model, tmp / "model.safetensors")
+        else:
+            save_state_dict(model, tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         if mask is not None:
             save_file(

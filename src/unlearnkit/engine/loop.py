@@ -20,7 +20,12 @@ start equal (broadcast from rank 0) and stay equal; normalisation buffers (Batch
 are broadcast from rank 0 after each step, as DDP does. Logged losses are averaged over ranks, so the
 divergence guard decides the same on every rank; only the main process writes logs and checkpoints.
 Under DeepSpeed and FSDP (version 2, which shards the model in place) the framework reduces gradients
-itself; weight masks and checkpoints are refused there (they need whole parameters on every rank).
+itself; weight masks are refused there (they need whole parameters on every rank), and so are checkpoints
+under DeepSpeed (under FSDP, weights and optimizer state are gathered whole into them). FSDP version 2
+comes either from accelerate's FSDP config (GPUs) or from ``engine.fsdp`` (any launcher with several
+processes, the CPU with gloo included): then the engine itself applies ``fully_shard`` to the model in
+place before building the optimizer. Either way the model stays sharded after ``fit``; read its weights
+whole with ``engine.distributed.full_state_dict`` (every output of unlearnkit does).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +62,11 @@ from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the eng
     average_gradients,
     broadcast_object,
     broadcast_tensors,
+    full_state_dict,
     is_main_process,
     norm_buffers,
+    replicated_parameters,
+    shard_fsdp2,
     world_size,
 )
 from unlearnkit.engine.masks import WeightMask
@@ -76,6 +86,12 @@ class EngineConfig:
     lets ``fit(resume=True)`` (``--resume``) continue to the same final weights. ``divergence_bound``
     stops a run whose step loss, or logged ``forget_loss``, exceeds it in absolute value (gradient
     ascent grows the forget loss without limit); ``nan_guard`` stops on a NaN/inf loss.
+
+    ``fsdp`` shards the model with torch's FSDP version 2 when the run has several processes (launched
+    with ``torchrun``, or ``accelerate launch`` with a DDP/CPU config; ignored in a single process):
+    ``true`` gives each block the model lists in ``_no_split_modules`` (a Hugging Face model's decoder
+    layers) its own FSDP unit, a list of class names (``[LlamaDecoderLayer]``) picks them, and the model
+    itself is always the outer unit. Not with accelerate's own FSDP or DeepSpeed configs.
     """
 
     batch_size: int = 64
@@ -89,6 +105,7 @@ class EngineConfig:
     seed: int = 0
     nan_guard: bool = True
     divergence_bound: float | None = None
+    fsdp: bool | list[str] = False
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -104,6 +121,11 @@ class EngineConfig:
         b = self.divergence_bound
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf):
             raise ConfigError(f"engine.divergence_bound must be a positive finite number, got {b!r}")
+        f = self.fsdp
+        if isinstance(f, list) and not (f and all(isinstance(n, str) and n for n in f)):
+            raise ConfigError(
+                f"engine.fsdp must be true, false or a non-empty list of module class names, got {f!r}"
+            )
 
 
 @dataclass
@@ -199,7 +221,21 @@ class Engine:
         seed = cfg.seed if seed is None else seed
         world = acc.num_processes
         main = acc.is_main_process
-        sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        by_accelerate = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if cfg.fsdp and by_accelerate:
+            raise ConfigError(
+                "engine.fsdp shards the model itself; launch it with torchrun or a DDP/CPU accelerate config "
+                "(ddp.yaml, cpu2.yaml), not with accelerate's FSDP or DeepSpeed config (or drop engine.fsdp)"
+            )
+        own_fsdp = bool(cfg.fsdp) and world > 1  # the engine applies fully_shard itself
+        if world > 1 and not (by_accelerate or own_fsdp) and main and _fsdp_asked_of_accelerate():
+            warnings.warn(
+                "accelerate runs FSDP only on GPUs: this CPU run is plain data-parallel (every process holds "
+                "the whole model); set engine.fsdp=true to shard it",
+                stacklevel=2,
+            )
+        fsdp2 = own_fsdp or acc.distributed_type == DistributedType.FSDP
+        sharded = by_accelerate or own_fsdp
         every = cfg.checkpoint_every or (1 if resume and not cfg.checkpoint_steps else 0)
         root = checkpoint_root(self.run_dir, desc) if self.run_dir is not None else None
         checkpointing = root is not None and bool(every or cfg.checkpoint_steps)
@@ -214,16 +250,19 @@ class Engine:
                     "weight masks need whole parameters on every process; run masked methods (salun, "
                     "mask_ratio=...) with the DDP config, not DeepSpeed/FSDP"
                 )
-            if checkpointing or resume:
+            if (checkpointing or resume) and not fsdp2:
                 raise ConfigError(
-                    "checkpoints and --resume work single-process and with DDP; not with DeepSpeed/FSDP yet"
+                    "checkpoints and --resume work single-process, with DDP and with FSDP version 2; not "
+                    "with DeepSpeed yet"
                 )
         bs_of = {name: (batch_sizes or {}).get(name, cfg.batch_size) for name in sets}
         model.to(self.device)
+        if own_fsdp:
+            params = _shard_in_place(model, cfg.fsdp, self.device, params)
         optimizer = build_optimizer(params if params is not None else model.parameters(), optim)
         scheduler = build_scheduler(optimizer, optim)
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        if sharded:
+        if by_accelerate:
             ds = getattr(acc.state, "deepspeed_plugin", None)
             if ds is not None and ds.is_auto("train_micro_batch_size_per_gpu"):
                 ds.deepspeed_config["train_micro_batch_size_per_gpu"] = max(bs_of.values())
@@ -254,6 +293,8 @@ class Engine:
         total = sum(len(streams[ph.length_stream]) for pl in epoch_phases for ph in pl)
         owner = getattr(phases, "__self__", None)
         fingerprint = _fingerprint(desc, optim, sets, bs_of, seed, world, total, inner_opt, mask)
+        if fsdp2:  # its checkpoints hold the optimizer state by parameter name: not for unsharded runs
+            fingerprint["fsdp"] = True
 
         result = FitResult()
         iters: dict[str, Pass] = {}
@@ -267,12 +308,15 @@ class Engine:
             clear_checkpoints(root)  # a fresh run: stale checkpoints must not be resumed later
         if ck is not None:
             _check_fingerprint(ck.meta.get("fingerprint", {}), fingerprint, ck.path)
-            ck.load_model(raw_model)
+            ck.load_model(raw_model)  # a sharded model takes its share of the whole weights
             if mask is not None and ck.mask is not None:
                 if set(ck.mask) != set(mask.masks):
                     raise UnlearnkitError(f"the mask in {str(ck.path)!r} is for other parameters")
                 mask.masks = {k: v.bool() for k, v in ck.mask.items()}
-            inner_opt.load_state_dict(ck.state["optimizer"])
+            if fsdp2:
+                _load_full_optimizer_state(raw_model, inner_opt, ck.state["optimizer"])
+            else:
+                inner_opt.load_state_dict(ck.state["optimizer"])
             scheduler.load_state_dict(ck.state["scheduler"])
             _refresh_hyperparameters(inner_opt, scheduler, fresh_groups)
             inner_opt._opt_called = True  # steps were taken before: no "scheduler before optimizer" warning
@@ -297,7 +341,9 @@ class Engine:
         if mask is not None:
             mask.attach(raw_model)
         opt_params = [p for g in inner_opt.param_groups for p in g["params"]]
-        buffers = norm_buffers(raw_model) if reduce_grads else []
+        # under FSDP, trained tensors it does not shard (a method's own prompt, say) are averaged here
+        unsharded = replicated_parameters(opt_params) if fsdp2 and world > 1 else []
+        buffers = norm_buffers(raw_model) if reduce_grads or (fsdp2 and world > 1) else []
         last_saved = step if ck is not None else -1
         # ``good``: the newest checkpoint known to be good (the next step's loss from its weights passed
         # the guard, or the one resumed from); ``pending``: written since, not yet confirmed.
@@ -314,7 +360,10 @@ class Engine:
 
         def save(epoch: int, phase: int, driver: tuple[str, Pass] | None) -> None:
             nonlocal last_saved, pending
-            if cfg.nan_guard and not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters()):
+            # a sharded model and its optimizer state are gathered whole to rank 0 (collectives: every rank)
+            weights = full_state_dict(raw_model) if fsdp2 else None
+            opt_state = _full_optimizer_state(raw_model, inner_opt) if fsdp2 else None
+            if cfg.nan_guard and not _finite(raw_model, weights, main):
                 raise DivergenceError(
                     f"the {desc} weights became NaN or infinite by step {step}; lower the learning rate "
                     f"(method.lr, now {optim.lr}). {_kept(good)}"
@@ -323,7 +372,7 @@ class Engine:
             path = root / f"step-{step:08d}"  # the same name on every rank
             if main:
                 state = {
-                    "optimizer": inner_opt.state_dict(),
+                    "optimizer": opt_state if fsdp2 else inner_opt.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": capture_rng(),
                     "step_generator": gen.get_state(),
@@ -344,7 +393,8 @@ class Engine:
                     "fingerprint": fingerprint,
                     "history": result.history,
                 }
-                path = write_checkpoint(root, step, raw_model, state, meta, mask.masks if mask else None)
+                what = weights if weights is not None else raw_model
+                path = write_checkpoint(root, step, what, state, meta, mask.masks if mask else None)
             pending = path
 
         log_file = None
@@ -381,6 +431,8 @@ class Engine:
                         acc.backward(loss)
                         if reduce_grads:
                             average_gradients(opt_params, world, self.device)
+                        elif unsharded:
+                            average_gradients(unsharded, world, self.device)
                         if mask is not None:
                             mask.mask_gradients()
                         if optim.max_grad_norm:
@@ -447,6 +499,49 @@ class Engine:
                     f"method is diverging; lower the learning rate (method.lr, now {optim.lr}) or the "
                     f"number of epochs, or raise the bound. {_kept(checkpoint)}"
                 )
+
+
+def _fsdp_asked_of_accelerate() -> bool:
+    """True when the launcher asked accelerate for FSDP (which it ignores for CPU processes)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def _shard_in_place(
+    model: nn.Module, wrap: bool | list[str], device: torch.device, params: list[nn.Parameter] | None
+) -> list[nn.Parameter] | None:
+    """Apply FSDP version 2 to ``model`` (``engine.fsdp``); return ``params`` with each of the model's
+    parameters replaced by its sharded successor (FSDP registers new parameter objects)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    shard_fsdp2(model, wrap, device)
+    if params is None:
+        return None
+    now = dict(model.named_parameters())
+    return [now[names[id(p)]] if id(p) in names else p for p in params]
+
+
+def _finite(model: nn.Module, weights: dict[str, torch.Tensor] | None, main: bool) -> bool:
+    """Whether every parameter is finite; from ``weights`` (a sharded model's, gathered on rank 0: rank 0
+    decides for every rank) when given."""
+    if weights is None:
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return broadcast_object(all(bool(torch.isfinite(v).all()) for v in weights.values()) if main else None)
+
+
+def _full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state of an FSDP-sharded model, gathered whole onto rank 0's CPU (keyed by parameter
+    name; ``{}`` on the other ranks). A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Give each rank its share of a whole optimizer state from :func:`_full_optimizer_state`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=options)
 
 
 def _kept(checkpoint: Path | None) -> str:

@@ -18,7 +18,14 @@ import yaml
 from torch import nn
 
 from unlearnkit import __version__
-from unlearnkit.io import save_weights, weights_sha256, write_json, write_text
+from unlearnkit.io import (
+    check_protected,
+    save_state_dict,
+    state_dict_cpu,
+    state_dict_sha256,
+    write_json,
+    write_text,
+)
 
 
 def write_run(
@@ -32,15 +39,57 @@ def write_run(
     extra: dict[str, Any] | None = None,
     protect: list[str | Path] | None = None,
     tokenizer: Any = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Write the run folder ``out`` and return its receipt.
+
+    Under several processes rank 0 alone writes and returns the receipt; the other ranks return None.
+    The weights of a sharded model (FSDP, DeepSpeed ZeRO-3) are gathered whole first, a collective: then
+    every rank must call this function (a plain model may be written from rank 0 alone).
+    """
+    from unlearnkit.engine.distributed import is_main_process
+
     out = Path(out)
+    check_protected(out / "model.safetensors", protect)  # on every rank, before the collective gathering
+    sd = state_dict_cpu(model)  # the whole weights, gathered once for every output below
+    if not is_main_process():
+        return None
+    return _write_run_files(
+        out,
+        config,
+        model,
+        sd,
+        metrics,
+        forget_ids_sha256,
+        n_forget,
+        weights_before_sha256,
+        extra,
+        protect,
+        tokenizer,
+    )
+
+
+def _write_run_files(
+    out: Path,
+    config: dict[str, Any],
+    model: nn.Module,
+    sd: dict[str, Any],
+    metrics: dict[str, float],
+    forget_ids_sha256: str,
+    n_forget: int,
+    weights_before_sha256: str,
+    extra: dict[str, Any] | None,
+    protect: list[str | Path] | None,
+    tokenizer: Any,
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out / "model.safetensors", protect=protect)
+    save_state_dict(sd, out / "model.safetensors", protect=protect)
+    after = state_dict_sha256(sd)
     if hasattr(model, "save_pretrained"):  # a Hugging Face model: also a folder from_pretrained can load
-        model.save_pretrained(out / "hf_model", safe_serialization=True)
+        # the gathered weights (a sharded model's own state dict holds only this rank's shards); a copy of
+        # the dict, which transformers empties as it writes
+        model.save_pretrained(out / "hf_model", state_dict=dict(sd), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "hf_model")
-    after = weights_sha256(model)
     results = {"metrics": metrics} | (extra or {})
     receipt = {
         "unlearnkit_version": __version__,
