@@ -99,3 +99,14 @@ def test_suite_indexes_rows_in_the_store_and_writes_curves(bench_result):
         for seed in (0, 1):
             curve = json.loads((out / "curves" / f"{m}-seed{seed}.json").read_text())
             assert curve["method"] == m and curve["seed"] == seed and curve["history"]
+
+
+def test_suites_refuse_to_run_under_several_processes(monkeypatch, tmp_path):
+    """Every rank would write the same rows, store and report: a clear refusal instead."""
+    from unlearnkit.bench.suite import run_suite
+    from unlearnkit.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one process"):
+        run_suite("vision-digits", 1, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ Suites of ``kind: worstcase`` and ``kind: sequential`` run in ``bench/worstcase.
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ def run_suite(
     seed count (bench/composite.py)."""
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "suites run in one process (their rows, store and report are written by one writer); launch "
+            "single runs with several processes instead: accelerate launch ... -m unlearnkit.cli unlearn"
+        )
     raw = load_preset(_suite_preset(name))
     if raw.get("kind") == "composite":  # several suites into sub-folders, then the report
         from unlearnkit.bench.composite import run_composite_suite
