@@ -199,8 +199,9 @@ def model_card(
         "## Method and hyperparameters\n",
         f"```yaml\n{hyper}\n```\n",
         "## Forget-set receipt\n",
-        receipt_table + "\n\nAnyone holding the forget ids can check the first hash: sha256 over the sorted "
-        "ids; the weight hashes identify the model before and after unlearning (`receipt.json`).\n",
+        receipt_table + "\n\nAnyone holding the forget ids can check the first hash: the sha256 of the "
+        "sorted ids written as a JSON list (`json.dumps(sorted(ids))`, e.g. `[3, 17, 42]`); the weight "
+        "hashes identify the model before and after unlearning (`receipt.json`).\n",
         "## Metrics vs the oracle\n",
         _metrics_section(dict(metrics if metrics is not None else r.get("metrics") or {}), oracle),
         "## How to load\n",
