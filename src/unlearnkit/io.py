@@ -118,12 +118,32 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     try:
         load_full_state_dict(model, sd, strict=strict)
     except (RuntimeError, KeyError, ValueError) as exc:
-        first = (str(exc).splitlines() or [repr(exc)])[0]
         raise UnlearnkitError(
-            f"the weights in {str(path)!r} do not fit the configured model: {first}. "
+            f"the weights in {str(path)!r} do not fit the configured model: {_mismatch(model, sd, exc)}. "
             "Check model.name and its options"
         ) from exc
     return model
+
+
+def _mismatch(model: nn.Module, sd: dict[str, torch.Tensor], exc: Exception) -> str:
+    """A one-line summary of why ``sd`` does not load into ``model`` (missing, unexpected, wrong shapes)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in sd.items()}
+    parts = []
+    for label, names in (
+        ("missing", [k for k in want if k not in have]),
+        ("unexpected", [k for k in have if k not in want]),
+    ):
+        if names:
+            parts.append(
+                f"{len(names)} {label} tensor(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+            )
+    shapes = [f"{k}: file {have[k]} vs model {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if shapes:
+        parts.append(
+            f"{len(shapes)} shape mismatch(es) ({'; '.join(shapes[:2])}{'; ...' if len(shapes) > 2 else ''})"
+        )
+    return "; ".join(parts) or (str(exc).splitlines() or [repr(exc)])[0]
 
 
 def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:

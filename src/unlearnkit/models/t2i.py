@@ -330,5 +330,15 @@ def load_original(folder: str | Path | None = None) -> tuple[T2IModel, ShapeJudg
     from unlearnkit.io import load_weights
 
     folder = Path(folder) if folder is not None else original_dir()
+    if not (folder / "model").is_dir() or not (folder / "judge.safetensors").is_file():
+        hint = (
+            " (it looks like a T2I model folder itself: pass its parent)"
+            if (folder / "unet").is_dir()
+            else ""
+        )
+        raise UnlearnkitError(
+            f"model.path={str(folder)!r} is not a t2i world folder{hint}: it needs model/ (unet, "
+            f"text_encoder, scheduler, tokenizer) and judge.safetensors, as `{TRAIN_COMMAND}` writes them"
+        )
     judge = load_weights(ShapeJudge(), folder / "judge.safetensors").eval()
     return load_t2i(folder / "model"), judge
