@@ -179,9 +179,27 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """--quiet also silences the loading bars of transformers / huggingface_hub (when installed)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def _cmd_bench(args) -> int:
     from unlearnkit.bench.suite import print_table, run_suite
 
+    if args.quiet:
+        _quiet_libraries()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     res = run_suite(
         args.suite,
