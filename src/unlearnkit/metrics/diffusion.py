@@ -121,7 +121,7 @@ def judge_features(judge, images01: torch.Tensor, batch_size: int = 256) -> np.n
 def erasure_metrics(
     model,
     judge,
-    concept: str,
+    concept: str | Sequence[str],
     retain_prompts: Sequence[str],
     real_images01: torch.Tensor,
     per_prompt: int = 16,
@@ -129,19 +129,26 @@ def erasure_metrics(
     guidance: float = 3.0,
     steps: int = 25,
 ) -> dict[str, float]:
-    """UA on the concept prompt, utility on the retain prompts, and the judge-feature Fréchet distance between
-    the retain generations and real images (percents for UA and utility)."""
+    """UA on the concept prompt(s), utility on the retain prompts, and the judge-feature Fréchet distance
+    between the retain generations and real images (percents for UA and utility).
+
+    ``concept`` may be several captions (a prompt-wise worst-case set): UA is then the share of all their
+    images in which the judge does not see the caption that image was drawn for."""
     from unlearnkit.models.t2i import ShapeJudge  # noqa: F401  (documents the expected judge)
 
-    shape, color = parse_concept(concept)
-    imgs, _ = generate_for_prompts(model, [concept], per_prompt, seed, guidance, steps)
-    ps, pc = judge.predict(imgs)
-    ua = unlearn_accuracy(recognised(ps, pc, shape, color))
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    imgs, idx = generate_for_prompts(model, concepts, per_prompt, seed, guidance, steps)
+    ua = unlearn_accuracy(_judged(judge, imgs, idx, concepts))
     r_imgs, r_idx = generate_for_prompts(model, list(retain_prompts), per_prompt, seed + 1, guidance, steps)
-    targets = [parse_concept(p) for p in retain_prompts]
-    ps, pc = judge.predict(r_imgs)
-    ok = torch.stack(
-        [recognised(ps[k : k + 1], pc[k : k + 1], *targets[int(i)])[0] for k, i in enumerate(r_idx)]
-    )
+    ok = _judged(judge, r_imgs, r_idx, list(retain_prompts))
     fid = frechet_distance(judge_features(judge, r_imgs), judge_features(judge, real_images01))
     return {"UA": 100 * ua, "utility": 100 * float(ok.float().mean()), "fid": fid}
+
+
+def _judged(judge, imgs: torch.Tensor, prompt_idx: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """Boolean per image: the judge sees the caption ``prompts[prompt_idx[k]]`` image k was drawn for."""
+    targets = [parse_concept(p) for p in prompts]
+    ps, pc = judge.predict(imgs)
+    return torch.stack(
+        [recognised(ps[k : k + 1], pc[k : k + 1], *targets[int(i)])[0] for k, i in enumerate(prompt_idx)]
+    )

@@ -1,6 +1,8 @@
-"""Suite-level evaluation of the diffusion family: UA on the erased concept, utility and Fréchet distance
+"""Suite-level evaluation of the diffusion family: UA on the erased concept(s), utility and Fréchet distance
 on the other captions (judge-based), and, when ``eval.attack`` is set, pre-ASR and ASR under the
-adversarial prompt attack (UnlearnDiffAtk)."""
+adversarial prompt attack (UnlearnDiffAtk) on every erased caption (cycled to ``eval.attack.n_prompts``).
+The erased captions are ``split.concept`` (one or a list) or a prompt-wise worst-case
+``split.prompts_file``."""
 
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     if judge is None:
         raise UnlearnkitError("the diffusion evaluation needs the judge: load the original model first")
     ev = setup.cfg.get("eval", {})
-    concept = setup.cfg["split"]["concept"]
-    retain = [c for c in setup.data.class_names if c != concept]
+    concepts = forget_captions(setup.cfg["split"])
+    retain = [c for c in setup.data.class_names if c not in concepts]
     real = setup.split.test.all()["x"]
     out = erasure_metrics(
         model,
         judge,
-        concept,
+        concepts,
         retain,
         real,
         per_prompt=int(ev.get("per_prompt", 16)),
@@ -37,6 +39,17 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
         from unlearnkit.attacks.prompt import evaluate_asr
 
         out |= evaluate_asr(
-            model, setup.info["original"], judge, [concept], setup.data.meta["tokenizer"], **dict(attack)
+            model, setup.info["original"], judge, concepts, setup.data.meta["tokenizer"], **dict(attack)
         )
     return out
+
+
+def forget_captions(split: dict[str, Any]) -> list[str]:
+    """The erased caption(s) of a concept split: ``split.prompts_file`` (a prompt-wise worst-case
+    selection) wins over ``split.concept`` (one caption or a list), as in ``pipeline.concept_split``."""
+    if split.get("prompts_file"):
+        from unlearnkit.selection.prompts import read_prompts_file
+
+        return list(read_prompts_file(split["prompts_file"]))
+    concept = split["concept"]
+    return list(concept) if isinstance(concept, (list, tuple)) else [concept]
