@@ -132,7 +132,7 @@ def _task(data, model):
 def test_advunlearn_changes_only_text_encoder(data, model, name, steps_per_outer):
     cls = get_method(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    method = cls(cls.Config(epochs=2, lr=1e-2, batch_size=2, retain_batch_size=3))
+    method = cls(cls.Config(epochs=2, lr=1e-2, batch_size=2, retain_batch_size=3, attack_length="fixed"))
     fit = method.run(_task(data, model))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(k.startswith("text_encoder.encoder.") or "final_layer_norm" in k for k in changed)
@@ -155,7 +155,7 @@ def test_fast_variant_defaults_and_layer_selection(data, model):
 
 def _two_steps(data, model, init: str):
     task = _task(data, model)
-    method = AdvUnlearn(AdvUnlearnConfig(attack_init=init, attack_steps=2))
+    method = AdvUnlearn(AdvUnlearnConfig(attack_init=init, attack_steps=2, attack_length="fixed"))
     method.task = task
     method.prepare(task)
     fg, rt = task.split.forget.__getitems__([0, 1]), task.split.retain.__getitems__([0, 1, 2])
@@ -176,6 +176,54 @@ def test_warm_start_reuses_previous_adversarial_embedding(data, model):
     assert all(p.grad is None for p in model.unet.parameters())
     _, cold = _two_steps(data, build_t2i(data, preset="tiny", seed=0), "random")
     assert not torch.equal(cold[1][0], cold[0][1])
+
+
+def _prepared(data, model, **cfg):
+    task = _task(data, model)
+    method = AdvUnlearn(AdvUnlearnConfig(**cfg))
+    method.task = task
+    method.prepare(task)
+    fg, rt = task.split.forget.__getitems__([0, 1]), task.split.retain.__getitems__([0, 1, 2])
+    return method, {"forget": fg, "retain": rt}
+
+
+def test_uniform_prefix_length_covers_clean_and_every_length(data, model):
+    method, batch = _prepared(data, model, attack_tokens=3, attack_steps=2, attack_length="uniform")
+    lengths, moved = [], False
+    for step in range(24):
+        ctx = StepContext(0, 1, step, "advunlearn", torch.Generator().manual_seed(step))
+        before = method.delta.clone()
+        _, logs = method.loss(batch, ctx)
+        n = int(logs["adv_tokens"])
+        lengths.append(n)
+        assert method.delta.shape == before.shape
+        if n:  # only δ[:L] is attacked; the unused rows keep their warm start
+            assert torch.equal(method.delta[n:], before[n:])
+            moved |= not torch.equal(method.delta[:n], before[:n])
+        else:  # L = 0: the clean concept prompt, no inner steps
+            assert torch.equal(method.delta, before)
+    assert set(lengths) == {0, 1, 2, 3} and moved
+    assert method.inner_steps == 2 * sum(n > 0 for n in lengths)
+
+
+def test_text_anchor_ties_retain_caption_states_to_the_original(data, model):
+    import torch.nn.functional as F
+
+    method, batch = _prepared(data, model, attack_steps=0, text_anchor=50)
+    ctx = StepContext(0, 1, 0, "advunlearn", torch.Generator().manual_seed(0))
+    assert method.loss(batch, ctx)[1]["anchor"] == 0.0  # student = teacher before any update
+    anchors = torch.cat([method._null, torch.unique(method.task.split.retain.columns["input_ids"], dim=0)])
+    ref = model.encode(anchors).detach()
+    assert len(anchors) == 9  # ∅ and the 8 retain captions (text_anchor caps the draw)
+    with torch.no_grad():
+        for p in model.text_encoder.encoder.parameters():
+            p.add_(0.05)
+    _, logs = method.loss(batch, ctx)
+    with torch.no_grad():
+        want = float(F.mse_loss(model.encode(anchors), ref))
+    assert logs["anchor"] == pytest.approx(want, rel=1e-5)
+    off, _ = _prepared(data, build_t2i(data, preset="tiny", seed=0), attack_steps=0, text_anchor=0)
+    assert len(off._null) == 1  # text_anchor=0: only the empty caption is anchored (as before)
 
 
 def test_teacher_outputs_are_cached_original_encoder(data, model):

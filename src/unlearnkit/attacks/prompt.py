@@ -17,13 +17,19 @@
   judged in one batch; success = the concept is recognised in any candidate. ``soft=True`` also judges the
   relaxed prefix itself (an embedding-space threat model, reported as ``"<soft> …"``, not a typeable prompt).
 
-  Measured on t2i-shapes ("a red circle", 8 seeds, the t2i-shapes suite settings, 1 seed): the attack
-  takes the original from pre-ASR 87.5% to ASR 100%, ESD-x from 0% to 0–12.5%, SalUn 0% → 0%, and the
-  text-encoder-only AdvUnlearn models from 0–12.5% to 37.5–75%. Against ESD-x no prompt of the 18-word
+  Measured on t2i-shapes ("a red circle", 8 seeds, 1 suite seed). With 6 rounds × 10 steps the attack took
+  the original from pre-ASR 87.5% to ASR 100%, ESD-x 0% → 12.5%, SalUn 0% → 0%, and AdvUnlearn with the
+  reference's single inner-attack token 12.5% → 75% (fast: 0% → 50%) — its erasure held only at a one-
+  position shift of the concept, and the attack's successful prompts put "circle" among the 5 prefix tokens
+  (issue #4; fix and numbers in :mod:`unlearnkit.methods.advunlearn`). The suite now runs 12 rounds × 20
+  steps (the reference: up to 50 × 40): original 87.5% → 87.5% (the one remaining seed resisted), ESD-x
+  0% → 12.5%, SalUn 0%, AdvUnlearn 0%, fast AdvUnlearn 12.5%. Against ESD-x no prompt of the 18-word
   vocabulary brings the concept back (63 hand-made / random prefixed prompts × 8 seeds: at most 1/8
   samples recognised), and neither do relaxed (``soft=True``) or unconstrained soft prefixes (80 Adam
   steps, diffusion-classifier or P4D objective): the tiny world leaves little to find against UNet-side
-  erasure.
+  erasure — every prefix is out of distribution for an encoder trained on 9 fixed 3-word captions (random
+  1–5-word prefixes alone drop the *original's* concept rate from ~94% to 0–6%), and the vocabulary has no
+  other word that evokes "red" or "circle".
 - :func:`soft_prompt_attack` is AdvUnlearn's inner maximisation (Zhang et al., NeurIPS 2024, Eq. 5): k free
   prefix vectors δ in token-embedding space, signed-gradient (PGD-style) steps on
   ‖ε_θ(x_t, TE_φ([δ; c]), t) − ε_θo(x_t, TE_o(c), t)‖², warm-startable; one step is the fast (FGSM-like)

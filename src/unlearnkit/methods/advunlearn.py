@@ -18,11 +18,33 @@ adversarial soft prefix (:func:`unlearnkit.attacks.prompt.soft_prompt_attack`):
 - The utility term follows the reference's ``reg`` mode (γ = 0.5 for objects, AdvUnlearn issue #7): retain
   captions, with x_r a retain image noised to a random t (``xt_source="data"``, like our ESD default; the
   reference samples x_r with DDIM). Because the unconditional branch of CFG also goes through TE_φ, the
-  empty caption is anchored too: + γ‖TE_φ(∅) − TE_o(∅)‖² (cheap, encoder only).
-- Inner attack: ``attack_steps`` signed-gradient steps (``advunlearn_fast``: a single FGSM-like step),
-  warm-started from the previous outer step's δ (``attack_init="latest"``, the code default) or from random
-  vocabulary tokens (``"random"``); the attack reuses the teacher prediction ε_θ(x_t, TE_o(c), t) already
-  computed for ε*. ``warmup_steps`` outer steps use the clean concept prompt (plain ESD on the encoder).
+  empty caption is anchored too, and with ``text_anchor=n`` so are up to n retain captions per step
+  (drawn from the distinct ones): + γ Σ_{c_a ∈ {∅} ∪ A} ‖TE_φ(c_a) − TE_o(c_a)‖² / |…| (encoder only, cached
+  teacher states, no UNet pass). Keeping TE_φ(c_r) = TE_o(c_r) is sufficient for the ε-space term to vanish.
+- Inner attack: ``attack_steps`` signed-gradient steps (``advunlearn_fast``: a single FGSM-like step) on
+  ``attack_tokens`` = k prefix vectors, warm-started from the previous outer step's δ
+  (``attack_init="latest"``, the code default) or from random vocabulary tokens (``"random"``); the attack
+  reuses the teacher prediction ε_θ(x_t, TE_o(c), t) already computed for ε*. ``attack_length="uniform"``
+  draws the prefix length L ~ U{0..k} at every outer step (δ[:L] is attacked and trained on; L = 0 is the
+  clean prompt), ``"fixed"`` always uses k (the reference). ``warmup_steps`` outer steps use the clean
+  concept prompt (plain ESD on the encoder).
+
+Why the t2i-shapes defaults differ from the reference (1 prefix token, γ only in ε-space) — measured on
+"a red circle", issue #4. With the reference's single adversarial token, AdvUnlearn was the *most*
+attackable method (UnlearnDiffAtk ASR 75% vs ESD-x 12.5%): the 2-layer encoder (12 positions, trained only
+on 3-word captions at fixed positions) learnt an erasure tied to a shift of the concept by one position. At
+the end of training a 1-token soft attack could not undo it (attack loss 0.0116 vs 0.0053 for the clean
+prompt), but a 5-token one restored the concept in 3 steps (0.0018) and the evaluation attack prefixes
+k = 5 tokens — the successful prompts put "circle" among the prefix tokens ("shape big circle an an a red
+circle"). Hence the inner attack must cover the threat model's k (``attack_tokens=5``). Training only on
+[δ_{1..5}; c] then left the clean prompt half-erased (UA 62%), so every prefix length 0..k is drawn
+(``attack_length="uniform"``): UA 100%, ASR 0%, but utility 84% — the ε-space retain term is ~30× smaller
+than the unlearning term (0.0005 vs 0.013) and covers 5 of the 8 retain captions per step, so "red" and
+"circle" drifted ("a red square" 50%). Anchoring the retain captions' text states (``text_anchor=16``, i.e.
+all 8 here) keeps utility at the original's 99% with the reference's γ = 0.5 and retain batch 5 (a retain
+batch of 16 also worked, 93–98%, but costs 1.8× ESD's peak memory); 6 passes instead of 3 then close the
+remaining gap under a 4× stronger attack (12 rounds × 20 steps): ASR 0 / 0 / 12.5% on seeds 0 / 1 / 2 (3
+passes: 25%).
 
 Export: :func:`save_text_encoder` writes the unlearned encoder (safetensors); :func:`plug_text_encoder` or
 ``models.t2i.load_t2i(folder, text_encoder=...)`` puts it into any model with the same encoder.
@@ -83,16 +105,15 @@ def text_encoder_param_names(model: torch.nn.Module, train_layers: str = "all") 
 @dataclass
 class AdvUnlearnConfig(MethodConfig):
     """Reference defaults (SD 1.4): 1000 iterations of batch 1, lr 1e-5, η=1, γ=0.3–0.5, retain batch 5,
-    1 prefix token, 30 Adam attack steps at lr 1e-3, 200 warm-up iterations. Here (t2i-shapes, CPU) the ESD
-    schedule: 3 passes over the concept's images in batches of 16, the reference's retain batch of 5, and 3
-    attack steps so that an iteration costs at most ~5 ESD iterations. Tuned on "a red circle" (fast variant,
-    UA / utility on 8 samples per prompt): η=1 hardly erases through the 2-layer encoder (lr 3e-3: 25% / 98%,
-    6 epochs: 25% / 98%); lr 1e-2 with γ=0.2: 100% / 59%; **η=3, lr 3e-3: 88% / 95%** (the fast default).
-    The 3-step variant with η=3 (16 samples per prompt): lr 3e-3 → 69% / 95%, **lr 5e-3 → 100% / 94%**,
-    η=4 → 50% / 77%. Robustness (UnlearnDiffAtk, suite settings): ASR 38–75%, not better than ESD-x here.
+    1 prefix token, 30 Adam attack steps at lr 1e-3, 200 warm-up iterations. Here (t2i-shapes, CPU): 6 passes
+    over the concept's images in batches of 16, the reference's retain batch of 5 and γ = 0.5, and 3 attack
+    steps so that an iteration costs at most ~5 ESD iterations (measured 2.9×). η=1 hardly erases through the
+    2-layer encoder (UA 25%); η=3 does. The robustness settings (``attack_tokens=5``, ``attack_length=
+    "uniform"``, ``text_anchor=16``, 6 epochs) and the measurements behind them are in the module docstring:
+    UA 100%, utility 98–99%, UnlearnDiffAtk ASR 0–12.5% (was 75% with 1 token, 3 epochs, no text anchor).
     """
 
-    epochs: int = 3
+    epochs: int = 6
     lr: float = 5e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
@@ -103,9 +124,11 @@ class AdvUnlearnConfig(MethodConfig):
     train_layers: str = "all"
     attack_steps: int = 3
     attack_lr: float = 0.02
-    attack_tokens: int = 1
+    attack_tokens: int = 5
     attack_init: str = "latest"
     attack_bound: float | None = None
+    attack_length: str = "uniform"
+    text_anchor: int = 16
     warmup_steps: int = 0
 
     def check(self) -> None:
@@ -114,8 +137,12 @@ class AdvUnlearnConfig(MethodConfig):
             raise ConfigError("attack_steps must be >= 0 and attack_tokens >= 1")
         if self.attack_init not in ("latest", "random"):
             raise ConfigError(f"attack_init must be 'latest' or 'random', got {self.attack_init!r}")
+        if self.text_anchor < 0:
+            raise ConfigError(f"text_anchor must be >= 0, got {self.text_anchor}")
         if self.retain_weight < 0:
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
+        if self.attack_length not in ("fixed", "uniform"):
+            raise ConfigError(f"attack_length must be 'fixed' or 'uniform', got {self.attack_length!r}")
 
 
 @dataclass
@@ -156,6 +183,7 @@ class AdvUnlearn(Method):
         rows = [self._null]
         for part in (task.split.forget, task.split.retain):
             rows.append(torch.unique(part.columns["input_ids"], dim=0).to(dev))
+        self._retain_captions = rows[-1]
         self._cache: dict[bytes, torch.Tensor] = {}  # TE_o(c) for every fixed prompt, computed once
         was = model.training
         model.eval()
@@ -204,17 +232,22 @@ class AdvUnlearn(Method):
             ).sample.chunk(2)
             target = esd_target(eps_u, eps_c, cfg.eta)
         adversarial = self.outer_steps >= cfg.warmup_steps and cfg.attack_steps > 0
-        if adversarial:
+        n_tok = cfg.attack_tokens
+        if adversarial and cfg.attack_length == "uniform":  # this step's prefix length L ~ U{0..k}
+            n_tok = int(torch.randint(0, cfg.attack_tokens + 1, (1,), generator=ctx.generator))
+        if adversarial and n_tok:
             if cfg.attack_init == "random":
                 self.delta = random_prefix(model, cfg.attack_tokens, ctx.generator, self.vocab.cpu()).to(
                     ids.device
                 )
             self.delta_init = self.delta.clone()
-            self.delta, n = soft_prompt_attack(
-                model, ids, x_t, t, eps_c, self.delta, cfg.attack_steps, cfg.attack_lr, cfg.attack_bound
-            )
+            d, n = soft_prompt_attack(
+                model, ids, x_t, t, eps_c, self.delta[:n_tok], cfg.attack_steps, cfg.attack_lr,
+                cfg.attack_bound,
+            )  # fmt: skip
+            self.delta = torch.cat([d, self.delta[n_tok:]])
             self.inner_steps += n
-            c_adv = encode_embeds(model.text_encoder, prefix_embeds(model, ids, self.delta))
+            c_adv = encode_embeds(model.text_encoder, prefix_embeds(model, ids, d))
         else:
             c_adv = model.encode(ids)
         unlearn = F.mse_loss(unet(x_t, t, encoder_hidden_states=c_adv).sample, target)
@@ -223,10 +256,20 @@ class AdvUnlearn(Method):
         with torch.no_grad():
             eps_r0 = unet(x_r, t_r, encoder_hidden_states=self.teacher_context(r_ids)).sample
         keep = F.mse_loss(unet(x_r, t_r, encoder_hidden_states=model.encode(r_ids)).sample, eps_r0)
-        keep_null = F.mse_loss(model.encode(self._null), self.teacher_context(self._null))
+        anchor = self._null
+        if cfg.text_anchor:
+            caps = self._retain_captions
+            pick = torch.randperm(len(caps), generator=ctx.generator)[: cfg.text_anchor].to(caps.device)
+            anchor = torch.cat([anchor, caps[pick]])
+        keep_text = F.mse_loss(model.encode(anchor), self.teacher_context(anchor))
         self.outer_steps += 1
-        loss = unlearn + cfg.retain_weight * (keep + keep_null)
-        logs = {"unlearn": float(unlearn.detach()), "retain": float(keep.detach()), "adv": float(adversarial)}
+        loss = unlearn + cfg.retain_weight * (keep + keep_text)
+        logs = {
+            "unlearn": float(unlearn.detach()),
+            "retain": float(keep.detach()),
+            "anchor": float(keep_text.detach()),
+            "adv_tokens": float(n_tok if adversarial else 0),
+        }
         return loss, logs
 
     def phases(self, epoch: int) -> list[Phase]:
