@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,19 @@ def test_forget_captions_reads_the_split(tmp_path):
     sel = tmp_path / "worst.json"
     sel.write_text(json.dumps({"prompts": ["a green triangle"], "ids": [1, 2]}))
     assert forget_captions({"concept": "a red circle", "prompts_file": str(sel)}) == ["a green triangle"]
+
+
+def test_kernel_distance_is_the_unbiased_mmd_with_a_cubic_kernel():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)), rng.normal(loc=0.5, size=(4, 3))
+
+    def k(x, y):
+        return (x @ y / 3 + 1) ** 3
+
+    within_a = sum(k(a[i], a[j]) for i in range(5) for j in range(5) if i != j) / 20
+    within_b = sum(k(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
+    across = sum(k(x, y) for x in a for y in b) / 20
+    assert diffusion.kernel_distance(a, b) == pytest.approx(within_a + within_b - 2 * across)
+    same = diffusion.kernel_distance(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)))
+    shifted = diffusion.kernel_distance(rng.normal(size=(200, 8)), rng.normal(loc=1.0, size=(200, 8)))
+    assert abs(same) < 0.05 < shifted

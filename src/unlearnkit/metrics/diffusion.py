@@ -84,6 +84,28 @@ def frechet_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | t
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
 
 
+def kernel_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor) -> float:
+    """Kernel distance (KID; Bińkowski et al., ICLR 2018): the unbiased estimate of MMD² between two feature
+    sets ``[N, D]`` under the cubic polynomial kernel k(x, y) = (x·y / D + 1)³.
+
+    Unlike the Fréchet distance it has no bias from estimating a D×D covariance, so it stays meaningful when
+    N is close to or below D (here: 16 images per caption against 128 judge features)."""
+    from sklearn.metrics.pairwise import polynomial_kernel
+
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise UnlearnkitError("kernel_distance needs two [N, D] feature arrays with N >= 2 and equal D")
+    d = a.shape[1]
+    k_aa = polynomial_kernel(a, a, degree=3, gamma=1.0 / d, coef0=1.0)
+    k_bb = polynomial_kernel(b, b, degree=3, gamma=1.0 / d, coef0=1.0)
+    k_ab = polynomial_kernel(a, b, degree=3, gamma=1.0 / d, coef0=1.0)
+    m, n = len(a), len(b)
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
 @torch.no_grad()
 def generate_for_prompts(
     model,
@@ -129,8 +151,9 @@ def erasure_metrics(
     guidance: float = 3.0,
     steps: int = 25,
 ) -> dict[str, float]:
-    """UA on the concept prompt(s), utility on the retain prompts, and the judge-feature Fréchet distance
-    between the retain generations and real images (percents for UA and utility).
+    """UA on the concept prompt(s), utility on the retain prompts, and the judge-feature Fréchet and kernel
+    distances between the retain generations and real images of the retain captions (percents for UA and
+    utility; with few images per caption, prefer ``kid``: ``fid`` is biased when N is near the feature size).
 
     ``concept`` may be several captions (a prompt-wise worst-case set): UA is then the share of all their
     images in which the judge does not see the caption that image was drawn for."""
@@ -141,8 +164,10 @@ def erasure_metrics(
     ua = unlearn_accuracy(_judged(judge, imgs, idx, concepts))
     r_imgs, r_idx = generate_for_prompts(model, list(retain_prompts), per_prompt, seed + 1, guidance, steps)
     ok = _judged(judge, r_imgs, r_idx, list(retain_prompts))
-    fid = frechet_distance(judge_features(judge, r_imgs), judge_features(judge, real_images01))
-    return {"UA": 100 * ua, "utility": 100 * float(ok.float().mean()), "fid": fid}
+    gen_f, real_f = judge_features(judge, r_imgs), judge_features(judge, real_images01)
+    fid = frechet_distance(gen_f, real_f)
+    kid = kernel_distance(gen_f, real_f)
+    return {"UA": 100 * ua, "utility": 100 * float(ok.float().mean()), "fid": fid, "kid": kid}
 
 
 def _judged(judge, imgs: torch.Tensor, prompt_idx: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
