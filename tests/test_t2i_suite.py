@@ -1,5 +1,5 @@
 """The t2i-shapes suite contract on the shipped tiny text-to-image model, with a tiny budget (< 60 s):
-every row carries UA / pre_ASR / ASR / utility / fid, the "original" row is the un-unlearned model itself
+every row carries UA / pre_ASR / ASR / utility / fid / kid, the "original" row is the un-unlearned model itself
 (its UA equals a direct evaluation of ``load_original()``), and ASR is UnlearnDiffAtk's cumulative count."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_suite_preset_lists_the_issue_methods_and_attack():
     assert cfg["methods"]["original"] == {"name": "original"}
     assert cfg["methods"]["advunlearn_fast"]["name"] == "advunlearn_fast"
     assert cfg["methods"]["salun"]["name"] == "salun"
-    assert cfg["keys"] == ["UA", "pre_ASR", "ASR", "utility", "fid", "RTE"]
+    assert cfg["keys"] == ["UA", "pre_ASR", "ASR", "utility", "fid", "kid", "RTE"]
     assert cfg["family"] == "diffusion" and cfg["split"]["concept"] == "a red circle"
     assert cfg["eval"]["attack"]["k"] == 5 and cfg["eval"]["attack"]["n_prompts"] >= 8
 
@@ -43,7 +43,7 @@ def test_suite_rows_and_original_reference(tmp_path):
     rows = {r["method"]: r["metrics"] for r in res["rows"]}
     assert set(rows) == {"original", "esd"}
     for m in rows.values():
-        for key in ("UA", "pre_ASR", "ASR", "utility", "fid", "RTE"):
+        for key in ("UA", "pre_ASR", "ASR", "utility", "fid", "kid", "RTE"):
             assert key in m and m[key] == m[key], key
         assert 0 <= m["pre_ASR"] <= m["ASR"] <= 100
         assert (m["ASR"] * N_PROMPTS / 100) == pytest.approx(round(m["ASR"] * N_PROMPTS / 100))
@@ -57,5 +57,5 @@ def test_suite_rows_and_original_reference(tmp_path):
     assert rows["original"]["UA"] == pytest.approx(direct["UA"])
     assert rows["original"]["utility"] == pytest.approx(direct["utility"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["keys"] == ["UA", "pre_ASR", "ASR", "utility", "fid", "RTE"]
+    assert saved["keys"] == ["UA", "pre_ASR", "ASR", "utility", "fid", "kid", "RTE"]
     assert "| original |" in (tmp_path / "results.md").read_text()
