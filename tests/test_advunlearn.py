@@ -381,3 +381,40 @@ def test_tuned_defaults_match_the_presets():
         spec = load_preset(f"diffusion/{name}")["method"]
         assert spec["name"] == name and spec["retain_batch_size"] == 5 == cls().retain_batch_size
         assert spec["eta"] == cls().eta and spec["lr"] == cls().lr
+
+
+def test_resume_after_a_crash_restores_the_adversarial_prompt(data, tmp_path):
+    """AdvUnlearn's warm-started prefix lives outside the model: a crashed run resumed from its step
+    checkpoint ends with the same weights as an uninterrupted run (and differs without the prefix)."""
+
+    def run(run_dir, crash_at=None, resume=False, keep_prefix=True):
+        model = build_t2i(data, preset="tiny", seed=0)
+        task = _task(data, model)
+        task.engine = Engine(
+            EngineConfig(batch_size=4, progress=False, checkpoint_steps=1), run_dir, resume=resume
+        )
+        method = AdvUnlearnFast(AdvUnlearnFastConfig(epochs=2, lr=1e-2, batch_size=2, retain_batch_size=3))
+        if not keep_prefix:
+            method.load_loop_state = lambda state: None
+        if crash_at is not None:
+            inner = method.loss
+
+            def loss(b, ctx):
+                if ctx.step == crash_at:
+                    raise KeyboardInterrupt
+                return inner(b, ctx)
+
+            method.loss = loss
+        method.run(task)
+        return {k: v.clone() for k, v in model.state_dict().items()}, method
+
+    full, ref = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", crash_at=2)
+    resumed, method = run(tmp_path / "resumed", resume=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert method.outer_steps == ref.outer_steps and torch.equal(method.delta, ref.delta)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "lost", crash_at=2)
+    lost, _ = run(tmp_path / "lost", resume=True, keep_prefix=False)
+    assert any(not torch.equal(full[k], lost[k]) for k in full)

@@ -201,6 +201,20 @@ class AdvUnlearn(Method):
         self.inner_steps = 0
         self.outer_steps = 0
 
+    def loop_state(self) -> dict[str, Any]:
+        """The adversarial prefix (warm start of the next inner attack) and the step counters live outside
+        the model; engine checkpoints carry them so a resumed run continues bit for bit."""
+        return {
+            "delta": self.delta.detach().cpu().clone(),
+            "inner_steps": int(self.inner_steps),
+            "outer_steps": int(self.outer_steps),
+        }
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        self.delta = state["delta"].to(self.delta.device, self.delta.dtype)
+        self.inner_steps = int(state["inner_steps"])
+        self.outer_steps = int(state["outer_steps"])
+
     def finalize(self, task: Task) -> None:
         for n, p in task.model.named_parameters():
             p.requires_grad_(self._grad_state.get(n, True))
