@@ -1,6 +1,7 @@
 """The t2i-shapes suite contract on the shipped tiny text-to-image model, with a tiny budget (< 60 s):
-every row carries UA / pre_ASR / ASR / utility / fid / kid, the "original" row is the un-unlearned model itself
-(its UA equals a direct evaluation of ``load_original()``), and ASR is UnlearnDiffAtk's cumulative count."""
+every row carries UA / pre_ASR / ASR / utility / fid / kid, the "original" row is the un-unlearned model
+itself (its UA equals a direct evaluation of ``load_original()``), and ASR is UnlearnDiffAtk's cumulative
+count."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ FAST = [
 
 def test_suite_preset_lists_the_issue_methods_and_attack():
     cfg = load_suite("t2i-shapes")
-    assert list(cfg["methods"]) == ["original", "esd", "salun", "advunlearn", "advunlearn_fast"]
+    assert list(cfg["methods"]) == ["original", "esd", "salun", "uce", "advunlearn", "advunlearn_fast"]
     assert cfg["methods"]["original"] == {"name": "original"}
     assert cfg["methods"]["advunlearn_fast"]["name"] == "advunlearn_fast"
     assert cfg["methods"]["salun"]["name"] == "salun"

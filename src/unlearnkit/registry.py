@@ -45,6 +45,7 @@ _BUILTIN_MODULES = (
     "unlearnkit.families.diffusion",
     "unlearnkit.methods.esd",
     "unlearnkit.methods.advunlearn",
+    "unlearnkit.methods.uce",
     "unlearnkit.data.shapes",
     "unlearnkit.models.t2i",
 )
