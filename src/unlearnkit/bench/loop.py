@@ -226,6 +226,23 @@ class SuiteRunner:
         return RowResult(run_id, config_hash(identity), dict(res.metrics), dict(res.fields), cached=False)
 
 
+def seed_inputs(runner: SuiteRunner, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], Lazy, Lazy]:
+    """(resolved config, lazy setup, lazy (original model, its weights sha256)) of one suite seed: nothing is
+    built unless a row of this seed has to run (rows found in the store need neither)."""
+    from unlearnkit.io import weights_sha256
+    from unlearnkit.pipeline import make_setup, original_model
+
+    scfg = resolved(cfg, seed)
+    setup: Lazy = Lazy(lambda: make_setup(scfg))
+
+    def load_original() -> tuple[Any, str]:
+        runner.say(f"seed {seed}: original model")
+        model = original_model(setup())[0]
+        return model, weights_sha256(model)
+
+    return scfg, setup, Lazy(load_original)
+
+
 def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
     """A row's identity plus the unlearnkit version (rows of another version are recomputed) and the
     contents of the files its split reads."""

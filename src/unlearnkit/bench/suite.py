@@ -121,19 +121,10 @@ def _plain_seed(
 ) -> list[dict[str, Any]]:
     """One seed of a plain suite: each method's row (the oracle first, as the suite lists it), reused from
     the store where finished; the setup and the original model are built only if some row must run."""
-    from unlearnkit.bench.loop import Lazy, Outcome, resolved
+    from unlearnkit.bench.loop import Outcome, seed_inputs
     from unlearnkit.io import weights_sha256
-    from unlearnkit.pipeline import make_setup, original_model
 
-    scfg = resolved(cfg, seed)
-    setup = Lazy(lambda: make_setup(scfg))
-
-    def load_original():
-        runner.say(f"seed {seed}: original model")
-        model = original_model(setup())[0]
-        return model, weights_sha256(model)
-
-    original = Lazy(load_original)
+    scfg, setup, original = seed_inputs(runner, cfg, seed)
     oracle: dict[str, Any] | None = None
     oracle_key: str | None = None
     rows = []

@@ -111,24 +111,16 @@ def _worst_seed(
     family: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One seed: the selection (stored or run), then every method on the random and the worst-case set."""
-    from unlearnkit.bench.loop import Lazy, Outcome, resolved
+    from unlearnkit.bench.loop import Lazy, Outcome, seed_inputs
     from unlearnkit.io import weights_sha256
     from unlearnkit.metrics.vision import avg_gap
-    from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
+    from unlearnkit.pipeline import build_method, evaluate_model, run_method
     from unlearnkit.runs.store import config_hash
     from unlearnkit.selection.runner import payload, run_selection
 
     suite_name, out = runner.suite, runner.out
     size, granularity = opts["size"], opts["granularity"]
-    scfg = resolved(base, seed)
-    setup = Lazy(lambda: make_setup(scfg))
-
-    def load_original():
-        runner.say(f"seed {seed}: original model")
-        model = original_model(setup())[0]
-        return model, weights_sha256(model)
-
-    original = Lazy(load_original)
+    scfg, setup, original = seed_inputs(runner, base, seed)
     sel_identity = {
         "suite": suite_name,
         "kind": "worstcase-selection",
