@@ -623,3 +623,57 @@ def test_state_kept_by_the_phases_owner_is_checkpointed(tmp_path):
     resumed = run(tmp_path, resume=True)
     assert torch.equal(resumed.shift, whole.shift)
     assert _same_weights(resumed.model, whole.model)
+
+
+# -- early backward of a loss term (peak memory) --------------------------------------------------------
+def _two_term_fit(mode: str) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """CE on one half of the batch + 0.5·CE on the other: summed at the end, or the first term early."""
+    model = mlp(0)
+
+    def loss(b, ctx):
+        x, y = b["train"]["x"], b["train"]["y"]
+        first = F.cross_entropy(model(x[:2]), y[:2])
+        if mode == "early":
+            first = ctx.backward(first)
+            assert not first.requires_grad
+        second = 0.5 * F.cross_entropy(model(x[2:]), y[2:])
+        if mode == "all-early":
+            return first + ctx.backward(second), {}
+        return first + second, {}
+
+    res = engine(batch_size=4).fit(
+        model, {"train": data(16)}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=2, lr=0.1)
+    )
+    return {k: v.clone() for k, v in model.state_dict().items()}, [h["loss"] for h in res.history]
+
+
+@pytest.mark.parametrize("mode", ["early", "all-early"])
+def test_a_term_backpropagated_early_gives_the_same_training(mode):
+    ref_w, ref_loss = _two_term_fit("sum")
+    w, losses = _two_term_fit(mode)
+    assert losses == pytest.approx(ref_loss, rel=1e-6)  # the logged loss still counts the early term
+    for k in ref_w:
+        torch.testing.assert_close(w[k], ref_w[k], rtol=1e-6, atol=1e-7)
+    # negative control: dropping the early term's gradient (what zeroing grads after the loss would do)
+    # changes the weights
+    assert not torch.allclose(_fit_without_first_term()["0.weight"], ref_w["0.weight"])
+
+
+def _fit_without_first_term() -> dict[str, torch.Tensor]:
+    model = mlp(0)
+
+    def loss(b, ctx):
+        x, y = b["train"]["x"], b["train"]["y"]
+        first = F.cross_entropy(model(x[:2]), y[:2]).detach()
+        return first + 0.5 * F.cross_entropy(model(x[2:]), y[2:]), {}
+
+    engine(batch_size=4).fit(
+        model, {"train": data(16)}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=2, lr=0.1)
+    )
+    return dict(model.state_dict())
+
+
+def test_step_context_backward_outside_the_engine_returns_the_term():
+    ctx = loop.StepContext(0, 1, 0, "p", torch.Generator())
+    t = torch.ones(2, requires_grad=True).sum()
+    assert ctx.backward(t) is t and ctx.early_terms == 0

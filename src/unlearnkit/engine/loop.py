@@ -135,6 +135,22 @@ class StepContext:
     step: int
     phase: str
     generator: torch.Generator
+    backward_fn: Callable[[torch.Tensor], None] | None = field(default=None, repr=False)
+    early_terms: int = field(default=0, repr=False)
+
+    def backward(self, term: torch.Tensor) -> torch.Tensor:
+        """Back-propagate one term of this step's loss now; add the returned (detached) term to the loss.
+
+        The gradient is the same as backpropagating the sum at the end, but the term's graph is freed
+        before the next term's is built, so the step's peak memory is the largest term's graph instead of
+        their sum (AdvUnlearn: the adversarial UNet pass, then the retain pass). Outside the engine
+        (``backward_fn`` unset, e.g. a test calling a loss by hand) the term is returned unchanged.
+        """
+        if self.backward_fn is None:
+            return term
+        self.backward_fn(term)
+        self.early_terms += 1
+        return term.detach()
 
 
 @dataclass
@@ -417,7 +433,8 @@ class Engine:
                         batches = {ph.length_stream: batch}
                         for s in others:
                             batches[s] = next_cycled(iters, streams, s)
-                        ctx = StepContext(epoch, optim.epochs, step, ph.name, gen)
+                        optimizer.zero_grad(set_to_none=True)  # before: a loss may backward early
+                        ctx = StepContext(epoch, optim.epochs, step, ph.name, gen, acc.backward)
                         loss, logs = ph.loss(batches, ctx)
                         value, logs = _global_values(loss, logs, world, self.device)
                         try:
@@ -427,8 +444,8 @@ class Engine:
                                 discard_checkpoint(pending)
                             raise
                         confirm()
-                        optimizer.zero_grad(set_to_none=True)
-                        acc.backward(loss)
+                        if not (ctx.early_terms and not loss.requires_grad):  # all terms went early
+                            acc.backward(loss)
                         if reduce_grads:
                             average_gradients(opt_params, world, self.device)
                         elif unsharded:
