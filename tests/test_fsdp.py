@@ -85,9 +85,7 @@ def _train_llama(batch_size: int, fsdp: bool | list[str] = False) -> nn.Module:
         return model(input_ids=x, labels=x).loss, {}
 
     engine = Engine(EngineConfig(progress=False, batch_size=batch_size, device="cpu", seed=5, fsdp=fsdp))
-    engine.fit(
-        model, {"train": data}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=2, lr=0.05)
-    )
+    engine.fit(model, {"train": data}, lambda e: [Phase("p", ("train",), loss)], OptimSpec(epochs=2, lr=0.05))
     return model
 
 
@@ -198,9 +196,11 @@ def test_fsdp_mlp_saved_whole_and_equal_to_one_process(fsdp_run):
     single = _unlearn_mlp(2 * B, None).model
     _assert_trained_equal(saved, single, _mlp())
     sha = state_dict_sha256(saved)
-    assert r0["mlp_receipt"] == sha == json.loads((out / "mlp" / "receipt.json").read_text())[
-        "weights_after_sha256"
-    ]
+    assert (
+        r0["mlp_receipt"]
+        == sha
+        == json.loads((out / "mlp" / "receipt.json").read_text())["weights_after_sha256"]
+    )
     assert r0["mlp_sha"] == r1["mlp_sha"] == sha
     assert r0["mlp_keys"] == sorted(saved) and r1["mlp_keys"] == []
     assert r1["mlp_receipt"] is None  # rank 1 wrote nothing and has no receipt
