@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,11 @@ CASES = [
         ["unlearn", "--preset", "diffusion/esd", "model.path={tmp}/t2i"],
         "needs model",
     ),
+    (
+        "t2i-other-vocabulary",
+        ["unlearn", "--preset", "diffusion/esd", "model.path={tmp}/t2i-vocab"],
+        "another vocabulary",
+    ),
     # methods
     ("method-wrong-family", ["unlearn", "--preset", "text/ga", "method.name=esd"], "does not support"),
     (
@@ -115,6 +121,15 @@ def bad_files(tmp_path_factory) -> Path:
     (tmp / "nolm" / "notes.txt").write_text("not a model")
     (tmp / "t2i").mkdir()
     (tmp / "t2i" / "readme.txt").write_text("a folder without unet/, text_encoder/ or judge")
+    # The shipped world with a tokenizer that swaps two colour words (a model trained on other captions).
+    from unlearnkit.models.t2i import original_dir
+
+    shutil.copytree(original_dir(), tmp / "t2i-vocab")
+    tj = tmp / "t2i-vocab" / "model" / "tokenizer" / "tokenizer.json"
+    spec = json.loads(tj.read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["red"], vocab["green"] = vocab["green"], vocab["red"]
+    tj.write_text(json.dumps(spec))
     # A real digits MLP as the input model for the --out-over-input case.
     from unlearnkit.config import load_preset
     from unlearnkit.pipeline import make_setup

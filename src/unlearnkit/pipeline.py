@@ -30,7 +30,7 @@ from unlearnkit.engine.loop import (
     is_main_process,
 )
 from unlearnkit.engine.optim import OptimSpec
-from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family
 from unlearnkit.io import load_weights, save_weights, write_json
 from unlearnkit.methods.base import Method, Task
@@ -282,6 +282,7 @@ def original_model(
         setup.info["judge"] = judge
         setup.info["original"] = model  # attacks target images drawn by the original
         setup.family.validate(model, setup.split.forget)
+        _same_vocabulary(model, setup.data.meta.get("tokenizer"), mcfg.get("path"))
         return model, {"source": str(mcfg.get("path") or "shipped")}
     model = setup.new_model()
     if mcfg.get("name") == "hf":  # a pretrained folder: the builder already loaded its weights
@@ -320,6 +321,22 @@ def original_model(
         if is_main_process():
             write_json(folder / "meta.json", meta)
     return model, meta | {"source": "trained"}
+
+
+def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any) -> None:
+    """The dataset's captions and the prompt attacks' vocabulary come from the dataset's tokenizer: a model
+    trained with another vocabulary would read wrong words (or index past its embeddings)."""
+    mine = getattr(model, "tokenizer", None)
+    if mine is None or data_tokenizer is None:
+        return
+    want, have = data_tokenizer.get_vocab(), mine.get_vocab()
+    differ = sorted(w for w in want if have.get(w) != want[w])
+    if differ:
+        raise DataError(
+            f"model.path={str(path or 'shipped')!r} was trained with another vocabulary than the dataset's "
+            f"tokenizer ({len(differ)} word(s) differ, e.g. {differ[:3]}): retrain it with "
+            "`python scripts/train_t2i_shapes.py --out DIR` from this version"
+        )
 
 
 def run_method(

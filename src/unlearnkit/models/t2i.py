@@ -13,6 +13,8 @@ the papers, and its penultimate features define the Fréchet distance of :mod:`u
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,19 @@ def save_t2i(model: T2IModel, folder: str | Path) -> None:
         model.tokenizer.save_pretrained(folder / "tokenizer")
 
 
+@contextlib.contextmanager
+def _no_load_bar() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_t2i(folder: str | Path, text_encoder: str | Path | None = None) -> T2IModel:
     """Load a folder written by :func:`save_t2i` (offline); ``text_encoder`` swaps in another encoder folder
     (e.g. an unlearned one exported as a plug-in)."""
@@ -239,7 +254,8 @@ def load_t2i(folder: str | Path, text_encoder: str | Path | None = None) -> T2IM
             f"{list(COMPONENTS)} as written by save_t2i / save_pretrained"
         )
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
-    te = CLIPTextModel.from_pretrained(text_encoder or folder / "text_encoder", local_files_only=True)
+    with _no_load_bar():  # a bar for a 36-tensor encoder is noise on stderr
+        te = CLIPTextModel.from_pretrained(text_encoder or folder / "text_encoder", local_files_only=True)
     sched = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
     tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
     return T2IModel(unet, te, sched, tok).eval()
