@@ -60,3 +60,27 @@ def test_suite_rows_and_original_reference(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["keys"] == ["UA", "pre_ASR", "ASR", "utility", "fid", "kid", "RTE"]
     assert "| original |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("attack_seed", [None, 77])
+def test_each_suite_seed_draws_its_own_evaluation_noise(monkeypatch, attack_seed):
+    """Suite seed s samples from 1000·s + eval.sample_seed and attacks under 1000·s (or eval.attack.seed)."""
+    from types import SimpleNamespace
+
+    import unlearnkit.attacks.prompt as prompt_mod
+    import unlearnkit.metrics.diffusion as diff_mod
+    from unlearnkit.metrics.t2i_suite import evaluate_t2i
+
+    seen: dict[str, int] = {}
+    monkeypatch.setattr(diff_mod, "erasure_metrics", lambda *a, **kw: seen.update(sample=kw["seed"]) or {})
+    monkeypatch.setattr(prompt_mod, "evaluate_asr", lambda *a, **kw: seen.update(attack=kw["seed"]) or {})
+    attack = {"n_prompts": 1} | ({} if attack_seed is None else {"seed": attack_seed})
+    setup = SimpleNamespace(
+        seed=3,
+        cfg={"eval": {"sample_seed": 5, "attack": attack}, "split": {"concept": "a red circle"}},
+        info={"judge": object(), "original": object()},
+        data=SimpleNamespace(class_names=["a red circle", "a blue square"], meta={"tokenizer": None}),
+        split=SimpleNamespace(test=SimpleNamespace(all=lambda: {"x": torch.zeros(1)})),
+    )
+    evaluate_t2i(setup, torch.nn.Linear(1, 1))
+    assert seen == {"sample": 3005, "attack": 3000 if attack_seed is None else attack_seed}

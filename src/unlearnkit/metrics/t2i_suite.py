@@ -2,7 +2,11 @@
 on the other captions (judge-based), and, when ``eval.attack`` is set, pre-ASR and ASR under the
 adversarial prompt attack (UnlearnDiffAtk) on every erased caption (cycled to ``eval.attack.n_prompts``).
 The erased captions are ``split.concept`` (one or a list) or a prompt-wise worst-case
-``split.prompts_file``."""
+``split.prompts_file``.
+
+Evaluation noise: suite seed s samples from ``1000·s + eval.sample_seed`` (and attacks prompt i under noise
+seed ``1000·s + i`` unless ``eval.attack.seed`` is set), so N suite seeds give N independent sets of samples
+and of attacked prompts, while every method of one seed is judged on the same noise (paired comparison)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     concepts = forget_captions(setup.cfg["split"])
     retain = [c for c in setup.data.class_names if c not in concepts]
     real = setup.split.test.all()["x"]
+    noise_seed = 1000 * int(setup.seed) + int(ev.get("sample_seed", 0))
     out = erasure_metrics(
         model,
         judge,
@@ -30,7 +35,7 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
         retain,
         real,
         per_prompt=int(ev.get("per_prompt", 16)),
-        seed=int(ev.get("sample_seed", 0)),
+        seed=noise_seed,
         guidance=float(ev.get("guidance", 3.0)),
         steps=int(ev.get("steps", 25)),
     )
@@ -38,8 +43,9 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     if attack:
         from unlearnkit.attacks.prompt import evaluate_asr
 
+        opts = {"seed": 1000 * int(setup.seed)} | dict(attack)
         out |= evaluate_asr(
-            model, setup.info["original"], judge, concepts, setup.data.meta["tokenizer"], **dict(attack)
+            model, setup.info["original"], judge, concepts, setup.data.meta["tokenizer"], **opts
         )
     return out
 
