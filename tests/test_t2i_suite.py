@@ -26,7 +26,7 @@ FAST = [
 
 def test_suite_preset_lists_the_issue_methods_and_attack():
     cfg = load_suite("t2i-shapes")
-    assert list(cfg["methods"]) == ["original", "esd", "salun", "uce", "advunlearn", "advunlearn_fast"]
+    assert list(cfg["methods"]) == ["original", "esd", "salun", "uce", "fmn", "advunlearn", "advunlearn_fast"]
     assert cfg["methods"]["original"] == {"name": "original"}
     assert cfg["methods"]["advunlearn_fast"]["name"] == "advunlearn_fast"
     assert cfg["methods"]["salun"]["name"] == "salun"

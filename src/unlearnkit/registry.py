@@ -46,6 +46,7 @@ _BUILTIN_MODULES = (
     "unlearnkit.methods.esd",
     "unlearnkit.methods.advunlearn",
     "unlearnkit.methods.uce",
+    "unlearnkit.methods.fmn",
     "unlearnkit.data.shapes",
     "unlearnkit.models.t2i",
 )
