@@ -6,7 +6,13 @@ The erased captions are ``split.concept`` (one or a list) or a prompt-wise worst
 
 Evaluation noise: suite seed s samples from ``1000·s + eval.sample_seed`` (and attacks prompt i under noise
 seed ``1000·s + i`` unless ``eval.attack.seed`` is set), so N suite seeds give N independent sets of samples
-and of attacked prompts, while every method of one seed is judged on the same noise (paired comparison)."""
+and of attacked prompts, while every method of one seed is judged on the same noise (paired comparison).
+
+CLIP score (utility, AdvUnlearn's CLIP column): when ``eval.clip_model`` is a CLIP folder, ``clip`` is
+:func:`~unlearnkit.metrics.clip_score.clip_score` (``eval.clip_scale``, default the mean cosine) of the retain
+captions' generations against their captions. They are regenerated with ``erasure_metrics``' retain call
+(same prompts, ``per_prompt``, guidance, steps and seed ``noise seed + 1``), so it scores exactly the images
+that ``utility``, ``fid`` and ``kid`` describe."""
 
 from __future__ import annotations
 
@@ -28,17 +34,23 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     retain = [c for c in setup.data.class_names if c not in concepts]
     real = setup.split.test.all()["x"]
     noise_seed = 1000 * int(setup.seed) + int(ev.get("sample_seed", 0))
-    out = erasure_metrics(
-        model,
-        judge,
-        concepts,
-        retain,
-        real,
-        per_prompt=int(ev.get("per_prompt", 16)),
-        seed=noise_seed,
-        guidance=float(ev.get("guidance", 3.0)),
-        steps=int(ev.get("steps", 25)),
-    )
+    sampling = {
+        "per_prompt": int(ev.get("per_prompt", 16)),
+        "guidance": float(ev.get("guidance", 3.0)),
+        "steps": int(ev.get("steps", 25)),
+    }
+    clip = None
+    if ev.get("clip_model"):  # load and check before sampling, so a bad path or scale fails fast
+        from unlearnkit.metrics.clip_score import check_scale, load_clip
+
+        clip, clip_scale = load_clip(ev["clip_model"]), check_scale(str(ev.get("clip_scale", "cosine")))
+    out = erasure_metrics(model, judge, concepts, retain, real, seed=noise_seed, **sampling)
+    if clip is not None:
+        from unlearnkit.metrics.clip_score import clip_score
+        from unlearnkit.metrics.diffusion import generate_for_prompts
+
+        imgs, idx = generate_for_prompts(model, retain, seed=noise_seed + 1, **sampling)  # = erasure_metrics'
+        out["clip"] = clip_score(imgs, [retain[int(i)] for i in idx], clip, scale=clip_scale)
     attack = ev.get("attack")
     if attack:
         from unlearnkit.attacks.prompt import evaluate_asr
