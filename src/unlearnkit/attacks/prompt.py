@@ -29,7 +29,12 @@
   steps, diffusion-classifier or P4D objective): the tiny world leaves little to find against UNet-side
   erasure — every prefix is out of distribution for an encoder trained on 9 fixed 3-word captions (random
   1–5-word prefixes alone drop the *original's* concept rate from ~94% to 0–6%), and the vocabulary has no
-  other word that evokes "red" or "circle".
+  other word that evokes "red" or "circle". A world trained with synonyms and filler templates ("a crimson
+  disk", "a photo of the scarlet circle"; issue #4, session 3) did not change this: the small encoder maps
+  synonyms onto one direction, ESD-x / SalUn / AdvUnlearn erased the synonyms with the caption (judge
+  recognition 0–38% / 0% / 0–12%), and the attack recovered ESD-x (η=3, UA 94%) on 1/8 prompts (2/8 with
+  25 × 40 steps); that world was not shipped. Over 3 suite seeds (24 prompts, noise per seed) the suite's
+  attack gives original 96%, ESD-x 8%, SalUn 4%, UCE 4%, FMN 33% → 88%, AdvUnlearn 4%, fast 12.5%.
 - :func:`soft_prompt_attack` is AdvUnlearn's inner maximisation (Zhang et al., NeurIPS 2024, Eq. 5): k free
   prefix vectors δ in token-embedding space, signed-gradient (PGD-style) steps on
   ‖ε_θ(x_t, TE_φ([δ; c]), t) − ε_θo(x_t, TE_o(c), t)‖², warm-startable; one step is the fast (FGSM-like)
