@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from t2i_helpers import red_circle_task as _task
+from t2i_helpers import small_shapes
 from torch import nn
 
 from unlearnkit.attacks.prompt import (
@@ -25,11 +27,9 @@ from unlearnkit.attacks.prompt import (
     run_asr,
     soft_prompt_attack,
 )
-from unlearnkit.data.shapes import load_shapes, vocabulary
-from unlearnkit.data.splits import Split
+from unlearnkit.data.shapes import vocabulary
 from unlearnkit.engine.loop import Engine, EngineConfig, StepContext
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.families.diffusion import DiffusionFamily
 from unlearnkit.methods.advunlearn import (
     AdvUnlearn,
     AdvUnlearnConfig,
@@ -38,7 +38,6 @@ from unlearnkit.methods.advunlearn import (
     plug_text_encoder,
     save_text_encoder,
 )
-from unlearnkit.methods.base import Task
 from unlearnkit.models.t2i import T2IModel, build_scheduler, build_t2i, encode_prompts, load_t2i, save_t2i
 from unlearnkit.registry import get_method
 
@@ -47,7 +46,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def data():
-    return load_shapes(n_train_per_class=4, n_test_per_class=2, seed=0)
+    return small_shapes()
 
 
 @pytest.fixture
@@ -120,12 +119,6 @@ def test_soft_prompt_step_descends_the_attack_objective(model):
 
 
 # -- AdvUnlearn -----------------------------------------------------------------------------------------
-def _task(data, model):
-    train = data.train
-    fm = train.columns["y"] == 0  # "a red circle"
-    split = Split(train.take(fm.nonzero().squeeze(1)), train.take((~fm).nonzero().squeeze(1)), data.test)
-    engine = Engine(EngineConfig(batch_size=4, progress=False))
-    return Task(DiffusionFamily(tokenizer=data.meta["tokenizer"]), model, split, engine)
 
 
 @pytest.mark.parametrize(("name", "steps_per_outer"), [("advunlearn", 3), ("advunlearn_fast", 1)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from t2i_helpers import small_shapes
 from torch import nn
 
 from unlearnkit.data.examples import ExampleSet, uint8_to_unit
@@ -18,7 +19,6 @@ from unlearnkit.data.shapes import (
     SHAPES,
     build_tokenizer,
     generate,
-    load_shapes,
     tokenize,
     vocabulary,
 )
@@ -36,7 +36,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def data():
-    return load_shapes(n_train_per_class=4, n_test_per_class=2, seed=0)
+    return small_shapes()
 
 
 @pytest.fixture

@@ -7,13 +7,11 @@ import math
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
+from t2i_helpers import red_circle_task as _task
+from t2i_helpers import small_shapes
 
-from unlearnkit.data.shapes import load_shapes
-from unlearnkit.data.splits import Split
-from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
+from unlearnkit.engine.loop import DivergenceError
 from unlearnkit.errors import ConfigError
-from unlearnkit.families.diffusion import DiffusionFamily
-from unlearnkit.methods.base import Task
 from unlearnkit.methods.fmn import (
     FMN,
     AttentionRecorder,
@@ -30,19 +28,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def data():
-    return load_shapes(n_train_per_class=4, n_test_per_class=2, seed=0)
-
-
-def _task(data, model, **engine) -> Task:
-    y = data.train.columns["y"]
-    is_concept = y == 0  # "a red circle"
-    split = Split(
-        data.train.take(is_concept.nonzero().squeeze(1)),
-        data.train.take((~is_concept).nonzero().squeeze(1)),
-        data.test,
-    )
-    engine = Engine(EngineConfig(batch_size=4, progress=False, **engine))
-    return Task(DiffusionFamily(tokenizer=data.meta["tokenizer"]), model, split, engine)
+    return small_shapes()
 
 
 def _inputs(n: int = 2, seed: int = 0):

@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from t2i_helpers import red_circle_task as _task
+from t2i_helpers import small_shapes
 
-from unlearnkit.data.shapes import load_shapes
-from unlearnkit.data.splits import Split
-from unlearnkit.engine.loop import Engine, EngineConfig
 from unlearnkit.errors import ConfigError
-from unlearnkit.families.diffusion import DiffusionFamily
-from unlearnkit.methods.base import Task
 from unlearnkit.methods.uce import UCE, UCEConfig, cross_attention_projections, token_columns, uce_closed_form
 from unlearnkit.models.t2i import build_t2i, encode_prompts
 from unlearnkit.pipeline import build_method
@@ -21,19 +18,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def data():
-    return load_shapes(n_train_per_class=4, n_test_per_class=2, seed=0)
-
-
-def _task(data, model) -> Task:
-    y = data.train.columns["y"]
-    is_concept = y == 0  # "a red circle"
-    split = Split(
-        data.train.take(is_concept.nonzero().squeeze(1)),
-        data.train.take((~is_concept).nonzero().squeeze(1)),
-        data.test,
-    )
-    engine = Engine(EngineConfig(batch_size=4, progress=False))
-    return Task(DiffusionFamily(tokenizer=data.meta["tokenizer"]), model, split, engine)
+    return small_shapes()
 
 
 @pytest.mark.parametrize(("lamb", "s_e", "s_p"), [(0.5, 1.0, 1.0), (0.1, 2.0, 0.5)])
