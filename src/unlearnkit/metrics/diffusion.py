@@ -150,19 +150,24 @@ def erasure_metrics(
     seed: int = 0,
     guidance: float = 3.0,
     steps: int = 25,
+    retain_samples: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """UA on the concept prompt(s), utility on the retain prompts, and the judge-feature Fréchet and kernel
     distances between the retain generations and real images of the retain captions (percents for UA and
     utility; with few images per caption, prefer ``kid``: ``fid`` is biased when N is near the feature size).
 
     ``concept`` may be several captions (a prompt-wise worst-case set): UA is then the share of all their
-    images in which the judge does not see the caption that image was drawn for."""
+    images in which the judge does not see the caption that image was drawn for. A dict passed as
+    ``retain_samples`` receives the retain generations (``images`` in [0, 1], ``prompt_idx``), for further
+    metrics on the same images (the CLIP score)."""
     from unlearnkit.models.t2i import ShapeJudge  # noqa: F401  (documents the expected judge)
 
     concepts = [concept] if isinstance(concept, str) else list(concept)
     imgs, idx = generate_for_prompts(model, concepts, per_prompt, seed, guidance, steps)
     ua = unlearn_accuracy(_judged(judge, imgs, idx, concepts))
     r_imgs, r_idx = generate_for_prompts(model, list(retain_prompts), per_prompt, seed + 1, guidance, steps)
+    if retain_samples is not None:
+        retain_samples.update(images=r_imgs, prompt_idx=r_idx)
     ok = _judged(judge, r_imgs, r_idx, list(retain_prompts))
     gen_f, real_f = judge_features(judge, r_imgs), judge_features(judge, real_images01)
     fid = frechet_distance(gen_f, real_f)

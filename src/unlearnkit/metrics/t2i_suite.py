@@ -10,9 +10,8 @@ and of attacked prompts, while every method of one seed is judged on the same no
 
 CLIP score (utility, AdvUnlearn's CLIP column): when ``eval.clip_model`` is a CLIP folder, ``clip`` is
 :func:`~unlearnkit.metrics.clip_score.clip_score` (``eval.clip_scale``, default the mean cosine) of the retain
-captions' generations against their captions. They are regenerated with ``erasure_metrics``' retain call
-(same prompts, ``per_prompt``, guidance, steps and seed ``noise seed + 1``), so it scores exactly the images
-that ``utility``, ``fid`` and ``kid`` describe."""
+captions' generations against their captions: the very images ``erasure_metrics`` judged for ``utility``,
+``fid`` and ``kid`` (handed over through its ``retain_samples``, not sampled again)."""
 
 from __future__ import annotations
 
@@ -44,13 +43,15 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
         from unlearnkit.metrics.clip_score import check_scale, load_clip
 
         clip, clip_scale = load_clip(ev["clip_model"]), check_scale(str(ev.get("clip_scale", "cosine")))
-    out = erasure_metrics(model, judge, concepts, retain, real, seed=noise_seed, **sampling)
+    samples: dict[str, Any] = {}
+    out = erasure_metrics(
+        model, judge, concepts, retain, real, seed=noise_seed, retain_samples=samples, **sampling
+    )
     if clip is not None:
         from unlearnkit.metrics.clip_score import clip_score
-        from unlearnkit.metrics.diffusion import generate_for_prompts
 
-        imgs, idx = generate_for_prompts(model, retain, seed=noise_seed + 1, **sampling)  # = erasure_metrics'
-        out["clip"] = clip_score(imgs, [retain[int(i)] for i in idx], clip, scale=clip_scale)
+        prompts = [retain[int(i)] for i in samples["prompt_idx"]]
+        out["clip"] = clip_score(samples["images"], prompts, clip, scale=clip_scale)
     attack = ev.get("attack")
     if attack:
         from unlearnkit.attacks.prompt import evaluate_asr
