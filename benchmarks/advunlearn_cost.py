@@ -38,7 +38,7 @@ def child(name: str, steps: int) -> dict[str, float]:
     from unlearnkit.engine.loop import Engine, EngineConfig
     from unlearnkit.families.diffusion import DiffusionFamily
     from unlearnkit.methods.base import Task
-    from unlearnkit.models.t2i import load_original
+    from unlearnkit.models.t2i_world import load_original
     from unlearnkit.registry import get_method
 
     model, _ = load_original()

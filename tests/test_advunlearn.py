@@ -324,7 +324,7 @@ def test_prompt_concept_mismatch_is_a_clear_error(data):
     stub = _key_model(data.meta["tokenizer"])
     with pytest.raises(UnlearnkitError, match="does not name the attacked concept"):
         evaluate_asr(stub, stub, _MeanJudge(), ["a red circle", "a blue square"], concept="a red circle")
-    with pytest.raises(UnlearnkitError, match="names no single shape"):
+    with pytest.raises(UnlearnkitError, match="names no single value"):
         evaluate_asr(stub, stub, _MeanJudge(), ["a photo"])
     with pytest.raises(UnlearnkitError, match="not in the tokenizer"):
         evaluate_asr(stub, stub, _MeanJudge(), ["a red circle"], allowed_words=["purple"])

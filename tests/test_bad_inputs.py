@@ -122,7 +122,7 @@ def bad_files(tmp_path_factory) -> Path:
     (tmp / "t2i").mkdir()
     (tmp / "t2i" / "readme.txt").write_text("a folder without unet/, text_encoder/ or judge")
     # The shipped world with a tokenizer that swaps two colour words (a model trained on other captions).
-    from unlearnkit.models.t2i import original_dir
+    from unlearnkit.models.t2i_world import original_dir
 
     shutil.copytree(original_dir(), tmp / "t2i-vocab")
     tj = tmp / "t2i-vocab" / "model" / "tokenizer" / "tokenizer.json"

@@ -277,12 +277,17 @@ def test_asr_arithmetic_and_ua():
     with pytest.raises(UnlearnkitError):
         asr([True], [True, False])
     ps, pc = torch.tensor([0, 0, 1, 0]), torch.tensor([0, 1, 0, 0])
-    flags = recognised(ps, pc, *parse_concept("a red circle"))
+    flags = recognised((ps, pc), parse_concept("a red circle"))
     assert flags.tolist() == [True, False, False, True]
     assert unlearn_accuracy(flags) == 0.5
-    assert recognised(ps, pc, *parse_concept("circle")).tolist() == [True, True, False, True]
-    with pytest.raises(UnlearnkitError, match="names no single shape"):
+    assert recognised((ps, pc), parse_concept("circle")).tolist() == [True, True, False, True]
+    assert recognised((ps, pc), parse_concept("red")).tolist() == [True, False, True, True]
+    with pytest.raises(UnlearnkitError, match="names no single value"):
         parse_concept("a dog")
+    with pytest.raises(UnlearnkitError, match="names no single value"):
+        parse_concept("a red blue circle")
+    with pytest.raises(UnlearnkitError, match="another world"):
+        recognised((ps,), parse_concept("a red circle"))
 
 
 def test_uint8_transform_used(data):

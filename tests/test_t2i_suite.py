@@ -38,7 +38,7 @@ def test_suite_preset_lists_the_issue_methods_and_attack():
 def test_suite_rows_and_original_reference(tmp_path):
     from unlearnkit.data.shapes import all_captions, load_shapes
     from unlearnkit.metrics.diffusion import erasure_metrics
-    from unlearnkit.models.t2i import load_original
+    from unlearnkit.models.t2i_world import load_original
 
     res = run_suite("t2i-shapes", 1, tmp_path, methods=["original", "esd"], overrides=FAST, progress=False)
     rows = {r["method"]: r["metrics"] for r in res["rows"]}

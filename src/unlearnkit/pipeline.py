@@ -125,7 +125,7 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     if cfg["split"].get("kind") == "benchmark":
         split = benchmark_split(data, cfg["split"])
     elif cfg["split"].get("kind") == "concept":
-        split = concept_split(data, cfg["split"])
+        split = concept_split(data, cfg["split"], seed)
     elif cfg["split"].get("kind") == "ids" and cfg["family"] == "text":
         split, data = text_ids_split(data, cfg["split"])
     else:
@@ -193,18 +193,15 @@ def text_ids_split(data: LoadedData, spec: dict[str, Any]) -> tuple[Split, Loade
     return split, replace(data, meta=meta)
 
 
-def concept_split(data: LoadedData, spec: dict[str, Any]) -> Split:
-    """Text-to-image: forget every training image captioned with ``split.concept`` (e.g. "a red circle", or
-    a list of captions); retain the other captions; test images of the other captions are the real images
-    for FID. ``split.prompts_file`` (a prompt-wise worst-case selection's JSON) names the captions instead
-    and wins over ``split.concept``."""
-    concept = spec.get("concept")
-    if spec.get("prompts_file"):
-        from unlearnkit.selection.prompts import read_prompts_file
+def concept_split(data: LoadedData, spec: dict[str, Any], seed: int = 0) -> Split:
+    """Text-to-image: forget every training image captioned with ``split.concept`` (e.g. "a red circle", a
+    list of captions, or ``by-seed``: caption ``seed mod K``); retain the other captions; test images of the
+    other captions are the real images for FID. ``split.prompts_file`` (a prompt-wise worst-case selection's
+    JSON) names the captions instead and wins over ``split.concept``."""
+    from unlearnkit.metrics.t2i_suite import forget_captions
 
-        concept = read_prompts_file(spec["prompts_file"])
-    concepts = list(concept) if isinstance(concept, (list, tuple)) else [concept]
     names = list(data.class_names)
+    concepts = forget_captions(spec, names, seed)
     for c in concepts:
         if c not in names:
             raise ConfigError(f"split.concept={c!r} is not a caption of {data.name!r}; choose one of {names}")
@@ -276,14 +273,16 @@ def original_model(
     """
     mcfg = setup.cfg["model"]
     if setup.cfg["family"] == "diffusion":  # the shipped (or cached, or given) trained T2I model + judge
-        from unlearnkit.models.t2i import load_original
+        from unlearnkit.models.t2i_world import load_original
 
-        model, judge = load_original(mcfg.get("path"))
+        world = mcfg.get("world") or setup.data.meta.get("world", "shapes")
+        model, judge = load_original(mcfg.get("path"), world=world)
         setup.info["judge"] = judge
         setup.info["original"] = model  # attacks target images drawn by the original
         setup.family.validate(model, setup.split.forget)
-        _same_vocabulary(model, setup.data.meta.get("tokenizer"), mcfg.get("path"))
-        return model, {"source": str(mcfg.get("path") or "shipped")}
+        _same_vocabulary(model, setup.data.meta.get("tokenizer"), mcfg.get("path"), world)
+        _same_schema(judge, setup.data.meta.get("schema"), mcfg.get("path"), world)
+        return model, {"source": str(mcfg.get("path") or f"world {world}")}
     model = setup.new_model()
     if mcfg.get("name") == "hf":  # a pretrained folder: the builder already loaded its weights
         setup.family.validate(model, setup.split.forget)
@@ -323,7 +322,7 @@ def original_model(
     return model, meta | {"source": "trained"}
 
 
-def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any) -> None:
+def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any, world: str = "shapes") -> None:
     """The dataset's captions and the prompt attacks' vocabulary come from the dataset's tokenizer: a model
     trained with another vocabulary would read wrong words (or index past its embeddings)."""
     mine = getattr(model, "tokenizer", None)
@@ -334,9 +333,21 @@ def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any) -> None:
     if differ:
         raise DataError(
             f"model.path={str(path or 'shipped')!r} was trained with another vocabulary than the dataset's "
-            f"tokenizer ({len(differ)} word(s) differ, e.g. {differ[:3]}): retrain it with "
-            "`python scripts/train_t2i_shapes.py --out DIR` from this version"
+            f"tokenizer ({len(differ)} word(s) differ, e.g. {differ[:3]}): check model.world / data, or "
+            f"retrain it with `python scripts/train_t2i_world.py --world {world} --out DIR` from this version"
         )
+
+
+def _same_schema(judge: Any, data_schema: Any, path: Any, world: str) -> None:
+    """The judge must predict the attributes the dataset's prompts name (same classes, same order)."""
+    have = getattr(judge, "schema", None)
+    if have is None or data_schema is None or have == data_schema:
+        return
+    raise DataError(
+        f"the judge of model.path={str(path or 'world ' + world)!r} predicts {have.to_dict()} but the "
+        f"dataset's prompts name {data_schema.to_dict()}: use the world trained on this dataset "
+        f"(model.world) or retrain it with `python scripts/train_t2i_world.py --world {world} --out DIR`"
+    )
 
 
 def _warm_up_torch() -> None:

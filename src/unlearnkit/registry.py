@@ -48,6 +48,7 @@ _BUILTIN_MODULES = (
     "unlearnkit.methods.uce",
     "unlearnkit.methods.fmn",
     "unlearnkit.data.shapes",
+    "unlearnkit.data.class_prompts",
     "unlearnkit.models.t2i",
 )
 _loaded = False

@@ -52,8 +52,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unlearnkit.data.prompts import ConceptSchema
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.diffusion import asr, parse_concept, recognised
+from unlearnkit.metrics.diffusion import asr, judge_schema, recognised
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -127,13 +128,16 @@ def attack_vocabulary(
 
 
 # -- judging -----------------------------------------------------------------------------------------
-def concept_of(prompt: str, concept: str | None) -> tuple[int | None, int | None]:
-    """The (shape, colour) the judge checks for ``prompt``; a prompt that does not
-    name ``concept`` is an error."""
-    named = parse_concept(prompt)
+def concept_of(
+    prompt: str, concept: str | None, schema: ConceptSchema | None = None
+) -> tuple[int | None, ...]:
+    """The attribute values the judge checks for ``prompt`` (``schema``: the judge's; default the shapes
+    world's); a prompt that does not name ``concept`` is an error."""
+    schema = schema or judge_schema(None)
+    named = schema.parse(prompt)
     if concept is None:
         return named
-    want = parse_concept(concept)
+    want = schema.parse(concept)
     if any(w is not None and w != n for w, n in zip(want, named, strict=True)):
         raise UnlearnkitError(
             f"concept prompt {prompt!r} does not name the attacked concept {concept!r}: every concept prompt "
@@ -142,9 +146,8 @@ def concept_of(prompt: str, concept: str | None) -> tuple[int | None, int | None
     return want
 
 
-def _recognised(judge: Any, images01: torch.Tensor, target: tuple[int | None, int | None]) -> torch.Tensor:
-    ps, pc = judge.predict(images01)
-    return recognised(ps, pc, *target)
+def _recognised(judge: Any, images01: torch.Tensor, target: tuple[int | None, ...]) -> torch.Tensor:
+    return recognised(judge.predict(images01), target)
 
 
 def _x_T(model: Any, seeds: Sequence[int], n_images: int) -> torch.Tensor:
@@ -192,7 +195,7 @@ def target_images(
     out = []
     for i, p in enumerate(prompts):
         block = imgs[i * candidates : (i + 1) * candidates]
-        ok = _recognised(judge, block, concept_of(p, concept)).nonzero()
+        ok = _recognised(judge, block, concept_of(p, concept, judge_schema(judge))).nonzero()
         out.append(block[int(ok[0]) if len(ok) else 0])
     return torch.stack(out) * 2 - 1
 
@@ -269,7 +272,7 @@ def unlearndiff_attack(
     from unlearnkit.models.t2i import encode_prompts
 
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    target = concept_of(prompt, concept)
+    target = concept_of(prompt, concept, judge_schema(judge))
     ids = encode_prompts(model, [prompt], tok)
     dev = ids.device
     vocab = (vocab_ids if vocab_ids is not None else attack_vocabulary(tok)).to(dev)
@@ -406,7 +409,7 @@ def run_asr(
     if not prompts:
         raise UnlearnkitError("evaluate_asr needs at least one concept prompt")
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    targets = [concept_of(p, concept) for p in prompts]
+    targets = [concept_of(p, concept, judge_schema(judge)) for p in prompts]
     n_images = int(attack.get("n_images", 1))
     g, steps = attack.get("guidance", 3.0), attack.get("sample_steps", 25)
     seeds = [seed + i for i in range(len(prompts))]

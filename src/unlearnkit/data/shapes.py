@@ -19,16 +19,17 @@ import torch
 
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import ExampleSet, uint8_to_unit
-from unlearnkit.errors import DataError
+from unlearnkit.data.prompts import SPECIAL, ConceptSchema, build_word_tokenizer
+from unlearnkit.data.prompts import tokenize as tokenize_prompts
 from unlearnkit.registry import register_dataset
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue")
 RGB = {"red": (0.85, 0.12, 0.12), "green": (0.12, 0.75, 0.15), "blue": (0.12, 0.2, 0.85)}
 BACKGROUND = 0.5
-SPECIAL = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
 SPARE_WORDS = ("an", "the", "of", "image", "photo", "shape", "small", "big", "bright", "dark", "picture")
 MAX_LENGTH = 12
+SCHEMA = ConceptSchema.of({"shape": SHAPES, "color": COLORS})  # what the judge predicts
 
 
 def caption(shape: int, color: int) -> str:
@@ -45,46 +46,13 @@ def vocabulary() -> list[str]:
 
 
 def build_tokenizer(max_length: int = MAX_LENGTH):
-    """A word-level ``PreTrainedTokenizerFast``: ``<s> words </s>`` padded with ``<pad>`` to ``max_length``.
-
-    (A ``CLIPTokenizer`` built from files works too but transformers 5 silently ignores
-    ``vocab_file=``/``merges_file=``; a WordLevel model has no such trap and its ids are checked in tests.)
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=max_length,
-        clean_up_tokenization_spaces=False,
-    )
+    """The shapes world's word-level tokenizer (:func:`~unlearnkit.data.prompts.build_word_tokenizer`)."""
+    return build_word_tokenizer(vocabulary()[len(SPECIAL) :], max_length)
 
 
 def tokenize(tokenizer: Any, prompts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Token ids ``[N, max_length]`` (padded); an unknown word or a too-long prompt is a clear error."""
-    unk = tokenizer.unk_token_id
-    rows = tokenizer(list(prompts))["input_ids"]
-    for p, row in zip(prompts, rows, strict=True):
-        if unk is not None and unk in row:
-            raise DataError(
-                f"prompt {p!r} has words outside the caption vocabulary ({', '.join(vocabulary()[4:])})"
-            )
-        if len(row) > max_length:
-            raise DataError(
-                f"prompt {p!r} has {len(row)} tokens; the text encoder takes at most {max_length}"
-            )
-    pad = tokenizer.pad_token_id
-    return torch.as_tensor([row + [pad] * (max_length - len(row)) for row in rows], dtype=torch.long)
+    return tokenize_prompts(tokenizer, prompts, max_length)
 
 
 def draw(shape: int, color: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
@@ -134,11 +102,13 @@ def load_shapes(
     cap_ids = tokenize(tok, caps, max_length)
     meta = {
         "dataset": "shapes",
+        "world": "shapes",
         "tokenizer": tok,
         "captions": caps,
         "shape_names": list(SHAPES),
         "color_names": list(COLORS),
         "max_length": max_length,
+        "schema": SCHEMA,
     }
     sets = []
     for n, s in ((n_train_per_class, seed * 2 + 1), (n_test_per_class, seed * 2 + 2)):

@@ -13,8 +13,9 @@ A batch may also carry explicit ``t`` and ``noise`` columns, which win.
 ``relabel`` is the diffusion analogue of a random label. The *condition* is the input and the image is the
 output, so a relabelled concept example keeps its concept prompt c_f and gets a new target: the model's own
 (stop-gradient) prediction under the anchor prompt c' (``relabel_map``, e.g. ``{"a red circle": "a red
-square"}`` or ``{"a red circle": ""}``). Its loss is then SalUn's generation objective (Fan et al., ICLR 2024,
-§4, the remapping term; reference code ``certain_label``):
+square"}``, ``{"a red circle": ""}``, or ``"next"``: caption c → caption (c+1) mod K, the fixed "next
+class" anchor of SalUn's class-conditional DDPM code). Its loss is then SalUn's generation objective (Fan et
+al., ICLR 2024, §4, the remapping term; reference code ``certain_label``):
 
     ℓ(θ; x_0, c_f → c') = ‖ε_θ(x_t, c_f, t) − sg[ε_θ(x_t, c', t)]‖²
 
@@ -45,13 +46,18 @@ class DiffusionFamily(Family):
 
     def __init__(
         self,
-        relabel_map: dict[str, str] | None = None,
+        relabel_map: dict[str, str] | str | None = None,
         seed: int = 0,
         resample: bool = False,
         tokenizer: Any = None,
         max_length: int | None = None,
     ) -> None:
-        self.relabel_map = dict(relabel_map or {})
+        if isinstance(relabel_map, str) and relabel_map != "next":
+            raise ConfigError(
+                f"relabel_map must be a mapping caption -> anchor prompt or 'next', got {relabel_map!r}"
+            )
+        self._next = relabel_map == "next"
+        self.relabel_map = {} if self._next else dict(relabel_map or {})
         self.seed = seed
         self.resample = resample
         self.draw = 0
@@ -132,6 +138,9 @@ class DiffusionFamily(Family):
         data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
         self.max_length = data.meta.get("max_length", self.max_length)
+        if self._next:  # SalUn's class-conditional DDPM anchor: class c -> class (c + 1) mod K
+            caps = list(data.class_names)
+            self.relabel_map = {c: caps[(i + 1) % len(caps)] for i, c in enumerate(caps)}
         self._table = None
         return data
 
@@ -140,6 +149,7 @@ class DiffusionFamily(Family):
         name = spec.pop("name", "t2i-tiny")
         path = spec.pop("path", None)
         spec.pop("lora", None)
+        spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
         if path:
             from unlearnkit.models.t2i import load_t2i
 

@@ -109,10 +109,7 @@ class ESD(Method):
                 self._orig[n] = p.detach().clone()
         self._null = encode_prompts(model, [""])
         self._concept = None
-        if self.cfg.concept is not None:
-            from unlearnkit.metrics.diffusion import parse_concept
-
-            parse_concept(self.cfg.concept)
+        if self.cfg.concept is not None:  # unknown words are an error of encode_prompts
             self._concept = encode_prompts(model, [self.cfg.concept])
 
     def finalize(self, task: Task) -> None:

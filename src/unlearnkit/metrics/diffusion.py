@@ -1,8 +1,14 @@
-"""Metrics of concept erasure in text-to-image models, judged by :class:`~unlearnkit.models.t2i.ShapeJudge`.
+"""Metrics of concept erasure in text-to-image models, judged by a world's judge
+(:class:`~unlearnkit.models.t2i_world.AttributeJudge`).
 
-- **UA** (unlearning accuracy, UnlearnCanvas): share of the concept prompts' generations that the judge does
-  *not* recognise as the concept.
-- **utility**: judge accuracy (shape and colour both right) on the retain prompts' generations.
+A judge predicts the attributes of its world's :class:`~unlearnkit.data.prompts.ConceptSchema`
+(``judge.schema``; a judge without one is read as the shapes world's): shape and colour, or the class of a
+class-prompts world.
+An image *shows* a prompt when the judge predicts every attribute value the prompt names.
+
+- **UA** (unlearning accuracy, UnlearnCanvas; SalUn's class-wise DDPM forgetting): share of the concept
+  prompts' generations that the judge does *not* recognise as the concept.
+- **utility**: judge accuracy (every named attribute right) on the retain prompts' generations.
 - **Fréchet distance** (Heusel et al. 2017): ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^{1/2}) between Gaussians
   fitted to the judge's penultimate features of generated and real images (the FID formula in a small,
   domain-specific feature space instead of Inception's).
@@ -16,37 +22,43 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from unlearnkit.data.prompts import ConceptSchema
 from unlearnkit.errors import UnlearnkitError
 
 
-def parse_concept(prompt: str) -> tuple[int | None, int | None]:
-    """(shape index or None, colour index or None) named by a prompt such as "a red circle" or "circle"."""
-    from unlearnkit.data.shapes import COLORS, SHAPES
+def judge_schema(judge: Any) -> ConceptSchema:
+    """The schema a judge predicts (``judge.schema``; the shapes world's for a judge without one)."""
+    schema = getattr(judge, "schema", None)
+    if schema is None:
+        from unlearnkit.data.shapes import SCHEMA
 
-    words = prompt.lower().split()
-    shapes = [SHAPES.index(w) for w in words if w in SHAPES]
-    colors = [COLORS.index(w) for w in words if w in COLORS]
-    if not shapes and not colors or len(shapes) > 1 or len(colors) > 1:
+        return SCHEMA
+    return schema
+
+
+def parse_concept(prompt: str, schema: ConceptSchema | None = None) -> tuple[int | None, ...]:
+    """The attribute values a prompt names, in schema order (default: the shapes world's (shape, colour),
+    e.g. "a red circle" → (0, 0), "circle" → (0, None))."""
+    return (schema or judge_schema(None)).parse(prompt)
+
+
+def recognised(preds: Sequence[torch.Tensor], target: Sequence[int | None]) -> torch.Tensor:
+    """Boolean per image: the judge's predictions ``preds`` (one tensor per attribute) show every attribute
+    value ``target`` names (None = not named)."""
+    if len(preds) != len(target):
         raise UnlearnkitError(
-            f"concept {prompt!r} names no single shape/colour of the shapes world "
-            f"(shapes: {', '.join(SHAPES)}; colours: {', '.join(COLORS)})"
+            f"the judge predicts {len(preds)} attribute(s) but the concept has {len(target)}: "
+            "the judge belongs to another world"
         )
-    return (shapes[0] if shapes else None), (colors[0] if colors else None)
-
-
-def recognised(
-    pred_shape: torch.Tensor, pred_color: torch.Tensor, shape: int | None, color: int | None
-) -> torch.Tensor:
-    """Boolean per image: the judge sees the concept (every attribute the concept names)."""
-    ok = torch.ones_like(pred_shape, dtype=torch.bool)
-    if shape is not None:
-        ok &= pred_shape == shape
-    if color is not None:
-        ok &= pred_color == color
+    ok = torch.ones_like(preds[0], dtype=torch.bool)
+    for p, want in zip(preds, target, strict=True):
+        if want is not None:
+            ok &= p == want
     return ok
 
 
@@ -160,8 +172,6 @@ def erasure_metrics(
     images in which the judge does not see the caption that image was drawn for. A dict passed as
     ``retain_samples`` receives the retain generations (``images`` in [0, 1], ``prompt_idx``), for further
     metrics on the same images (the CLIP score)."""
-    from unlearnkit.models.t2i import ShapeJudge  # noqa: F401  (documents the expected judge)
-
     concepts = [concept] if isinstance(concept, str) else list(concept)
     imgs, idx = generate_for_prompts(model, concepts, per_prompt, seed, guidance, steps)
     ua = unlearn_accuracy(_judged(judge, imgs, idx, concepts))
@@ -177,8 +187,9 @@ def erasure_metrics(
 
 def _judged(judge, imgs: torch.Tensor, prompt_idx: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """Boolean per image: the judge sees the caption ``prompts[prompt_idx[k]]`` image k was drawn for."""
-    targets = [parse_concept(p) for p in prompts]
-    ps, pc = judge.predict(imgs)
+    schema = judge_schema(judge)
+    targets = [schema.parse(p) for p in prompts]
+    preds = judge.predict(imgs)
     return torch.stack(
-        [recognised(ps[k : k + 1], pc[k : k + 1], *targets[int(i)])[0] for k, i in enumerate(prompt_idx)]
+        [recognised([p[k : k + 1] for p in preds], targets[int(i)])[0] for k, i in enumerate(prompt_idx)]
     )

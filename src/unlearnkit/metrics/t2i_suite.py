@@ -15,11 +15,12 @@ captions' generations against their captions: the very images ``erasure_metrics`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import ConfigError, UnlearnkitError
 
 
 def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     if judge is None:
         raise UnlearnkitError("the diffusion evaluation needs the judge: load the original model first")
     ev = setup.cfg.get("eval", {})
-    concepts = forget_captions(setup.cfg["split"])
+    concepts = forget_captions(setup.cfg["split"], setup.data.class_names, setup.seed)
     retain = [c for c in setup.data.class_names if c not in concepts]
     real = setup.split.test.all()["x"]
     noise_seed = 1000 * int(setup.seed) + int(ev.get("sample_seed", 0))
@@ -63,12 +64,19 @@ def evaluate_t2i(setup: Any, model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def forget_captions(split: dict[str, Any]) -> list[str]:
+def forget_captions(split: dict[str, Any], captions: Sequence[str] = (), seed: int = 0) -> list[str]:
     """The erased caption(s) of a concept split: ``split.prompts_file`` (a prompt-wise worst-case
-    selection) wins over ``split.concept`` (one caption or a list), as in ``pipeline.concept_split``."""
+    selection) wins over ``split.concept`` (one caption, a list, or ``by-seed``: caption ``seed mod K`` of
+    the dataset's K ``captions``, a different class per suite seed as in SalUn's class-wise experiments)."""
     if split.get("prompts_file"):
         from unlearnkit.selection.prompts import read_prompts_file
 
         return list(read_prompts_file(split["prompts_file"]))
-    concept = split["concept"]
+    concept = split.get("concept")
+    if concept == "by-seed":
+        if not captions:
+            raise ConfigError("split.concept=by-seed needs the dataset's captions")
+        return [list(captions)[int(seed) % len(captions)]]
+    if concept is None or concept == [] or concept == "":
+        raise ConfigError("a concept split needs split.concept (a caption, a list of captions, or by-seed)")
     return list(concept) if isinstance(concept, (list, tuple)) else [concept]

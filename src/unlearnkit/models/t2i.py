@@ -7,8 +7,8 @@ with ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε``. :func:`ddim_sample` is determinis
 η=0) with classifier-free guidance ε̃ = ε_∅ + w(ε_c − ε_∅) (Ho & Salimans 2022) and can stop after a given
 number of steps (ESD's partial sampling). The measured CPU config is in ``cpu-recipes.md``.
 
-:class:`ShapeJudge` is a small CNN with shape and colour heads; it plays the role of NudeNet / ResNet-50 in
-the papers, and its penultimate features define the Fréchet distance of :mod:`unlearnkit.metrics.diffusion`.
+The judge of a world and the trained worlds themselves (folders, training) are in
+:mod:`unlearnkit.models.t2i_world`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
@@ -200,7 +199,8 @@ def _device(model: nn.Module) -> torch.device:
 
 @register_model("t2i-tiny")
 def build_t2i(data: Any = None, preset: str = "small", seed: int | None = None) -> T2IModel:
-    """A freshly initialised T2I model for the ``shapes`` tokenizer (``data.meta["tokenizer"]``)."""
+    """A freshly initialised T2I model for the dataset's tokenizer (``data.meta["tokenizer"]``; default the
+    ``shapes`` world's)."""
     from unlearnkit.data.shapes import MAX_LENGTH, build_tokenizer
 
     if preset not in PRESETS:
@@ -259,102 +259,3 @@ def load_t2i(folder: str | Path, text_encoder: str | Path | None = None) -> T2IM
     sched = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
     tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
     return T2IModel(unet, te, sched, tok).eval()
-
-
-# -- the judge ---------------------------------------------------------------------------------------
-class ShapeJudge(nn.Module):
-    """4 conv layers → 128 features → shape and colour logits; input images in [0, 1]."""
-
-    def __init__(self, n_shapes: int = 3, n_colors: int = 3, width: int = 32) -> None:
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * w * 4 * 4, 128), nn.ReLU(),
-        )  # fmt: skip
-        self.shape_head = nn.Linear(128, n_shapes)
-        self.color_head = nn.Linear(128, n_colors)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x)
-        return self.shape_head(h), self.color_head(h)
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shape, colour) predictions for images in [0, 1]."""
-        self.eval()
-        s, c = [], []
-        for i in range(0, len(x), batch_size):
-            ls, lc = self(x[i : i + batch_size])
-            s.append(ls.argmax(-1))
-            c.append(lc.argmax(-1))
-        return torch.cat(s), torch.cat(c)
-
-
-def train_judge(
-    data: Any, epochs: int = 10, lr: float = 2e-3, seed: int = 0, batch_size: int = 64
-) -> ShapeJudge:
-    """Fit the judge on the real ``shapes`` training images (a few seconds on one core)."""
-    torch.manual_seed(seed)
-    judge = ShapeJudge()
-    opt = torch.optim.Adam(judge.parameters(), lr=lr)
-    judge.train()
-    for ep in range(epochs):
-        for b in data.train.loader(batch_size, shuffle=True, seed=seed + ep):
-            ls, lc = judge(b["x"])
-            loss = F.cross_entropy(ls, b["shape"]) + F.cross_entropy(lc, b["color"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return judge.eval()
-
-
-def judge_accuracy(judge: ShapeJudge, images01: torch.Tensor, shape: torch.Tensor, color: torch.Tensor):
-    """(shape accuracy, colour accuracy, both) of the judge on images in [0, 1]."""
-    ps, pc = judge.predict(images01)
-    s, c = ps == shape, pc == color
-    return float(s.float().mean()), float(c.float().mean()), float((s & c).float().mean())
-
-
-# -- the trained original (cached or shipped) -----------------------------------------------------------
-TRAIN_COMMAND = "python scripts/train_t2i_shapes.py"
-
-
-def original_dir() -> Path:
-    """Where the trained original lives: ``$UNLEARNKIT_CACHE/t2i-shapes`` if trained there, else the copy
-    shipped in ``unlearnkit/assets/t2i_shapes``; a clear error says how to make one."""
-    import os
-
-    cache = Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit")).expanduser()
-    for d in (cache / "t2i-shapes", Path(__file__).resolve().parents[1] / "assets" / "t2i_shapes"):
-        if (d / "model").is_dir() and (d / "judge.safetensors").is_file():
-            return d
-    raise UnlearnkitError(
-        f"no trained t2i-shapes model found in {cache / 't2i-shapes'} or the package assets: "
-        f"run `{TRAIN_COMMAND}` once (~15 min on one CPU core)"
-    )
-
-
-def load_original(folder: str | Path | None = None) -> tuple[T2IModel, ShapeJudge]:
-    """(the original T2I model, the judge) from ``folder`` (default: :func:`original_dir`)."""
-    from unlearnkit.io import load_weights
-
-    folder = Path(folder) if folder is not None else original_dir()
-    if not (folder / "model").is_dir() or not (folder / "judge.safetensors").is_file():
-        hint = (
-            " (it looks like a T2I model folder itself: pass its parent)"
-            if (folder / "unet").is_dir()
-            else ""
-        )
-        raise UnlearnkitError(
-            f"model.path={str(folder)!r} is not a t2i world folder{hint}: it needs model/ (unet, "
-            f"text_encoder, scheduler, tokenizer) and judge.safetensors, as `{TRAIN_COMMAND}` writes them"
-        )
-    judge = load_weights(ShapeJudge(), folder / "judge.safetensors").eval()
-    return load_t2i(folder / "model"), judge

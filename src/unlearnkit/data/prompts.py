@@ -1,0 +1,118 @@
+"""Prompts of the offline text-to-image worlds: a word-level tokenizer and the concept schema.
+
+A *world* is a captioned image dataset plus a judge that predicts a few attributes of an image (the shapes
+world: shape and colour; a class-prompts world: the class). :class:`ConceptSchema` names those attributes and
+the words that name their values, so that a prompt such as ``"a red circle"`` or ``"a seven"`` can be turned
+into the attribute values the judge must see (:meth:`ConceptSchema.parse`); a judge's predictions then say
+whether an image shows the concept (:func:`unlearnkit.metrics.diffusion.recognised`). Metrics and attacks
+only use this interface, so any world with a schema and a judge works with them.
+
+:func:`build_word_tokenizer` is a ``PreTrainedTokenizerFast`` over a fixed word list with the special ids
+pad 0, bos 1, eos 2, unk 3 (matching the text-encoder config of :mod:`unlearnkit.models.t2i`);
+:func:`tokenize` pads to a fixed length and refuses unknown words and over-long prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unlearnkit.errors import DataError, UnlearnkitError
+
+SPECIAL = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ConceptSchema:
+    """Ordered attributes a judge predicts, each with the words naming its values (index = class id)."""
+
+    attributes: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def of(cls, attributes: Mapping[str, Sequence[str]]) -> ConceptSchema:
+        attrs = tuple((str(k), tuple(str(w) for w in v)) for k, v in attributes.items())
+        if not attrs or any(len(v) < 2 for _, v in attrs):
+            raise UnlearnkitError("a concept schema needs at least one attribute with at least two values")
+        words = [w for _, v in attrs for w in v]
+        if len(set(words)) != len(words) or any(len(w.split()) != 1 for w in words):
+            raise UnlearnkitError(f"attribute values must be distinct single words; got {words}")
+        return cls(attrs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.attributes)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.attributes}
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.attributes}
+
+    def parse(self, prompt: str) -> tuple[int | None, ...]:
+        """The value index of each attribute a prompt names (None where it names none); a prompt naming no
+        attribute, or two values of one attribute, is an error."""
+        words = prompt.lower().split()
+        out: list[int | None] = []
+        for _, values in self.attributes:
+            hits = [values.index(w) for w in words if w in values]
+            if len(set(hits)) > 1:
+                out = []
+                break
+            out.append(hits[0] if hits else None)
+        if not out or all(v is None for v in out):
+            named = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.attributes)
+            raise UnlearnkitError(
+                f"concept {prompt!r} names no single value of this world's attributes ({named})"
+            )
+        return tuple(out)
+
+
+def build_word_tokenizer(words: Sequence[str], max_length: int) -> Any:
+    """A word-level ``PreTrainedTokenizerFast``: ``<s> words </s>``, ids = position in SPECIAL + words.
+
+    (A ``CLIPTokenizer`` built from files works too but transformers 5 silently ignores
+    ``vocab_file=``/``merges_file=``; a WordLevel model has no such trap and its ids are checked in tests.)
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_list = [*SPECIAL, *words]
+    if len(set(vocab_list)) != len(vocab_list):
+        raise UnlearnkitError(f"the word list repeats a word: {list(words)}")
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tokenize(tokenizer: Any, prompts: list[str], max_length: int) -> torch.Tensor:
+    """Token ids ``[N, max_length]`` (padded); an unknown word or a too-long prompt is a clear error."""
+    unk = tokenizer.unk_token_id
+    rows = tokenizer(list(prompts))["input_ids"]
+    for p, row in zip(prompts, rows, strict=True):
+        if unk is not None and unk in row:
+            known = [
+                w for w in sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get) if w not in SPECIAL
+            ]
+            raise DataError(f"prompt {p!r} has words outside the caption vocabulary ({', '.join(known)})")
+        if len(row) > max_length:
+            raise DataError(
+                f"prompt {p!r} has {len(row)} tokens; the text encoder takes at most {max_length}"
+            )
+    pad = tokenizer.pad_token_id
+    return torch.as_tensor([row + [pad] * (max_length - len(row)) for row in rows], dtype=torch.long)
