@@ -153,7 +153,7 @@ def test_next_class_anchor_and_concept_by_seed(digits):
     caps = data.class_names
     for k in range(3):
         anchor = caps[(int(batch["y"][k]) + 1) % 10]
-        assert torch.equal(out["anchor_input_ids"][k], tokenize(fam.tokenizer, [anchor], 8)[0])
+        assert torch.equal(out["anchor_input_ids"][k], tokenize(fam.tokenizer, [anchor], 12)[0])
     with pytest.raises(Exception, match="'next'"):
         DiffusionFamily(relabel_map="previous")
     assert forget_captions({"concept": "by-seed"}, caps, 13) == ["a three"]

@@ -236,3 +236,25 @@ def test_imagefolder_errors(tmp_path, flat):
     (flat / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
         load_imagefolder(str(flat))
+
+
+def test_class_prompts_over_a_local_cifar10(cifar, tmp_path):
+    """The class-prompts world over CIFAR-10 (the real loader on a local copy): class names as captions,
+    32×32 images averaged down to 16×16 (antialiased: each output pixel is the mean of a 2×2 block)."""
+    from unlearnkit.data.class_prompts import load_class_prompts
+
+    base, raw = cifar
+    data = load_class_prompts(base="cifar10", base_options={"source": str(base / "saved")})
+    assert data.class_names == [f"a {n}" for n in CIFAR10_CLASSES]
+    assert data.meta["schema"].to_dict() == {"class": CIFAR10_CLASSES} and data.meta["world"] == "cifar10"
+    x = data.train.columns["x"]
+    assert x.shape == (N_TRAIN, 3, 16, 16) and x.dtype == torch.uint8
+    src = torch.from_numpy(raw["train"][0][4]).permute(2, 0, 1).float() / 255
+    pooled = torch.nn.functional.avg_pool2d(src[None], 2)[0]
+    assert torch.allclose(data.train.all()["x"][4], pooled, atol=1 / 255 + 1e-6)
+    assert data.train.all()["y"].tolist() == raw["train"][1]
+    tok = data.meta["tokenizer"]
+    label = raw["train"][1][4]
+    assert tok.decode(data.train.columns["input_ids"][4].tolist(), skip_special_tokens=True) == (
+        f"a {CIFAR10_CLASSES[label]}"
+    )

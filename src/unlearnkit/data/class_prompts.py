@@ -8,9 +8,10 @@ a single word (the judge's schema maps one word to one class).
 
 Bases (``base=``): ``digits`` (scikit-learn's 8×8 digits, offline, names ``zero`` … ``nine``) or any image
 classification dataset of the registry (``cifar10`` through its loader: the hub or a local copy via
-``base_options``). Images become RGB ``size``×``size`` uint8 (bilinear resize; grey images are repeated over 3
-channels), turned into floats in [0, 1] by the transform. Columns: ``x``, ``y`` and ``class`` (the class id,
-the schema's one attribute), ``input_ids``. Example ids are the base dataset's.
+``base_options``). Images become RGB ``size``×``size`` uint8 (shrunk by area averaging, enlarged bilinearly;
+grey images are repeated over 3 channels), turned into floats in [0, 1] by the transform. Columns: ``x``,
+``y`` and ``class`` (the class id, the schema's one attribute), ``input_ids``. Example ids are the base
+dataset's.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def load_class_prompts(
     names: list[str] | None = None,
     template: str = "a {}",
     size: int = 16,
-    max_length: int = 8,
+    max_length: int = 12,
 ) -> LoadedData:
     """The ``class-prompts`` dataset: ``base``'s images captioned ``template.format(class name)``."""
     if "{}" not in template:
@@ -90,7 +91,10 @@ def _convert(s: ExampleSet, cap_ids: torch.Tensor, size: int, meta: dict[str, An
     if float(x.max()) > 1.0 + 1e-6 or float(x.min()) < -1e-6:
         raise DataError("class-prompts needs base images in [0, 1] (after the base's own transform)")
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if x.shape[-1] > size:  # shrink: average the pixels each output pixel covers (box filter)
+            x = F.interpolate(x, size=(size, size), mode="area")
+        else:  # enlarge: bilinear
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     x8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     cols = {"x": x8, "y": y, "class": y.clone(), "input_ids": cap_ids[y]}
