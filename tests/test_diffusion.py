@@ -245,7 +245,26 @@ def test_esd_trains_only_its_parameter_set(data, model, variant, xt_source):
     assert changed
     assert all(k.startswith("unet.") for k in changed)
     assert all(("attn2" in k) == (variant == "x") for k in changed)
-    assert all(p.requires_grad for p in model.parameters())  # restored by finalize
+    assert all(p.requires_grad for p in model.parameters())  # restored by cleanup
+
+
+@pytest.mark.parametrize("which", ["esd", "advunlearn"])
+def test_a_failing_run_restores_the_trainable_flags(data, which):
+    """Method.run's cleanup runs after a failure too: a run stopped by the divergence guard leaves every
+    parameter trainable again and unchanged (the bound is so low that the first step trips it)."""
+    from t2i_helpers import red_circle_task
+
+    from unlearnkit.engine.loop import DivergenceError
+    from unlearnkit.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig
+
+    model = build_t2i(data, preset="tiny", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    esd = which == "esd"
+    method = ESD(ESDConfig(epochs=1, ddim_steps=3)) if esd else AdvUnlearn(AdvUnlearnConfig(epochs=1))
+    with pytest.raises(DivergenceError):
+        method.run(red_circle_task(data, model, divergence_bound=1e-9))
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_esd_concept_not_in_vocabulary(data, model):

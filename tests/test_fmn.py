@@ -254,7 +254,7 @@ def test_short_run_lowers_concept_attention_and_trains_only_the_unet(data, only_
 
 
 @pytest.mark.parametrize("only_ca", [True, False])
-def test_prepare_installs_and_finalize_restores(data, only_ca):
+def test_prepare_installs_and_cleanup_restores(data, only_ca):
     model = build_t2i(data, preset="tiny", seed=0)
     own = {n: m.processor for n, m in cross_attention_modules(model.unet).items()}
     method, task = FMN(FMNConfig(only_optimize_ca=only_ca)), _task(data, model)
@@ -266,7 +266,7 @@ def test_prepare_installs_and_finalize_restores(data, only_ca):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     unet = {n for n, _ in model.named_parameters() if n.startswith("unet.")}
     assert trainable == ({n for n in unet if ".attn2." in n} if only_ca else unet)  # never the text encoder
-    method.finalize(task)
+    method.cleanup(task)
     assert all(m.processor is own[n] for n, m in cross_attention_modules(model.unet).items())
     assert all(p.requires_grad for p in model.parameters())
 
@@ -287,7 +287,7 @@ def test_xt_source_noise_ignores_the_images(data, source):
         loss = loss.detach()
         assert logs["fmn_norm"] == pytest.approx(float(loss)) and 0 < logs["concept_attn"] < 1
         losses.append(float(loss))
-    method.finalize(task)
+    method.cleanup(task)
     assert (losses[0] == losses[1]) == (source == "noise")
 
 

@@ -177,9 +177,7 @@ class AdvUnlearn(Method):
         self.cfg.check()
         model = task.model
         names = set(text_encoder_param_names(model, self.cfg.train_layers))
-        self._grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
+        self.train_only(model, names)
         model.unet.requires_grad_(False)
         dev = next(model.parameters()).device
         self._null = encode_prompts(model, [""]).to(dev)
@@ -217,10 +215,6 @@ class AdvUnlearn(Method):
         self.delta = state["delta"].to(self.delta.device, self.delta.dtype)
         self.inner_steps = int(state["inner_steps"])
         self.outer_steps = int(state["outer_steps"])
-
-    def finalize(self, task: Task) -> None:
-        for n, p in task.model.named_parameters():
-            p.requires_grad_(self._grad_state.get(n, True))
 
     def teacher_context(self, ids: torch.Tensor) -> torch.Tensor:
         try:

@@ -81,7 +81,22 @@ class Method:
         """Work done once before the loop (frozen teachers, cached reference losses, head surgery)."""
 
     def finalize(self, task: Task) -> None:
-        """Work done once after the loop (e.g. pruning an added head)."""
+        """Work done once after a successful loop (e.g. pruning an added head)."""
+
+    def cleanup(self, task: Task) -> None:
+        """Undo what the run changed temporarily, after ``finalize`` or after a failure (also one inside
+        ``prepare``): by default, restore the ``requires_grad`` flags :meth:`train_only` changed."""
+        state, self._grad_state = getattr(self, "_grad_state", None), None
+        if state is not None:
+            for n, p in task.model.named_parameters():
+                p.requires_grad_(state.get(n, True))
+
+    def train_only(self, model: nn.Module, names: set[str]) -> None:
+        """Make exactly the parameters ``names`` trainable for this run (:meth:`cleanup` restores the
+        previous flags)."""
+        self._grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in names)
 
     # -- shared machinery ----------------------------------------------------------------------
     @property
@@ -109,19 +124,22 @@ class Method:
         """Unlearn ``task.model`` in place."""
         self.task = task
         task.model.to(task.engine.device)
-        self.prepare(task)
-        self.mask = self.build_mask(task)
-        result = task.engine.fit(
-            task.model,
-            self.streams(task),
-            self.phases,
-            self.cfg,
-            mask=self.mask,
-            batch_sizes=self.batch_sizes(task),
-            desc=self.name,
-            seed=task.seed,
-        )
-        self.finalize(task)
+        try:
+            self.prepare(task)
+            self.mask = self.build_mask(task)
+            result = task.engine.fit(
+                task.model,
+                self.streams(task),
+                self.phases,
+                self.cfg,
+                mask=self.mask,
+                batch_sizes=self.batch_sizes(task),
+                desc=self.name,
+                seed=task.seed,
+            )
+            self.finalize(task)
+        finally:  # also after a failure: the model must not keep this run's frozen flags or hooks
+            self.cleanup(task)
         return result
 
     # loss helpers shared by the methods

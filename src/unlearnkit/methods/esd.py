@@ -101,20 +101,12 @@ class ESD(Method):
         model = task.model
         self.cfg.check()
         names = set(esd_param_names(model, self.cfg.variant))
-        self._grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
-        self._orig: dict[str, torch.Tensor] = {}
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
-            if n in names:
-                self._orig[n] = p.detach().clone()
+        self.train_only(model, names)
+        self._orig = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
         self._null = encode_prompts(model, [""])
         self._concept = None
         if self.cfg.concept is not None:  # unknown words are an error of encode_prompts
             self._concept = encode_prompts(model, [self.cfg.concept])
-
-    def finalize(self, task: Task) -> None:
-        for n, p in task.model.named_parameters():
-            p.requires_grad_(self._grad_state.get(n, True))
 
     @contextlib.contextmanager
     def original_weights(self):

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unlearnkit.engine.loop import FitResult, Phase, StepContext
+from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.registry import register_method
@@ -319,7 +319,6 @@ class FMN(Method):
     def __init__(self, cfg: FMNConfig | None = None) -> None:
         super().__init__(cfg)
         self.recorder = AttentionRecorder()
-        self._grad_state: dict[str, bool] | None = None
         self._positions: dict[tuple[int, ...], torch.Tensor] = {}
 
     def streams(self, task: Task):
@@ -347,26 +346,12 @@ class FMN(Method):
         elif task.split is not None and "input_ids" in task.split.forget.columns:
             self.positions(torch.unique(task.split.forget.columns["input_ids"], dim=0))
         names = set(fmn_param_names(model, self.cfg.only_optimize_ca))
-        self._grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
+        self.train_only(model, names)
         self.recorder.install(model.unet)
 
-    def finalize(self, task: Task) -> None:
-        self._restore(task.model)
-
-    def run(self, task: Task) -> FitResult:
-        try:
-            return super().run(task)
-        finally:  # a failed run must not leave the recording processors or the frozen flags behind
-            self._restore(task.model)
-
-    def _restore(self, model: nn.Module) -> None:
+    def cleanup(self, task: Task) -> None:  # also after a failure: no recording processors left behind
         self.recorder.remove()
-        if self._grad_state is not None:
-            for n, p in model.named_parameters():
-                p.requires_grad_(self._grad_state.get(n, True))
-            self._grad_state = None
+        super().cleanup(task)
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         """P(c) of each prompt row of ``ids`` (a bool mask ``[B, L]``, cached per distinct prompt)."""
