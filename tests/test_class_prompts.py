@@ -203,3 +203,44 @@ def test_t2i_digits_suite_on_a_tiny_world(tmp_path, digits):
         assert rows["original"][key] == pytest.approx(direct[key]), key
     assert rows["salun"]["RTE"] > 0
     assert (rows["salun"]["UA"], rows["salun"]["kid"]) != (rows["original"]["UA"], rows["original"]["kid"])
+
+
+def test_the_shipped_digits_world_matches_the_dataset():
+    """The digits world in the package assets loads through the pipeline with the digits preset: its
+    tokenizer and judge schema are the dataset's, and its text encoder leaves room for a 5-token prefix."""
+    from unlearnkit.config import load_preset
+    from unlearnkit.pipeline import make_setup, original_model
+
+    setup = make_setup(load_preset("diffusion/digits") | {"seed": 3})
+    model, meta = original_model(setup)
+    assert meta["source"] == "world digits"
+    assert setup.info["judge"].schema == setup.data.meta["schema"]
+    assert model.tokenizer.get_vocab() == setup.data.meta["tokenizer"].get_vocab()
+    assert model.text_encoder.config.max_position_embeddings >= 4 + 5  # "<s> a three </s>" + 5 prefix tokens
+    forget = setup.split.forget.all()
+    assert len(forget["y"]) > 0 and bool((forget["y"] == 3).all())  # by-seed: seed 3 forgets "a three"
+
+
+def test_train_world_writes_a_folder_the_pipeline_loads(tmp_path):
+    """scripts/train_t2i_world.py's recipe, a few steps on a tiny model: the folder has the components, the
+    judge and world.json; the saved weights are the EMA of the trained ones (moved from the initialisation
+    by (1 - 0.995) per step, not by a full step), and train.json's sample accuracy is the judge's on
+    the same samples."""
+    from unlearnkit.metrics.diffusion import generate_for_prompts
+    from unlearnkit.models.t2i_world import train_world
+
+    opts = {"names": [f"c{i}" for i in range(10)]}
+    report = train_world("digits", tmp_path / "w", steps=3, data_options=opts, log_every=0,
+                         model_preset="tiny", judge_epochs=1, check_per_prompt=1, check_steps=2)  # fmt: skip
+    files = {p.name for p in (tmp_path / "w").iterdir()}
+    assert files == {"model", "judge.safetensors", "world.json", "train.json"}
+    model, judge = load_original(tmp_path / "w")
+    data = load_class_prompts(**opts)
+    assert judge.schema == data.meta["schema"] and report["attributes"] == ["class"]
+    init = build_t2i(data, preset="tiny", seed=0)
+    moved = [(p - q).abs().max() for p, q in zip(model.parameters(), init.parameters(), strict=True)]
+    assert 0 < max(moved) < 3 * 0.005 * 1e-3 * 3 * 10  # EMA of 3 AdamW steps of lr 1e-3: tiny moves
+    imgs, idx = generate_for_prompts(model, data.class_names, per_prompt=1, seed=1234, steps=2)
+    assert report["judge_on_samples_per_attribute_and_all"][0] == pytest.approx(
+        float((judge.predict(imgs)[0] == idx).float().mean())
+    )

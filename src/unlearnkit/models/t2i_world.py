@@ -197,8 +197,14 @@ def train_world(
     seed: int = 0,
     data_options: dict[str, Any] | None = None,
     log_every: int = 100,
+    model_preset: str = "small",
+    judge_epochs: int = 10,
+    check_per_prompt: int = 16,
+    check_steps: int = 25,
 ) -> dict[str, Any]:
-    """Train the judge and the original model of ``world`` and write its folder (default: the cache)."""
+    """Train the judge and the original model of ``world`` and write its folder (default: the cache); the
+    report (also ``train.json``) holds the judge's accuracy on real test images and on ``check_per_prompt``
+    samples per caption (DDIM ``check_steps`` steps, guidance 3)."""
     from unlearnkit.io import save_weights, write_json
     from unlearnkit.metrics.diffusion import generate_for_prompts
     from unlearnkit.models.t2i import build_t2i, encode_prompts, save_t2i
@@ -213,7 +219,7 @@ def train_world(
     schema = data.meta["schema"]
     out = Path(out) if out is not None else cache_root() / f"t2i-{world}"
     t0 = time.perf_counter()
-    judge = train_judge(data, seed=seed)
+    judge = train_judge(data, epochs=judge_epochs, seed=seed)
     judge_s = time.perf_counter() - t0
     tb = data.test.all()
     real_acc = judge_accuracy(judge, tb["x"], *(tb[a] for a in schema.names))
@@ -224,7 +230,7 @@ def train_world(
         out / "world.json", {"world": world, "data": spec, "schema": schema.to_dict(), "judge_width": 32}
     )
 
-    model = build_t2i(data, preset="small", seed=seed)
+    model = build_t2i(data, preset=model_preset, seed=seed)
     avg = copy.deepcopy(model).eval()
     for p in avg.parameters():
         p.requires_grad_(False)
@@ -260,7 +266,7 @@ def train_world(
 
     caps = data.meta["captions"]
     t0 = time.perf_counter()
-    imgs, idx = generate_for_prompts(avg, caps, per_prompt=16, seed=1234)
+    imgs, idx = generate_for_prompts(avg, caps, per_prompt=check_per_prompt, seed=1234, steps=check_steps)
     sample_s = time.perf_counter() - t0
     targets = [schema.parse(c) for c in caps]
     per_attr = [torch.tensor([targets[int(i)][k] for i in idx]) for k in range(len(schema.names))]
