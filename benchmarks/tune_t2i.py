@@ -34,8 +34,8 @@ def grid() -> list[dict[str, Any]]:
     for lr, ep in prod([3e-4, 5e-4, 1e-3], [3, 6]):
         g.append({"name": "salun", "optimizer": "adam", "lr": lr, "epochs": ep, "schedule": "joint",
                   "mask_ratio": 0.5})  # fmt: skip
-    for scale, lamb in prod([1.0, 3.0, 10.0], [0.1, 0.5]):
-        g.append({"name": "uce", "erase_scale": scale, "lamb": lamb, "guide": "", "token": "last"})
+    for scale, lamb, token in prod([1.0, 3.0, 10.0], [0.1, 0.5], ["last", "all"]):
+        g.append({"name": "uce", "erase_scale": scale, "lamb": lamb, "guide": "", "token": token})
     for lr, ep in prod([1e-3, 3e-3], [3, 6]):
         g.append({"name": "fmn", "optimizer": "adamw", "lr": lr, "epochs": ep, "only_optimize_ca": True,
                   "use_pooler": False})  # fmt: skip
