@@ -156,6 +156,9 @@ def test_next_class_anchor_and_concept_by_seed(digits):
         assert torch.equal(out["anchor_input_ids"][k], tokenize(fam.tokenizer, [anchor], 12)[0])
     with pytest.raises(Exception, match="'next'"):
         DiffusionFamily(relabel_map="previous")
+    unloaded = DiffusionFamily(relabel_map="next", tokenizer=fam.tokenizer)  # no data: no captions to map
+    with pytest.raises(Exception, match="load the data"):
+        unloaded.relabel(batch, torch.Generator())
     assert forget_captions({"concept": "by-seed"}, caps, 13) == ["a three"]
     with pytest.raises(UnlearnkitError, match="captions"):
         forget_captions({"concept": "by-seed"}, [], 0)
@@ -234,6 +237,7 @@ def test_train_world_writes_a_folder_the_pipeline_loads(tmp_path):
                          model_preset="tiny", judge_epochs=1, check_per_prompt=1, check_steps=2)  # fmt: skip
     files = {p.name for p in (tmp_path / "w").iterdir()}
     assert files == {"model", "judge.safetensors", "world.json", "train.json"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no partial or old folder left behind
     model, judge = load_original(tmp_path / "w")
     data = load_class_prompts(**opts)
     assert judge.schema == data.meta["schema"] and report["attributes"] == ["class"]
@@ -244,3 +248,23 @@ def test_train_world_writes_a_folder_the_pipeline_loads(tmp_path):
     assert report["judge_on_samples_per_attribute_and_all"][0] == pytest.approx(
         float((judge.predict(imgs)[0] == idx).float().mean())
     )
+
+
+def test_a_killed_world_training_keeps_the_previous_world(tmp_path, monkeypatch):
+    """train_world writes into a partial folder and swaps it in at the end: a failure during training
+    leaves the existing world folder exactly as it was (no judge from the new run beside the old model)."""
+    from unlearnkit.models import t2i_world
+
+    world = tmp_path / "w"
+    (world / "model").mkdir(parents=True)
+    (world / "judge.safetensors").write_bytes(b"old judge")
+
+    def boom(*a, **kw):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr("unlearnkit.models.t2i.save_t2i", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        t2i_world.train_world("digits", world, steps=1, log_every=0, model_preset="tiny", judge_epochs=1,
+                              check_per_prompt=1, check_steps=1)  # fmt: skip
+    assert (world / "judge.safetensors").read_bytes() == b"old judge"
+    assert not (world / "world.json").exists()

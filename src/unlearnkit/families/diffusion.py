@@ -115,6 +115,11 @@ class DiffusionFamily(Family):
 
     def _anchor_table(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._table is None:
+            if self._next and not self.relabel_map:
+                raise ConfigError(
+                    "relabel_map='next' maps each caption to the next one of the dataset: load the data "
+                    "through this family (family.load_data) or pass an explicit caption -> anchor mapping"
+                )
             if not self.relabel_map:
                 raise ConfigError(
                     "the diffusion family relabels by prompt: set relabel_map, e.g. "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -218,13 +219,16 @@ def train_world(
     data = get_dataset(spec["name"])(**opts)
     schema = data.meta["schema"]
     out = Path(out) if out is not None else cache_root() / f"t2i-{world}"
+    final, out = out, out.parent / f".{out.name}.partial"  # written whole, then moved into place
+    if out.exists():
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     judge = train_judge(data, epochs=judge_epochs, seed=seed)
     judge_s = time.perf_counter() - t0
     tb = data.test.all()
     real_acc = judge_accuracy(judge, tb["x"], *(tb[a] for a in schema.names))
     print(f"judge: {judge_s:.1f}s, real test accuracy {schema.names} + all = {real_acc}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     save_weights(judge, out / "judge.safetensors")
     write_json(
         out / "world.json", {"world": world, "data": spec, "schema": schema.to_dict(), "judge_width": 32}
@@ -283,4 +287,18 @@ def train_world(
         "command": TRAIN_COMMAND.format(world=world) + f" --steps {steps} --seed {seed}",
     }
     write_json(out / "train.json", report)
+    _replace_folder(out, final)
     return report
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Put the finished folder ``new`` at ``final``: a killed training never leaves a world whose judge and
+    model come from different runs; an existing world is replaced only once the new one is complete."""
+    old = final.parent / f".{final.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
