@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from unlearnkit.config import load_preset
-from unlearnkit.pipeline import build_method, make_setup, original_model, run_method
+from unlearnkit.experiment import build_method, make_setup, original_model, run_method
 
 
 def timed_run(cfg: dict, every: int, folder: Path) -> tuple[float, int]:
     cfg = cfg | {"engine": cfg["engine"] | {"checkpoint_steps": every, "progress": False}}
     setup = make_setup(cfg)
-    original, _ = original_model(setup)
+    original = original_model(setup).model
     method = build_method(cfg["method"], cfg.get("family", "vision"))
     t0 = time.perf_counter()
     _, _, fit = run_method(setup, original, method, run_dir=folder if every else None)

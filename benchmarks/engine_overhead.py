@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from unlearnkit.config import load_preset
 from unlearnkit.engine.loop import Engine, EngineConfig, Phase
 from unlearnkit.engine.optim import OptimSpec
-from unlearnkit.pipeline import build_method, make_setup, original_model, run_method
+from unlearnkit.experiment import build_method, make_setup, original_model, run_method
 
 
 def bare_loop(model, x, y, batch_size, epochs, lr, seed) -> tuple[float, int]:
@@ -88,7 +88,7 @@ def main() -> None:
 
     suite = load_preset("vision/salun") | {"engine": {"progress": False}}
     setup = make_setup(suite)
-    original, _ = original_model(setup)
+    original = original_model(setup).model
     _, t_retrain, _ = run_method(setup, original, build_method(load_preset("vision/retrain")["method"]))
     _, t_salun, _ = run_method(setup, original, build_method(load_preset("vision/salun")["method"]))
     print(f"retrain {t_retrain:.3f} s, salun {t_salun:.3f} s on vision-digits ({suite['model']['name']})")

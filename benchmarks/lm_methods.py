@@ -30,10 +30,10 @@ from collections.abc import Callable
 import torch
 
 from unlearnkit.config import load_preset
+from unlearnkit.experiment import build_method, make_setup
 from unlearnkit.methods.base import Method, Task, frozen_copy
 from unlearnkit.methods.graddiff import GradDiff
 from unlearnkit.methods.npo import NPO, npo_loss
-from unlearnkit.pipeline import build_method, make_setup
 
 Step = Callable[[], None]
 

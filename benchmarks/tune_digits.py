@@ -67,7 +67,7 @@ def run(seeds: list[int], specs: list[dict[str, Any]], trials: Path) -> None:
 
     from unlearnkit.bench.suite import run_row
     from unlearnkit.config import load_preset
-    from unlearnkit.pipeline import make_setup, original_model
+    from unlearnkit.experiment import make_setup, original_model
 
     torch.set_num_threads(1)
     done = set()
@@ -82,7 +82,7 @@ def run(seeds: list[int], specs: list[dict[str, Any]], trials: Path) -> None:
                 continue
             t0 = time.perf_counter()
             setup = make_setup(base | {"seed": seed})
-            orig, _ = original_model(setup)
+            orig = original_model(setup).model
             oracle, _, _ = run_row(setup, orig, "retrain", {"name": "retrain"}, "vision", None, None)
             for spec in todo:
                 m, _, _ = run_row(setup, orig, spec["name"], dict(spec), "vision", oracle, None)

@@ -63,7 +63,7 @@ def run(
 
     from unlearnkit.bench.suite import run_row
     from unlearnkit.config import apply_overrides, load_preset
-    from unlearnkit.pipeline import make_setup, original_model
+    from unlearnkit.experiment import make_setup, original_model
 
     torch.set_num_threads(1)
     done = set()
@@ -78,7 +78,7 @@ def run(
             if not todo:
                 continue
             setup = make_setup(base | {"seed": seed})
-            orig, _ = original_model(setup)
+            orig = original_model(setup).model
             for spec in todo:
                 t0 = time.perf_counter()
                 m, _, _ = run_row(setup, orig, spec["name"], dict(spec), "diffusion", None, None)

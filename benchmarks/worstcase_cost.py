@@ -17,7 +17,7 @@ import torch
 
 from unlearnkit.bench.suite import load_suite
 from unlearnkit.data.splits import random_split
-from unlearnkit.pipeline import build_method, make_setup, original_model, run_method
+from unlearnkit.experiment import build_method, make_setup, original_model, run_method
 from unlearnkit.selection.runner import run_selection, split_suite_config
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     cfg, specs, sel = split_suite_config(load_suite("worstcase-digits", over))
     cfg["engine"]["progress"] = False
     setup = make_setup(cfg | {"seed": args.seed})
-    original, _ = original_model(setup)
+    original = original_model(setup).model
 
     def select() -> tuple[float, int]:
         t0 = time.perf_counter()

@@ -132,7 +132,7 @@ def bad_files(tmp_path_factory) -> Path:
     tj.write_text(json.dumps(spec))
     # A real digits MLP as the input model for the --out-over-input case.
     from unlearnkit.config import load_preset
-    from unlearnkit.pipeline import make_setup
+    from unlearnkit.experiment import make_setup
 
     setup = make_setup(load_preset("vision/ga"))
     save_weights(setup.new_model(), tmp / "model.safetensors")

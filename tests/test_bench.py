@@ -6,7 +6,7 @@ import pytest
 
 from unlearnkit.cli import main
 from unlearnkit.config import load_preset
-from unlearnkit.pipeline import build_method, evaluate_model, make_setup, original_model, run_method
+from unlearnkit.experiment import build_method, evaluate_model, make_setup, original_model, run_method
 
 FAST = ["train.epochs=8"]
 
@@ -61,7 +61,7 @@ def test_class_wise_forgetting_drops_forget_accuracy():
     cfg.pop("methods")
     cfg.pop("suite")
     setup = make_setup(cfg)
-    original, _ = original_model(setup)
+    original = original_model(setup).model
     before = evaluate_model(setup, original)
     model, _, _ = run_method(
         setup,

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from unlearnkit.data.class_prompts import DIGIT_NAMES, load_class_prompts
-from unlearnkit.data.prompts import ConceptSchema, build_word_tokenizer, tokenize
+from unlearnkit.data.prompts import ConceptSchema, build_word_tokenizer, forget_captions, tokenize
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.families.diffusion import DiffusionFamily
 from unlearnkit.metrics.diffusion import erasure_metrics, judge_schema, recognised
-from unlearnkit.metrics.t2i_suite import forget_captions
 from unlearnkit.models.t2i import build_t2i, save_t2i
 from unlearnkit.models.t2i_world import (
     AttributeJudge,
@@ -167,7 +166,7 @@ def test_next_class_anchor_and_concept_by_seed(digits):
 
 
 def test_a_judge_of_another_world_is_refused(tmp_path, digits):
-    from unlearnkit.pipeline import _same_schema
+    from unlearnkit.families.diffusion import _same_schema
 
     judge = AttributeJudge(ConceptSchema.of({"class": [f"x{i}" for i in range(10)]}))
     with pytest.raises(DataError, match="use the world trained on this dataset"):
@@ -212,12 +211,13 @@ def test_the_shipped_digits_world_matches_the_dataset():
     """The digits world in the package assets loads through the pipeline with the digits preset: its
     tokenizer and judge schema are the dataset's, and its text encoder leaves room for a 5-token prefix."""
     from unlearnkit.config import load_preset
-    from unlearnkit.pipeline import make_setup, original_model
+    from unlearnkit.experiment import make_setup, original_model
 
     setup = make_setup(load_preset("diffusion/digits") | {"seed": 3})
-    model, meta = original_model(setup)
-    assert meta["source"] == "world digits"
-    assert setup.info["judge"].schema == setup.data.meta["schema"]
+    original = original_model(setup)
+    model = original.model
+    assert original.meta["source"] == "world digits"
+    assert original.extras["judge"].schema == setup.data.meta["schema"]
     assert model.tokenizer.get_vocab() == setup.data.meta["tokenizer"].get_vocab()
     assert model.text_encoder.config.max_position_embeddings >= 4 + 5  # "<s> a three </s>" + 5 prefix tokens
     forget = setup.split.forget.all()

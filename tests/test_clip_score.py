@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
+from unlearnkit.families.base import Original
 from unlearnkit.metrics.clip_score import clip_score, load_clip
+from unlearnkit.protocols.erasure import Erasure
 
 torch.set_num_threads(1)
 
@@ -171,10 +173,16 @@ def _setup(eval_cfg):
             "eval": {"per_prompt": 2, "steps": 3, "guidance": 2.0} | eval_cfg,
             "split": {"concept": "a red circle"},
         },
-        info={"judge": _Judge(), "original": object()},
         data=SimpleNamespace(class_names=all_captions(), meta={"tokenizer": None}),
         split=SimpleNamespace(test=SimpleNamespace(all=lambda: {"x": torch.rand(6, 3, 16, 16)})),
     )
+
+
+def evaluate_t2i(setup, model):
+    """The concept-erasure protocol of ``setup`` on ``model``, with the stub judge as the original's."""
+    proto = Erasure.from_section(setup.cfg["eval"])
+    original = Original(torch.nn.Identity(), {}, {"judge": _Judge()})
+    return proto.evaluate(setup, model, original=original).flat()
 
 
 @pytest.fixture
@@ -198,8 +206,6 @@ def fake_sampling(monkeypatch):
 
 
 def test_evaluate_t2i_reports_clip_of_erasure_metrics_retain_images(clip_dir, fake_sampling):
-    from unlearnkit.metrics.t2i_suite import evaluate_t2i
-
     out = evaluate_t2i(_setup({"sample_seed": 1, "clip_model": str(clip_dir)}), torch.nn.Linear(1, 1))
     concept_call, retain_call = fake_sampling  # erasure_metrics' two calls; the CLIP step samples nothing
     assert concept_call["prompts"] == ["a red circle"] and concept_call["seed"] == 2001
@@ -214,15 +220,11 @@ def test_evaluate_t2i_reports_clip_of_erasure_metrics_retain_images(clip_dir, fa
 
 
 def test_evaluate_t2i_without_clip_model_has_no_clip_key(fake_sampling):
-    from unlearnkit.metrics.t2i_suite import evaluate_t2i
-
     out = evaluate_t2i(_setup({}), torch.nn.Linear(1, 1))
     assert "clip" not in out and len(fake_sampling) == 2
 
 
 def test_evaluate_t2i_bad_clip_options_fail_before_sampling(clip_dir, fake_sampling, tmp_path):
-    from unlearnkit.metrics.t2i_suite import evaluate_t2i
-
     with pytest.raises(ConfigError, match="unknown CLIP score scale"):
         evaluate_t2i(_setup({"clip_model": str(clip_dir), "clip_scale": "percent"}), torch.nn.Linear(1, 1))
     with pytest.raises(UnlearnkitError, match="save_pretrained"):

@@ -24,9 +24,9 @@ from unlearnkit.data.examples import ExampleSet
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.loop import Engine, EngineConfig, Phase
 from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.experiment import build_method
 from unlearnkit.families.vision import VisionFamily
 from unlearnkit.methods.base import Task
-from unlearnkit.pipeline import build_method
 
 B = 4  # examples per rank and step; the single process uses 2 * B
 CASES = {

@@ -119,7 +119,7 @@ def test_cli_unknown_preset_and_bad_override(capsys):
 def test_cli_refuses_to_overwrite_the_input_model(capsys, tmp_path):
     """--out pointing at the input model's folder is refused; the input file is byte-identical after."""
     from unlearnkit.config import load_preset
-    from unlearnkit.pipeline import make_setup
+    from unlearnkit.experiment import make_setup
 
     setup = make_setup(load_preset("vision/ft"))
     model = setup.new_model()

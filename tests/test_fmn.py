@@ -12,6 +12,7 @@ from t2i_helpers import small_shapes
 
 from unlearnkit.engine.loop import DivergenceError
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import build_method
 from unlearnkit.methods.fmn import (
     FMN,
     AttentionRecorder,
@@ -21,7 +22,6 @@ from unlearnkit.methods.fmn import (
     cross_attention_modules,
 )
 from unlearnkit.models.t2i import build_t2i, encode_prompts
-from unlearnkit.pipeline import build_method
 
 torch.set_num_threads(1)
 

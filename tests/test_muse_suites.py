@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from unlearnkit import pipeline
+from unlearnkit import experiment as pipeline
 from unlearnkit.bench.sequential import restrict_eval
 from unlearnkit.bench.suite import run_suite
 from unlearnkit.cli import main

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from unlearnkit import pipeline
+from unlearnkit import experiment as pipeline
 from unlearnkit.bench import suite as suite_mod
 from unlearnkit.bench.loop import thin
 from unlearnkit.bench.suite import run_suite

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import unlearnkit.metrics.diffusion as diffusion
+from unlearnkit.data.prompts import forget_captions
 from unlearnkit.data.shapes import COLORS, SHAPES
-from unlearnkit.metrics.t2i_suite import forget_captions
 
 PER_PROMPT = 4
 

@@ -67,20 +67,19 @@ def test_each_suite_seed_draws_its_own_evaluation_noise(monkeypatch, attack_seed
     """Suite seed s samples from 1000·s + eval.sample_seed and attacks under 1000·s (or eval.attack.seed)."""
     from types import SimpleNamespace
 
-    import unlearnkit.attacks.prompt as prompt_mod
-    import unlearnkit.metrics.diffusion as diff_mod
-    from unlearnkit.metrics.t2i_suite import evaluate_t2i
+    import unlearnkit.protocols.erasure as erasure_mod
+    from unlearnkit.families.base import Original
 
     seen: dict[str, int] = {}
-    monkeypatch.setattr(diff_mod, "erasure_metrics", lambda *a, **kw: seen.update(sample=kw["seed"]) or {})
-    monkeypatch.setattr(prompt_mod, "evaluate_asr", lambda *a, **kw: seen.update(attack=kw["seed"]) or {})
+    monkeypatch.setattr(erasure_mod, "erasure_metrics", lambda *a, **kw: seen.update(sample=kw["seed"]) or {})
+    monkeypatch.setattr(erasure_mod, "evaluate_asr", lambda *a, **kw: seen.update(attack=kw["seed"]) or {})
     attack = {"n_prompts": 1} | ({} if attack_seed is None else {"seed": attack_seed})
     setup = SimpleNamespace(
         seed=3,
         cfg={"eval": {"sample_seed": 5, "attack": attack}, "split": {"concept": "a red circle"}},
-        info={"judge": object(), "original": object()},
         data=SimpleNamespace(class_names=["a red circle", "a blue square"], meta={"tokenizer": None}),
         split=SimpleNamespace(test=SimpleNamespace(all=lambda: {"x": torch.zeros(1)})),
     )
-    evaluate_t2i(setup, torch.nn.Linear(1, 1))
+    protocol = erasure_mod.Erasure.from_section(setup.cfg["eval"])
+    protocol.evaluate(setup, torch.nn.Linear(1, 1), original=Original(torch.nn.Identity(), {}, {"judge": 1}))
     assert seen == {"sample": 3005, "attack": 3000 if attack_seed is None else attack_seed}

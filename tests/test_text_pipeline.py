@@ -93,7 +93,7 @@ def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
 def test_lora_trains_only_adapters_and_merges_back():
     """model.lora: only adapter weights train; the merged model has the original architecture."""
     from unlearnkit.config import load_preset
-    from unlearnkit.pipeline import build_method, make_setup, original_model, run_method
+    from unlearnkit.experiment import build_method, make_setup, original_model, run_method
 
     cfg = load_preset("text/simnpo")
     cfg["data"] = cfg["data"] | {"n_authors": 20}
@@ -101,7 +101,7 @@ def test_lora_trains_only_adapters_and_merges_back():
     cfg["model"] = cfg["model"] | {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
     cfg["engine"] = {"progress": False}
     setup = make_setup(cfg)
-    original, _ = original_model(setup)
+    original = original_model(setup).model
     model, _, _ = run_method(setup, original, build_method(cfg["method"] | {"epochs": 2, "lr": 1e-2}, "text"))
     assert type(model) is type(original)
     before, after = original.state_dict(), model.state_dict()

@@ -11,7 +11,7 @@ import torch
 from unlearnkit.data.synthetic_authors import generate_tofu, write_tofu_folder
 from unlearnkit.data.tofu import PRETRAIN_ID_OFFSET, tofu_texts
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.pipeline import make_setup
+from unlearnkit.experiment import make_setup
 
 N_AUTHORS = 10  # 100 questions; retain_perturbed = author 0 (ids 0..9), forget10 = author 9 (ids 90..99)
 IDS = [3, 7, 25, 48, 61, 95]  # two of them in retain_perturbed, one in forget10
@@ -69,7 +69,7 @@ def test_eval_sets_follow_the_ids(setup):
 
 
 def test_tofu_metrics_on_the_ids_split(setup, model):
-    from unlearnkit.pipeline import evaluate_model
+    from unlearnkit.experiment import evaluate_model
 
     oracle = evaluate_model(setup, model, "self")
     assert oracle["forget_quality"] == 1.0 and len(oracle["_forget_tr"]) == len(IDS)
@@ -122,7 +122,7 @@ def test_folder_without_full_perturbed(tmp_path):
 
 
 def make_eval(setup):
-    from unlearnkit.pipeline import evaluate_model
+    from unlearnkit.experiment import evaluate_model
 
     return evaluate_model(setup, setup.new_model(), "self")
 

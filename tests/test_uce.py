@@ -9,9 +9,9 @@ from t2i_helpers import red_circle_task as _task
 from t2i_helpers import small_shapes
 
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import build_method
 from unlearnkit.methods.uce import UCE, UCEConfig, cross_attention_projections, token_columns, uce_closed_form
 from unlearnkit.models.t2i import build_t2i, encode_prompts
-from unlearnkit.pipeline import build_method
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,11 @@ from unlearnkit.data.examples import ExampleSet
 from unlearnkit.data.shapes import all_captions, build_tokenizer, load_shapes, tokenize
 from unlearnkit.engine.loop import Engine, EngineConfig, StepContext
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import make_setup
 from unlearnkit.families.diffusion import DiffusionFamily
 from unlearnkit.methods.base import Task
 from unlearnkit.methods.esd import ESD, ESDConfig
 from unlearnkit.models.t2i import build_scheduler, build_t2i
-from unlearnkit.pipeline import make_setup
 from unlearnkit.selection import SelectionTask, WorstCaseConfig
 from unlearnkit.selection.lower import esd_per_example_loss
 from unlearnkit.selection.prompts import (

@@ -20,6 +20,7 @@ from unlearnkit.data.splits import Split, validate_labels
 from unlearnkit.engine.loop import Engine, EngineConfig
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.io import weights_sha256
+from unlearnkit.protocols.base import public
 
 
 @dataclass
@@ -76,9 +77,9 @@ def unlearn(
 
     Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``).
     """
+    from unlearnkit.experiment import build_method
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.methods.base import Task
-    from unlearnkit.pipeline import build_method
 
     if family != "vision":
         raise UnlearnkitError(f"the API does not support family {family!r} yet; use 'vision'")
@@ -154,7 +155,7 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool 
     ``resume`` continues a killed job from its last checkpoint in ``out`` (and a killed training of the
     original from the cache); the final weights and metrics equal an uninterrupted run's (RTE aside).
     Under several processes only the main process writes ``out``."""
-    from unlearnkit.pipeline import (
+    from unlearnkit.experiment import (
         build_method,
         evaluate_model,
         make_setup,
@@ -175,16 +176,17 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool 
     if resume and not out:
         raise ConfigError("--resume needs the --out folder of the run to continue")
     setup = make_setup(cfg)
-    original, meta = original_model(setup, resume=resume)
-    before = weights_sha256(original)
-    model, seconds, fit = run_method(setup, original, method, Path(out) if out else None, resume=resume)
-    result: dict[str, Any] = {"original": meta}
+    orig = original_model(setup, resume=resume)
+    before = weights_sha256(orig.model)
+    model, seconds, fit = run_method(setup, orig.model, method, Path(out) if out else None, resume=resume)
+    result: dict[str, Any] = {"original": orig.meta}
     oracle = None
-    if cfg["eval"].get("oracle"):
-        oracle_m, oracle_s = oracle_model(setup, build_method({"name": "retrain"}, cfg["family"]), original)
-        oracle = evaluate_model(setup, oracle_m, "self") | {"RTE": oracle_s}
-        result["oracle"] = {k: v for k, v in oracle.items() if not k.startswith("_")}
-    metrics = {k: v for k, v in evaluate_model(setup, model, oracle).items() if not k.startswith("_")}
+    if setup.protocol.cfg.oracle:
+        retrain = build_method({"name": "retrain"}, cfg["family"])
+        oracle_m, oracle_s = oracle_model(setup, retrain, orig.model)
+        oracle = evaluate_model(setup, oracle_m, "self", orig) | {"RTE": oracle_s}
+        result["oracle"] = public(oracle)
+    metrics = public(evaluate_model(setup, model, oracle, orig))
     metrics["RTE"] = seconds
     result["metrics"] = metrics
     if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes

@@ -150,17 +150,17 @@ def _cmd_unlearn(args) -> int:
 def _cmd_train(args) -> int:
     from unlearnkit.engine.loop import is_main_process
     from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.experiment import evaluate_model, make_setup, original_model
     from unlearnkit.io import save_weights
-    from unlearnkit.pipeline import evaluate_model, make_setup, original_model
 
     if not args.out or not args.out.endswith(".safetensors"):
         raise UnlearnkitError("train needs --out FILE.safetensors")
     cfg = _load_cfg(args)
     cfg.setdefault("model", {})["path"] = None
     setup = make_setup(cfg)
-    model, meta = original_model(setup, resume=args.resume)
-    save_weights(model, args.out)  # every rank (a sharded model is gathered collectively); rank 0 writes
-    metrics = evaluate_model(setup, model)
+    original = original_model(setup, resume=args.resume)
+    save_weights(original.model, args.out)  # every rank (a sharded model is gathered collectively)
+    metrics = evaluate_model(setup, original.model, original=original)
     if is_main_process():
         _print_metrics(metrics, args.json)
     return 0
@@ -168,14 +168,14 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.pipeline import evaluate_model, make_setup, original_model
+    from unlearnkit.experiment import evaluate_model, make_setup, original_model
 
     cfg = _load_cfg(args)
     if not cfg.get("model", {}).get("path"):
         raise UnlearnkitError("evaluate needs model.path=FILE.safetensors")
     setup = make_setup(cfg)
-    model, _ = original_model(setup)
-    _print_metrics(evaluate_model(setup, model), args.json)
+    original = original_model(setup)
+    _print_metrics(evaluate_model(setup, original.model, original=original), args.json)
     return 0
 
 

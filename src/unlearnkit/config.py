@@ -66,19 +66,29 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
 
 def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, recursively. A section of another ``kind`` (``split: {kind: class}`` over
+    a ``kind: random`` split) replaces the base section instead of mixing the options of two kinds."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and _same_kind(out[k], v):
             out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
+def _same_kind(base: dict, over: dict) -> bool:
+    return "kind" not in over or "kind" not in base or base["kind"] == over["kind"]
+
+
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings; values are parsed as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    """Apply ``a.b.c=value`` strings; values are parsed as YAML (``0.1``, ``true``, ``[1, 2]``).
+
+    ``sec.kind=...`` overrides go first: one that changes the kind of a section resets that section to the
+    new kind alone (``split.kind=class split.classes=3`` over a random split drops ``split.forget``)."""
     out = copy.deepcopy(cfg)
-    for item in overrides:
+    kinds = [o for o in overrides if o.split("=", 1)[0].endswith(".kind")]
+    for item in kinds + [o for o in overrides if o not in kinds]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. method.lr=0.01)")
         key, raw = item.split("=", 1)
@@ -95,6 +105,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"cannot set {key!r}: {part!r} is a value, not a section")
             node = nxt
+        if parts[-1] == "kind" and len(parts) > 1 and node.get("kind", value) != value:
+            node.clear()
         node[parts[-1]] = value
     return out
 

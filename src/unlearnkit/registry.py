@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -12,44 +13,16 @@ _METHODS: dict[str, type] = {}
 _FAMILIES: dict[str, type] = {}
 _DATASETS: dict[str, Callable[..., Any]] = {}
 _MODELS: dict[str, Callable[..., Any]] = {}
+_PROTOCOLS: dict[str, type] = {}
 
-# Modules whose import registers the built-in entries. Kept lazy so `import unlearnkit` stays fast.
-_BUILTIN_MODULES = (
-    "unlearnkit.families.vision",
-    "unlearnkit.families.text",
-    "unlearnkit.methods.retrain",
-    "unlearnkit.methods.ft",
-    "unlearnkit.methods.ga",
-    "unlearnkit.methods.rl",
-    "unlearnkit.methods.salun",
-    "unlearnkit.methods.l1_sparse",
-    "unlearnkit.methods.iu",
-    "unlearnkit.methods.boundary",
-    "unlearnkit.methods.scrub",
-    "unlearnkit.methods.graddiff",
-    "unlearnkit.methods.npo",
-    "unlearnkit.methods.simnpo",
-    "unlearnkit.methods.dpo",
-    "unlearnkit.methods.rmu",
-    "unlearnkit.data.digits",
-    "unlearnkit.data.cifar",
-    "unlearnkit.data.imagefolder",
-    "unlearnkit.data.tofu",
-    "unlearnkit.data.synthetic_authors",
-    "unlearnkit.data.muse",
-    "unlearnkit.data.synthetic_muse",
-    "unlearnkit.models.cnn",
-    "unlearnkit.models.resnet",
-    "unlearnkit.models.mlp",
-    "unlearnkit.models.tiny_lm",
-    "unlearnkit.families.diffusion",
-    "unlearnkit.methods.esd",
-    "unlearnkit.methods.advunlearn",
-    "unlearnkit.methods.uce",
-    "unlearnkit.methods.fmn",
-    "unlearnkit.data.shapes",
-    "unlearnkit.data.class_prompts",
-    "unlearnkit.models.t2i",
+# Packages whose modules register the built-in entries when imported. Scanned (not listed by hand) and
+# imported on first lookup, so `import unlearnkit` stays fast and a new module registers itself.
+_BUILTIN_PACKAGES = (
+    "unlearnkit.families",
+    "unlearnkit.protocols",
+    "unlearnkit.methods",
+    "unlearnkit.data",
+    "unlearnkit.models",
 )
 _loaded = False
 
@@ -59,8 +32,9 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    for pkg in _BUILTIN_PACKAGES:
+        for info in pkgutil.iter_modules(importlib.import_module(pkg).__path__, pkg + "."):
+            importlib.import_module(info.name)
 
 
 def _register(table: dict, kind: str, name: str) -> Callable:
@@ -91,6 +65,16 @@ def register_family(name: str) -> Callable:
     return deco
 
 
+def register_protocol(name: str) -> Callable:
+    """Class decorator: ``@register_protocol("tofu")``."""
+
+    def deco(cls):
+        cls.name = name
+        return _register(_PROTOCOLS, "protocol", name)(cls)
+
+    return deco
+
+
 def register_dataset(name: str) -> Callable:
     return _register(_DATASETS, "dataset", name)
 
@@ -112,6 +96,10 @@ def get_method(name: str) -> type:
 
 def get_family(name: str) -> type:
     return _get(_FAMILIES, "family", name)
+
+
+def get_protocol(name: str) -> type:
+    return _get(_PROTOCOLS, "protocol", name)
 
 
 def get_dataset(name: str) -> Callable[..., Any]:
@@ -148,5 +136,11 @@ def supports(method_cls: type, family: str) -> bool:
 
 def list_names(kind: str) -> list[str]:
     _load_builtins()
-    table = {"method": _METHODS, "family": _FAMILIES, "dataset": _DATASETS, "model": _MODELS}[kind]
+    table = {
+        "method": _METHODS,
+        "family": _FAMILIES,
+        "dataset": _DATASETS,
+        "model": _MODELS,
+        "protocol": _PROTOCOLS,
+    }[kind]
     return sorted(table)

@@ -227,18 +227,19 @@ class SuiteRunner:
 
 
 def seed_inputs(runner: SuiteRunner, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], Lazy, Lazy]:
-    """(resolved config, lazy setup, lazy (original model, its weights sha256)) of one suite seed: nothing is
-    built unless a row of this seed has to run (rows found in the store need neither)."""
+    """(resolved config, lazy setup, lazy (:class:`~unlearnkit.families.base.Original`, its weights sha256))
+    of one suite seed: nothing is built unless a row of this seed has to run (rows found in the store need
+    neither)."""
+    from unlearnkit.experiment import make_setup, original_model
     from unlearnkit.io import weights_sha256
-    from unlearnkit.pipeline import make_setup, original_model
 
     scfg = resolved(cfg, seed)
     setup: Lazy = Lazy(lambda: make_setup(scfg))
 
     def load_original() -> tuple[Any, str]:
         runner.say(f"seed {seed}: original model")
-        model = original_model(setup())[0]
-        return model, weights_sha256(model)
+        original = original_model(setup())
+        return original, weights_sha256(original.model)
 
     return scfg, setup, Lazy(load_original)
 
@@ -262,7 +263,7 @@ def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
 def resolved(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     """The full effective pipeline config of one seed (defaults merged), as rows hash it. Its ``method``
     section is dropped: a suite's rows take their methods from the suite's ``methods:``."""
-    from unlearnkit.pipeline import resolve
+    from unlearnkit.experiment import resolve
 
     out = resolve(cfg | {"seed": seed})
     out.pop("method", None)

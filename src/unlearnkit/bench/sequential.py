@@ -124,9 +124,8 @@ def verbmem_retain(setup: Any, model: Any) -> float:
 
     ev, tok = setup.data.meta["eval"], setup.data.meta["tokenizer"]
     recs = [continuation_record(tok, t) for t in ev["retain_texts"]]
-    ecfg = setup.cfg.get("eval", {})
-    n_new = int(ecfg.get("verbmem_max_new_tokens", 64))
-    return verbmem(model, tok, recs, n_new, int(ecfg.get("batch_size", 32)))
+    ecfg = setup.protocol.cfg
+    return verbmem(model, tok, recs, ecfg.verbmem_max_new_tokens, ecfg.batch_size)
 
 
 def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) -> Any:
@@ -134,16 +133,15 @@ def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) ->
     evaluation sets are restricted to those articles (what unlearning and evaluation then see)."""
     from unlearnkit.data.splits import Split
 
-    sub = copy.copy(setup)
     old = setup.split
-    sub.split = Split(
+    split = Split(
         setup.data.train.subset(forget_ids), old.retain, old.test, old.kind, {**old.info, "forget": "request"}
     )
+    data = None
     if texts is not None:
-        sub.data = dataclasses.replace(
-            setup.data, meta=setup.data.meta | {"eval": restrict_eval(setup.data, texts)}
-        )
-    return sub
+        ev = restrict_eval(setup.data, texts)
+        data = dataclasses.replace(setup.data, meta=setup.data.meta | {"eval": ev})
+    return setup.with_split(split, data)
 
 
 # -- the runner ---------------------------------------------------------------------------------------------
@@ -154,7 +152,7 @@ def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack:
     few articles that all score below every holdout text), where PrivLeak is undefined for every model
     of that request: the methods' PrivLeak is then None too, not an error.
     """
-    from unlearnkit.pipeline import evaluate_model
+    from unlearnkit.experiment import evaluate_model
 
     if isinstance(oracle, dict) and not oracle.get("_auc"):
         oracle = oracle | {"_auc": None}
@@ -163,9 +161,7 @@ def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack:
         metrics["privleak"] = 0.0 if metrics["_auc"] > 0 else None
     metrics["verbmem_r"] = verbmem_retain(sub, model)
     if attack and attack.get("relearn") is not None and oracle != "self":
-        from unlearnkit.metrics.text_suite import relearn_and_evaluate
-
-        metrics |= relearn_and_evaluate(sub, model, oracle, dict(attack["relearn"] or {}))
+        metrics |= sub.protocol.relearn(sub, model, oracle, dict(attack["relearn"] or {}))
     return metrics
 
 
@@ -231,14 +227,14 @@ class _SeedState:
         self.oracle = Lazy(self._oracle)
 
     def _original(self) -> tuple[Any, str]:
-        from unlearnkit.pipeline import original_model
+        from unlearnkit.experiment import original_model
 
         self.runner.say(f"seed {self.seed}: original model")
-        model, _ = original_model(self.setup())
+        model = original_model(self.setup()).model
         return model, weights_sha256(model)
 
     def _oracle(self) -> tuple[Any, float]:
-        from unlearnkit.pipeline import build_method, oracle_model
+        from unlearnkit.experiment import build_method, oracle_model
 
         self.runner.say(f"seed {self.seed}: oracle")
         setup = self.setup()
@@ -247,7 +243,7 @@ class _SeedState:
 
 def make_checked_setup(cfg: dict[str, Any], requests: list[str]) -> Any:
     """``make_setup(cfg)``, refusing a request that is not one of the dataset's forget sets."""
-    from unlearnkit.pipeline import make_setup
+    from unlearnkit.experiment import make_setup
 
     setup = make_setup(cfg)
     fids = setup.data.meta.get("forget_ids") or {}
@@ -285,7 +281,7 @@ def _run_seed(
     import warnings
 
     from unlearnkit.bench.loop import Outcome, resolved
-    from unlearnkit.pipeline import build_method, run_method
+    from unlearnkit.experiment import build_method, run_method
 
     mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
     state = _SeedState(runner, base, seed, specs, requests)

@@ -139,8 +139,8 @@ def _plain_seed(
         }
 
         def compute(mname=mname, spec=spec, oracle=oracle) -> Outcome:
-            model0, before = original()
-            metrics, model, history = run_row(setup(), model0, mname, spec, family, oracle, attack)
+            orig, before = original()
+            metrics, model, history = run_row(setup(), orig, mname, spec, family, oracle, attack)
             receipt = {
                 "forget_ids_sha256": setup().split.forget_ids_sha256(),
                 "forget_count": len(setup().split.forget),
@@ -161,7 +161,7 @@ def select_methods(
 ) -> dict[str, dict]:
     """The suite's methods restricted to ``--methods`` (the oracle ``retrain`` always stays), each config
     validated before any training starts (``original`` is the un-unlearned reference row, no method)."""
-    from unlearnkit.pipeline import build_method
+    from unlearnkit.experiment import build_method
 
     if methods:
         unknown = [m for m in methods if m not in specs]
@@ -192,22 +192,21 @@ def run_row(
 
     Returns (metrics, the model, its training log or None: the cached oracle and ``original`` have none).
     """
-    from unlearnkit.pipeline import build_method, evaluate_model, oracle_model, run_method
+    from unlearnkit.experiment import build_method, evaluate_model, oracle_model, run_method
 
     history = None
     if mname == "retrain":
-        model, seconds = oracle_model(setup, build_method(spec, family), original)
+        model, seconds = oracle_model(setup, build_method(spec, family), original.model)
     elif mname == "original":  # the model before unlearning, as a reference row
-        model, seconds = original, 0.0
+        model, seconds = original.model, 0.0
     else:
-        model, seconds, fit = run_method(setup, original, build_method(spec, family))
+        model, seconds, fit = run_method(setup, original.model, build_method(spec, family))
         history = fit.history
     # The oracle is compared with itself (gap 0, forget quality 1), as the papers' tables report it.
-    metrics = evaluate_model(setup, model, "self" if mname == "retrain" else oracle) | {"RTE": seconds}
+    ref = "self" if mname == "retrain" else oracle
+    metrics = evaluate_model(setup, model, ref, original) | {"RTE": seconds}
     if attack and attack.get("relearn") is not None and mname != "retrain":
-        from unlearnkit.metrics.text_suite import relearn_and_evaluate
-
-        metrics |= relearn_and_evaluate(setup, model, oracle, dict(attack["relearn"] or {}))
+        metrics |= setup.protocol.relearn(setup, model, oracle, dict(attack["relearn"] or {}))
     return metrics, model, history
 
 

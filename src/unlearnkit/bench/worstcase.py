@@ -112,9 +112,9 @@ def _worst_seed(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One seed: the selection (stored or run), then every method on the random and the worst-case set."""
     from unlearnkit.bench.loop import Lazy, Outcome, seed_inputs
+    from unlearnkit.experiment import build_method, evaluate_model, run_method
     from unlearnkit.io import weights_sha256
     from unlearnkit.metrics.vision import avg_gap
-    from unlearnkit.pipeline import build_method, evaluate_model, run_method
     from unlearnkit.runs.store import config_hash
     from unlearnkit.selection.runner import payload, run_selection
 
@@ -130,7 +130,7 @@ def _worst_seed(
     } | opts
 
     def select() -> Outcome:
-        res = run_selection(setup(), original()[0], size, sel, specs, granularity)
+        res = run_selection(setup(), original()[0].model, size, sel, specs, granularity)
         obj = payload(res, suite_name, seed, granularity, len(setup().data.train))
         metrics = {"seconds": res.seconds, "best_iter": res.best_iter, "lower_steps": res.lower_steps}
         return Outcome(metrics, fields={"payload": obj, "units": list(res.units)})
@@ -158,16 +158,17 @@ def _worst_seed(
             } | opts
 
             def compute(tag=tag, spec=spec) -> Outcome:
-                model0, before = original()
-                setup().split = split = splits()[tag]
-                model, seconds, fit = run_method(setup(), model0, build_method(spec, family))
+                orig, before = original()
+                split = splits()[tag]
+                sub = setup().with_split(split)
+                model, seconds, fit = run_method(sub, orig.model, build_method(spec, family))
                 receipt = {
                     "forget_ids_sha256": split.forget_ids_sha256(),
                     "forget_count": len(split.forget),
                     "weights_before_sha256": before,
                     "weights_after_sha256": weights_sha256(model),
                 }
-                metrics = evaluate_model(setup(), model) | {"RTE": seconds}
+                metrics = evaluate_model(sub, model, original=orig) | {"RTE": seconds}
                 return Outcome(metrics, fields={"set": tag}, receipt=receipt, history=fit.history)
 
             res = runner.row(identity, mname, seed, compute, tag=tag)

@@ -14,13 +14,15 @@ pad 0, bos 1, eos 2, unk 3 (matching the text-encoder config of :mod:`unlearnkit
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from unlearnkit.errors import DataError, UnlearnkitError
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
 
@@ -116,3 +118,39 @@ def tokenize(tokenizer: Any, prompts: list[str], max_length: int) -> torch.Tenso
             )
     pad = tokenizer.pad_token_id
     return torch.as_tensor([row + [pad] * (max_length - len(row)) for row in rows], dtype=torch.long)
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """The prompts of a prompt-wise selection (``{"prompts": [...]}`` as ``select`` writes) or a JSON list."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(
+            f"prompts file {str(p)!r} does not exist: write one with "
+            "`unlearnkit select worstcase --granularity prompt --out FILE`"
+        )
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"prompts file {str(p)!r} is not valid JSON ({exc})") from exc
+    prompts = obj.get("prompts") if isinstance(obj, dict) else obj
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(q, str) for q in prompts):
+        raise DataError(
+            f"prompts file {str(p)!r} must hold a non-empty list of prompts or {{'prompts': [...]}}"
+        )
+    return prompts
+
+
+def forget_captions(split: dict[str, Any], captions: Sequence[str] = (), seed: int = 0) -> list[str]:
+    """The erased caption(s) of a concept split: ``split.prompts_file`` (a prompt-wise worst-case
+    selection) wins over ``split.concept`` (one caption, a list, or ``by-seed``: caption ``seed mod K`` of
+    the dataset's K ``captions``, a different class per suite seed as in SalUn's class-wise experiments)."""
+    if split.get("prompts_file"):
+        return list(read_prompts_file(split["prompts_file"]))
+    concept = split.get("concept")
+    if concept == "by-seed":
+        if not captions:
+            raise ConfigError("split.concept=by-seed needs the dataset's captions")
+        return [list(captions)[int(seed) % len(captions)]]
+    if concept is None or concept == [] or concept == "":
+        raise ConfigError("a concept split needs split.concept (a caption, a list of captions, or by-seed)")
+    return list(concept) if isinstance(concept, (list, tuple)) else [concept]

@@ -8,6 +8,7 @@ aside as ``test_forgotten``). ``from_ids`` accepts a JSON file of ids, e.g. a wo
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearnkit.data.examples import ExampleSet
-from unlearnkit.errors import DataError
+from unlearnkit.data.examples import ExampleSet, concat
+from unlearnkit.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass
@@ -193,8 +194,79 @@ def ids_split(train: ExampleSet, test: ExampleSet, ids: list[int]) -> Split:
     return Split(forget, train.exclude(ids), test, "ids", {"count": len(ids), "ids_sha256": ids_sha256(ids)})
 
 
+# The options of each generic split kind (a family may add kinds: text ``ids``, diffusion ``concept``).
+SPLIT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "random": ("forget",),
+    "class": ("classes",),
+    "ids": ("ids_file", "ids"),
+    "benchmark": ("forget", "retain"),
+}
+
+
+def check_split_options(spec: dict[str, Any], kinds: dict[str, tuple[str, ...]]) -> str:
+    """The split's kind, after checking that every key of ``spec`` is an option of that kind (``kinds``
+    maps each kind to its options). A key of another kind is named with the kind it belongs to."""
+    kind = spec.get("kind", "random")
+    if kind not in kinds:
+        raise ConfigError(f"unknown split.kind {kind!r}: {did_you_mean(str(kind), sorted(kinds))}")
+    allowed = kinds[kind]
+    for key in spec:
+        if key == "kind" or key in allowed:
+            continue
+        owners = [k for k, opts in kinds.items() if key in opts]
+        if owners:
+            hint = f"; it is an option of split.kind={owners[0]}"
+        else:
+            every = {o: k for k, opts in kinds.items() for o in opts}
+            close = difflib.get_close_matches(str(key), list(every), n=1)
+            hint = ""
+            if close:
+                where = "" if close[0] in allowed else f" (with split.kind={every[close[0]]})"
+                hint = f"; did you mean split.{close[0]}{where}?"
+        opts = ", ".join(allowed) or "none"
+        raise ConfigError(f"unknown option split.{key} for split.kind={kind} (its options: {opts}){hint}")
+    return kind
+
+
+def benchmark_split(data: Any, spec: dict[str, Any]) -> Split:
+    """A split the dataset defines itself (TOFU's forget10/retain90, MUSE's forget/retain): the ids come
+    from ``data.meta["forget_ids"][name]`` and ``data.meta["retain_ids"][name]``; test = the holdout."""
+    fids = data.meta.get("forget_ids") or {}
+    rids = data.meta.get("retain_ids") or {}
+    name = spec.get("forget") or data.meta.get("forget_split")
+    if name not in fids:
+        raise ConfigError(
+            f"split.forget={name!r} is not a split of {data.name!r}; choose one of {sorted(fids)}"
+        )
+    retain_name = spec.get("retain") or data.meta.get("retain_split") or _complement(name, rids)
+    if retain_name not in rids:
+        raise ConfigError(f"split.retain={retain_name!r} is not a split of {data.name!r}: {sorted(rids)}")
+    retain = with_pretrain(data.train.subset(rids[retain_name]), data)
+    return Split(
+        data.train.subset(fids[name]), retain, data.test, "benchmark", {"forget": name, "retain": retain_name}
+    )
+
+
+def with_pretrain(retain: ExampleSet, data: Any) -> ExampleSet:
+    """``retain`` plus the general knowledge a dataset trains alongside (TOFU's real authors and world
+    facts, ``meta["pretrain"]``), so the retrained oracle sees them too."""
+    if data.meta.get("pretrain") is None:
+        return retain
+    return concat(retain, data.meta["pretrain"])
+
+
+def _complement(forget: str, retain_ids: dict) -> str | None:
+    """TOFU's naming: forget10 pairs with retain90."""
+    digits = "".join(c for c in forget if c.isdigit())
+    if digits:
+        cand = f"retain{100 - int(digits)}"
+        if cand in retain_ids:
+            return cand
+    return next(iter(retain_ids), None)
+
+
 def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: int) -> Split:
-    """Build a split from the ``split:`` section of a config."""
+    """Build a split from the ``split:`` section of a config (kinds random, class and ids)."""
     kind = spec.get("kind", "random")
     if kind == "random":
         return random_split(train, test, spec.get("forget", 0.1), seed)

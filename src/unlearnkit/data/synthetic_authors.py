@@ -35,6 +35,7 @@ from typing import Any
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.tofu import load_tofu, tofu_texts
 from unlearnkit.errors import DataError
+from unlearnkit.paths import cache_root
 from unlearnkit.registry import register_dataset
 
 GEN_VERSION = 3  # 2: perturbed answers use the paraphrase wording; 3: adds the full_perturbed table
@@ -341,11 +342,6 @@ def write_tofu_folder(
 
         train_tokenizer(tofu_texts(tables), vocab_size=vocab_size).save_pretrained(str(folder / "tokenizer"))
     return folder
-
-
-def cache_root() -> Path:
-    """``$UNLEARNKIT_CACHE`` or ``~/.cache/unlearnkit``."""
-    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit")).expanduser()
 
 
 def cached_folder(kind: str, settings: dict, write: Callable[[Path], Any]) -> Path:

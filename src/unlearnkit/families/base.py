@@ -9,13 +9,27 @@ loss units per example (answer tokens for an LM, 1 for a classifier), and a rela
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch
+from unlearnkit.data.splits import SPLIT_OPTIONS, Split, benchmark_split, check_split_options, make_split
+from unlearnkit.registry import get_dataset
+
+
+@dataclass
+class Original:
+    """The model to unlearn, where it came from (``meta``: source, cache folder, training record), and what
+    its family's evaluation needs beside it (``extras``: e.g. a text-to-image world's judge)."""
+
+    model: nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Family(ABC):
@@ -43,13 +57,33 @@ class Family(ABC):
         """Load the dataset named in a config's ``data:`` section (its other keys are the loader's options).
 
         Families extend this to pick up what the data defines (classes, tokenizer)."""
-        from unlearnkit.config import call_with_options
-        from unlearnkit.registry import get_dataset
-
         spec = dict(spec)
         name = spec.pop("name", self.default_dataset)
         spec.pop("split", None)
         return call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
+
+    # -- hooks the experiment layer asks (so nothing outside families/ tests a family's name) ------------
+    split_kinds: dict[str, tuple[str, ...]] = SPLIT_OPTIONS
+
+    def make_split(self, data: LoadedData, spec: dict[str, Any], seed: int) -> tuple[Split, LoadedData]:
+        """The ``split:`` section's split of ``data`` (its keys checked against :attr:`split_kinds`), and the
+        data, which a split may narrow (e.g. a TOFU forget set of listed questions rebuilds its
+        evaluation sets)."""
+        kind = check_split_options(spec, self.split_kinds)
+        if kind == "benchmark":
+            return benchmark_split(data, spec), data
+        return make_split(data.train, data.test, spec, seed), data
+
+    @abstractmethod
+    def protocol(self, data: LoadedData) -> str:
+        """The name of the evaluation protocol (``protocols/``) this family's ``data`` is measured by."""
+
+    owns_original: bool = False  # True: load_original always answers (the model is not built from model:)
+
+    def load_original(self, model_spec: dict[str, Any], data: LoadedData, split: Split) -> Original | None:
+        """The family's own trained original (e.g. a text-to-image world with its judge), or None to let the
+        experiment build, load or train it from ``model:``."""
+        return None
 
     @abstractmethod
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:

@@ -33,8 +33,14 @@ from torch import nn
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.prompts import forget_captions
+from unlearnkit.data.shapes import MAX_LENGTH, tokenize
+from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
-from unlearnkit.families.base import Family
+from unlearnkit.families.base import Family, Original
+from unlearnkit.models.t2i import load_t2i
+from unlearnkit.models.t2i_world import TRAIN_COMMAND
+from unlearnkit.models.t2i_world import load_original as load_world
 from unlearnkit.registry import get_model, register_family
 
 _MIX = 1_000_003
@@ -129,8 +135,6 @@ class DiffusionFamily(Family):
                 raise ConfigError(
                     "the diffusion family needs the tokenizer to relabel prompts (load_data sets it)"
                 )
-            from unlearnkit.data.shapes import MAX_LENGTH, tokenize
-
             keys = list(self.relabel_map)
             n = self.max_length or MAX_LENGTH
             c_ids = tokenize(self.tokenizer, keys, n)
@@ -138,7 +142,42 @@ class DiffusionFamily(Family):
             self._table = list(zip(c_ids, a_ids, strict=True))
         return self._table
 
-    # -- data and models ----------------------------------------------------------------------------
+    # -- data, splits, the original and models ------------------------------------------------------------
+    split_kinds = SPLIT_OPTIONS | {"concept": ("concept", "prompts_file")}
+
+    def protocol(self, data: LoadedData) -> str:
+        return "erasure"
+
+    def make_split(self, data: LoadedData, spec: dict[str, Any], seed: int) -> tuple[Split, LoadedData]:
+        """``split.kind=concept``: forget every training image captioned with ``split.concept`` (a caption, a
+        list of captions, or ``by-seed``: caption ``seed mod K``); retain the other captions; test images of
+        the other captions are the real images for FID. ``split.prompts_file`` (a prompt-wise worst-case
+        selection's JSON) names the captions instead and wins over ``split.concept``."""
+        if spec.get("kind") != "concept":
+            return super().make_split(data, spec, seed)
+        check_split_options(spec, self.split_kinds)
+        names = list(data.class_names)
+        concepts = forget_captions(spec, names, seed)
+        for c in concepts:
+            if c not in names:
+                raise ConfigError(
+                    f"split.concept={c!r} is not a caption of {data.name!r}; choose one of {names}"
+                )
+        return class_split(data.train, data.test, sorted({names.index(c) for c in concepts})), data
+
+    owns_original = True
+
+    def load_original(self, model_spec: dict[str, Any], data: LoadedData, split: Split) -> Original:
+        """The shipped (or cached, or given) trained world: the T2I model and its judge. The judge and the
+        original model (whose images the prompt attack targets) travel in ``extras``."""
+        world = model_spec.get("world") or data.meta.get("world", "shapes")
+        path = model_spec.get("path")
+        model, judge = load_world(path, world=world)
+        self.validate(model, split.forget)
+        _same_vocabulary(model, data.meta.get("tokenizer"), path, world)
+        _same_schema(judge, data.meta.get("schema"), path, world)
+        return Original(model, {"source": str(path or f"world {world}")}, {"judge": judge, "original": model})
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
@@ -156,8 +195,6 @@ class DiffusionFamily(Family):
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
         if path:
-            from unlearnkit.models.t2i import load_t2i
-
             model = load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
@@ -197,3 +234,31 @@ def _check_model(model: nn.Module) -> None:
                 f"the diffusion family needs a T2IModel with a UNet and a text encoder; {part} is missing "
                 "(build one with unlearnkit.models.t2i.build_t2i or load_t2i)"
             )
+
+
+def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any, world: str = "shapes") -> None:
+    """The dataset's captions and the prompt attacks' vocabulary come from the dataset's tokenizer: a model
+    trained with another vocabulary would read wrong words (or index past its embeddings)."""
+    mine = getattr(model, "tokenizer", None)
+    if mine is None or data_tokenizer is None:
+        return
+    want, have = data_tokenizer.get_vocab(), mine.get_vocab()
+    differ = sorted(w for w in want if have.get(w) != want[w])
+    if differ:
+        raise DataError(
+            f"model.path={str(path or 'shipped')!r} was trained with another vocabulary than the dataset's "
+            f"tokenizer ({len(differ)} word(s) differ, e.g. {differ[:3]}): check model.world / data, or "
+            f"retrain it with `{TRAIN_COMMAND.format(world=world)} --out DIR` from this version"
+        )
+
+
+def _same_schema(judge: Any, data_schema: Any, path: Any, world: str) -> None:
+    """The judge must predict the attributes the dataset's prompts name (same classes, same order)."""
+    have = getattr(judge, "schema", None)
+    if have is None or data_schema is None or have == data_schema:
+        return
+    raise DataError(
+        f"the judge of model.path={str(path or 'world ' + world)!r} predicts {have.to_dict()} but the "
+        f"dataset's prompts name {data_schema.to_dict()}: use the world trained on this dataset "
+        f"(model.world) or retrain it with `{TRAIN_COMMAND.format(world=world)} --out DIR`"
+    )

@@ -11,6 +11,7 @@ text analogue of a random label.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +21,16 @@ from torch import nn
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
-from unlearnkit.errors import DataError
+from unlearnkit.data.splits import (
+    SPLIT_OPTIONS,
+    Split,
+    check_split_options,
+    ids_from_spec,
+    ids_split,
+    with_pretrain,
+)
+from unlearnkit.data.tofu import ids_eval_sets
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family
 from unlearnkit.registry import get_model, register_family
 
@@ -73,7 +83,25 @@ class TextFamily(Family):
             )
         return batch | {c: batch[f"alt_{c}"] for c in TEXT_COLUMNS}
 
-    # -- data and models ----------------------------------------------------------------------------
+    # -- data, splits and models -----------------------------------------------------------------------
+    split_kinds = SPLIT_OPTIONS | {"ids": (*SPLIT_OPTIONS["ids"], "without_perturbed")}
+
+    def protocol(self, data: LoadedData) -> str:
+        """TOFU or MUSE: named by the dataset (``meta["benchmark"]``), else told by its evaluation sets."""
+        ev = data.meta.get("eval") or {}
+        bench = data.meta.get("benchmark") or (
+            "tofu" if "real_authors" in ev else "muse" if "verbmem_forget" in ev else None
+        )
+        if bench not in ("tofu", "muse"):
+            raise UnlearnkitError(f"the text dataset {data.name!r} names no benchmark (tofu or muse)")
+        return bench
+
+    def make_split(self, data: LoadedData, spec: dict[str, Any], seed: int) -> tuple[Split, LoadedData]:
+        if spec.get("kind") == "ids":
+            check_split_options(spec, self.split_kinds)
+            return ids_split_with_eval(data, spec)
+        return super().make_split(data, spec, seed)
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
@@ -101,3 +129,29 @@ class TextFamily(Family):
             )
         if len(data) and int((data.columns["labels"][:, 1:] != -100).sum(-1).min()) == 0:
             raise DataError("some examples have no answer tokens (all labels are -100): check max_length")
+
+
+def ids_split_with_eval(data: LoadedData, spec: dict[str, Any]) -> tuple[Split, LoadedData]:
+    """TOFU-style text data: forget = the questions of ``full`` listed by ``split.ids_file`` (or inline
+    ``split.ids``), e.g. a worst-case selection; retain = every other question plus the real-author and
+    world-fact pairs (as in :func:`~unlearnkit.data.splits.benchmark_split`), so the oracle is retrained on
+    them; test = the holdout.
+
+    Returns the split and the data with ``meta["eval"]`` rebuilt for it (:func:`unlearnkit.data.tofu.
+    ids_eval_sets`): the forget evaluation set is those questions with their paraphrased and perturbed
+    answers, the retain evaluation set loses any forgotten question (listed in ``split.info``).
+    ``split.without_perturbed=partial`` accepts questions that have no perturbed answers (real TOFU).
+    """
+    if "perturbed" not in data.meta:
+        raise ConfigError(
+            f"split.kind=ids on the text dataset {data.name!r} is not supported: its forget metrics are tied "
+            "to its own forget split (MUSE's forget corpus); use split.kind=benchmark, or a TOFU dataset "
+            "(data.name=tofu or tofu-synthetic) for forget sets of any questions"
+        )
+    base = ids_split(data.train, data.test, ids_from_spec(spec))
+    ev, info = ids_eval_sets(data.meta, base.forget_ids, spec.get("without_perturbed", "error"))
+    retain = with_pretrain(base.retain, data)
+    info = base.info | info | ({"ids_file": str(spec["ids_file"])} if spec.get("ids_file") else {})
+    split = Split(base.forget, retain, data.test, "ids", info)
+    meta = data.meta | {"eval": ev, "forget_split": "ids", "retain_split": None}
+    return split, replace(data, meta=meta)

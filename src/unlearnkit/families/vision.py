@@ -59,6 +59,9 @@ class VisionFamily(Family):
         return self.num_classes
 
     # -- data and models ----------------------------------------------------------------------------
+    def protocol(self, data: LoadedData) -> str:
+        return "classification"
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.num_classes = data.num_classes

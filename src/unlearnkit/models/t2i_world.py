@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from unlearnkit.data.prompts import ConceptSchema
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.paths import cache_root
 
 # world name -> the dataset spec it is trained on
 WORLDS: dict[str, dict[str, Any]] = {
@@ -126,8 +126,6 @@ def judge_accuracy(
 
 
 # -- world folders -----------------------------------------------------------------------------------
-def cache_root() -> Path:
-    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit")).expanduser()
 
 
 def _check_world(world: str) -> None:

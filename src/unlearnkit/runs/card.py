@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_text
+from unlearnkit.registry import get_family
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Data sources named by an alias whose Hub dataset is known.
@@ -86,6 +88,15 @@ def _metrics_section(metrics: dict[str, Any], oracle: dict[str, Any] | None) -> 
     return "\n".join(lines) + "\n" + note
 
 
+def _owns_original(family: str) -> bool:
+    """Whether the family brings its own trained original (a text-to-image world), rather than building
+    a model from the ``model:`` section."""
+    try:
+        return bool(get_family(family).owns_original)
+    except UnlearnkitError:
+        return False
+
+
 def _load_section(config: dict[str, Any], has_hf: bool) -> str:
     family = config.get("family", "vision")
     text = ["The weights are in `model.safetensors` (safetensors: no pickle, safe to load)."]
@@ -96,17 +107,18 @@ def _load_section(config: dict[str, Any], has_hf: bool) -> str:
             'model = AutoModelForCausalLM.from_pretrained("hf_model")\n'
             'tokenizer = AutoTokenizer.from_pretrained("hf_model")\n```'
         )
-    if config.get("model") or family == "diffusion":
+    owns = _owns_original(family)
+    if config.get("model") or owns:
         build = (
-            "model, _ = original_model(setup)  # the same architecture (the shipped model)"
-            if family == "diffusion"
+            "model = original_model(setup).model  # the same architecture (the shipped model)"
+            if owns
             else "model = setup.new_model()  # the same architecture"
         )
-        imports = "original_model" if family == "diffusion" else ""
+        imports = "original_model" if owns else ""
         text.append(
             "With unlearnkit, from this folder:\n\n```python\nimport yaml\n\n"
             "from unlearnkit.io import load_weights\n"
-            f"from unlearnkit.pipeline import make_setup{', ' + imports if imports else ''}\n\n"
+            f"from unlearnkit.experiment import make_setup{', ' + imports if imports else ''}\n\n"
             'setup = make_setup(yaml.safe_load(open("config.yaml")))\n'
             f"{build}\n"
             'load_weights(model, "model.safetensors")\n```'

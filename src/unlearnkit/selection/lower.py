@@ -56,7 +56,7 @@ class LowerLevel:
     def _check(self) -> None:
         name, family = self.cfg.lower, self.task.family.name or "vision"
         if name in FORGET_WEIGHTED_LOWER:
-            from unlearnkit.pipeline import build_method
+            from unlearnkit.experiment import build_method
 
             if family != "diffusion":
                 raise ConfigError(
@@ -70,7 +70,7 @@ class LowerLevel:
                     "the retrain lower level needs a model factory (a fresh initialisation)"
                 )
             return
-        from unlearnkit.pipeline import build_method
+        from unlearnkit.experiment import build_method
         from unlearnkit.registry import get_method, list_names, supports
 
         usable = [n for n in list_names("method") if supports(get_method(n), family)]
@@ -133,8 +133,8 @@ class LowerLevel:
 
     # -- forget-weighted ESD: Σ w_i ℓ^ESD_i(θ) from the original -----------------------------------------
     def _esd(self, w_ex: torch.Tensor, it: int) -> nn.Module:
+        from unlearnkit.experiment import build_method
         from unlearnkit.methods.base import Task
-        from unlearnkit.pipeline import build_method
 
         task, c = self.task, self.cfg
         method = build_method(self.method_spec(), "diffusion")
@@ -169,8 +169,8 @@ class LowerLevel:
 
     # -- binarised: a registered method on forget = top-m ------------------------------------------------
     def _method(self, forget_ex: torch.Tensor, it: int) -> nn.Module:
+        from unlearnkit.experiment import build_method
         from unlearnkit.methods.base import Task
-        from unlearnkit.pipeline import build_method
 
         task = self.task
         method = build_method(self.method_spec(), task.family.name or "vision")

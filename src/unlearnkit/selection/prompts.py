@@ -36,17 +36,15 @@ the m least erasable prompts; ``step=0.1`` keeps η·s_p < 1 there (the default 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from unlearnkit.data.examples import Batch, ExampleSet
-from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.errors import ConfigError
 from unlearnkit.families.base import Family
 from unlearnkit.selection.worstcase import (
     SelectionResult,
@@ -128,23 +126,3 @@ def select_worst_prompts(
     res.unit_names = [names[u] for u in res.units]
     res.pool_names = names
     return res
-
-
-def read_prompts_file(path: str | Path) -> list[str]:
-    """The prompts of a prompt-wise selection (``{"prompts": [...]}`` as ``select`` writes) or a JSON list."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(
-            f"prompts file {str(p)!r} does not exist: write one with "
-            "`unlearnkit select worstcase --granularity prompt --out FILE`"
-        )
-    try:
-        obj = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"prompts file {str(p)!r} is not valid JSON ({exc})") from exc
-    prompts = obj.get("prompts") if isinstance(obj, dict) else obj
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(q, str) for q in prompts):
-        raise DataError(
-            f"prompts file {str(p)!r} must hold a non-empty list of prompts or {{'prompts': [...]}}"
-        )
-    return prompts

@@ -61,7 +61,7 @@ def split_suite_config(
 
 
 def selection_task(setup, original, method_specs: dict[str, dict] | None = None) -> SelectionTask:
-    """A :class:`SelectionTask` over ``setup``'s full training set (pipeline.Setup + original model)."""
+    """A :class:`SelectionTask` over ``setup``'s full training set (experiment.Setup + original model)."""
     return SelectionTask(
         family=setup.family,
         original=original,
@@ -128,14 +128,14 @@ def select_for_suite(
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
     from unlearnkit.bench.suite import load_suite
-    from unlearnkit.pipeline import make_setup, original_model
+    from unlearnkit.experiment import make_setup, original_model
 
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)
     cfg, methods, sel = split_suite_config(loaded, granularity)
     cfg.setdefault("engine", {})["progress"] = False
     setup = make_setup(cfg)
-    original, _ = original_model(setup)
+    original = original_model(setup).model
     res = run_selection(setup, original, size, sel, methods, granularity)
     obj = payload(res, name, setup.seed, granularity, len(setup.data.train))
     if out is not None:

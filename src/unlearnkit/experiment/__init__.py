@@ -1,0 +1,26 @@
+"""The experiment layer: a config resolved and validated, the frozen experiment it describes (family, data,
+split, protocol, engine and recipe), the original and oracle models (built, loaded or cached), running a
+method on a copy of the original, and evaluating a model under the experiment's protocol.
+
+It replaces the former ``pipeline`` module; nothing here tests a family's name: it asks the family
+(split, original, protocol) and the protocol (evaluation)."""
+
+from unlearnkit.experiment.cache import cache_key, oracle_model, original_model
+from unlearnkit.experiment.config import DEFAULTS, TOP_KEYS, resolve
+from unlearnkit.experiment.run import build_method, evaluate_model, run_method, train_original
+from unlearnkit.experiment.setup import Setup, make_setup
+
+__all__ = [
+    "DEFAULTS",
+    "TOP_KEYS",
+    "Setup",
+    "build_method",
+    "cache_key",
+    "evaluate_model",
+    "make_setup",
+    "oracle_model",
+    "original_model",
+    "resolve",
+    "run_method",
+    "train_original",
+]

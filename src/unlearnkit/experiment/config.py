@@ -1,0 +1,50 @@
+"""A run's config: the defaults, merged with the user's sections and checked before any work starts.
+
+Every section is validated against a schema: ``engine``, ``train`` and ``method`` against their config
+dataclasses, ``eval`` against the protocol's, ``split`` against the family's split kinds, ``data`` and
+``model`` against the loader's and the builder's signatures (at set-up), so a typo is one line with a
+did-you-mean, never silently ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unlearnkit.config import merge
+from unlearnkit.errors import ConfigError, did_you_mean
+
+DEFAULTS: dict[str, Any] = {
+    "family": "vision",
+    "seed": 0,
+    "data": {"name": "digits"},
+    "split": {"kind": "random", "forget": 0.1},
+    "model": {"name": "resnet-tiny", "path": None},
+    "train": {
+        "epochs": 30,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "scheduler": "cosine",
+    },
+    "method": {"name": "salun"},
+    "engine": {},
+    "eval": {},
+    "out": None,
+    "family_options": {},
+}
+TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description"}
+SECTIONS = ("data", "split", "model", "train", "method", "engine", "eval")
+
+
+def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` over :data:`DEFAULTS` (a section of another ``kind`` replaces the default one, see
+    :func:`unlearnkit.config.merge`); unknown top-level keys and non-mapping sections are refused."""
+    unknown = set(cfg) - TOP_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown config section {k!r}: {did_you_mean(k, sorted(TOP_KEYS))}")
+    out = merge(DEFAULTS, cfg)
+    for sec in SECTIONS:
+        if not isinstance(out[sec], dict):
+            raise ConfigError(f"config section {sec!r} must be a mapping, got {out[sec]!r}")
+    return out

@@ -1,0 +1,115 @@
+"""Running a method on a copy of the original, training the original itself, and evaluating a model."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.config import build_dataclass
+from unlearnkit.engine.distributed import broadcast_object, full_state_dict, is_sharded, load_full_state_dict
+from unlearnkit.engine.loop import FitResult, Phase
+from unlearnkit.errors import ConfigError
+from unlearnkit.experiment.setup import Setup
+from unlearnkit.families.base import Original
+from unlearnkit.methods.base import Method, Task
+from unlearnkit.models.lora import apply_lora, merge_lora
+from unlearnkit.registry import get_method, supports
+
+
+def build_method(spec: dict[str, Any], family: str = "vision") -> Method:
+    """The method a ``method:`` section names, its options validated, refused for a family it does not
+    support."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not name:
+        raise ConfigError("method.name is missing: set method.name=<method> (see `unlearnkit list methods`)")
+    cls = get_method(name)
+    if not supports(cls, family):
+        raise ConfigError(
+            f"method {name!r} does not support the {family!r} family (it supports {cls.families})"
+        )
+    return cls(build_dataclass(cls.Config, spec, f"method({name})"))
+
+
+def train_original(
+    setup: Setup, model: nn.Module, run_dir: Path | None = None, resume: bool = False
+) -> FitResult:
+    """Train ``model`` on forget ∪ retain with the ``train:`` recipe (the model to be unlearned).
+
+    With ``run_dir``, checkpoints (``engine.checkpoint_every``/``checkpoint_steps``) go there and
+    ``resume`` continues from the last one."""
+    engine = setup.engine(run_dir, resume)
+    fam = setup.family
+
+    def loss(b, ctx):
+        return fam.mean_loss(model, b["train"]), {}
+
+    return engine.fit(
+        model,
+        {"train": setup.split.train},
+        lambda e: [Phase("train", ("train",), loss)],
+        setup.train_spec,
+        batch_sizes={"train": engine.cfg.batch_size},
+        desc="original",
+        seed=setup.seed,
+    )
+
+
+def _warm_up_torch() -> None:
+    """Pay torch's one-time lazy imports before a timed run: the first optimizer a process builds imports
+    ``torch._dynamo`` (~1 s here), which used to be billed to whichever method ran first as RTE."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
+def run_method(
+    setup: Setup, original: nn.Module, method: Method, run_dir: Path | None = None, resume: bool = False
+) -> tuple[nn.Module, float, FitResult]:
+    """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit).
+
+    ``resume`` continues from the last checkpoint in ``run_dir`` (see ``Engine.fit``)."""
+    if is_sharded(original):  # trained under FSDP/ZeRO-3 in this run; FSDP modules cannot be deep-copied
+        model = setup.new_model()
+        load_full_state_dict(model, full_state_dict(original, all_ranks=True))
+    else:
+        model = copy.deepcopy(original)
+    lora = None if method.exact else setup.cfg["model"].get("lora")  # the oracle retrains fully
+    if lora:
+        model = apply_lora(model, dict(lora))
+    task = Task(
+        setup.family,
+        model,
+        setup.split,
+        setup.engine(run_dir, resume),
+        setup.seed,
+        model_factory=lambda: setup.new_model(setup.seed + 10_007),
+        train_spec=setup.train_spec,
+    )
+    _warm_up_torch()
+    t0 = time.perf_counter()
+    fit = method.run(task)
+    if lora:
+        task.model = merge_lora(task.model)
+    seconds = time.perf_counter() - t0
+    return task.model, seconds, fit
+
+
+def evaluate_model(
+    setup: Setup,
+    model: nn.Module,
+    oracle: dict[str, Any] | str | None = None,
+    original: Original | None = None,
+) -> dict[str, Any]:
+    """The protocol's metrics (public and ``_``-prefixed private values in one mapping); with the oracle's
+    metrics, also the comparisons to it (gap, forget quality). ``original`` is what
+    :func:`~unlearnkit.experiment.original_model` returned (a protocol may need its extras, e.g. the judge).
+
+    ``oracle="self"`` evaluates the oracle itself and compares it with its own values. Under several
+    processes every rank evaluates the (identical) model on the whole split, so that collective forward
+    passes (DeepSpeed ZeRO-3) stay in step, and every rank returns rank 0's metrics.
+    """
+    return broadcast_object(setup.protocol.evaluate(setup, model, oracle, original).flat())

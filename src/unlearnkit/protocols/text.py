@@ -1,0 +1,160 @@
+"""The language-model protocols: TOFU (Maini et al., 2024) and MUSE (Shi et al., 2024), each compared with
+its oracle (forget quality from the oracle's forget truth ratios; PrivLeak from the oracle's Min-40% AUC)
+and attacked by relearning (fine-tune the unlearned model on part of the forget set, then re-measure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from unlearnkit.attacks.relearn import relearn
+from unlearnkit.metrics import tofu
+from unlearnkit.metrics.muse import evaluate_muse, privleak
+from unlearnkit.protocols.base import EvalConfig, Protocol, Result
+from unlearnkit.registry import register_protocol
+
+MUSE_EVAL_KEYS = {  # data loader's names -> metrics' names
+    "verbmem_forget": "verbmem_f",
+    "knowmem_forget": "knowmem_f",
+    "knowmem_retain": "knowmem_r",
+    "knowmem_icl": "knowmem_f_icl",
+    "knowmem_retain_icl": "knowmem_r_icl",
+    "forget_texts": "forget",
+    "holdout_texts": "holdout",
+}
+
+
+class _TextProtocol(Protocol):
+    def relearn(
+        self, exp: Any, model: nn.Module, oracle: dict[str, Any] | None, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        relearned = relearn(model, exp.split.forget, exp.family, **spec)
+        after = self.evaluate_forget(exp, relearned, oracle).flat()
+        return {f"{k}_relearned": after[k] for k in self.forget_keys if k in after}
+
+    def evaluate(
+        self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, original: Any = None
+    ) -> Result:
+        return self._run(exp, model, oracle, forget_only=False)
+
+    def evaluate_forget(self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None) -> Result:
+        """The forget-side metrics only (what the relearning attack re-measures)."""
+        return self._run(exp, model, oracle, forget_only=True)
+
+    def _run(self, exp: Any, model: nn.Module, oracle: Any, forget_only: bool) -> Result:
+        raise NotImplementedError
+
+
+@dataclass
+class TofuEval(EvalConfig):
+    """``max_new_tokens``: greedy answer length for ROUGE; ``batch_size``: scoring batch."""
+
+    batch_size: int = 32
+    max_new_tokens: int = 32
+
+
+@register_protocol("tofu")
+class Tofu(_TextProtocol):
+    Config = TofuEval
+    headline = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "forget_prob", "RTE")
+    forget_keys = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob")
+    axes = ("forget_quality", "model_utility")
+    gap_key = "forget_quality"
+    caption = (
+        "forget_quality = KS-test p-value of forget truth ratios vs the oracle's (higher is better); "
+        "model_utility = harmonic mean of the nine TOFU utility values; RTE in seconds."
+    )
+
+    def _run(self, exp: Any, model: nn.Module, oracle: Any, forget_only: bool) -> Result:
+        tok, records = exp.data.meta["tokenizer"], exp.data.meta["eval"]
+        bs, max_new = self.cfg.batch_size, self.cfg.max_new_tokens
+        info = exp.split.info if exp.split.kind == "ids" else {}
+        partial = info.get("without_perturbed") == "partial"
+        ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
+        if forget_only:
+            res = tofu.evaluate_split(
+                model, tok, records["forget"], "forget", bs, max_new, allow_missing_perturbed=partial
+            )
+            out = {
+                "forget_prob": float(np.mean(res["prob"])),
+                "forget_rouge": float(np.mean(res["rouge"])),
+            } | tofu.forget_truth_ratio_values(res)
+            out.pop("forget_prob_normalised", None)
+            out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], ref)
+        else:
+            out = tofu.evaluate_tofu(
+                model,
+                tok,
+                records,
+                ref,
+                batch_size=bs,
+                max_new_tokens=max_new,
+                allow_missing_perturbed=partial,
+            )
+        if oracle == "self":
+            out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
+        return Result.from_flat(out | _ids_split_fields(info))
+
+
+def _ids_split_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """For a forget set of listed questions (``split.kind=ids``): how many retain-evaluation questions were
+    dropped because they are forgotten, the retain evaluation's size, and (``without_perturbed=partial``)
+    how many forget questions have no perturbed answers."""
+    if "retain_eval_size" not in info:
+        return {}
+    out = {
+        "retain_eval_dropped": len(info["retain_eval_dropped"]),
+        "retain_eval_size": info["retain_eval_size"],
+    }
+    if info.get("forget_missing_perturbed"):
+        out["forget_missing_perturbed"] = len(info["forget_missing_perturbed"])
+    return out
+
+
+@dataclass
+class MuseEval(EvalConfig):
+    """``verbmem_max_new_tokens``: continuation length of VerbMem; ``batch_size``: scoring batch."""
+
+    batch_size: int = 32
+    verbmem_max_new_tokens: int = 64
+
+
+@register_protocol("muse")
+class Muse(_TextProtocol):
+    Config = MuseEval
+    headline = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "RTE")
+    forget_keys = ("verbmem_f", "knowmem_f", "privleak")
+    axes = ("verbmem_f", "knowmem_r")
+    gap_key = "privleak"
+    caption = (
+        "verbmem_f = VerbMem on the forget set, knowmem_f / knowmem_r = KnowMem on forget / retain QA "
+        "(ROUGE-L F1 x 100); privleak = relative Min-40% AUC gap to the oracle (0 = like the oracle)."
+    )
+
+    def _run(self, exp: Any, model: nn.Module, oracle: Any, forget_only: bool) -> Result:
+        return self.score(model, exp.data.meta["tokenizer"], exp.data.meta["eval"], oracle, forget_only)
+
+    def score(
+        self, model: nn.Module, tok: Any, records: dict[str, Any], oracle: Any, forget_only: bool = False
+    ) -> Result:
+        """MUSE's metrics on given evaluation records (the loader's names), e.g. a sequential suite's
+        forget-side sets cut to the articles forgotten so far."""
+        ref_auc = None if oracle in (None, "self") else oracle.get("_auc")
+        records = {MUSE_EVAL_KEYS.get(k, k): v for k, v in records.items()}
+        kw = {"metrics": ("verbmem_f", "knowmem_f", "privleak")} if forget_only else {}
+        out = evaluate_muse(
+            model,
+            tok,
+            records,
+            ref_auc,
+            batch_size=self.cfg.batch_size,
+            verbmem_max_new_tokens=self.cfg.verbmem_max_new_tokens,
+            **kw,
+        )
+        out["_auc"] = out.pop("auc")
+        if oracle == "self":
+            out["privleak"] = privleak(out["_auc"], out["_auc"])
+        return Result.from_flat(out)
