@@ -34,9 +34,10 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,13 @@ from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the eng
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler
 from unlearnkit.engine.streams import Pass, Stream, next_cycled
+from unlearnkit.engine.tracking import (
+    accelerator_options,
+    check_tracker,
+    final_values,
+    start_options,
+    step_values,
+)
 from unlearnkit.errors import ConfigError, UnlearnkitError
 
 LossFn = Callable[[dict[str, Batch], "StepContext"], tuple[torch.Tensor, dict[str, float]]]
@@ -92,6 +100,10 @@ class EngineConfig:
     ``true`` gives each block the model lists in ``_no_split_modules`` (a Hugging Face model's decoder
     layers) its own FSDP unit, a list of class names (``[LlamaDecoderLayer]``) picks them, and the model
     itself is always the outer unit. Not with accelerate's own FSDP or DeepSpeed configs.
+
+    ``tracker`` (``none``, ``tensorboard`` or ``wandb``) logs the step losses of every phase, the learning
+    rate and the method's logs to that tracker through accelerate (see :mod:`unlearnkit.engine.tracking`),
+    under ``tracker_dir`` if set, else the run folder, else a temporary folder.
     """
 
     batch_size: int = 64
@@ -106,8 +118,11 @@ class EngineConfig:
     nan_guard: bool = True
     divergence_bound: float | None = None
     fsdp: bool | list[str] = False
+    tracker: str = "none"
+    tracker_dir: str | None = None
 
     def check(self) -> None:
+        check_tracker(self.tracker)
         if self.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1, got {self.batch_size}")
         if self.log_every < 1:
@@ -191,6 +206,9 @@ class Engine:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self._accelerator = None
+        self._tracker_path: Path | None = None
+        self._tracking = False  # the tracker has been started and not finished since
+        self._last_steps = 0
 
     @property
     def accelerator(self):
@@ -198,8 +216,58 @@ class Engine:
             from accelerate import Accelerator
 
             cpu = self.cfg.device == "cpu" or (self.cfg.device == "auto" and not torch.cuda.is_available())
-            self._accelerator = Accelerator(cpu=cpu)
+            tracking = accelerator_options(self.cfg.tracker, self.tracker_dir)
+            self._accelerator = Accelerator(cpu=cpu, **tracking)
         return self._accelerator
+
+    @property
+    def tracker_dir(self) -> Path | None:
+        """Where ``engine.tracker`` writes: ``engine.tracker_dir``, else the run folder, else a new temporary
+        folder (``None`` with ``tracker=none``)."""
+        if self.cfg.tracker == "none":
+            return None
+        if self._tracker_path is None:
+            if self.cfg.tracker_dir:
+                self._tracker_path = Path(self.cfg.tracker_dir)
+            elif self.run_dir is not None:
+                self._tracker_path = self.run_dir
+            else:
+                self._tracker_path = Path(tempfile.mkdtemp(prefix="unlearnkit-tracker-"))
+                warnings.warn(
+                    f"engine.tracker={self.cfg.tracker} without a run folder writes to {self._tracker_path}; "
+                    "set engine.tracker_dir to choose the folder",
+                    stacklevel=2,
+                )
+        return self._tracker_path
+
+    def log_final(self, metrics: Mapping[str, Any]) -> None:
+        """Log a run's final metrics to ``engine.tracker`` (as ``final/<key>``, at the last fit's final step)
+        and close the tracker; private keys (``_...``) and non-numbers are left out. Nothing with
+        ``tracker=none``."""
+        if self.cfg.tracker == "none":
+            return
+        self._start_tracking()
+        self.accelerator.log(final_values(metrics), step=self._last_steps)
+        self.end_tracking()
+
+    def end_tracking(self) -> None:
+        """Close the tracker (flush and close TensorBoard's writer, finish the W&B run); a later ``fit``
+        starts it again."""
+        if not self._tracking:
+            return
+        acc = self.accelerator
+        for tracker in acc.trackers:
+            tracker.finish()
+        acc.trackers.clear()
+        self._tracking = False
+
+    def _start_tracking(self) -> None:
+        if self.cfg.tracker == "none" or self._tracking:
+            return
+        run_name = self.run_dir.name if self.run_dir is not None else "unlearnkit"
+        project, kwargs = start_options(self.cfg.tracker, self.tracker_dir, run_name)
+        self.accelerator.init_trackers(project, init_kwargs=kwargs)
+        self._tracking = True
 
     @property
     def device(self) -> torch.device:
@@ -234,7 +302,10 @@ class Engine:
         run = _Fit(self, desc, optim, mask, resume)
         run.prepare(model, sets, phases, batch_sizes, params, seed)
         run.restore()
-        return run.train()
+        self._start_tracking()
+        result = run.train()
+        self._last_steps = result.steps
+        return result
 
     def _guard(
         self,
@@ -546,9 +617,13 @@ class _Fit:
         self.bar.update(1)
 
     def _log(self, rec: dict[str, Any]) -> None:
+        """Keep a step's record in the history, the run folder's log and ``engine.tracker``."""
         self.result.history.append(rec)
         if self.log_file:
             self.log_file.write(json.dumps(rec) + "\n")
+        if self.cfg.tracker != "none":
+            lrs = [g["lr"] for g in self.inner_opt.param_groups]
+            self.acc.log(step_values(self.desc, rec, lrs), step=rec["step"])
 
     # -- checkpoint ----------------------------------------------------------------------------------
     def confirm(self) -> None:
