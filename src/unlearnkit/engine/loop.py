@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -73,13 +72,7 @@ from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the eng
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler
 from unlearnkit.engine.streams import Pass, Stream, next_cycled
-from unlearnkit.engine.tracking import (
-    accelerator_options,
-    check_tracker,
-    final_values,
-    start_options,
-    step_values,
-)
+from unlearnkit.engine.tracking import Tracking, check_tracker
 from unlearnkit.errors import ConfigError, UnlearnkitError
 
 LossFn = Callable[[dict[str, Batch], "StepContext"], tuple[torch.Tensor, dict[str, float]]]
@@ -206,9 +199,7 @@ class Engine:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self._accelerator = None
-        self._tracker_path: Path | None = None
-        self._tracking = False  # the tracker has been started and not finished since
-        self._last_steps = 0
+        self.tracking = Tracking(self.cfg.tracker, self.cfg.tracker_dir, self.run_dir)
 
     @property
     def accelerator(self):
@@ -216,58 +207,26 @@ class Engine:
             from accelerate import Accelerator
 
             cpu = self.cfg.device == "cpu" or (self.cfg.device == "auto" and not torch.cuda.is_available())
-            tracking = accelerator_options(self.cfg.tracker, self.tracker_dir)
-            self._accelerator = Accelerator(cpu=cpu, **tracking)
+            self._accelerator = Accelerator(cpu=cpu, **self.tracking.accelerator_options())
         return self._accelerator
 
     @property
     def tracker_dir(self) -> Path | None:
-        """Where ``engine.tracker`` writes: ``engine.tracker_dir``, else the run folder, else a new temporary
-        folder (``None`` with ``tracker=none``)."""
-        if self.cfg.tracker == "none":
-            return None
-        if self._tracker_path is None:
-            if self.cfg.tracker_dir:
-                self._tracker_path = Path(self.cfg.tracker_dir)
-            elif self.run_dir is not None:
-                self._tracker_path = self.run_dir
-            else:
-                self._tracker_path = Path(tempfile.mkdtemp(prefix="unlearnkit-tracker-"))
-                warnings.warn(
-                    f"engine.tracker={self.cfg.tracker} without a run folder writes to {self._tracker_path}; "
-                    "set engine.tracker_dir to choose the folder",
-                    stacklevel=2,
-                )
-        return self._tracker_path
+        """Where ``engine.tracker`` writes (``None`` with ``tracker=none``)."""
+        return self.tracking.directory
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         """Log a run's final metrics to ``engine.tracker`` (as ``final/<key>``, at the last fit's final step)
         and close the tracker; private keys (``_...``) and non-numbers are left out. Nothing with
         ``tracker=none``."""
-        if self.cfg.tracker == "none":
-            return
-        self._start_tracking()
-        self.accelerator.log(final_values(metrics), step=self._last_steps)
-        self.end_tracking()
+        if self.tracking.on:
+            self.tracking.log_final(self.accelerator, metrics)
 
     def end_tracking(self) -> None:
         """Close the tracker (flush and close TensorBoard's writer, finish the W&B run); a later ``fit``
         starts it again."""
-        if not self._tracking:
-            return
-        acc = self.accelerator
-        for tracker in acc.trackers:
-            tracker.finish()
-        acc.trackers.clear()
-        self._tracking = False
-
-    def _start_tracking(self) -> None:
-        if self.cfg.tracker == "none" or self._tracking:
-            return
-        run_name = self.run_dir.name if self.run_dir is not None else "unlearnkit"
-        project, kwargs = start_options(self.cfg.tracker, self.tracker_dir, run_name)
-        self.accelerator.init_trackers(project, init_kwargs=kwargs)
-        self._tracking = True
+        if self.tracking.started:
+            self.tracking.end(self.accelerator)
 
     @property
     def device(self) -> torch.device:
@@ -302,9 +261,9 @@ class Engine:
         run = _Fit(self, desc, optim, mask, resume)
         run.prepare(model, sets, phases, batch_sizes, params, seed)
         run.restore()
-        self._start_tracking()
+        self.tracking.start(self.accelerator)
         result = run.train()
-        self._last_steps = result.steps
+        self.tracking.last_step = result.steps
         return result
 
     def _guard(
@@ -621,9 +580,9 @@ class _Fit:
         self.result.history.append(rec)
         if self.log_file:
             self.log_file.write(json.dumps(rec) + "\n")
-        if self.cfg.tracker != "none":
+        if self.engine.tracking.on:
             lrs = [g["lr"] for g in self.inner_opt.param_groups]
-            self.acc.log(step_values(self.desc, rec, lrs), step=rec["step"])
+            self.engine.tracking.log_step(self.acc, self.desc, rec, lrs)
 
     # -- checkpoint ----------------------------------------------------------------------------------
     def confirm(self) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import numbers
 import os
+import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,75 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def accelerator_options(name: str, directory: Path | None) -> dict[str, Any]:
-    """The ``Accelerator`` arguments that set up tracker ``name`` writing under ``directory``."""
-    if name == "none":
-        return {}
-    return {"log_with": name, "project_dir": str(directory)}
+class Tracking:
+    """One engine's tracker: where it writes, whether it is running, and what it logs.
+
+    accelerate keeps the tracker objects on the ``Accelerator`` (``acc.trackers``; only the main process
+    has any), so each method takes the engine's accelerator.
+    """
+
+    def __init__(self, name: str, tracker_dir: str | None, run_dir: Path | None) -> None:
+        self.name, self.tracker_dir, self.run_dir = name, tracker_dir, run_dir
+        self._path: Path | None = None
+        self.started = False
+        self.last_step = 0  # where final metrics go: the last fit's final step
+
+    @property
+    def on(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def directory(self) -> Path | None:
+        """``engine.tracker_dir``, else the run folder, else a new temporary folder (None when off)."""
+        if not self.on:
+            return None
+        if self._path is None:
+            if self.tracker_dir:
+                self._path = Path(self.tracker_dir)
+            elif self.run_dir is not None:
+                self._path = self.run_dir
+            else:
+                self._path = Path(tempfile.mkdtemp(prefix="unlearnkit-tracker-"))
+                warnings.warn(
+                    f"engine.tracker={self.name} without a run folder writes to {self._path}; set "
+                    "engine.tracker_dir to choose the folder",
+                    stacklevel=2,
+                )
+        return self._path
+
+    def accelerator_options(self) -> dict[str, Any]:
+        """The ``Accelerator`` arguments that set up this tracker."""
+        return {"log_with": self.name, "project_dir": str(self.directory)} if self.on else {}
+
+    def start(self, acc) -> None:
+        """Start the tracker (once; again after :meth:`end`)."""
+        if not self.on or self.started:
+            return
+        run_name = self.run_dir.name if self.run_dir is not None else PROJECT
+        project, kwargs = start_options(self.name, self.directory, run_name)
+        acc.init_trackers(project, init_kwargs=kwargs)
+        self.started = True
+
+    def log_step(self, acc, desc: str, rec: Mapping[str, Any], lrs: list[float]) -> None:
+        if self.on:
+            acc.log(step_values(desc, rec, lrs), step=rec["step"])
+
+    def log_final(self, acc, metrics: Mapping[str, Any]) -> None:
+        """Log ``metrics`` (see :func:`final_values`) at the last fit's final step, then :meth:`end`."""
+        if not self.on:
+            return
+        self.start(acc)
+        acc.log(final_values(metrics), step=self.last_step)
+        self.end(acc)
+
+    def end(self, acc) -> None:
+        """Close the tracker: TensorBoard's writer is flushed and closed, the W&B run finished."""
+        if not self.started:
+            return
+        for tracker in acc.trackers:
+            tracker.finish()
+        acc.trackers.clear()
+        self.started = False
 
 
 def start_options(name: str, directory: Path, run_name: str) -> tuple[str, dict[str, Any]]:
