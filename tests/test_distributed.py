@@ -11,6 +11,7 @@ disjoint and their union is exactly the single process's batch.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 
@@ -83,6 +84,26 @@ def _record_ids(batch_size: int) -> list[list[int]]:
     return seen
 
 
+def _tracked(tracker_dir: str | None, batch_size: int) -> list[float]:
+    """Plain Engine.fit, with engine.tracker=tensorboard writing to ``tracker_dir`` when given; the losses."""
+    split = _sets()
+    model = _model()
+
+    def loss(b, ctx):
+        return F.cross_entropy(model(b["forget"]["x"]), b["forget"]["y"]), {}
+
+    tracker = "tensorboard" if tracker_dir else "none"
+    cfg = EngineConfig(
+        progress=False, batch_size=batch_size, device="cpu", tracker=tracker, tracker_dir=tracker_dir
+    )
+    eng = Engine(cfg)
+    res = eng.fit(
+        model, {"forget": split.forget}, lambda e: [Phase("p", ("forget",), loss)], OptimSpec(epochs=2)
+    )
+    eng.end_tracking()
+    return [r["loss"] for r in res.history]
+
+
 class Crash(Exception):
     pass
 
@@ -148,6 +169,8 @@ def _child(out_dir: str) -> None:
         "metrics": broadcast_object({"rank": rank, "UA": 1.0 + rank}),
         "resume": {"from": res.resumed_from_step, "same": same},
     }
+    if importlib.util.find_spec("tensorboard") is not None:  # the same folder given to both ranks
+        _tracked(f"{out_dir}/tb", B)
     with open(f"{out_dir}/record-{rank}.json", "w") as f:
         json.dump(record, f)
 
@@ -224,3 +247,17 @@ def test_resume_under_two_processes_is_bit_identical(two_ranks):
     for rank in (0, 1):
         rec = json.loads((two_ranks / f"record-{rank}.json").read_text())
         assert rec["resume"] == {"from": 4, "same": True}
+
+
+def test_the_tracker_is_written_once_with_the_losses_averaged_over_ranks(two_ranks):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = two_ranks / "tb" / "tensorboard"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1  # the main process's writer only
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("train/p/loss")]
+    single = _tracked(None, 2 * B)  # the global batch in one process: its losses are the ranks' mean
+    assert [s for s, _ in logged] == list(range(4))
+    assert [v for _, v in logged] == pytest.approx(single, rel=1e-5)

@@ -36,7 +36,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the eng
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler
 from unlearnkit.engine.streams import Pass, Stream, next_cycled
+from unlearnkit.engine.tracking import Tracking, check_tracker
 from unlearnkit.errors import ConfigError, UnlearnkitError
 
 LossFn = Callable[[dict[str, Batch], "StepContext"], tuple[torch.Tensor, dict[str, float]]]
@@ -92,6 +93,10 @@ class EngineConfig:
     ``true`` gives each block the model lists in ``_no_split_modules`` (a Hugging Face model's decoder
     layers) its own FSDP unit, a list of class names (``[LlamaDecoderLayer]``) picks them, and the model
     itself is always the outer unit. Not with accelerate's own FSDP or DeepSpeed configs.
+
+    ``tracker`` (``none``, ``tensorboard`` or ``wandb``) logs the step losses of every phase, the learning
+    rate and the method's logs to that tracker through accelerate (see :mod:`unlearnkit.engine.tracking`),
+    under ``tracker_dir`` if set, else the run folder, else a temporary folder.
     """
 
     batch_size: int = 64
@@ -106,8 +111,11 @@ class EngineConfig:
     nan_guard: bool = True
     divergence_bound: float | None = None
     fsdp: bool | list[str] = False
+    tracker: str = "none"
+    tracker_dir: str | None = None
 
     def check(self) -> None:
+        check_tracker(self.tracker)
         if self.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1, got {self.batch_size}")
         if self.log_every < 1:
@@ -191,6 +199,7 @@ class Engine:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self._accelerator = None
+        self.tracking = Tracking(self.cfg.tracker, self.cfg.tracker_dir, self.run_dir)
 
     @property
     def accelerator(self):
@@ -198,8 +207,26 @@ class Engine:
             from accelerate import Accelerator
 
             cpu = self.cfg.device == "cpu" or (self.cfg.device == "auto" and not torch.cuda.is_available())
-            self._accelerator = Accelerator(cpu=cpu)
+            self._accelerator = Accelerator(cpu=cpu, **self.tracking.accelerator_options())
         return self._accelerator
+
+    @property
+    def tracker_dir(self) -> Path | None:
+        """Where ``engine.tracker`` writes (``None`` with ``tracker=none``)."""
+        return self.tracking.directory
+
+    def log_final(self, metrics: Mapping[str, Any]) -> None:
+        """Log a run's final metrics to ``engine.tracker`` (as ``final/<key>``, at the last fit's final step)
+        and close the tracker; private keys (``_...``) and non-numbers are left out. Nothing with
+        ``tracker=none``."""
+        if self.tracking.on:
+            self.tracking.log_final(self.accelerator, metrics)
+
+    def end_tracking(self) -> None:
+        """Close the tracker (flush and close TensorBoard's writer, finish the W&B run); a later ``fit``
+        starts it again."""
+        if self.tracking.started:
+            self.tracking.end(self.accelerator)
 
     @property
     def device(self) -> torch.device:
@@ -229,260 +256,14 @@ class Engine:
         model (e.g. an adversarial prompt) is saved too when the object owning ``phases`` defines
         ``loop_state() -> dict`` and ``load_loop_state(dict)``.
         """
-        from accelerate.utils import DistributedType
-
-        acc = self.accelerator
-        cfg = self.cfg
         resume = self.resume if resume is None else resume
-        seed = cfg.seed if seed is None else seed
-        world = acc.num_processes
-        main = acc.is_main_process
-        by_accelerate = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        if cfg.fsdp and by_accelerate:
-            raise ConfigError(
-                "engine.fsdp shards the model itself; launch it with torchrun or a DDP/CPU accelerate config "
-                "(ddp.yaml, cpu2.yaml), not with accelerate's FSDP or DeepSpeed config (or drop engine.fsdp)"
-            )
-        own_fsdp = bool(cfg.fsdp) and world > 1  # the engine applies fully_shard itself
-        if world > 1 and not (by_accelerate or own_fsdp) and main and _fsdp_asked_of_accelerate():
-            warnings.warn(
-                "accelerate runs FSDP only on GPUs: this CPU run is plain data-parallel (every process holds "
-                "the whole model); set engine.fsdp=true to shard it",
-                stacklevel=2,
-            )
-        fsdp2 = own_fsdp or acc.distributed_type == DistributedType.FSDP
-        sharded = by_accelerate or own_fsdp
-        every = cfg.checkpoint_every or (1 if resume and not cfg.checkpoint_steps else 0)
-        root = checkpoint_root(self.run_dir, desc) if self.run_dir is not None else None
-        checkpointing = root is not None and bool(every or cfg.checkpoint_steps)
-        if sharded:
-            if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
-                raise ConfigError(
-                    "FSDP must shard the model in place (fsdp_version: 2 in the accelerate config): methods "
-                    "call the model directly, which FSDP version 1's wrapper does not see"
-                )
-            if mask is not None:
-                raise ConfigError(
-                    "weight masks need whole parameters on every process; run masked methods (salun, "
-                    "mask_ratio=...) with the DDP config, not DeepSpeed/FSDP"
-                )
-            if (checkpointing or resume) and not fsdp2:
-                raise ConfigError(
-                    "checkpoints and --resume work single-process, with DDP and with FSDP version 2; not "
-                    "with DeepSpeed yet"
-                )
-        bs_of = {name: (batch_sizes or {}).get(name, cfg.batch_size) for name in sets}
-        model.to(self.device)
-        if own_fsdp:
-            params = _shard_in_place(model, cfg.fsdp, self.device, params)
-        optimizer = build_optimizer(params if params is not None else model.parameters(), optim)
-        scheduler = build_scheduler(optimizer, optim)
-        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        if by_accelerate:
-            ds = getattr(acc.state, "deepspeed_plugin", None)
-            if ds is not None and ds.is_auto("train_micro_batch_size_per_gpu"):
-                ds.deepspeed_config["train_micro_batch_size_per_gpu"] = max(bs_of.values())
-            model, optimizer = acc.prepare(model, optimizer)
-        else:  # no DDP wrapper: methods call the bare model, so gradients are averaged below
-            model = acc.prepare_model(model, evaluation_mode=True)
-            optimizer = acc.prepare_optimizer(optimizer)
-        inner_opt = getattr(optimizer, "optimizer", optimizer)
-        raw_model = acc.unwrap_model(model)
-        reduce_grads = world > 1 and not sharded
-        if reduce_grads:
-            broadcast_tensors(list(raw_model.parameters()) + list(raw_model.buffers()))
-        streams: dict[str, Stream] = {}
-        for i, (name, data) in enumerate(sets.items()):
-            if len(data) == 0:
-                raise UnlearnkitError(f"the {name} set is empty; nothing to train on")
-            raw = data.loader(bs_of[name], shuffle=True, seed=seed * 1000 + i)
-            streams[name] = Stream(name, acc.prepare_data_loader(raw), raw.generator)
-        gen = torch.Generator().manual_seed(seed)
-        epoch_phases = [phases(e) for e in range(optim.epochs)]
-        for ph_list in epoch_phases:
-            for ph in ph_list:
-                missing = [s for s in ph.streams if s not in streams]
-                if missing:
-                    raise ConfigError(
-                        f"phase {ph.name!r} needs data streams {missing}; given {list(streams)}"
-                    )
-        total = sum(len(streams[ph.length_stream]) for pl in epoch_phases for ph in pl)
-        owner = getattr(phases, "__self__", None)
-        fingerprint = _fingerprint(desc, optim, sets, bs_of, seed, world, total, inner_opt, mask)
-        if fsdp2:  # its checkpoints hold the optimizer state by parameter name: not for unsharded runs
-            fingerprint["fsdp"] = True
-
-        result = FitResult()
-        iters: dict[str, Pass] = {}
-        start_epoch, start_phase, step, elapsed = 0, 0, 0, 0.0
-        resumed_driver: Pass | None = None
-        ck = None
-        if root is not None and resume:
-            found = broadcast_object(latest_checkpoint(root) if main else None)
-            ck = read_checkpoint(found) if found is not None else None
-        elif root is not None and main:
-            clear_checkpoints(root)  # a fresh run: stale checkpoints must not be resumed later
-        if ck is not None:
-            _check_fingerprint(ck.meta.get("fingerprint", {}), fingerprint, ck.path)
-            ck.load_model(raw_model)  # a sharded model takes its share of the whole weights
-            if mask is not None and ck.mask is not None:
-                if set(ck.mask) != set(mask.masks):
-                    raise UnlearnkitError(f"the mask in {str(ck.path)!r} is for other parameters")
-                mask.masks = {k: v.bool() for k, v in ck.mask.items()}
-            if fsdp2:
-                _load_full_optimizer_state(raw_model, inner_opt, ck.state["optimizer"])
-            else:
-                inner_opt.load_state_dict(ck.state["optimizer"])
-            scheduler.load_state_dict(ck.state["scheduler"])
-            _refresh_hyperparameters(inner_opt, scheduler, fresh_groups)
-            inner_opt._opt_called = True  # steps were taken before: no "scheduler before optimizer" warning
-            for name, s in streams.items():
-                if ck.state["streams"][name]["cycled"] is not None:
-                    iters[name] = s.replay(ck.state["streams"][name]["cycled"])
-            drv = ck.state["driver"]
-            if drv is not None:
-                resumed_driver = streams[drv["stream"]].replay(drv)
-            for name, s in streams.items():
-                s.generator.set_state(ck.state["streams"][name]["generator"])
-            gen.set_state(ck.state["step_generator"])
-            if ck.state.get("extra") is not None and hasattr(owner, "load_loop_state"):
-                owner.load_loop_state(ck.state["extra"])
-            restore_rng(ck.state["rng"])
-            pos = ck.meta["position"]
-            start_epoch, start_phase, step = pos["epoch"], pos["phase"], pos["step"]
-            elapsed = float(ck.meta.get("seconds", 0.0))
-            result.history = list(ck.meta.get("history", []))
-            result.resumed_from_step = step
-            result.checkpoint = ck.path
-        if mask is not None:
-            mask.attach(raw_model)
-        opt_params = [p for g in inner_opt.param_groups for p in g["params"]]
-        # under FSDP, trained tensors it does not shard (a method's own prompt, say) are averaged here
-        unsharded = replicated_parameters(opt_params) if fsdp2 and world > 1 else []
-        buffers = norm_buffers(raw_model) if reduce_grads or (fsdp2 and world > 1) else []
-        last_saved = step if ck is not None else -1
-        # ``good``: the newest checkpoint known to be good (the next step's loss from its weights passed
-        # the guard, or the one resumed from); ``pending``: written since, not yet confirmed.
-        good: Path | None = ck.path if ck is not None else None
-        pending: Path | None = None
-
-        def confirm() -> None:
-            nonlocal good, pending
-            if pending is not None:
-                good, pending = pending, None
-                if main:
-                    prune_checkpoints(root, good)
-            result.checkpoint = good
-
-        def save(epoch: int, phase: int, driver: tuple[str, Pass] | None) -> None:
-            nonlocal last_saved, pending
-            # a sharded model and its optimizer state are gathered whole to rank 0 (collectives: every rank)
-            weights = full_state_dict(raw_model) if fsdp2 else None
-            opt_state = _full_optimizer_state(raw_model, inner_opt) if fsdp2 else None
-            if cfg.nan_guard and not _finite(raw_model, weights, main):
-                raise DivergenceError(
-                    f"the {desc} weights became NaN or infinite by step {step}; lower the learning rate "
-                    f"(method.lr, now {optim.lr}). {_kept(good)}"
-                )
-            last_saved = step
-            path = root / f"step-{step:08d}"  # the same name on every rank
-            if main:
-                state = {
-                    "optimizer": opt_state if fsdp2 else inner_opt.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": capture_rng(),
-                    "step_generator": gen.get_state(),
-                    "streams": {
-                        n: {
-                            "generator": s.generator.get_state(),
-                            "cycled": iters[n].state() if n in iters else None,
-                        }
-                        for n, s in streams.items()
-                    },
-                    "driver": None if driver is None else {"stream": driver[0]} | driver[1].state(),
-                    "extra": owner.loop_state() if hasattr(owner, "loop_state") else None,
-                }
-                meta = {
-                    "desc": desc,
-                    "position": {"epoch": epoch, "phase": phase, "step": step},
-                    "seconds": elapsed + time.perf_counter() - t0,
-                    "fingerprint": fingerprint,
-                    "history": result.history,
-                }
-                what = weights if weights is not None else raw_model
-                path = write_checkpoint(root, step, what, state, meta, mask.masks if mask else None)
-            pending = path
-
-        log_file = None
-        if self.run_dir is not None and main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            log_file = open(self.run_dir / f"log-{desc}.jsonl", "w")  # noqa: SIM115
-            for rec in result.history:
-                log_file.write(json.dumps(rec) + "\n")
-        bar = _progress(total, desc, cfg.progress and main, initial=step)
-        t0 = time.perf_counter()
-        model.train()
-        try:
-            for epoch in range(start_epoch, optim.epochs):
-                ph_list = epoch_phases[epoch]
-                for pi in range(start_phase if epoch == start_epoch else 0, len(ph_list)):
-                    ph = ph_list[pi]
-                    others = [s for s in ph.streams if s != ph.length_stream]
-                    dpass, resumed_driver = resumed_driver or streams[ph.length_stream].start(), None
-                    while (batch := dpass.next()) is not None:
-                        batches = {ph.length_stream: batch}
-                        for s in others:
-                            batches[s] = next_cycled(iters, streams, s)
-                        optimizer.zero_grad(set_to_none=True)  # before: a loss may backward early
-                        ctx = StepContext(epoch, optim.epochs, step, ph.name, gen, acc.backward)
-                        loss, logs = ph.loss(batches, ctx)
-                        value, logs = _global_values(loss, logs, world, self.device)
-                        try:
-                            self._guard(value, logs, desc, epoch, step, ph.name, optim, good)
-                        except DivergenceError:
-                            if pending is not None and main:  # its weights gave the diverged loss
-                                discard_checkpoint(pending)
-                            raise
-                        confirm()
-                        if not (ctx.early_terms and not loss.requires_grad):  # all terms went early
-                            acc.backward(loss)
-                        if reduce_grads:
-                            average_gradients(opt_params, world, self.device)
-                        elif unsharded:
-                            average_gradients(unsharded, world, self.device)
-                        if mask is not None:
-                            mask.mask_gradients()
-                        if optim.max_grad_norm:
-                            acc.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-                        optimizer.step()
-                        if mask is not None:
-                            mask.restore(inner_opt)
-                        if buffers:
-                            broadcast_tensors(buffers)
-                        if step % cfg.log_every == 0:
-                            rec = {"epoch": epoch, "step": step, "phase": ph.name, "loss": value} | logs
-                            result.history.append(rec)
-                            if log_file:
-                                log_file.write(json.dumps(rec) + "\n")
-                        step += 1
-                        bar.update(1)
-                        if checkpointing and cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0:
-                            save(epoch, pi, (ph.length_stream, dpass))
-                scheduler.step()
-                if checkpointing and every and (epoch + 1) % every == 0 and last_saved != step:
-                    save(epoch + 1, 0, None)
-            confirm()  # the run ended well: its last checkpoint is good
-        finally:
-            bar.close()
-            if log_file:
-                log_file.close()
-        result.steps = step
-        result.seconds = elapsed + time.perf_counter() - t0
-        model.eval()
-        # accelerate keeps every prepared model and optimizer alive; let this run's go.
-        acc._models.clear()
-        acc._optimizers.clear()
-        acc._dataloaders.clear()
+        seed = self.cfg.seed if seed is None else seed
+        run = _Fit(self, desc, optim, mask, resume)
+        run.prepare(model, sets, phases, batch_sizes, params, seed)
+        run.restore()
+        self.tracking.start(self.accelerator)
+        result = run.train()
+        self.tracking.last_step = result.steps
         return result
 
     def _guard(
@@ -516,6 +297,342 @@ class Engine:
                     f"method is diverging; lower the learning rate (method.lr, now {optim.lr}) or the "
                     f"number of epochs, or raise the bound. {_kept(checkpoint)}"
                 )
+
+
+class _Fit:
+    """One :meth:`Engine.fit` run, with all of its state in this object.
+
+    Its methods are the run's named steps, called in this order: the constructor decides what kind of run
+    it is (sharded or not, checkpointing or not) and refuses what cannot work; :meth:`prepare` places the
+    model and builds the optimizer, schedule and data streams; :meth:`restore` continues from a checkpoint
+    (or clears stale ones); :meth:`train` runs the epochs, one :meth:`step` per optimizer step, writing a
+    :meth:`checkpoint` when one is due and confirming it (:meth:`confirm`) once the next step's loss from
+    its weights has passed the divergence guard.
+    """
+
+    def __init__(
+        self, engine: Engine, desc: str, optim: OptimSpec, mask: WeightMask | None, resume: bool
+    ) -> None:
+        from accelerate.utils import DistributedType
+
+        self.engine, self.cfg, self.desc, self.optim, self.mask = engine, engine.cfg, desc, optim, mask
+        acc = self.acc = engine.accelerator
+        cfg = self.cfg
+        self.resume = resume
+        self.world = world = acc.num_processes
+        self.main = acc.is_main_process
+        self.by_accelerate = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if cfg.fsdp and self.by_accelerate:
+            raise ConfigError(
+                "engine.fsdp shards the model itself; launch it with torchrun or a DDP/CPU accelerate config "
+                "(ddp.yaml, cpu2.yaml), not with accelerate's FSDP or DeepSpeed config (or drop engine.fsdp)"
+            )
+        self.own_fsdp = bool(cfg.fsdp) and world > 1  # the engine applies fully_shard itself
+        plain = world > 1 and not (self.by_accelerate or self.own_fsdp)
+        if plain and self.main and _fsdp_asked_of_accelerate():
+            warnings.warn(
+                "accelerate runs FSDP only on GPUs: this CPU run is plain data-parallel (every process holds "
+                "the whole model); set engine.fsdp=true to shard it",
+                stacklevel=3,
+            )
+        self.fsdp2 = self.own_fsdp or acc.distributed_type == DistributedType.FSDP
+        self.sharded = self.by_accelerate or self.own_fsdp
+        self.every = cfg.checkpoint_every or (1 if resume and not cfg.checkpoint_steps else 0)
+        self.root = checkpoint_root(engine.run_dir, desc) if engine.run_dir is not None else None
+        self.checkpointing = self.root is not None and bool(self.every or cfg.checkpoint_steps)
+        if self.sharded:
+            if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+                raise ConfigError(
+                    "FSDP must shard the model in place (fsdp_version: 2 in the accelerate config): methods "
+                    "call the model directly, which FSDP version 1's wrapper does not see"
+                )
+            if mask is not None:
+                raise ConfigError(
+                    "weight masks need whole parameters on every process; run masked methods (salun, "
+                    "mask_ratio=...) with the DDP config, not DeepSpeed/FSDP"
+                )
+            if (self.checkpointing or resume) and not self.fsdp2:
+                raise ConfigError(
+                    "checkpoints and --resume work single-process, with DDP and with FSDP version 2; not "
+                    "with DeepSpeed yet"
+                )
+        # where the run stands; ``good``: the newest checkpoint known to be good (the next step's loss from
+        # its weights passed the guard, or the one resumed from); ``pending``: written since, not confirmed.
+        self.result = FitResult()
+        self.iters: dict[str, Pass] = {}
+        self.start_epoch, self.start_phase, self.step_no, self.elapsed, self.t0 = 0, 0, 0, 0.0, 0.0
+        self.resumed_driver: Pass | None = None
+        self.last_saved = -1
+        self.good: Path | None = None
+        self.pending: Path | None = None
+        self.log_file = None
+
+    # -- prepare -------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        model: nn.Module,
+        sets: dict[str, ExampleSet],
+        phases: Callable[[int], list[Phase]],
+        batch_sizes: dict[str, int] | None,
+        params: list[nn.Parameter] | None,
+        seed: int,
+    ) -> None:
+        """Place and (under FSDP) shard the model, build the optimizer and schedule, and the data streams."""
+        acc, cfg, optim = self.acc, self.cfg, self.optim
+        bs_of = {name: (batch_sizes or {}).get(name, cfg.batch_size) for name in sets}
+        model.to(self.engine.device)
+        if self.own_fsdp:
+            params = _shard_in_place(model, cfg.fsdp, self.engine.device, params)
+        optimizer = build_optimizer(params if params is not None else model.parameters(), optim)
+        self.scheduler = build_scheduler(optimizer, optim)
+        self.fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        if self.by_accelerate:
+            ds = getattr(acc.state, "deepspeed_plugin", None)
+            if ds is not None and ds.is_auto("train_micro_batch_size_per_gpu"):
+                ds.deepspeed_config["train_micro_batch_size_per_gpu"] = max(bs_of.values())
+            model, optimizer = acc.prepare(model, optimizer)
+        else:  # no DDP wrapper: methods call the bare model, so gradients are averaged in ``step``
+            model = acc.prepare_model(model, evaluation_mode=True)
+            optimizer = acc.prepare_optimizer(optimizer)
+        self.model, self.optimizer = model, optimizer
+        self.inner_opt = getattr(optimizer, "optimizer", optimizer)
+        self.raw_model = acc.unwrap_model(model)
+        self.reduce_grads = self.world > 1 and not self.sharded
+        if self.reduce_grads:
+            broadcast_tensors(list(self.raw_model.parameters()) + list(self.raw_model.buffers()))
+        self._streams(sets, phases, bs_of, seed)
+        self.owner = getattr(phases, "__self__", None)
+        self.fingerprint = _fingerprint(
+            self.desc, optim, sets, bs_of, seed, self.world, self.total, self.inner_opt, self.mask
+        )
+        if self.fsdp2:  # its checkpoints hold the optimizer state by parameter name: not for unsharded runs
+            self.fingerprint["fsdp"] = True
+
+    def _streams(
+        self,
+        sets: dict[str, ExampleSet],
+        phases: Callable[[int], list[Phase]],
+        bs_of: dict[str, int],
+        seed: int,
+    ) -> None:
+        """A shuffled stream per set, the step generator, and every epoch's phases (checked against them)."""
+        self.streams: dict[str, Stream] = {}
+        for i, (name, data) in enumerate(sets.items()):
+            if len(data) == 0:
+                raise UnlearnkitError(f"the {name} set is empty; nothing to train on")
+            raw = data.loader(bs_of[name], shuffle=True, seed=seed * 1000 + i)
+            self.streams[name] = Stream(name, self.acc.prepare_data_loader(raw), raw.generator)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch_phases = [phases(e) for e in range(self.optim.epochs)]
+        for ph_list in self.epoch_phases:
+            for ph in ph_list:
+                missing = [s for s in ph.streams if s not in self.streams]
+                if missing:
+                    raise ConfigError(
+                        f"phase {ph.name!r} needs data streams {missing}; given {list(self.streams)}"
+                    )
+        self.total = sum(len(self.streams[ph.length_stream]) for pl in self.epoch_phases for ph in pl)
+
+    # -- restore -------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the newest checkpoint of this run when resuming; a fresh run clears stale ones."""
+        ck = None
+        if self.root is not None and self.resume:
+            found = broadcast_object(latest_checkpoint(self.root) if self.main else None)
+            ck = read_checkpoint(found) if found is not None else None
+        elif self.root is not None and self.main:
+            clear_checkpoints(self.root)  # a fresh run: stale checkpoints must not be resumed later
+        if ck is not None:
+            self._load(ck)
+
+    def _load(self, ck) -> None:
+        """Weights, mask, optimizer, schedule, data order, generators and position from checkpoint ``ck``."""
+        _check_fingerprint(ck.meta.get("fingerprint", {}), self.fingerprint, ck.path)
+        ck.load_model(self.raw_model)  # a sharded model takes its share of the whole weights
+        mask, inner_opt, scheduler = self.mask, self.inner_opt, self.scheduler
+        if mask is not None and ck.mask is not None:
+            if set(ck.mask) != set(mask.masks):
+                raise UnlearnkitError(f"the mask in {str(ck.path)!r} is for other parameters")
+            mask.masks = {k: v.bool() for k, v in ck.mask.items()}
+        if self.fsdp2:
+            _load_full_optimizer_state(self.raw_model, inner_opt, ck.state["optimizer"])
+        else:
+            inner_opt.load_state_dict(ck.state["optimizer"])
+        scheduler.load_state_dict(ck.state["scheduler"])
+        _refresh_hyperparameters(inner_opt, scheduler, self.fresh_groups)
+        inner_opt._opt_called = True  # steps were taken before: no "scheduler before optimizer" warning
+        for name, s in self.streams.items():
+            if ck.state["streams"][name]["cycled"] is not None:
+                self.iters[name] = s.replay(ck.state["streams"][name]["cycled"])
+        drv = ck.state["driver"]
+        if drv is not None:
+            self.resumed_driver = self.streams[drv["stream"]].replay(drv)
+        for name, s in self.streams.items():
+            s.generator.set_state(ck.state["streams"][name]["generator"])
+        self.gen.set_state(ck.state["step_generator"])
+        if ck.state.get("extra") is not None and hasattr(self.owner, "load_loop_state"):
+            self.owner.load_loop_state(ck.state["extra"])
+        restore_rng(ck.state["rng"])
+        pos = ck.meta["position"]
+        self.start_epoch, self.start_phase, self.step_no = pos["epoch"], pos["phase"], pos["step"]
+        self.elapsed = float(ck.meta.get("seconds", 0.0))
+        self.result.history = list(ck.meta.get("history", []))
+        self.result.resumed_from_step = self.step_no
+        self.result.checkpoint = self.good = ck.path
+        self.last_saved = self.step_no
+
+    # -- train ---------------------------------------------------------------------------------------
+    def train(self) -> FitResult:
+        """Run the remaining epochs; return the result once the model is back in eval mode."""
+        cfg, optim = self.cfg, self.optim
+        if self.mask is not None:
+            self.mask.attach(self.raw_model)
+        self.opt_params = [p for g in self.inner_opt.param_groups for p in g["params"]]
+        many = self.fsdp2 and self.world > 1
+        # under FSDP, trained tensors it does not shard (a method's own prompt, say) are averaged in ``step``
+        self.unsharded = replicated_parameters(self.opt_params) if many else []
+        self.buffers = norm_buffers(self.raw_model) if self.reduce_grads or many else []
+        self._open_log()
+        self.bar = _progress(self.total, self.desc, cfg.progress and self.main, initial=self.step_no)
+        self.t0 = time.perf_counter()
+        self.model.train()
+        try:
+            for epoch in range(self.start_epoch, optim.epochs):
+                ph_list = self.epoch_phases[epoch]
+                for pi in range(self.start_phase if epoch == self.start_epoch else 0, len(ph_list)):
+                    self._phase(epoch, pi, ph_list[pi])
+                self.scheduler.step()
+                due = self.checkpointing and self.every and (epoch + 1) % self.every == 0
+                if due and self.last_saved != self.step_no:
+                    self.checkpoint(epoch + 1, 0, None)
+            self.confirm()  # the run ended well: its last checkpoint is good
+        finally:
+            self.bar.close()
+            if self.log_file:
+                self.log_file.close()
+        self.result.steps = self.step_no
+        self.result.seconds = self.elapsed + time.perf_counter() - self.t0
+        self.model.eval()
+        # accelerate keeps every prepared model and optimizer alive; let this run's go.
+        self.acc._models.clear()
+        self.acc._optimizers.clear()
+        self.acc._dataloaders.clear()
+        return self.result
+
+    def _open_log(self) -> None:
+        """The run folder's ``log-<desc>.jsonl``, starting with the history a resumed run already has."""
+        run_dir = self.engine.run_dir
+        if run_dir is not None and self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.log_file = open(run_dir / f"log-{self.desc}.jsonl", "w")  # noqa: SIM115
+            for rec in self.result.history:
+                self.log_file.write(json.dumps(rec) + "\n")
+
+    def _phase(self, epoch: int, pi: int, ph: Phase) -> None:
+        """One pass of phase ``pi``: its driver stream sets the length, the other streams cycle."""
+        cfg = self.cfg
+        others = [s for s in ph.streams if s != ph.length_stream]
+        dpass, self.resumed_driver = self.resumed_driver or self.streams[ph.length_stream].start(), None
+        while (batch := dpass.next()) is not None:
+            batches = {ph.length_stream: batch}
+            for s in others:
+                batches[s] = next_cycled(self.iters, self.streams, s)
+            self.step(epoch, ph, batches)
+            if self.checkpointing and cfg.checkpoint_steps and self.step_no % cfg.checkpoint_steps == 0:
+                self.checkpoint(epoch, pi, (ph.length_stream, dpass))
+
+    def step(self, epoch: int, ph: Phase, batches: dict[str, Batch]) -> None:
+        """One optimizer step: loss, divergence guard, backward, gradient averaging, mask, clipping."""
+        acc, optim, mask, optimizer = self.acc, self.optim, self.mask, self.optimizer
+        optimizer.zero_grad(set_to_none=True)  # before: a loss may backward early
+        ctx = StepContext(epoch, optim.epochs, self.step_no, ph.name, self.gen, acc.backward)
+        loss, logs = ph.loss(batches, ctx)
+        value, logs = _global_values(loss, logs, self.world, self.engine.device)
+        try:
+            self.engine._guard(value, logs, self.desc, epoch, self.step_no, ph.name, optim, self.good)
+        except DivergenceError:
+            if self.pending is not None and self.main:  # its weights gave the diverged loss
+                discard_checkpoint(self.pending)
+            raise
+        self.confirm()
+        if not (ctx.early_terms and not loss.requires_grad):  # all terms went early
+            acc.backward(loss)
+        if self.reduce_grads:
+            average_gradients(self.opt_params, self.world, self.engine.device)
+        elif self.unsharded:
+            average_gradients(self.unsharded, self.world, self.engine.device)
+        if mask is not None:
+            mask.mask_gradients()
+        if optim.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
+        optimizer.step()
+        if mask is not None:
+            mask.restore(self.inner_opt)
+        if self.buffers:
+            broadcast_tensors(self.buffers)
+        if self.step_no % self.cfg.log_every == 0:
+            self._log({"epoch": epoch, "step": self.step_no, "phase": ph.name, "loss": value} | logs)
+        self.step_no += 1
+        self.bar.update(1)
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        """Keep a step's record in the history, the run folder's log and ``engine.tracker``."""
+        self.result.history.append(rec)
+        if self.log_file:
+            self.log_file.write(json.dumps(rec) + "\n")
+        if self.engine.tracking.on:
+            lrs = [g["lr"] for g in self.inner_opt.param_groups]
+            self.engine.tracking.log_step(self.acc, self.desc, rec, lrs)
+
+    # -- checkpoint ----------------------------------------------------------------------------------
+    def confirm(self) -> None:
+        """The pending checkpoint is good (the loss from its weights passed the guard): prune older ones."""
+        if self.pending is not None:
+            self.good, self.pending = self.pending, None
+            if self.main:
+                prune_checkpoints(self.root, self.good)
+        self.result.checkpoint = self.good
+
+    def checkpoint(self, epoch: int, phase: int, driver: tuple[str, Pass] | None) -> None:
+        """Write a checkpoint of the run at its current step; it stays pending until :meth:`confirm`."""
+        raw_model, inner_opt, fsdp2 = self.raw_model, self.inner_opt, self.fsdp2
+        # a sharded model and its optimizer state are gathered whole to rank 0 (collectives: every rank)
+        weights = full_state_dict(raw_model) if fsdp2 else None
+        opt_state = _full_optimizer_state(raw_model, inner_opt) if fsdp2 else None
+        if self.cfg.nan_guard and not _finite(raw_model, weights, self.main):
+            raise DivergenceError(
+                f"the {self.desc} weights became NaN or infinite by step {self.step_no}; lower the learning "
+                f"rate (method.lr, now {self.optim.lr}). {_kept(self.good)}"
+            )
+        self.last_saved = step = self.step_no
+        path = self.root / f"step-{step:08d}"  # the same name on every rank
+        if self.main:
+            state = {
+                "optimizer": opt_state if fsdp2 else inner_opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": capture_rng(),
+                "step_generator": self.gen.get_state(),
+                "streams": {
+                    n: {
+                        "generator": s.generator.get_state(),
+                        "cycled": self.iters[n].state() if n in self.iters else None,
+                    }
+                    for n, s in self.streams.items()
+                },
+                "driver": None if driver is None else {"stream": driver[0]} | driver[1].state(),
+                "extra": self.owner.loop_state() if hasattr(self.owner, "loop_state") else None,
+            }
+            meta = {
+                "desc": self.desc,
+                "position": {"epoch": epoch, "phase": phase, "step": step},
+                "seconds": self.elapsed + time.perf_counter() - self.t0,
+                "fingerprint": self.fingerprint,
+                "history": self.result.history,
+            }
+            what = weights if weights is not None else raw_model
+            masks = self.mask.masks if self.mask else None
+            path = write_checkpoint(self.root, step, what, state, meta, masks)
+        self.pending = path
 
 
 def _fsdp_asked_of_accelerate() -> bool:
