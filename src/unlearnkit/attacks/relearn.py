@@ -24,8 +24,7 @@ from unlearnkit.data.examples import ExampleSet
 from unlearnkit.engine.loop import Engine, EngineConfig, Phase
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError
-from unlearnkit.families.base import Family
-from unlearnkit.methods.base import Task
+from unlearnkit.families.base import Family, Task
 
 
 def relearn_subset(

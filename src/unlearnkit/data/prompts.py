@@ -154,3 +154,18 @@ def forget_captions(split: dict[str, Any], captions: Sequence[str] = (), seed: i
     if concept is None or concept == [] or concept == "":
         raise ConfigError("a concept split needs split.concept (a caption, a list of captions, or by-seed)")
     return list(concept) if isinstance(concept, (list, tuple)) else [concept]
+
+
+def recognised(preds: Sequence[torch.Tensor], target: Sequence[int | None]) -> torch.Tensor:
+    """Boolean per image: the judge's predictions ``preds`` (one tensor per attribute) show every attribute
+    value ``target`` names (None = not named)."""
+    if len(preds) != len(target):
+        raise UnlearnkitError(
+            f"the judge predicts {len(preds)} attribute(s) but the concept has {len(target)}: "
+            "the judge belongs to another world"
+        )
+    ok = torch.ones_like(preds[0], dtype=torch.bool)
+    for p, want in zip(preds, target, strict=True):
+        if want is not None:
+            ok &= p == want
+    return ok

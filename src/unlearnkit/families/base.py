@@ -9,6 +9,7 @@ loss units per example (answer tokens for an LM, 1 for a classifier), and a rela
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, benchmark_split, check_split_options, make_split
+from unlearnkit.engine.loop import Engine
+from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.registry import get_dataset
 
 
@@ -78,6 +81,8 @@ class Family(ABC):
     def protocol(self, data: LoadedData) -> str:
         """The name of the evaluation protocol (``protocols/``) this family's ``data`` is measured by."""
 
+    # True where a worst-case forget set is a set of prompts (captions), whose lower level is ESD
+    prompt_units: bool = False
     owns_original: bool = False  # True: load_original always answers (the model is not built from model:)
 
     def load_original(self, model_spec: dict[str, Any], data: LoadedData, split: Split) -> Original | None:
@@ -111,3 +116,19 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     finally:
         torch.random.set_rng_state(gen_state)
     return model
+
+
+@dataclass
+class Task:
+    """Everything a method (or an attack) runs on: the family adapter, the model to change (in place), the
+    split, the engine and the seed; ``model_factory`` builds a fresh model (retraining), ``train_spec`` is
+    the original's recipe."""
+
+    family: Family
+    model: nn.Module
+    split: Split
+    engine: Engine
+    seed: int = 0
+    model_factory: Callable[[], nn.Module] | None = None
+    train_spec: OptimSpec | None = None
+    info: dict[str, Any] = field(default_factory=dict)

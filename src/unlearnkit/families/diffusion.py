@@ -166,6 +166,7 @@ class DiffusionFamily(Family):
         return class_split(data.train, data.test, sorted({names.index(c) for c in concepts})), data
 
     owns_original = True
+    prompt_units = True
 
     def load_original(self, model_spec: dict[str, Any], data: LoadedData, split: Split) -> Original:
         """The shipped (or cached, or given) trained world: the T2I model and its judge. The judge and the

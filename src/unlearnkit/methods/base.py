@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from unlearnkit.data.examples import Batch, ExampleSet
-from unlearnkit.data.splits import Split
-from unlearnkit.engine.loop import Engine, FitResult, Phase, StepContext
+from unlearnkit.engine.loop import FitResult, Phase, StepContext
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError
-from unlearnkit.families.base import Family
+from unlearnkit.families.base import Family, Task
 
 
 @dataclass
@@ -40,20 +38,6 @@ class MethodConfig(OptimSpec):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
-
-
-@dataclass
-class Task:
-    """Everything a method needs: the family adapter, the model to unlearn (in place), the split."""
-
-    family: Family
-    model: nn.Module
-    split: Split
-    engine: Engine
-    seed: int = 0
-    model_factory: Callable[[], nn.Module] | None = None
-    train_spec: OptimSpec | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:

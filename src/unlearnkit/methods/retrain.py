@@ -24,8 +24,12 @@ class RetrainConfig(MethodConfig):
 
 @register_method("retrain")
 class Retrain(Method):
-    """Exact unlearning: train a freshly initialised model on D_r only, with the original recipe."""
+    """Exact unlearning: train a freshly initialised model on D_r only, with the original recipe.
 
+    Classifiers and language models only: a text-to-image world ships trained (its own recipe, judge and
+    captions), and the concept-erasure papers compare with the original, not with a retrained model."""
+
+    families = ("vision", "text")
     paper = "Exact reference; recipe of the original model (Fan et al., ICLR 2024, §5 setup)"
     exact = True
     Config = RetrainConfig

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearnkit.data.prompts import ConceptSchema
+from unlearnkit.data.prompts import ConceptSchema, recognised
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.models.t2i import generate_for_prompts
 
 
 def judge_schema(judge: Any) -> ConceptSchema:
@@ -45,21 +46,6 @@ def parse_concept(prompt: str, schema: ConceptSchema | None = None) -> tuple[int
     """The attribute values a prompt names, in schema order (default: the shapes world's (shape, colour),
     e.g. "a red circle" → (0, 0), "circle" → (0, None))."""
     return (schema or judge_schema(None)).parse(prompt)
-
-
-def recognised(preds: Sequence[torch.Tensor], target: Sequence[int | None]) -> torch.Tensor:
-    """Boolean per image: the judge's predictions ``preds`` (one tensor per attribute) show every attribute
-    value ``target`` names (None = not named)."""
-    if len(preds) != len(target):
-        raise UnlearnkitError(
-            f"the judge predicts {len(preds)} attribute(s) but the concept has {len(target)}: "
-            "the judge belongs to another world"
-        )
-    ok = torch.ones_like(preds[0], dtype=torch.bool)
-    for p, want in zip(preds, target, strict=True):
-        if want is not None:
-            ok &= p == want
-    return ok
 
 
 def unlearn_accuracy(recognised_flags: torch.Tensor) -> float:
@@ -119,31 +105,6 @@ def kernel_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | to
 
 
 @torch.no_grad()
-def generate_for_prompts(
-    model,
-    prompts: Sequence[str],
-    per_prompt: int = 16,
-    seed: int = 0,
-    guidance: float = 3.0,
-    steps: int = 25,
-    batch_size: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_prompt`` images per prompt in [0, 1] and the prompt index of each image (fixed seeds)."""
-    from unlearnkit.models.t2i import ddim_sample, encode_prompts
-
-    was_training = model.training
-    model.eval()
-    ids = encode_prompts(model, list(prompts))
-    idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
-        out.append(ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen).cpu())
-    model.train(was_training)
-    return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
-
-
 @torch.no_grad()
 def judge_features(judge, images01: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     judge.eval()

@@ -14,7 +14,7 @@ The judge of a world and the trained worlds themselves (folders, training) are i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,29 @@ def ddim_sample(
     if stop_at is not None:
         return x, 0
     return x
+
+
+def generate_for_prompts(
+    model,
+    prompts: Sequence[str],
+    per_prompt: int = 16,
+    seed: int = 0,
+    guidance: float = 3.0,
+    steps: int = 25,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_prompt`` images per prompt in [0, 1] and the prompt index of each image (fixed seeds)."""
+    was_training = model.training
+    model.eval()
+    ids = encode_prompts(model, list(prompts))
+    idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size]
+        out.append(ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen).cpu())
+    model.train(was_training)
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
 
 
 def _empty_ids(model: T2IModel) -> torch.Tensor:

@@ -28,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearnkit.data.prompts import ConceptSchema
+from unlearnkit.data.prompts import ConceptSchema, recognised
+from unlearnkit.data.shapes import SCHEMA
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import load_weights, save_weights, write_json
+from unlearnkit.models.t2i import build_t2i, encode_prompts, generate_for_prompts, load_t2i, save_t2i
 from unlearnkit.paths import cache_root
+from unlearnkit.registry import get_dataset
 
 # world name -> the dataset spec it is trained on
 WORLDS: dict[str, dict[str, Any]] = {
@@ -42,8 +46,6 @@ TRAIN_COMMAND = "python scripts/train_t2i_world.py --world {world}"
 
 
 def shapes_schema() -> ConceptSchema:
-    from unlearnkit.data.shapes import SCHEMA
-
     return SCHEMA
 
 
@@ -82,8 +84,6 @@ class AttributeJudge(nn.Module):
 
     def recognises(self, images01: torch.Tensor, prompt: str) -> torch.Tensor:
         """Boolean per image: the judge sees every attribute value ``prompt`` names."""
-        from unlearnkit.metrics.diffusion import recognised
-
         return recognised(self.predict(images01), self.schema.parse(prompt))
 
 
@@ -163,8 +163,6 @@ def read_world(folder: str | Path) -> dict[str, Any]:
 
 def load_original(folder: str | Path | None = None, world: str = "shapes") -> tuple[Any, AttributeJudge]:
     """(the original T2I model, the judge) from ``folder`` (default: :func:`original_dir` of ``world``)."""
-    from unlearnkit.io import load_weights
-    from unlearnkit.models.t2i import load_t2i
 
     folder = Path(folder) if folder is not None else original_dir(world)
     if not (folder / "model").is_dir() or not (folder / "judge.safetensors").is_file():
@@ -204,10 +202,6 @@ def train_world(
     """Train the judge and the original model of ``world`` and write its folder (default: the cache); the
     report (also ``train.json``) holds the judge's accuracy on real test images and on ``check_per_prompt``
     samples per caption (DDIM ``check_steps`` steps, guidance 3)."""
-    from unlearnkit.io import save_weights, write_json
-    from unlearnkit.metrics.diffusion import generate_for_prompts
-    from unlearnkit.models.t2i import build_t2i, encode_prompts, save_t2i
-    from unlearnkit.registry import get_dataset
 
     _check_world(world)
     spec = dict(WORLDS[world]) | dict(data_options or {})

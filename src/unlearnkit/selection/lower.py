@@ -34,6 +34,10 @@ from unlearnkit.data.splits import Split
 from unlearnkit.engine.loop import Phase
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.experiment import build_method
+from unlearnkit.families.base import Task
+from unlearnkit.methods.esd import esd_target
+from unlearnkit.registry import get_method, list_names, supports
 
 if TYPE_CHECKING:
     from unlearnkit.selection.worstcase import SelectionTask, WorstCaseConfig
@@ -56,11 +60,10 @@ class LowerLevel:
     def _check(self) -> None:
         name, family = self.cfg.lower, self.task.family.name or "vision"
         if name in FORGET_WEIGHTED_LOWER:
-            from unlearnkit.experiment import build_method
-
-            if family != "diffusion":
+            if not self.task.family.prompt_units:
                 raise ConfigError(
-                    f"select.lower={name} is the diffusion family's lower level; this task is {family!r}"
+                    f"select.lower={name} is the lower level of text-to-image prompts; this task's family "
+                    f"is {family!r}"
                 )
             build_method(self.method_spec(), family)
             return
@@ -70,9 +73,6 @@ class LowerLevel:
                     "the retrain lower level needs a model factory (a fresh initialisation)"
                 )
             return
-        from unlearnkit.experiment import build_method
-        from unlearnkit.registry import get_method, list_names, supports
-
         usable = [n for n in list_names("method") if supports(get_method(n), family)]
         if name not in usable:
             choices = ", ".join(sorted(set(WEIGHTED_LOWER) | set(usable)))
@@ -133,9 +133,6 @@ class LowerLevel:
 
     # -- forget-weighted ESD: Σ w_i ℓ^ESD_i(θ) from the original -----------------------------------------
     def _esd(self, w_ex: torch.Tensor, it: int) -> nn.Module:
-        from unlearnkit.experiment import build_method
-        from unlearnkit.methods.base import Task
-
         task, c = self.task, self.cfg
         method = build_method(self.method_spec(), "diffusion")
         # ESD reads only the model in prepare (its data is the pool stream below): no split is needed.
@@ -169,9 +166,6 @@ class LowerLevel:
 
     # -- binarised: a registered method on forget = top-m ------------------------------------------------
     def _method(self, forget_ex: torch.Tensor, it: int) -> nn.Module:
-        from unlearnkit.experiment import build_method
-        from unlearnkit.methods.base import Task
-
         task = self.task
         method = build_method(self.method_spec(), task.family.name or "vision")
         forget = task.pool.take(forget_ex.nonzero().squeeze(1))
@@ -194,8 +188,6 @@ def esd_per_example_loss(method, batch, generator: torch.Generator) -> torch.Ten
     """ℓ^ESD_i per example (mean over pixels): :meth:`unlearnkit.methods.esd.ESD.loss` without the batch
     mean, on a prepared ESD method (its teacher swap, x_t source, null and concept prompts). Its batch mean
     is ESD's loss; ``tests/test_worstcase_prompts.py`` checks that the two agree."""
-    from unlearnkit.methods.esd import esd_target
-
     ids = batch["input_ids"] if method._concept is None else method._concept.expand(len(batch["id"]), -1)
     ids = ids.to(batch["x"].device)
     with torch.no_grad(), method.original_weights() as teacher:

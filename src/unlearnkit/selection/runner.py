@@ -18,7 +18,9 @@ from typing import Any
 
 from unlearnkit.config import build_dataclass
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.io import write_json
+from unlearnkit.selection.prompts import PROMPT_DEFAULTS, select_worst_prompts
 from unlearnkit.selection.worstcase import (
     SelectionResult,
     SelectionTask,
@@ -41,8 +43,6 @@ def split_suite_config(
     if not isinstance(sel, dict):
         raise ConfigError(f"the select section must be a mapping, got {sel!r}")
     if granularity == "prompt":
-        from unlearnkit.selection.prompts import PROMPT_DEFAULTS
-
         sel = PROMPT_DEFAULTS | sel
     for key in (
         "suite",
@@ -83,9 +83,7 @@ def run_selection(
         raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     task = selection_task(setup, original, methods)
     if granularity == "prompt":
-        from unlearnkit.selection.prompts import select_worst_prompts
-
-        if setup.family.name != "diffusion":
+        if not setup.family.prompt_units:
             raise ConfigError(
                 f"--granularity prompt selects captions of a text-to-image suite; {setup.family.name!r} "
                 "has none (text questions: --granularity example)"
@@ -128,7 +126,6 @@ def select_for_suite(
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
     from unlearnkit.bench.suite import load_suite
-    from unlearnkit.experiment import make_setup, original_model
 
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)

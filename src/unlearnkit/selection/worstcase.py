@@ -226,7 +226,7 @@ class WorstCaseSelector:
         cfg = cfg or WorstCaseConfig()
         cfg.check()
         if cfg.lower == "auto":
-            if task.family.name == "diffusion":
+            if task.family.prompt_units:
                 auto = "esd"
             else:
                 auto = "ft" if grouped or task.model_factory is None else "retrain"
