@@ -15,11 +15,19 @@ from torch import nn
 from unlearnkit.errors import UnlearnkitError
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the process umask (0644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files: give the output the umask's mode
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
