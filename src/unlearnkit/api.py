@@ -45,6 +45,10 @@ def _split(forget, retain, test) -> Split:
     t = as_example_set(test, "test") if test is not None else None
     if t is None:
         raise ConfigError("a test set is needed (TA and the MIA use held-out data): pass test=...")
+    from unlearnkit.data.checks import check_finite
+
+    for name, s in (("forget set", f), ("retain set", r), ("test set", t)):
+        check_finite(s, name)
     return Split(f, r, t)
 
 

@@ -123,6 +123,15 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         ) from exc
     from unlearnkit.engine.distributed import load_full_state_dict
 
+    params = {n for n, _ in model.named_parameters()}
+    floats = {k: v for k, v in sd.items() if k in params and v.is_floating_point()}
+    broken = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    if broken:
+        raise UnlearnkitError(
+            f"the weights in {str(path)!r} hold NaN or infinite values in {len(broken)} tensor(s) "
+            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the model file is broken (a "
+            "model problem, not a learning rate); retrain or re-export it"
+        )
     try:
         load_full_state_dict(model, sd, strict=strict)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -49,7 +49,10 @@ class Family(ABC):
         spec = dict(spec)
         name = spec.pop("name", self.default_dataset)
         spec.pop("split", None)
-        return call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
+        data = call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
+        from unlearnkit.data.checks import check_loaded
+
+        return check_loaded(data, name)
 
     @abstractmethod
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
