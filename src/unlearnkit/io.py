@@ -27,8 +27,8 @@ def _atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files: give the output the umask's mode
         write(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files (kept by some writers): the umask's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -49,6 +49,12 @@ def aside_folder(out: str | Path) -> Path:
     return out.parent / f".{out.name}.old"
 
 
+def journal_file(out: str | Path) -> Path:
+    """Names the run being published (its ``run_id``): a kill mid-publish is finished by :func:`recover`."""
+    out = Path(out)
+    return out.parent / f".{out.name}.publishing"
+
+
 def lock_file(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / f".{out.name}.lock"
@@ -148,10 +154,12 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self._fd)  # closing drops the flock
-        self._fd = None
+        fd, self._fd = self._fd, None
+        try:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -192,26 +200,47 @@ def _libc() -> Any:
     return _LIBC
 
 
+def _run_id(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "receipt.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def publish(work: Path, out: Path) -> None:
     """Make the complete run in ``work`` visible as ``out`` (see the module docstring); the run that was in
-    ``out`` is deleted afterwards."""
+    ``out`` is deleted afterwards. A journal names the new run meanwhile: after the swap ``work`` holds the
+    old run, and :func:`recover` must not take it for an unpublished one."""
+    from unlearnkit.io import write_json
+
+    journal = journal_file(out)
+    write_json(journal, {"run_id": _run_id(work)})
     if out.is_dir() and any(out.iterdir()):
         if _exchange(work, out):
             shutil.rmtree(work)  # now the old run
-            return
-        aside = aside_folder(out)
-        os.rename(out, aside)
-        os.rename(work, out)  # a kill between the renames: the next writer restores ``aside`` (recover)
-        shutil.rmtree(aside)
-        return
-    os.rename(work, out)  # onto a missing or empty folder: one rename
+        else:
+            aside = aside_folder(out)
+            os.rename(out, aside)
+            os.rename(work, out)  # a kill between the renames: the next writer restores ``aside`` (recover)
+            shutil.rmtree(aside)
+    else:
+        os.rename(work, out)  # onto a missing or empty folder: one rename
+    journal.unlink()
 
 
 def recover(out: str | Path) -> None:
     """Finish what a killed writer left (call it holding the lock): restore a run renamed aside, drop a
     leftover old run, and make the store row name the run that is in the folder."""
     out = Path(out)
-    aside = aside_folder(out)
+    aside, journal = aside_folder(out), journal_file(out)
+    if journal.exists():
+        try:
+            new = json.loads(journal.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            new = None
+        if new is not None and _run_id(out) == new:  # the swap happened: what is left is the old run
+            shutil.rmtree(work_folder(out), ignore_errors=True)
+        journal.unlink()
     if aside.exists():
         if out.exists():
             shutil.rmtree(aside)
@@ -300,7 +329,8 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if self._main and exc_type is not None and self._fresh and not (self.work / "checkpoints").exists():
+        failed = exc_type is not None and issubclass(exc_type, Exception)  # an error, not an interrupt
+        if self._main and failed and self._fresh and not (self.work / "checkpoints").exists():
             shutil.rmtree(self.work, ignore_errors=True)  # failed before any work worth resuming
         self._lock.release()
 
