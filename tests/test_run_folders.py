@@ -266,3 +266,96 @@ def test_outputs_honour_the_umask(tmp_path):
         assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(old)
+
+
+# -- resume: the whole config must match the run's, or the change is recorded --------------------------
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("method.lr", 0.001),
+        ("method.mask_ratio", 0.9),
+        ("engine.batch_size", 128),
+        ("seed", 1),
+        ("data.test_fraction", 0.3),
+        ("split.forget", 0.2),
+        ("model.hidden", 64),
+        ("train.epochs", 5),
+    ],
+)
+def test_resume_refuses_each_kind_of_changed_key(key, value, tmp_path):
+    from unlearnkit.config import apply_overrides
+    from unlearnkit.runs.resume import check_resume
+
+    saved = {
+        "seed": 0,
+        "data": {"name": "digits", "test_fraction": 0.2},
+        "split": {"kind": "random", "forget": 0.1},
+        "model": {"name": "mlp", "hidden": 128},
+        "train": {"epochs": 2},
+        "method": {"name": "salun", "lr": 0.0007, "mask_ratio": 0.5},
+        "engine": {"batch_size": 64, "progress": True},
+    }
+    changed = apply_overrides(saved, [f"{key}={value}"])
+    with pytest.raises(ConfigError, match=f"differs from the run's in 1 key\\(s\\): {key} "):
+        check_resume(saved, changed, False, tmp_path)
+    assert check_resume(saved, changed, True, tmp_path) == [key]
+    quiet = apply_overrides(saved, ["engine.progress=false"])  # the progress bar changes no result
+    assert check_resume(saved, quiet, False, tmp_path) == []
+    with pytest.raises(ConfigError, match="holds a run of method 'salun', not 'ga'"):
+        check_resume(saved, apply_overrides(changed, ["method.name=ga"]), True, tmp_path)
+
+
+def _ft(*overrides: str) -> dict:
+    from unlearnkit.config import apply_overrides, load_preset
+
+    base = ["train.epochs=2", "engine.progress=false", "method.epochs=3", "engine.checkpoint_steps=10"]
+    return apply_overrides(load_preset("vision/ft"), [*base, *overrides])
+
+
+def test_resume_of_a_killed_run_with_changes_is_refused_or_recorded(tmp_path, monkeypatch):
+    from unlearnkit.api import run_config
+    from unlearnkit.families.vision import VisionFamily
+
+    run_config(_ft(), out=tmp_path / "whole")  # caches the original: only unlearning steps are counted
+    real, calls = VisionFamily.mean_loss, [0]
+
+    def interrupted(self, model, batch):
+        calls[0] += 1
+        if calls[0] == 36:  # in step 36; the last checkpoint holds 30 steps
+            raise KeyboardInterrupt
+        return real(self, model, batch)
+
+    monkeypatch.setattr(VisionFamily, "mean_loss", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_config(_ft(), out=out)
+    monkeypatch.setattr(VisionFamily, "mean_loss", real)
+    assert not out.exists() and (work_folder(out) / "config.yaml").is_file()
+
+    with pytest.raises(ConfigError, match=r"1 key\(s\): method.lr \(0.05 -> 0.02\).*--resume-with-changes"):
+        run_config(_ft("method.lr=0.02"), out=out, resume=True)
+    with pytest.raises(ConfigError, match="holds a run of method 'ft', not 'ga'"):
+        run_config(_ft("method.name=ga"), out=out, resume=True)
+    with pytest.raises(ConfigError, match="holds a run of method 'ft', not 'ga'"):
+        run_config(_ft("method.name=ga"), out=out, resume_with_changes=True)
+    assert not out.exists()  # the refusals wrote nothing
+
+    res = run_config(_ft("method.lr=0.02"), out=out, resume_with_changes=True)
+    (change,) = res["receipt"]["config_changes"]
+    assert change["at_step"] == 30 and change["changed_keys"] == ["method.lr"]
+    assert change["before"]["method"]["lr"] == 0.05 and change["after"]["method"]["lr"] == 0.02
+    assert json.loads((out / "receipt.json").read_text())["config_changes"] == [change]
+    text = (out / "config.yaml").read_text()
+    assert yaml.safe_load(text)["method"]["lr"] == 0.02  # still a loadable config: the one run last
+    assert "# at step 30, changed method.lr; the config before:" in text and "#     lr: 0.05" in text
+    card = (out / "README.md").read_text()
+    assert "## Resumed with a changed config" in card and "| 30 | `method.lr` | `0.05` | `0.02` |" in card
+    whole = json.loads((tmp_path / "whole" / "receipt.json").read_text())["weights_after_sha256"]
+    assert res["receipt"]["weights_after_sha256"] != whole  # the last steps ran at the new rate
+
+    # a finished run resumed with its own config goes on from its last checkpoint to the same weights
+    again = run_config(_ft("method.lr=0.02"), out=out, resume=True)
+    assert again["receipt"]["weights_after_sha256"] == res["receipt"]["weights_after_sha256"]
+    assert again["receipt"]["config_changes"] == [change]  # the history stays with the run
