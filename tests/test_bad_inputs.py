@@ -123,6 +123,17 @@ CASES = [
         "cannot write the run folder",
     ),
     ("out-not-a-run", ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/nolm"], "holds no run"),
+    ("out-holds-a-run", ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/runs/old"], "--overwrite"),
+    (
+        "resume-other-method",
+        ["unlearn", "--preset", "vision/ft", "--out", "{tmp}/runs/old", "--resume"],
+        "holds a run of method 'ga', not 'ft'",
+    ),
+    (
+        "resume-changed-config",
+        ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/runs/old", "--resume", "seed=0"],
+        "--resume-with-changes",
+    ),
     (
         "train-out-exists",
         ["train", "--preset", "vision/ga", "--out", "{tmp}/other.safetensors"],
@@ -230,6 +241,10 @@ def bad_files(tmp_path_factory) -> Path:
 
     setup = make_setup(load_preset("vision/ga"))
     save_weights(setup.new_model(), tmp / "model.safetensors")
+    from unlearnkit.runs.record import write_run
+
+    old_cfg = {"family": "vision", "seed": 3, "method": {"name": "ga", "lr": 0.01}}
+    write_run(tmp / "runs" / "old", old_cfg, torch.nn.Linear(2, 2), {"UA": 1.0}, "ids", 1, "before")
     nan_model = setup.new_model()
     with torch.no_grad():
         next(nan_model.parameters())[0, 0] = float("nan")
