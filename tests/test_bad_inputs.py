@@ -105,13 +105,115 @@ CASES = [
         ["unlearn", "--preset", "vision/ga", "model.path={tmp}/model.safetensors", "--out", "{tmp}"],
         "input model",
     ),
+    # issue 18: configs that used to end in a traceback (or ran the defaults)
+    ("empty-preset", ["unlearn", "--config", "{tmp}/empty.yaml"], "is empty"),
+    ("self-inherit", ["unlearn", "--config", "{tmp}/self.yaml"], "inherits itself"),
+    ("inherit-cycle", ["unlearn", "--config", "{tmp}/cycle-a.yaml"], "cycle-b.yaml -> "),
+    ("test-fraction-zero", ["unlearn", "--preset", "vision/ga", "data.test_fraction=0"], "between 0 and 1"),
+    # --out that cannot take a run
+    ("out-is-a-file", ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/bad.json"], "existing file"),
+    (
+        "out-under-a-file",
+        ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/bad.json/run"],
+        "existing file",
+    ),
+    (
+        "out-unwritable",
+        ["unlearn", "--preset", "vision/ga", "--out", "/proc/x"],
+        "cannot write the run folder",
+    ),
+    ("out-not-a-run", ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/nolm"], "holds no run"),
+    ("out-holds-a-run", ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/runs/old"], "--overwrite"),
+    (
+        "resume-other-method",
+        ["unlearn", "--preset", "vision/ft", "--out", "{tmp}/runs/old", "--resume"],
+        "holds a run of method 'ga', not 'ft'",
+    ),
+    (
+        "resume-changed-config",
+        ["unlearn", "--preset", "vision/ga", "--out", "{tmp}/runs/old", "--resume", "seed=0"],
+        "--resume-with-changes",
+    ),
+    (
+        "train-out-exists",
+        ["train", "--preset", "vision/ga", "--out", "{tmp}/other.safetensors"],
+        "--overwrite",
+    ),
+    (
+        "train-out-folder",
+        ["train", "--preset", "vision/ga", "--out", "{tmp}/t2i.safetensors"],
+        "existing folder",
+    ),
+    (
+        "train-out-under-a-file",
+        ["train", "--preset", "vision/ga", "--out", "{tmp}/bad.json/m.safetensors"],
+        "is a file",
+    ),
+    (
+        "train-out-unwritable",
+        ["train", "--preset", "vision/ga", "--out", "/proc/x.safetensors"],
+        "cannot write",
+    ),
+    # broken weights and data: named as model / data problems when they load, not "lower the learning rate"
+    (
+        "nan-weights",
+        ["unlearn", "--preset", "vision/ga", "model.path={tmp}/nan.safetensors"],
+        "model problem",
+    ),
+    ("nan-features", ["unlearn", "--preset", "vision/ga", "data.name=digits-nan-train"], "data problem"),
+    (
+        "inf-test-set",
+        ["unlearn", "--preset", "vision/ga", "data.name=digits-inf-test"],
+        "test set of dataset",
+    ),
+    ("empty-test-set", ["unlearn", "--preset", "vision/ga", "data.name=digits-no-test"], "empty test set"),
+    ("t2i-truncated-unet", ["unlearn", "--preset", "diffusion/esd", "model.path={tmp}/t2i-cut"], "truncated"),
 ]
+
+
+def _digits_with(where: str, value: float | None):
+    """A digits loader whose training or test set holds one bad value (or, value None, no test set)."""
+    from unlearnkit.data.base import LoadedData
+    from unlearnkit.data.digits import load_digits
+    from unlearnkit.data.examples import ExampleSet
+
+    def load(**options) -> LoadedData:
+        d = load_digits(**options)
+        s = getattr(d, where)
+        x = s.columns["x"].clone()
+        if value is None:
+            s = ExampleSet({k: v[:0] for k, v in s.columns.items()}, s.ids[:0])
+        else:
+            x[3, 0, 2, 2] = value
+            s = ExampleSet(s.columns | {"x": x}, s.ids)
+        setattr(d, where, s)
+        return d
+
+    return load
+
+
+def _register_bad_datasets() -> None:
+    from unlearnkit import registry
+
+    registry._load_builtins()
+    for name, where, value in (
+        ("digits-nan-train", "train", float("nan")),
+        ("digits-inf-test", "test", float("inf")),
+        ("digits-no-test", "test", None),
+    ):
+        registry._DATASETS.setdefault(name, _digits_with(where, value))
 
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bad-inputs")
     (tmp / "broken.yaml").write_text("method: {name: ga\n")
+    (tmp / "empty.yaml").write_text("# nothing here yet\n")
+    (tmp / "self.yaml").write_text(f"inherit: {tmp / 'self.yaml'}\nmethod: {{name: ga}}\n")
+    (tmp / "cycle-a.yaml").write_text(f"inherit: {tmp / 'cycle-b.yaml'}\n")
+    (tmp / "cycle-b.yaml").write_text(f"inherit: {tmp / 'cycle-a.yaml'}\n")
+    (tmp / "t2i.safetensors").mkdir()
+    _register_bad_datasets()
     (tmp / "bad.json").write_text('{"ids": [1, 2')
     (tmp / "far.json").write_text("[999999]")
     (tmp / "dup.json").write_text("[1, 2, 1]")
@@ -125,6 +227,9 @@ def bad_files(tmp_path_factory) -> Path:
     from unlearnkit.models.t2i_world import original_dir
 
     shutil.copytree(original_dir(), tmp / "t2i-vocab")
+    shutil.copytree(original_dir(), tmp / "t2i-cut")  # its UNet weights cut in half, as by a failed copy
+    unet_file = next((tmp / "t2i-cut" / "model" / "unet").glob("*.safetensors"))
+    unet_file.write_bytes(unet_file.read_bytes()[: unet_file.stat().st_size // 2])
     tj = tmp / "t2i-vocab" / "model" / "tokenizer" / "tokenizer.json"
     spec = json.loads(tj.read_text())
     vocab = spec["model"]["vocab"]
@@ -136,6 +241,14 @@ def bad_files(tmp_path_factory) -> Path:
 
     setup = make_setup(load_preset("vision/ga"))
     save_weights(setup.new_model(), tmp / "model.safetensors")
+    from unlearnkit.runs.record import write_run
+
+    old_cfg = {"family": "vision", "seed": 3, "method": {"name": "ga", "lr": 0.01}}
+    write_run(tmp / "runs" / "old", old_cfg, torch.nn.Linear(2, 2), {"UA": 1.0}, "ids", 1, "before")
+    nan_model = setup.new_model()
+    with torch.no_grad():
+        next(nan_model.parameters())[0, 0] = float("nan")
+    save_weights(nan_model, tmp / "nan.safetensors")
     return tmp
 
 
@@ -174,3 +287,21 @@ def test_bad_input_gets_one_clear_line(case, argv, phrase, bad_files, capsys):
     assert phrase in err, err
     assert _hashes(bad_files) == before, "a failed command changed its input files"
     assert json.loads((bad_files / "far.json").read_text()) == [999999]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: engine.device=cuda is available")
+@pytest.mark.parametrize("command", ["unlearn", "train"])
+def test_a_device_that_is_not_there_is_an_error(command, tmp_path, capsys):
+    out = ["--out", str(tmp_path / ("m.safetensors" if command == "train" else "run"))]
+    assert main([command, "--preset", "vision/ga", "engine.device=cuda", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: engine.device=cuda but no CUDA GPU") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_auto_is_the_default_device():
+    from unlearnkit.engine.devices import require_device
+    from unlearnkit.engine.loop import EngineConfig
+
+    assert EngineConfig().device == "auto" and require_device(None) == "auto"
+    assert require_device("cpu") == "cpu"

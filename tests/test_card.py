@@ -100,8 +100,8 @@ def test_unlearn_cli_writes_card_and_indexes_the_run(tmp_path):
         and rec.path == str((runs / "a").resolve())
     )
     assert rec.fields["oracle"] == results["oracle"]
-    # a rerun into the same folder replaces its row; another folder adds one
-    assert main([*args, "--out", str(runs / "a")]) == 0
+    # a rerun into the same folder (--overwrite) replaces its row; another folder adds one
+    assert main([*args, "--out", str(runs / "a"), "--overwrite"]) == 0
     assert main([*args, "--out", str(runs / "b"), "seed=1"]) == 0
     with open_store(runs) as st:
         assert [(r.id, r.seed) for r in st.query(kind="unlearn")] == [(rec.id, 0), (rec.id + 1, 1)]

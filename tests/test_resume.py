@@ -22,6 +22,7 @@ import pytest
 from unlearnkit.api import run_config
 from unlearnkit.cli import main
 from unlearnkit.config import apply_overrides, load_preset
+from unlearnkit.runs.folder import work_folder
 
 # ft on digits: a 2-epoch original (cached for the session), 6 epochs x 21 steps of unlearning
 BASE = ["train.epochs=2", "engine.progress=false", "method.epochs=6"]
@@ -50,7 +51,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, capsys):
     args = ["--out", str(out), "--json", *BASE, "engine.checkpoint_steps=1"]
     env = os.environ.copy()  # carries the session's private UNLEARNKIT_CACHE
     proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = out / "checkpoints" / "ft"
+    root = work_folder(out) / "checkpoints" / "ft"  # a run is written in a hidden folder until complete
     step = 0
     deadline = time.monotonic() + 120
     try:

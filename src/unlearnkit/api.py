@@ -6,6 +6,7 @@ map-style datasets of ``(x, y)`` pairs); the input model is never modified: meth
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ def _split(forget, retain, test) -> Split:
     t = as_example_set(test, "test") if test is not None else None
     if t is None:
         raise ConfigError("a test set is needed (TA and the MIA use held-out data): pass test=...")
+    from unlearnkit.data.checks import check_finite
+
+    for name, s in (("forget set", f), ("retain set", r), ("test set", t)):
+        check_finite(s, name)
     return Split(f, r, t)
 
 
@@ -71,11 +76,13 @@ def unlearn(
     seed: int = 0,
     evaluate: bool = True,
     out: str | Path | None = None,
+    overwrite: bool = False,
     **method_options: Any,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
 
-    Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``).
+    Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``). An ``out`` folder that
+    holds another run is refused unless ``overwrite``.
     """
     from unlearnkit.experiment import build_method
     from unlearnkit.families.vision import VisionFamily
@@ -94,8 +101,23 @@ def unlearn(
         validate_labels(s, k, name)
     fam.validate(work, split.forget)
     ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
+    from unlearnkit.engine.devices import require_device
+
+    require_device(ecfg.device)
+    cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
+    if out is not None:
+        from unlearnkit.runs.folder import RunFolder
+
+        with RunFolder(out, cfg, overwrite=overwrite) as folder:
+            return _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, out, cfg, folder)
+    return _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, None, cfg, None)
+
+
+def _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, out, cfg, folder) -> UnlearnResult:
+    from unlearnkit.methods.base import Task
+
     before = weights_sha256(work)
-    task = Task(fam, work, split, Engine(ecfg, out), seed)
+    task = Task(fam, work, split, Engine(ecfg, folder.work if folder else None), seed)
     t0 = time.perf_counter()
     fit = m.run(task)
     seconds = time.perf_counter() - t0
@@ -107,11 +129,9 @@ def unlearn(
     if out is not None:
         from unlearnkit.runs.record import write_run
 
-        cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
-        res.receipt = (  # rank 0 writes; the other ranks get no receipt
-            write_run(out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before)
-            or {}
-        )
+        ids_sha, n = split.forget_ids_sha256(), len(split.forget)
+        # rank 0 writes; the other ranks get no receipt
+        res.receipt = write_run(out, cfg, task.model, metrics, ids_sha, n, before, folder=folder) or {}
     return res
 
 
@@ -149,12 +169,21 @@ def _overlaps_input(out: Path, model_path: Path) -> bool:
     return out == home or home in out.parents
 
 
-def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+def run_config(
+    cfg: dict[str, Any],
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_with_changes: bool = False,
+) -> dict[str, Any]:
     """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does).
 
     ``resume`` continues a killed job from its last checkpoint in ``out`` (and a killed training of the
-    original from the cache); the final weights and metrics equal an uninterrupted run's (RTE aside).
+    original from the cache); the final weights and metrics equal an uninterrupted run's (RTE aside). The
+    config must equal the run's saved one unless ``resume_with_changes`` (then both are recorded). An ``out``
+    that holds another run is refused unless ``overwrite`` or a resume (``runs/folder.py``).
     Under several processes only the main process writes ``out``."""
+    from unlearnkit.engine.devices import require_device
     from unlearnkit.experiment import (
         build_method,
         evaluate_model,
@@ -164,10 +193,13 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool 
         resolve,
         run_method,
     )
+    from unlearnkit.runs.folder import RunFolder
 
     cfg = resolve(cfg)
+    require_device(cfg["engine"].get("device", "auto"))
     method = build_method(cfg["method"], cfg["family"])  # validate before any work
     out = out or cfg.get("out")
+    resume = resume or resume_with_changes
     protect = [cfg["model"]["path"]] if cfg["model"].get("path") else []
     if out and protect and _overlaps_input(Path(out), Path(protect[0])):
         raise UnlearnkitError(
@@ -175,33 +207,37 @@ def run_config(cfg: dict[str, Any], out: str | Path | None = None, resume: bool 
         )
     if resume and not out:
         raise ConfigError("--resume needs the --out folder of the run to continue")
-    setup = make_setup(cfg)
-    orig = original_model(setup, resume=resume)
-    before = weights_sha256(orig.model)
-    model, seconds, fit = run_method(setup, orig.model, method, Path(out) if out else None, resume=resume)
-    result: dict[str, Any] = {"original": orig.meta}
-    oracle = None
-    if setup.protocol.cfg.oracle:
-        retrain = build_method({"name": "retrain"}, cfg["family"])
-        oracle_m, oracle_s = oracle_model(setup, retrain, orig.model)
-        oracle = evaluate_model(setup, oracle_m, "self", orig) | {"RTE": oracle_s}
-        result["oracle"] = public(oracle)
-    metrics = public(evaluate_model(setup, model, oracle, orig))
-    metrics["RTE"] = seconds
-    result["metrics"] = metrics
-    if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
-        from unlearnkit.runs.record import write_run
+    folder = RunFolder(out, cfg, overwrite, resume, resume_with_changes) if out else contextlib.nullcontext()
+    with folder:
+        setup = make_setup(cfg)
+        orig = original_model(setup, resume=resume)
+        before = weights_sha256(orig.model)
+        work = folder.work if out else None
+        model, seconds, fit = run_method(setup, orig.model, method, work, resume=resume)
+        result: dict[str, Any] = {"original": orig.meta}
+        oracle = None
+        if setup.protocol.cfg.oracle:
+            retrain = build_method({"name": "retrain"}, cfg["family"])
+            oracle_m, oracle_s = oracle_model(setup, retrain, orig.model)
+            oracle = evaluate_model(setup, oracle_m, "self", orig) | {"RTE": oracle_s}
+            result["oracle"] = public(oracle)
+        metrics = public(evaluate_model(setup, model, oracle, orig))
+        metrics["RTE"] = seconds
+        result["metrics"] = metrics
+        if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
+            from unlearnkit.runs.record import write_run
 
-        result["receipt"] = write_run(
-            out,
-            cfg,
-            model,
-            metrics,
-            setup.split.forget_ids_sha256(),
-            len(setup.split.forget),
-            before,
-            extra={"oracle": result.get("oracle"), "steps": fit.steps},
-            protect=protect,
-            tokenizer=setup.data.meta.get("tokenizer"),
-        )
+            result["receipt"] = write_run(
+                out,
+                cfg,
+                model,
+                metrics,
+                setup.split.forget_ids_sha256(),
+                len(setup.split.forget),
+                before,
+                extra={"oracle": result.get("oracle"), "steps": fit.steps},
+                protect=protect,
+                tokenizer=setup.data.meta.get("tokenizer"),
+                folder=folder,
+            )
     return result

@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--resume", action="store_true", help="continue a killed run from its last checkpoint"
             )
+            sp.add_argument(
+                "--overwrite", action="store_true", help="replace the run (or weights file) already in --out"
+            )
+        if name == "unlearn":
+            sp.add_argument(
+                "--resume-with-changes",
+                action="store_true",
+                help="resume although the config changed (both configs are recorded in the run folder)",
+            )
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -138,7 +147,13 @@ def _cmd_unlearn(args) -> int:
     from unlearnkit.engine.loop import is_main_process
 
     cfg = _load_cfg(args)
-    res = run_config(cfg, out=args.out, resume=args.resume)
+    res = run_config(
+        cfg,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        resume_with_changes=args.resume_with_changes,
+    )
     if not is_main_process():  # under several processes, rank 0 reports
         return 0
     _print_metrics(res["metrics"], args.json)
@@ -148,15 +163,19 @@ def _cmd_unlearn(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from unlearnkit.engine.devices import require_device
     from unlearnkit.engine.loop import is_main_process
     from unlearnkit.errors import UnlearnkitError
     from unlearnkit.experiment import evaluate_model, make_setup, original_model
     from unlearnkit.io import save_weights
+    from unlearnkit.runs.folder import check_out_file
 
     if not args.out or not args.out.endswith(".safetensors"):
         raise UnlearnkitError("train needs --out FILE.safetensors")
+    check_out_file(args.out, overwrite=args.overwrite or args.resume)
     cfg = _load_cfg(args)
     cfg.setdefault("model", {})["path"] = None
+    require_device((cfg.get("engine") or {}).get("device"))
     setup = make_setup(cfg)
     original = original_model(setup, resume=args.resume)
     save_weights(original.model, args.out)  # every rank (a sharded model is gathered collectively)

@@ -36,9 +36,15 @@ def _walk(node):
             yield child
 
 
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (``vision/salun``) or a YAML file path."""
+def load_preset(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset by name (``vision/salun``) or a YAML file path; ``inherit: BASE`` merges it over BASE.
+
+    An empty file and an inheritance cycle are ConfigErrors."""
     p = Path(name_or_path)
+    me = str(p.resolve()) if p.suffix in (".yaml", ".yml") else str(name_or_path)
+    if me in _chain:
+        cycle = " -> ".join([*_chain[_chain.index(me) :], me])
+        raise ConfigError(f"preset {name_or_path!r} inherits itself ({cycle}); remove the cycle of inherit:")
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"config file {name_or_path!r} not found")
@@ -51,17 +57,21 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
             )
         text = node.read_text()
     try:
-        cfg = yaml.safe_load(text) or {}
+        cfg = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{name_or_path!r} is not valid YAML{where}: {problem}") from None
+    if cfg is None:
+        raise ConfigError(
+            f"{name_or_path!r} is empty: write the config in it (e.g. 'inherit: vision/ga'), or pass --preset"
+        )
     if not isinstance(cfg, dict):
         raise ConfigError(f"{name_or_path!r} must hold a YAML mapping at the top level")
     base = cfg.pop("inherit", None)
     if base:
-        cfg = merge(load_preset(base), cfg)
+        cfg = merge(load_preset(base, (*_chain, me)), cfg)
     return cfg
 
 

@@ -15,12 +15,20 @@ from torch import nn
 from unlearnkit.errors import UnlearnkitError
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the process umask (0644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files (kept by some writers): the umask's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,6 +123,15 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         ) from exc
     from unlearnkit.engine.distributed import load_full_state_dict
 
+    params = {n for n, _ in model.named_parameters()}
+    floats = {k: v for k, v in sd.items() if k in params and v.is_floating_point()}
+    broken = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    if broken:
+        raise UnlearnkitError(
+            f"the weights in {str(path)!r} hold NaN or infinite values in {len(broken)} tensor(s) "
+            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the model file is broken (a "
+            "model problem, not a learning rate); retrain or re-export it"
+        )
     try:
         load_full_state_dict(model, sd, strict=strict)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -11,6 +11,7 @@ import torch
 
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import ExampleSet
+from unlearnkit.errors import DataError
 from unlearnkit.registry import register_dataset
 
 
@@ -19,6 +20,8 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> LoadedData:
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"data.test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     d = sk_load()
     x = torch.as_tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.as_tensor(d.target, dtype=torch.long)

@@ -63,7 +63,10 @@ class Family(ABC):
         spec = dict(spec)
         name = spec.pop("name", self.default_dataset)
         spec.pop("split", None)
-        return call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
+        data = call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
+        from unlearnkit.data.checks import check_loaded
+
+        return check_loaded(data, name)
 
     # -- hooks the experiment layer asks (so nothing outside families/ tests a family's name) ------------
     split_kinds: dict[str, tuple[str, ...]] = SPLIT_OPTIONS

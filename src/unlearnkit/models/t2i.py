@@ -276,9 +276,22 @@ def load_t2i(folder: str | Path, text_encoder: str | Path | None = None) -> T2IM
             f"the T2I model folder {str(folder)!r} lacks component(s) {missing}; expected sub-folders "
             f"{list(COMPONENTS)} as written by save_t2i / save_pretrained"
         )
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
-    with _no_load_bar():  # a bar for a 36-tensor encoder is noise on stderr
-        te = CLIPTextModel.from_pretrained(text_encoder or folder / "text_encoder", local_files_only=True)
-    sched = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-    tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
+    from safetensors import SafetensorError
+
+    part = "unet"
+    try:  # a truncated or corrupt component file: one clear line, as for a classifier's weights
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        part = "text_encoder"
+        with _no_load_bar():  # a bar for a 36-tensor encoder is noise on stderr
+            te = CLIPTextModel.from_pretrained(text_encoder or folder / "text_encoder", local_files_only=True)
+        part = "scheduler"
+        sched = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        part = "tokenizer"
+        tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
+    except (OSError, ValueError, SafetensorError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UnlearnkitError(
+            f"the {part} of the T2I model in {str(folder)!r} cannot be loaded ({first[:200]}); the file is "
+            "truncated or corrupt: copy or export the model folder again"
+        ) from None
     return T2IModel(unet, te, sched, tok).eval()

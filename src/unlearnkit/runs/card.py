@@ -214,6 +214,7 @@ def model_card(
         receipt_table + "\n\nAnyone holding the forget ids can check the first hash: the sha256 of the "
         "sorted ids written as a JSON list (`json.dumps(sorted(ids))`, e.g. `[3, 17, 42]`); the weight "
         "hashes identify the model before and after unlearning (`receipt.json`).\n",
+        *_changes_section(r.get("config_changes") or []),
         "## Metrics vs the oracle\n",
         _metrics_section(dict(metrics if metrics is not None else r.get("metrics") or {}), oracle),
         "## How to load\n",
@@ -222,6 +223,25 @@ def model_card(
         LIMITATIONS,
     ]
     return "\n".join(parts)
+
+
+def _changes_section(changes: list[dict[str, Any]]) -> list[str]:
+    """A 'resumed with a changed config' section: for each change, the step and both values of each key."""
+    if not changes:
+        return []
+    from unlearnkit.runs.resume import flatten
+
+    rows = []
+    for c in changes:
+        before, after = flatten(c.get("before") or {}), flatten(c.get("after") or {})
+        for k in c.get("changed_keys", []):
+            rows.append(f"| {c.get('at_step')} | `{k}` | `{before.get(k)}` | `{after.get(k)}` |")
+    return [
+        "## Resumed with a changed config\n",
+        "This run was continued from a checkpoint with a config that differs from the one it started with; "
+        "the weights come from both. `receipt.json` (`config_changes`) holds both whole configs.\n\n"
+        "| from step | key | before | after |\n|---|---|---|---|\n" + "\n".join(rows) + "\n",
+    ]
 
 
 def write_card(

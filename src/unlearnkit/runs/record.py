@@ -3,14 +3,17 @@ model card ``README.md`` (``runs/card.py``), and index the run in the run store 
 or ``UNLEARNKIT_STORE``; ``runs/store.py``).
 
 The receipt lets anyone check later what was forgotten and by which model: the sha256 of the sorted
-forget ids, of the weights before and after, and the metrics. Every file is written atomically. A store
-that cannot be written (read-only folder, locked file) only warns: the run folder is the record.
+forget ids, of the weights before and after, and the metrics; its ``run_id`` ties the store row to the
+folder. The files are written into a hidden work folder and published whole with one rename
+(``runs/folder.py``): a kill leaves the old run or the new one, never a mix. A store that cannot be written
+(read-only folder, locked file) only warns: the run folder is the record.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,14 @@ def write_run(
     extra: dict[str, Any] | None = None,
     protect: list[str | Path] | None = None,
     tokenizer: Any = None,
+    folder: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Write the run folder ``out`` and return its receipt.
+
+    ``folder`` is the open :class:`~unlearnkit.runs.folder.RunFolder` of a run that holds ``out`` already
+    (its work folder gets the files); without it this call opens one (refusing an ``out`` that holds
+    another run unless ``overwrite``).
 
     Under several processes rank 0 alone writes and returns the receipt; the other ranks return None.
     The weights of a sharded model (FSDP, DeepSpeed ZeRO-3) are gathered whole first, a collective: then
@@ -53,19 +62,22 @@ def write_run(
     sd = state_dict_cpu(model)  # the whole weights, gathered once for every output below
     if not is_main_process():
         return None
-    return _write_run_files(
-        out,
-        config,
-        model,
-        sd,
-        metrics,
-        forget_ids_sha256,
-        n_forget,
-        weights_before_sha256,
-        extra,
-        protect,
-        tokenizer,
-    )
+    args = (config, model, sd, metrics, forget_ids_sha256, n_forget, weights_before_sha256, extra, protect)
+    if folder is None:
+        from unlearnkit.runs.folder import RunFolder
+
+        with RunFolder(out, config, overwrite=overwrite) as opened:
+            return _publish(opened, out, args, tokenizer)
+    return _publish(folder, out, args, tokenizer)
+
+
+def _publish(folder: Any, out: Path, args: tuple, tokenizer: Any) -> dict[str, Any]:
+    """Write the files into ``folder``'s work folder, publish it as ``out``, then index it."""
+    receipt = _write_run_files(folder.work, *args, tokenizer, folder.changes)
+    folder.publish_run()
+    config, metrics, extra = args[0], args[3], args[7]
+    index_run(out, config, metrics, receipt, extra)
+    return receipt
 
 
 def _write_run_files(
@@ -80,6 +92,7 @@ def _write_run_files(
     extra: dict[str, Any] | None,
     protect: list[str | Path] | None,
     tokenizer: Any,
+    changes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(sd, out / "model.safetensors", protect=protect)
@@ -92,6 +105,7 @@ def _write_run_files(
             tokenizer.save_pretrained(out / "hf_model")
     results = {"metrics": metrics} | (extra or {})
     receipt = {
+        "run_id": uuid.uuid4().hex,
         "unlearnkit_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "method": config.get("method", {}).get("name"),
@@ -102,13 +116,16 @@ def _write_run_files(
         "metrics": metrics,
         "python": platform.python_version(),
     }
-    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if changes:  # resumed with --resume-with-changes: both configs and the step of each change
+        receipt["config_changes"] = changes
+    from unlearnkit.runs.resume import changes_header
+
+    write_text(out / "config.yaml", changes_header(changes or []) + yaml.safe_dump(config, sort_keys=False))
     write_json(out / "results.json", results)
     write_json(out / "receipt.json", receipt)
     from unlearnkit.runs.card import write_card
 
     write_card(out, config, receipt, metrics, (extra or {}).get("oracle"))
-    index_run(out, config, metrics, receipt, extra)
     return receipt
 
 
