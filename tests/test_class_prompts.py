@@ -262,7 +262,7 @@ def test_a_killed_world_training_keeps_the_previous_world(tmp_path, monkeypatch)
     def boom(*a, **kw):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr("unlearnkit.models.t2i.save_t2i", boom)
+    monkeypatch.setattr(t2i_world, "save_t2i", boom)
     with pytest.raises(RuntimeError, match="killed"):
         t2i_world.train_world("digits", world, steps=1, log_every=0, model_preset="tiny", judge_epochs=1,
                               check_per_prompt=1, check_steps=1)  # fmt: skip

@@ -86,7 +86,6 @@ def unlearn(
     """
     from unlearnkit.experiment import build_method
     from unlearnkit.families.vision import VisionFamily
-    from unlearnkit.methods.base import Task
 
     if family != "vision":
         raise UnlearnkitError(f"the API does not support family {family!r} yet; use 'vision'")

@@ -277,7 +277,7 @@ def reindex(out: str | Path) -> None:
                 return
             if row is not None and (row.receipt or {}).get("run_id") == receipt.get("run_id"):
                 return
-        from unlearnkit.runs.record import index_run
+        from unlearnkit.runs.store import index_run
 
         extra = {k: v for k, v in results.items() if k != "metrics"}
         index_run(folder, config, results.get("metrics", {}), receipt, extra)

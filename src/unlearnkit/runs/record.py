@@ -29,6 +29,7 @@ from unlearnkit.io import (
     write_json,
     write_text,
 )
+from unlearnkit.runs.store import index_run
 
 
 def write_run(
@@ -127,38 +128,3 @@ def _write_run_files(
 
     write_card(out, config, receipt, metrics, (extra or {}).get("oracle"))
     return receipt
-
-
-def index_run(
-    out: str | Path,
-    config: dict[str, Any],
-    metrics: dict[str, Any],
-    receipt: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> int | None:
-    """Record a single run folder in its run store (replacing the row of an earlier run into the same
-    folder); returns the row id, or None (with a warning) when the store cannot be written."""
-    import sqlite3
-    import warnings
-
-    from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.runs.store import open_store, store_path
-
-    folder = Path(out).resolve()
-    try:
-        with open_store(store_path(folder, single_run=True)) as store:
-            return store.upsert(
-                kind="unlearn",
-                key=f"unlearn:{folder}",
-                config=config,
-                family=config.get("family"),
-                method=(config.get("method") or {}).get("name"),
-                seed=config.get("seed"),
-                metrics=metrics,
-                fields=dict(extra or {}),
-                receipt=receipt,
-                path=folder,
-            )
-    except (sqlite3.Error, UnlearnkitError, OSError) as exc:
-        warnings.warn(f"the run in {str(folder)!r} was not indexed in the run store: {exc}", stacklevel=2)
-        return None

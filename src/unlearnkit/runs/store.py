@@ -35,6 +35,7 @@ import json
 import math
 import os
 import sqlite3
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,3 +393,32 @@ def open_store(path: str | Path, readonly: bool = False) -> RunStore:
     if p.is_dir():
         p = p / STORE_NAME
     return RunStore(p, readonly=readonly)
+
+
+def index_run(
+    out: str | Path,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    receipt: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> int | None:
+    """Record a single run folder in its run store (replacing the row of an earlier run into the same
+    folder); returns the row id, or None (with a warning) when the store cannot be written."""
+    folder = Path(out).resolve()
+    try:
+        with open_store(store_path(folder, single_run=True)) as store:
+            return store.upsert(
+                kind="unlearn",
+                key=f"unlearn:{folder}",
+                config=config,
+                family=config.get("family"),
+                method=(config.get("method") or {}).get("name"),
+                seed=config.get("seed"),
+                metrics=metrics,
+                fields=dict(extra or {}),
+                receipt=receipt,
+                path=folder,
+            )
+    except (sqlite3.Error, UnlearnkitError, OSError) as exc:
+        warnings.warn(f"the run in {str(folder)!r} was not indexed in the run store: {exc}", stacklevel=2)
+        return None
