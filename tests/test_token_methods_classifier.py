@@ -207,3 +207,19 @@ def test_pdu_flattens_the_forget_logits_on_a_classifier():
         after = float(m.forget_term(fb, None)[0])
     assert after < 0.5 * before, (before, after)
     assert m.lam != 1.0  # the dual variable moved after the warm-up
+
+
+@pytest.mark.parametrize("name", ["idknll", "wga", "satimp", "ceu", "undial", "pdu"])
+def test_text_presets_build_their_method_with_the_paper_settings(name):
+    from unlearnkit.config import load_preset
+    from unlearnkit.pipeline import build_method
+    from unlearnkit.registry import get_method
+
+    cfg = load_preset(f"text/{name}")
+    method = build_method(cfg["method"], cfg["family"])
+    assert type(method) is get_method(name) and cfg["family"] == "text"
+    assert method.cfg.lr == cfg["method"]["lr"] and method.cfg.epochs == cfg["method"]["epochs"]
+    defaults = type(method.cfg)()  # the paper's loss settings are not overridden by the preset
+    for key in ("beta", "beta1", "beta2", "gamma", "alpha", "epsilon", "dual_lr"):
+        if hasattr(defaults, key):
+            assert getattr(method.cfg, key) == getattr(defaults, key), key
