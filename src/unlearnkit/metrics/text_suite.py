@@ -10,7 +10,14 @@ from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
 
-TOFU_FORGET_KEYS = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob")
+TOFU_FORGET_KEYS = (
+    "forget_quality",
+    "forget_truth_ratio",
+    "forget_rouge",
+    "forget_prob",
+    "forget_extraction_strength",
+    "forget_exact_memorization",
+)
 MUSE_FORGET_KEYS = ("verbmem_f", "knowmem_f", "privleak")
 
 
@@ -113,7 +120,18 @@ def _tofu(
         )
     if oracle == "self":
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
-    return out
+    return out | _memorization(model, tok, records["forget"], bs)
+
+
+def _memorization(model, tok, records, bs: int) -> dict[str, float]:
+    """Mean extraction strength and exact memorization of the forget answers (teacher-forced)."""
+    import numpy as np
+
+    from unlearnkit.metrics.memorization import memorization_scores
+
+    qs, ans = [r["question"] for r in records], [r["answer"] for r in records]
+    res = memorization_scores(model, tok, qs, ans, bs)
+    return {f"forget_{k}": float(np.mean(v)) for k, v in res.items()}
 
 
 def relearn_and_evaluate(
