@@ -120,7 +120,25 @@ def _tofu(
         )
     if oracle == "self":
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
+    if not forget_only and records.get("holdout"):
+        out |= _tofu_mia(model, tok, records, oracle, bs)
     return out | _memorization(model, tok, records["forget"], bs)
+
+
+def _tofu_mia(model, tok, records, oracle, bs: int) -> dict[str, Any]:
+    """Forget-vs-holdout MIAs; the Reference attack and PrivLeak use the oracle's stored values."""
+    from unlearnkit.metrics.qa_mia import qa_mia, tofu_privleak
+
+    ref = oracle.get("_mia_nll") if isinstance(oracle, dict) else None
+    out = qa_mia(model, tok, records["forget"], records["holdout"], ref, bs)
+    if oracle == "self":
+        out["mia_reference"] = 0.5  # scored against itself: every score is 0
+    if oracle == "self":
+        ref_auc = out["mia_min_k"]
+    else:
+        ref_auc = oracle.get("mia_min_k") if isinstance(oracle, dict) else None
+    out["privleak"] = tofu_privleak(out["mia_min_k"], ref_auc)
+    return out
 
 
 def _memorization(model, tok, records, bs: int) -> dict[str, float]:
