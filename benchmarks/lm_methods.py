@@ -10,6 +10,8 @@ them), every variant takes AdamW steps on the same forget (and retain) batch; th
    the model, run on every forget batch, as the reference projects do) exists only here, for comparison; its
    loss is checked against the cached one first.
 3. SimNPO / GA, forget term only; then NPO and SimNPO / GradDiff with the retain NLL term (presets' setting).
+   UNDIAL with its target cached (full vocabulary, or top-8) / GA (goal <= 1.05), and with a live reference
+   forward; WGA, SatImp and CE-U / GA.
 4. Memory held while training: weights, gradients and optimizer state of the trained model, plus the frozen
    copy (live NPO) or the cached reference losses (cached NPO). Ratios cached NPO / GA (goal <= 1.05) and live
    / cached NPO. On CUDA also the measured peak allocation of each variant, run alone.
@@ -60,6 +62,12 @@ VARIANTS = {  # name: (method, extra config); "retain" = with the retain NLL ter
     "graddiff+retain": ("graddiff", {}),
     "npo+retain": ("npo", {}),
     "simnpo+retain": ("simnpo", {}),
+    "undial": ("undial", {"reference": "full"}),
+    "undial_topk": ("undial", {"reference": "topk", "top_k": 8}),
+    "undial_live": ("undial", {"reference": "frozen"}),
+    "wga": ("wga", {"retain_loss": "none"}),
+    "satimp": ("satimp", {"retain_loss": "none"}),
+    "ceu": ("ceu", {}),
 }
 
 
@@ -105,10 +113,12 @@ def held_bytes(method: Method, opt: torch.optim.Optimizer) -> int:
     total = size(model.parameters()) + size(model.buffers())
     total += size(p.grad for p in model.parameters() if p.grad is not None)
     total += size(v for state in opt.state.values() for v in state.values())
-    ref_model = getattr(method, "ref_model", None)
-    if ref_model is not None:
-        total += size(ref_model.parameters()) + size(ref_model.buffers())
-    for cache in (getattr(method, "reference", None), getattr(method, "kl_cache", None)):
+    for attr in ("ref_model", "target_model"):
+        ref_model = getattr(method, attr, None)
+        if ref_model is not None:
+            total += size(ref_model.parameters()) + size(ref_model.buffers())
+    caches = ("reference", "kl_cache", "target")
+    for cache in (getattr(method, c, None) for c in caches):
         if cache is not None:
             total += cache.nbytes
     return total
@@ -197,10 +207,21 @@ def main() -> None:
     ratio("SimNPO / GA, forget term only", med["simnpo"], med["ga"])
     ratio("NPO (cached) + retain NLL / GradDiff", med["npo+retain"], med["graddiff+retain"])
     ratio("SimNPO + retain NLL / GradDiff", med["simnpo+retain"], med["graddiff+retain"])
+    ratio("UNDIAL (cached full target) / GA", med["undial"], med["ga"], "(goal <= 1.05)")
+    ratio("UNDIAL (cached top-8 target) / GA", med["undial_topk"], med["ga"], "(goal <= 1.05)")
+    ratio("UNDIAL (live ref forward) / UNDIAL (cached)", med["undial_live"], med["undial"])
+    for v in ("wga", "satimp", "ceu"):
+        ratio(f"{v} / GA, forget term only", med[v], med["ga"])
     print("memory held while training (weights, grads, AdamW state, frozen copy / reference cache)")
     print("  bytes:  " + "  ".join(f"{v} {mem[v] / 1024:.1f} KiB" for v in ("ga", "npo", "npo_live")))
     ratio("NPO (cached ref) / GA", mem["npo"], mem["ga"], "(goal <= 1.05)")
     ratio("NPO (live ref) / NPO (cached ref)", mem["npo_live"], mem["npo"])
+    print(
+        "  bytes:  "
+        + "  ".join(f"{v} {mem[v] / 1024:.1f} KiB" for v in ("undial", "undial_topk", "undial_live"))
+    )
+    ratio("UNDIAL (cached full target) / GA", mem["undial"], mem["ga"])
+    ratio("UNDIAL (cached top-8 target) / GA", mem["undial_topk"], mem["ga"])
     if dev == "cuda":
         del built
         peak = {v: cuda_peak(setup, init, v, batches, 3) for v in ("ga", "npo", "npo_live")}

@@ -43,6 +43,18 @@ def test_tofu_suite_rows_and_keys(tofu_result):
             assert {f"{k}_relearned" for k in keys - {"model_utility"}} <= set(m)
     # The oracle compared with itself: identical truth-ratio samples give a KS p-value of 1.
     assert rows["retrain"]["forget_quality"] == 1.0
+    # teacher-forced memorization of the forget answers, also after the relearning attack
+    for name, m in rows.items():
+        for k in ("forget_extraction_strength", "forget_exact_memorization"):
+            assert 0.0 <= m[k] <= 1.0, (name, k)
+            assert name == "retrain" or f"{k}_relearned" in m
+    assert "forget_extraction_strength" in tofu_result["keys"]
+    # forget-vs-holdout MIAs: the oracle is its own reference (AUC 0.5, PrivLeak 0); the others use its values
+    assert rows["retrain"]["mia_reference"] == 0.5 and rows["retrain"]["privleak"] == 0.0
+    for name in ("simnpo", "npo"):
+        m = rows[name]
+        assert all(0.0 <= m[f"mia_{a}"] <= 1.0 for a in ("loss", "min_k", "gradnorm", "reference"))
+        assert m["privleak"] >= -100.0 and m["mia_reference"] != 0.5
 
 
 def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):

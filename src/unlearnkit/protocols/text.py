@@ -12,7 +12,9 @@ from torch import nn
 
 from unlearnkit.attacks.relearn import relearn
 from unlearnkit.metrics import tofu
+from unlearnkit.metrics.memorization import memorization_scores
 from unlearnkit.metrics.muse import evaluate_muse, privleak
+from unlearnkit.metrics.qa_mia import qa_mia, tofu_privleak
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
 
@@ -60,7 +62,14 @@ class TofuEval(EvalConfig):
 class Tofu(_TextProtocol):
     Config = TofuEval
     headline = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "forget_prob", "RTE")
-    forget_keys = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob")
+    forget_keys = (
+        "forget_quality",
+        "forget_truth_ratio",
+        "forget_rouge",
+        "forget_prob",
+        "forget_extraction_strength",
+        "forget_exact_memorization",
+    )
     axes = ("forget_quality", "model_utility")
     gap_key = "forget_quality"
     caption = (
@@ -96,7 +105,30 @@ class Tofu(_TextProtocol):
             )
         if oracle == "self":
             out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
+        if not forget_only and records.get("holdout"):
+            out |= _tofu_mia(model, tok, records, oracle, bs)
+        out |= _memorization(model, tok, records["forget"], bs)
         return Result.from_flat(out | _ids_split_fields(info))
+
+
+def _tofu_mia(model: nn.Module, tok: Any, records: dict, oracle: Any, bs: int) -> dict[str, Any]:
+    """Forget-vs-holdout MIAs; the Reference attack and PrivLeak use the oracle's stored values."""
+    ref = oracle.get("_mia_nll") if isinstance(oracle, dict) else None
+    out = qa_mia(model, tok, records["forget"], records["holdout"], ref, bs)
+    if oracle == "self":
+        out["mia_reference"] = 0.5  # scored against itself: every score is 0
+        ref_auc = out["mia_min_k"]
+    else:
+        ref_auc = oracle.get("mia_min_k") if isinstance(oracle, dict) else None
+    out["privleak"] = tofu_privleak(out["mia_min_k"], ref_auc)
+    return out
+
+
+def _memorization(model: nn.Module, tok: Any, records: list, bs: int) -> dict[str, float]:
+    """Mean extraction strength and exact memorization of the forget answers (teacher-forced)."""
+    qs, ans = [r["question"] for r in records], [r["answer"] for r in records]
+    res = memorization_scores(model, tok, qs, ans, bs)
+    return {f"forget_{k}": float(np.mean(v)) for k, v in res.items()}
 
 
 def _ids_split_fields(info: dict[str, Any]) -> dict[str, Any]:
