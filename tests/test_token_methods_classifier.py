@@ -211,9 +211,8 @@ def test_pdu_flattens_the_forget_logits_on_a_classifier():
 
 @pytest.mark.parametrize("name", ["idknll", "wga", "satimp", "ceu", "undial", "pdu"])
 def test_text_presets_build_their_method_with_the_paper_settings(name):
-    from unlearnkit.experiment import build_method
-
     from unlearnkit.config import load_preset
+    from unlearnkit.experiment import build_method
     from unlearnkit.registry import get_method
 
     cfg = load_preset(f"text/{name}")
