@@ -21,6 +21,21 @@ import os
 import sys
 from pathlib import Path
 
+from unlearnkit import __version__, registry
+from unlearnkit.api import run_config
+from unlearnkit.bench.suite import print_table, run_suite
+from unlearnkit.config import apply_overrides, load_preset, preset_names
+from unlearnkit.engine.devices import require_device
+from unlearnkit.engine.loop import is_main_process
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiment import evaluate_model, make_setup, original_model
+from unlearnkit.io import save_weights
+from unlearnkit.report import make_report
+from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
+from unlearnkit.runs.cli_runs import run
+from unlearnkit.runs.folder import check_out_file
+from unlearnkit.selection.runner import select_for_suite
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -81,8 +96,6 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="where to write report.md, report_files/ and report.html (default: DIR)")
     rp.add_argument("--title", help="the report's title")
 
-    from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
-
     add_runs_parser(sub)
 
     se = sub.add_parser("select", help="select a forget set (worst-case, by bi-level optimisation)")
@@ -98,14 +111,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from unlearnkit import __version__
-
     return f"unlearnkit {__version__}"
 
 
 def _load_cfg(args) -> dict:
-    from unlearnkit.config import apply_overrides, load_preset
-
     cfg = load_preset(args.config or args.preset)
     return apply_overrides(cfg, args.overrides)
 
@@ -126,9 +135,6 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 
 
 def _cmd_list(args) -> int:
-    from unlearnkit import registry
-    from unlearnkit.config import preset_names
-
     if args.what == "methods":
         rows = registry.list_methods()
         if args.json:
@@ -143,9 +149,6 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_unlearn(args) -> int:
-    from unlearnkit.api import run_config
-    from unlearnkit.engine.loop import is_main_process
-
     cfg = _load_cfg(args)
     res = run_config(
         cfg,
@@ -163,13 +166,6 @@ def _cmd_unlearn(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from unlearnkit.engine.devices import require_device
-    from unlearnkit.engine.loop import is_main_process
-    from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.experiment import evaluate_model, make_setup, original_model
-    from unlearnkit.io import save_weights
-    from unlearnkit.runs.folder import check_out_file
-
     if not args.out or not args.out.endswith(".safetensors"):
         raise UnlearnkitError("train needs --out FILE.safetensors")
     check_out_file(args.out, overwrite=args.overwrite or args.resume)
@@ -186,9 +182,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.experiment import evaluate_model, make_setup, original_model
-
     cfg = _load_cfg(args)
     if not cfg.get("model", {}).get("path"):
         raise UnlearnkitError("evaluate needs model.path=FILE.safetensors")
@@ -215,8 +208,6 @@ def _quiet_libraries() -> None:
 
 
 def _cmd_bench(args) -> int:
-    from unlearnkit.bench.suite import print_table, run_suite
-
     if args.quiet:
         _quiet_libraries()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -246,14 +237,10 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from unlearnkit.runs.cli_runs import run
-
     return run(args)
 
 
 def _cmd_select(args) -> int:
-    from unlearnkit.selection.runner import select_for_suite
-
     obj = select_for_suite(args.suite, args.size, args.out, args.overrides, args.granularity)
     what = f"{len(obj['classes'])} class(es), " if args.granularity == "class" else ""
     if args.granularity == "prompt":
@@ -266,8 +253,6 @@ def _cmd_select(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from unlearnkit.report import make_report
-
     res = make_report(args.dir, args.out, args.title)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -277,8 +262,6 @@ def _cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unlearnkit.errors import UnlearnkitError
-
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options too (argparse stops filling positionals at an option).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import types
 import typing
 from importlib import resources
@@ -196,8 +197,6 @@ def call_with_options(fn: Any, args: tuple, options: dict[str, Any], what: str) 
     An unknown or missing option becomes a ConfigError that lists what ``fn`` accepts (``what`` names the
     config section, e.g. "dataset 'tofu'"); TypeErrors raised *inside* ``fn`` are not mislabelled.
     """
-    import inspect
-
     sig = inspect.signature(fn)
     try:
         sig.bind(*args, **options)

@@ -7,6 +7,8 @@ these without a traceback and exits with status 2; everything else is a bug and 
 
 from __future__ import annotations
 
+import difflib
+
 
 class UnlearnkitError(Exception):
     """A problem with the user's input, reported without a traceback by the CLI."""
@@ -22,8 +24,6 @@ class DataError(UnlearnkitError):
 
 def did_you_mean(name: str, choices: list[str]) -> str:
     """A short hint listing close matches (or all choices) for an unknown name."""
-    import difflib
-
     close = difflib.get_close_matches(name, choices, n=3)
     if close:
         return f"did you mean {', '.join(repr(c) for c in close)}? (choices: {', '.join(sorted(choices))})"

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from unlearnkit.data.prompts import ConceptSchema
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.metrics.diffusion import asr, judge_schema, recognised
+from unlearnkit.models.t2i import ddim_sample, encode_prompts
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -163,8 +164,6 @@ def _gen(seed: int) -> torch.Generator:
 
 @torch.no_grad()
 def _sample(model: Any, ids: torch.Tensor, x_T: torch.Tensor, guidance: float, steps: int) -> torch.Tensor:
-    from unlearnkit.models.t2i import ddim_sample
-
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -187,8 +186,6 @@ def target_images(
 ) -> torch.Tensor:
     """x_tgt ``[N, C, H, W]`` in [-1, 1]: per prompt, the first of ``candidates`` original-model samples that
     the judge recognises as the concept (the first sample if none is)."""
-    from unlearnkit.models.t2i import encode_prompts
-
     ids = encode_prompts(original, list(prompts))
     imgs = _sample(original, ids, _x_T(original, [seed + 7919 * i for i in range(len(prompts))], candidates),
                    guidance, steps)  # fmt: skip
@@ -269,8 +266,6 @@ def unlearndiff_attack(
     ``candidates`` prompts drawn from ``w`` (the reference's multinomial token sampling), all judged in one
     batch on ``n_images`` samples from ``eval_seed`` (majority vote); the attack stops at the first prompt
     the judge recognises as the concept."""
-    from unlearnkit.models.t2i import encode_prompts
-
     tok = tokenizer if tokenizer is not None else model.tokenizer
     target = concept_of(prompt, concept, judge_schema(judge))
     ids = encode_prompts(model, [prompt], tok)
@@ -329,8 +324,6 @@ def unlearndiff_attack(
 def _soft_hit(model, judge, ids, prefix, x_T, target, guidance: float, sample_steps: int) -> bool:
     """Whether the judge recognises the concept in samples conditioned on the relaxed (continuous)
     prefix ``w·E`` itself — the embedding-space threat model, not a typeable prompt."""
-    from unlearnkit.models.t2i import ddim_sample
-
     dev = x_T.device
     ctx = encode_embeds(model.text_encoder, prefix_embeds(model, ids, prefix)).expand(len(x_T), -1, -1)
     x = ddim_sample(model, guidance=guidance, steps=sample_steps, context=ctx, x_T=x_T.to(dev))
@@ -399,8 +392,6 @@ def run_asr(
     :func:`unlearndiff_attack` (k, rounds, check_every, lr, noise_batch, timesteps, candidates, soft,
     n_images, guidance, sample_steps). ``n_prompts``: cycle the prompts to this many (the same caption under
     different seeds counts as a new prompt, one concept caption gives an ASR over ``n_prompts`` attacks)."""
-    from unlearnkit.models.t2i import encode_prompts
-
     prompts = list(concept_prompts)
     if n_prompts is not None and prompts:
         if int(n_prompts) < 1:

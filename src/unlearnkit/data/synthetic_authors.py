@@ -34,6 +34,7 @@ from typing import Any
 
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.tofu import load_tofu, tofu_texts
+from unlearnkit.data.tokenizer import train_tokenizer
 from unlearnkit.errors import DataError
 from unlearnkit.paths import cache_root
 from unlearnkit.registry import register_dataset
@@ -338,8 +339,6 @@ def write_tofu_folder(
     card = f"Synthetic TOFU-format data from unlearnkit (seed {seed}, {n_authors} authors)."
     (folder / "README.md").write_text(f"---\nconfigs:\n{yaml}---\n\n{card}\n", encoding="utf-8")
     if with_tokenizer:
-        from unlearnkit.data.tokenizer import train_tokenizer
-
         train_tokenizer(tofu_texts(tables), vocab_size=vocab_size).save_pretrained(str(folder / "tokenizer"))
     return folder
 

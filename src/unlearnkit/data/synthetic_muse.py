@@ -33,6 +33,7 @@ from unlearnkit.data.synthetic_authors import (
     cached_folder,
     split_words,
 )
+from unlearnkit.data.tokenizer import train_tokenizer
 from unlearnkit.errors import DataError
 from unlearnkit.registry import register_dataset
 
@@ -226,8 +227,6 @@ def write_muse_folder(
     card = f"Synthetic MUSE-format news from unlearnkit (seed {seed}, {n_articles} articles)."
     (folder / "README.md").write_text("---\n" + "\n".join(yaml) + f"\n---\n\n{card}\n", encoding="utf-8")
     if with_tokenizer:
-        from unlearnkit.data.tokenizer import train_tokenizer
-
         raw = {s: [r["text"] for r in rows] for s, rows in tables["raw"].items()}
         texts = muse_texts(raw, tables["verbmem"]["forget"], tables["knowmem"])
         train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(str(folder / "tokenizer"))

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import load_weights, save_state_dict, save_weights
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -89,8 +90,6 @@ class Checkpoint:
 
     def load_model(self, model: nn.Module) -> nn.Module:
         """Load the checkpoint's weights into ``model`` (safetensors, no pickle)."""
-        from unlearnkit.io import load_weights
-
         return load_weights(model, self.model_file)
 
 
@@ -110,8 +109,6 @@ def write_checkpoint(
     ``torch.load(weights_only=True)`` accepts); ``meta`` must be JSON-serialisable.
     """
     from safetensors.torch import save_file
-
-    from unlearnkit.io import save_state_dict, save_weights
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearnkit.errors import ConfigError
+
 
 def _dist():
     import torch.distributed as dist
@@ -217,8 +219,6 @@ def shard_fsdp2(model: nn.Module, wrap: bool | list[str], device: torch.device) 
     names = fsdp_wrap_classes(model, wrap)
     unknown = set(names) - {type(m).__name__ for m in model.modules()}
     if unknown and isinstance(wrap, list):
-        from unlearnkit.errors import ConfigError
-
         raise ConfigError(
             f"engine.fsdp names {sorted(unknown)}, which the model does not contain; give class names of its "
             "blocks (e.g. [LlamaDecoderLayer]) or true to use the model's own list"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.io import _atomic
 
 
 class WeightMask:
@@ -79,8 +80,6 @@ class WeightMask:
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
-
-        from unlearnkit.io import _atomic
 
         tensors = {k: v.to(torch.uint8).contiguous() for k, v in self.masks.items()}
         _atomic(Path(path), lambda tmp: save_file(tensors, tmp))

@@ -18,6 +18,7 @@ from torch import nn
 
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
+from unlearnkit.data.checks import check_loaded
 from unlearnkit.data.examples import Batch
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, benchmark_split, check_split_options, make_split
 from unlearnkit.engine.loop import Engine
@@ -64,7 +65,6 @@ class Family(ABC):
         name = spec.pop("name", self.default_dataset)
         spec.pop("split", None)
         data = call_with_options(get_dataset(name), (), spec, f"dataset {name!r} (data.*)")
-        from unlearnkit.data.checks import check_loaded
 
         return check_loaded(data, name)
 

@@ -74,6 +74,7 @@ from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.methods.esd import esd_target
+from unlearnkit.models.t2i import encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -172,8 +173,6 @@ class AdvUnlearn(Method):
         return super().batch_sizes(task) | {"retain": self.cfg.retain_batch_size}
 
     def prepare(self, task: Task) -> None:
-        from unlearnkit.models.t2i import encode_prompts
-
         self.cfg.check()
         model = task.model
         names = set(text_encoder_param_names(model, self.cfg.train_layers))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
+from unlearnkit.models.t2i import ddim_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -96,8 +97,6 @@ class ESD(Method):
         return {"forget": task.split.forget}
 
     def prepare(self, task: Task) -> None:
-        from unlearnkit.models.t2i import encode_prompts
-
         model = task.model
         self.cfg.check()
         names = set(esd_param_names(model, self.cfg.variant))
@@ -126,8 +125,6 @@ class ESD(Method):
     def _xt(
         self, batch, ids: torch.Tensor, gen: torch.Generator, teacher
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from unlearnkit.models.t2i import ddim_sample
-
         dev = ids.device
         n = len(ids)
         if self.cfg.xt_source == "data":

@@ -39,6 +39,7 @@ from torch import nn
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
+from unlearnkit.models.t2i import encode_prompts
 from unlearnkit.registry import register_method
 
 FILLER_WORDS = ("a", "an", "the", "of")
@@ -333,8 +334,6 @@ class FMN(Method):
         return tok
 
     def prepare(self, task: Task) -> None:
-        from unlearnkit.models.t2i import encode_prompts
-
         model = task.model
         self.cfg.check()
         self._tok = self._tokenizer(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unlearnkit.data.examples import ExampleSet
 from unlearnkit.engine.loop import Phase
 from unlearnkit.errors import ConfigError
 from unlearnkit.methods.base import Method, MethodConfig, Task
@@ -80,8 +81,6 @@ class RL(Method):
 def _MixedForget(task: Task):
     """D_f ∪ D_r with an ``is_forget`` column, for the concatenated schedule."""
     import torch
-
-    from unlearnkit.data.examples import ExampleSet
 
     f, r = task.split.forget, task.split.retain
     cols = {k: torch.cat([f.columns[k], r.columns[k]]) for k in f.columns}

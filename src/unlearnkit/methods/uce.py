@@ -37,6 +37,7 @@ from torch import nn
 from unlearnkit.engine.loop import FitResult
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
+from unlearnkit.models.t2i import encode_prompts
 from unlearnkit.registry import register_method
 
 TOKEN_MODES = ("last", "all")
@@ -167,8 +168,6 @@ class UCE(Method):
     Config = UCEConfig
 
     def _prompt_ids(self, model: nn.Module, prompts: list[str]) -> torch.Tensor:
-        from unlearnkit.models.t2i import encode_prompts
-
         return encode_prompts(model, list(prompts)).cpu()
 
     def concept_ids(self, task: Task) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from unlearnkit.data.prompts import ConceptSchema, recognised
+from unlearnkit.data.shapes import SCHEMA
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.models.t2i import generate_for_prompts
 
@@ -36,8 +37,6 @@ def judge_schema(judge: Any) -> ConceptSchema:
     """The schema a judge predicts (``judge.schema``; the shapes world's for a judge without one)."""
     schema = getattr(judge, "schema", None)
     if schema is None:
-        from unlearnkit.data.shapes import SCHEMA
-
         return SCHEMA
     return schema
 

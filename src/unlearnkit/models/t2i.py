@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearnkit.data.shapes import MAX_LENGTH, build_tokenizer, tokenize
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.registry import register_model
 
@@ -125,8 +126,6 @@ class T2IModel(nn.Module):
 
 def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -> torch.Tensor:
     """Token ids ``[N, L]`` of ``prompts`` with the model's tokenizer (unknown words are an error)."""
-    from unlearnkit.data.shapes import tokenize
-
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if tok is None:
         raise UnlearnkitError("the T2I model has no tokenizer: pass one to encode_prompts")
@@ -224,8 +223,6 @@ def _device(model: nn.Module) -> torch.device:
 def build_t2i(data: Any = None, preset: str = "small", seed: int | None = None) -> T2IModel:
     """A freshly initialised T2I model for the dataset's tokenizer (``data.meta["tokenizer"]``; default the
     ``shapes`` world's)."""
-    from unlearnkit.data.shapes import MAX_LENGTH, build_tokenizer
-
     if preset not in PRESETS:
         raise UnlearnkitError(f"unknown T2I preset {preset!r}: choose one of {', '.join(PRESETS)}")
     meta = getattr(data, "meta", {}) or {}

@@ -20,6 +20,7 @@ import yaml
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_text
 from unlearnkit.registry import get_family
+from unlearnkit.runs.resume import flatten
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Data sources named by an alias whose Hub dataset is known.
@@ -229,7 +230,6 @@ def _changes_section(changes: list[dict[str, Any]]) -> list[str]:
     """A 'resumed with a changed config' section: for each change, the step and both values of each key."""
     if not changes:
         return []
-    from unlearnkit.runs.resume import flatten
 
     rows = []
     for c in changes:

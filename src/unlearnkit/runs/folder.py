@@ -25,13 +25,19 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from unlearnkit.engine.distributed import is_main_process
 from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.io import write_json, write_text
+from unlearnkit.runs.resume import check_resume, latest_step, normalized
+from unlearnkit.runs.store import index_run, open_store, store_path
 
 # a folder holding any of these is (part of) a run
 RUN_ENTRIES = ("receipt.json", "config.yaml", "results.json", "model.safetensors", "hf_model", "checkpoints")
@@ -211,8 +217,6 @@ def publish(work: Path, out: Path) -> None:
     """Make the complete run in ``work`` visible as ``out`` (see the module docstring); the run that was in
     ``out`` is deleted afterwards. A journal names the new run meanwhile: after the swap ``work`` holds the
     old run, and :func:`recover` must not take it for an unpublished one."""
-    from unlearnkit.io import write_json
-
     journal = journal_file(out)
     write_json(journal, {"run_id": _run_id(work)})
     if out.is_dir() and any(out.iterdir()):
@@ -251,10 +255,6 @@ def recover(out: str | Path) -> None:
 
 def reindex(out: str | Path) -> None:
     """Make the run store row of ``out`` agree with the folder (its run, or no row for no run)."""
-    import sqlite3
-    import warnings
-
-    from unlearnkit.runs.store import open_store, store_path
 
     folder = Path(out).resolve()
     try:
@@ -277,7 +277,6 @@ def reindex(out: str | Path) -> None:
                 return
             if row is not None and (row.receipt or {}).get("run_id") == receipt.get("run_id"):
                 return
-        from unlearnkit.runs.store import index_run
 
         extra = {k: v for k, v in results.items() if k != "metrics"}
         index_run(folder, config, results.get("metrics", {}), receipt, extra)
@@ -313,8 +312,6 @@ class RunFolder:
         self._fresh = False
 
     def __enter__(self) -> RunFolder:
-        from unlearnkit.engine.distributed import is_main_process
-
         check_out_folder(self.out, self.overwrite, self.resume)
         self._main = is_main_process()
         if not self._main:
@@ -335,9 +332,6 @@ class RunFolder:
         self._lock.release()
 
     def _prepare(self) -> None:
-        from unlearnkit.io import write_json, write_text
-        from unlearnkit.runs.resume import check_resume, latest_step, normalized
-
         config = normalized(self.config)
         source = next((f for f in (self.work, self.out) if (f / "config.yaml").is_file()), None)
         if not self.resume or source is None:

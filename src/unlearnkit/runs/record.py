@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from unlearnkit import __version__
+from unlearnkit.engine.distributed import is_main_process
 from unlearnkit.io import (
     check_protected,
     save_state_dict,
@@ -29,6 +30,9 @@ from unlearnkit.io import (
     write_json,
     write_text,
 )
+from unlearnkit.runs.card import write_card
+from unlearnkit.runs.folder import RunFolder
+from unlearnkit.runs.resume import changes_header
 from unlearnkit.runs.store import index_run
 
 
@@ -56,8 +60,6 @@ def write_run(
     The weights of a sharded model (FSDP, DeepSpeed ZeRO-3) are gathered whole first, a collective: then
     every rank must call this function (a plain model may be written from rank 0 alone).
     """
-    from unlearnkit.engine.distributed import is_main_process
-
     out = Path(out)
     check_protected(out / "model.safetensors", protect)  # on every rank, before the collective gathering
     sd = state_dict_cpu(model)  # the whole weights, gathered once for every output below
@@ -65,8 +67,6 @@ def write_run(
         return None
     args = (config, model, sd, metrics, forget_ids_sha256, n_forget, weights_before_sha256, extra, protect)
     if folder is None:
-        from unlearnkit.runs.folder import RunFolder
-
         with RunFolder(out, config, overwrite=overwrite) as opened:
             return _publish(opened, out, args, tokenizer)
     return _publish(folder, out, args, tokenizer)
@@ -119,12 +119,10 @@ def _write_run_files(
     }
     if changes:  # resumed with --resume-with-changes: both configs and the step of each change
         receipt["config_changes"] = changes
-    from unlearnkit.runs.resume import changes_header
 
     write_text(out / "config.yaml", changes_header(changes or []) + yaml.safe_dump(config, sort_keys=False))
     write_json(out / "results.json", results)
     write_json(out / "receipt.json", receipt)
-    from unlearnkit.runs.card import write_card
 
     write_card(out, config, receipt, metrics, (extra or {}).get("oracle"))
     return receipt
