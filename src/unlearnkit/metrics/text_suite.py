@@ -10,6 +10,11 @@ from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
 
+# The benchmarks' generation lengths: TOFU's ROUGE (open-unlearning ``generation_args``) and MUSE's
+# VerbMem (``max_new_tokens=128``, also the ground-truth cut). ``eval.max_new_tokens`` /
+# ``eval.verbmem_max_new_tokens`` override them; generation stops once every row has produced EOS.
+TOFU_MAX_NEW_TOKENS = 200
+MUSE_VERBMEM_MAX_NEW_TOKENS = 128
 TOFU_FORGET_KEYS = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob")
 MUSE_FORGET_KEYS = ("verbmem_f", "knowmem_f", "privleak")
 
@@ -39,7 +44,10 @@ def evaluate_text(
     setup: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, forget_only: bool = False
 ) -> dict[str, Any]:
     """TOFU: forget quality needs the oracle's per-item forget truth ratios (``_forget_tr``);
-    MUSE: PrivLeak needs the oracle's Min-40% AUC (``_auc``). ``oracle="self"`` compares with itself."""
+    MUSE: PrivLeak needs the oracle's Min-40% AUC (``_auc``). ``oracle="self"`` compares with itself.
+
+    TOFU prompts are formatted exactly as in training: the data's tokenizer and ``data.template``
+    (``meta["template"]``) go through :mod:`unlearnkit.data.prompt_format`."""
     ev = setup.cfg.get("eval", {})
     tok = setup.data.meta["tokenizer"]
     records = setup.data.meta["eval"]
@@ -47,7 +55,9 @@ def evaluate_text(
     if _benchmark(setup) == "tofu":
         info = setup.split.info if setup.split.kind == "ids" else {}
         partial = info.get("without_perturbed") == "partial"
-        out = _tofu(model, tok, records, oracle, bs, int(ev.get("max_new_tokens", 32)), forget_only, partial)
+        max_new = int(ev.get("max_new_tokens", TOFU_MAX_NEW_TOKENS))
+        template = setup.data.meta.get("template")
+        out = _tofu(model, tok, records, oracle, bs, max_new, forget_only, partial, template)
         return out | _ids_split_fields(info)
     return _muse(model, tok, records, oracle, bs, ev, forget_only)
 
@@ -80,7 +90,7 @@ def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> 
         records,
         ref_auc,
         batch_size=bs,
-        verbmem_max_new_tokens=int(ev.get("verbmem_max_new_tokens", 64)),
+        verbmem_max_new_tokens=int(ev.get("verbmem_max_new_tokens", MUSE_VERBMEM_MAX_NEW_TOKENS)),
         **kw,
     )
     out["_auc"] = out.pop("auc")
@@ -90,7 +100,15 @@ def _muse(model, tok, records, oracle, bs: int, ev: dict, forget_only: bool) -> 
 
 
 def _tofu(
-    model, tok, records, oracle, bs: int, max_new: int, forget_only: bool, partial: bool = False
+    model,
+    tok,
+    records,
+    oracle,
+    bs: int,
+    max_new: int,
+    forget_only: bool,
+    partial: bool = False,
+    template: str | None = None,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -99,7 +117,7 @@ def _tofu(
     ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
     if forget_only:
         res = tofu.evaluate_split(
-            model, tok, records["forget"], "forget", bs, max_new, allow_missing_perturbed=partial
+            model, tok, records["forget"], "forget", bs, max_new, template, allow_missing_perturbed=partial
         )
         out = {
             "forget_prob": float(np.mean(res["prob"])),
@@ -109,7 +127,14 @@ def _tofu(
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], ref)
     else:
         out = tofu.evaluate_tofu(
-            model, tok, records, ref, batch_size=bs, max_new_tokens=max_new, allow_missing_perturbed=partial
+            model,
+            tok,
+            records,
+            ref,
+            batch_size=bs,
+            max_new_tokens=max_new,
+            template=template,
+            allow_missing_perturbed=partial,
         )
     if oracle == "self":
         out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
