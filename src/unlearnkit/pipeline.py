@@ -121,7 +121,7 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
 
         check_lora_spec(cfg["model"]["lora"])
     train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
-    data = family.load_data(cfg["data"])
+    data = family.load_data(family.data_spec(cfg))
     if cfg["split"].get("kind") == "benchmark":
         split = benchmark_split(data, cfg["split"])
     elif cfg["split"].get("kind") == "concept":
