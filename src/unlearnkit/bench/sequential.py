@@ -125,7 +125,7 @@ def verbmem_retain(setup: Any, model: Any) -> float:
     ev, tok = setup.data.meta["eval"], setup.data.meta["tokenizer"]
     recs = [continuation_record(tok, t) for t in ev["retain_texts"]]
     ecfg = setup.cfg.get("eval", {})
-    n_new = int(ecfg.get("verbmem_max_new_tokens", 64))
+    n_new = int(ecfg.get("verbmem_max_new_tokens", 128))  # as text_suite: MUSE generates 128 tokens
     return verbmem(model, tok, recs, n_new, int(ecfg.get("batch_size", 32)))
 
 
