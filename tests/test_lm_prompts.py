@@ -173,6 +173,10 @@ def test_the_tokenizer_must_fit_the_model_directly(zoo):
     model.config.eos_token_id = 3
     with pytest.raises(DataError, match="eos_token_id is 2 but the model's config says 3"):
         check_vocab_fit(model, own)
+    check_vocab_fit(model, own, own=True)  # the folder's own tokenizer may end turns with other ids
+    model.resize_token_embeddings(300)
+    with pytest.raises(DataError, match="has 400 tokens but the model has only 300 embedding rows"):
+        check_vocab_fit(model, own, own=True)
 
 
 def test_generation_stops_when_every_row_has_produced_eos(zoo):

@@ -167,13 +167,14 @@ def _special_ids(obj: Any) -> dict[str, int]:
     return out
 
 
-def check_vocab_fit(model: Any, tok: Any, model_tokenizer: Any = None) -> None:
+def check_vocab_fit(model: Any, tok: Any, model_tokenizer: Any = None, own: bool = False) -> None:
     """Refuse, in one line, a tokenizer whose vocabulary does not fit ``model``.
 
     Refused: more tokens than the model has embedding rows (ids would index past them; fewer is fine,
-    as real checkpoints pad their embeddings, e.g. Qwen2 and Phi-3); BOS/EOS ids other than the model
-    config's; and, when the model folder ships its own tokenizer (``model_tokenizer``), a different
-    vocabulary.
+    as real checkpoints pad their embeddings, e.g. Qwen2 and Phi-3); unless ``own`` (the tokenizer came
+    from the model's folder, whose config may list other end-of-turn ids), BOS/EOS ids other than the
+    model config's; and, when the model folder ships its own tokenizer (``model_tokenizer``), a
+    different vocabulary.
     """
     rows = _embedding_rows(model)
     n = len(tok)
@@ -183,7 +184,7 @@ def check_vocab_fit(model: Any, tok: Any, model_tokenizer: Any = None) -> None:
             "model's tokenizer; leave data.tokenizer unset to use the model folder's own"
         )
     cfg = getattr(model, "config", None)
-    mine = _special_ids(tok)
+    mine = {} if own else _special_ids(tok)
     for name, want in _special_ids(cfg).items():
         if name in mine and mine[name] != want:
             raise DataError(

@@ -113,7 +113,7 @@ class TextFamily(Family):
             mine = None
             if self.model_folder is not None and not self.tokenizer_is_model_folder:
                 mine = load_tokenizer(self.model_folder)
-            check_vocab_fit(model, self.tokenizer, mine)
+            check_vocab_fit(model, self.tokenizer, mine, own=self.tokenizer_is_model_folder)
         ids = data.columns["input_ids"]
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         if vocab is not None and len(ids) and int(ids.max()) >= vocab:
