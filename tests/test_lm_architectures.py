@@ -117,3 +117,18 @@ def test_rmu_trains_the_mlp_output_projection_of_every_architecture(zoo, tmp_pat
     changed = _changed(models[arch], tmp_path / "run" / "hf_model")
     pattern = re.compile(rf"\.0\.{re.escape(MLP_OUT[arch])}\.weight$")
     assert len(changed) == 1 and pattern.search(changed.pop())
+
+
+def test_rmu_errors_name_the_projection_that_could_match(zoo, tmp_path, capsys):
+    """GPT-NeoX's projection is dense_4h_to_h: a regex that misses it, and LoRA adapters that leave it out,
+    are one-line errors that name it."""
+    _, folder, models = zoo
+    base = ["unlearn", "--preset", "text/tofu", f"data.source={folder}", f"model.path={models['gpt_neox']}"]
+    base += ["method.name=rmu", "--out", str(tmp_path / "o")]
+    want = "gpt_neox.layers.0.mlp.dense_4h_to_h.weight"
+    assert main([*base, "method.trainable=down_proj"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "matches no parameter" in err and want in err and "gpt_neox.layers.N.attention.dense.weight" in err
+    assert main([*base, "model.lora={r: 2, target_modules: [query_key_value]}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.lora.target_modules" in err and want in err

@@ -154,22 +154,25 @@ class RMU(Method):
         """The layers whose MLP output projection trains by default: ℓ−2..ℓ (WMDP's ``layer_ids 5,6,7``)."""
         return range(max(0, self.layer_index - 2), self.layer_index + 1)
 
-    def default_trainable(self, model: nn.Module) -> list[str]:
+    def default_trainable(self, model: nn.Module, trainable_only: bool = True) -> list[str]:
         """Parameter names of the MLP output projections of layers ℓ−2..ℓ, found from the model
         (:func:`~unlearnkit.models.lm_anatomy.mlp_output_projection`): their ``weight`` on a plain model,
-        their trainable adapter weights under LoRA (peft freezes the base weight)."""
+        their adapter weights under LoRA (peft freezes the base weight). ``trainable_only=False`` also
+        lists weights that do not require grad (for error messages)."""
         prefix, layers = decoder_layers(model)
-        flags = dict(model.named_parameters())
+        params = dict(model.named_parameters())
         names = []
         for i in self.layer_range():
             module = f"{prefix}.{i}.{mlp_output_projection(layers[i], model.config)}"
-            under = [n for n in flags if n.startswith(module + ".") and n.endswith("weight")]
-            names += [n for n in under if flags[n].requires_grad and not n.endswith("base_layer.weight")]
+            under = [n for n in params if n.startswith(module + ".") and n.endswith("weight")]
+            if trainable_only:
+                under = [n for n in under if params[n].requires_grad and not n.endswith("base_layer.weight")]
+            names += under
         return names
 
     def _candidates(self, model: nn.Module) -> str:
         try:
-            could = self.default_trainable(model)
+            could = self.default_trainable(model, trainable_only=False)
         except ConfigError:
             could = []
         shown = ", ".join(could) if could else "none found"
