@@ -123,7 +123,7 @@ def _check_qa_rows(data, n=25):
 
 def test_tofu_folder_round_trip(tmp_path):
     folder = write_tofu_folder(tmp_path / "tofu", n_authors=20, seed=1)
-    data = load_tofu(str(folder), forget="forget10", max_length=64)
+    data = load_tofu(str(folder), forget="forget10", max_length=64, tokenizer="bpe")
     meta = data.meta
     assert data.num_classes == 0 and data.input_shape == () and data.name == "tofu"
     assert len(data.train) == 200 and data.train.ids.tolist() == list(range(200))
@@ -233,13 +233,13 @@ def test_tofu_bad_folders(tmp_path):
     qa = _hub_fixture(tmp_path)
     _jsonl(tmp_path / "retain90.json", qa[:4] + qa[5:])  # a forget question also in retain
     with pytest.raises(DataError, match="either forgotten or retained"):
-        load_tofu(str(tmp_path))
+        load_tofu(str(tmp_path), tokenizer="bpe")
     _jsonl(tmp_path / "retain90.json", qa[:3])  # forget + retain do not cover full
     with pytest.raises(DataError, match="partition"):
-        load_tofu(str(tmp_path))
+        load_tofu(str(tmp_path), tokenizer="bpe")
     (tmp_path / "real_authors_perturbed.json").unlink()
     with pytest.raises(DataError, match="real_authors_perturbed"):
-        load_tofu(str(tmp_path))
+        load_tofu(str(tmp_path), tokenizer="bpe")
     with pytest.raises(DataError, match="forget10"):
         load_tofu(str(tmp_path), forget="forget1")
 
@@ -310,7 +310,7 @@ def test_muse_folder_chunks_long_documents(tmp_path):
         "retain2": 4,
         "holdout": 4,
     }
-    data = load_muse(str(folder), max_length=16, vocab_size=400)
+    data = load_muse(str(folder), max_length=16, vocab_size=400, tokenizer="bpe")
     tok = data.meta["tokenizer"]
     text = tables["raw"]["forget"][0]["text"]
     (chunks,) = chunk_documents(tok, [text], 16)

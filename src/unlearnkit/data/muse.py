@@ -54,8 +54,9 @@ def load_muse(
 ) -> LoadedData:
     """Load MUSE for unlearning its forget corpus; see the module docstring.
 
-    ``tokenizer``: None (the folder's ``tokenizer/`` if it has one, else a BPE trained on the corpus), a
-    tokenizer folder or hub id (MUSE's targets use Llama-2's), or a tokenizer object. ``sequential`` also
+    ``tokenizer``: None (the folder's ``tokenizer/``; the text family passes the model folder of
+    ``model.name=hf``), ``"bpe"`` (train a byte-level BPE on the corpus), a tokenizer folder or hub id
+    (MUSE's targets use Llama-2's), or a tokenizer object. ``sequential`` also
     reads the ``scal``/``sust`` forget sets for the scalability and sustainability protocols.
     """
     if max_length < 2:

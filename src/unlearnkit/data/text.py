@@ -1,9 +1,9 @@
 """Tokenising question/answer pairs for causal LMs, with loss on answer tokens only.
 
 ``encode_qa`` builds the columns the text family trains on. The prompt and the answer are tokenised
-separately and concatenated, so the answer boundary is exact whatever the tokenizer merges. With a chat
-template the question is the user turn and the answer the assistant turn; otherwise the TOFU/MUSE
-plain template ``"Question: {q}\\nAnswer:"`` + ``" {a}"`` + EOS is used.
+separately and concatenated, so the answer boundary is exact whatever the tokenizer merges. The prompt
+format (plain template or the tokenizer's chat template) is :mod:`unlearnkit.data.prompt_format`, the
+one formatter that evaluation and generation use too.
 """
 
 from __future__ import annotations
@@ -14,28 +14,10 @@ from typing import Any
 import torch
 
 from unlearnkit.data.examples import ExampleSet
+from unlearnkit.data.prompt_format import PLAIN_PROMPT, answer_ids, check_prompt_format, prompt_ids, qa_ids
 from unlearnkit.errors import DataError
 
-PLAIN_PROMPT = "Question: {question}\nAnswer:"
-
-
-def prompt_ids(tokenizer: Any, question: str, template: str | None = None) -> list[int]:
-    """Token ids of the prompt that precedes an answer (also the generation prompt)."""
-    if template is None and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-        )
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    text = (template or PLAIN_PROMPT).format(question=question)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return ([bos] if bos is not None else []) + list(ids)
-
-
-def answer_ids(tokenizer: Any, answer: str) -> list[int]:
-    ids = list(tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return ids + ([eos] if eos is not None else [])
+__all__ = ["PLAIN_PROMPT", "answer_ids", "encode_pairs", "encode_qa", "prompt_ids"]
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -59,8 +41,7 @@ def encode_pairs(
     pad = _pad_id(tokenizer)
     rows_ids, rows_lab = [], []
     for q, a in zip(questions, answers, strict=True):
-        p = prompt_ids(tokenizer, q, template)
-        y = answer_ids(tokenizer, a)
+        p, y = qa_ids(tokenizer, q, a, template)
         ids = (p + y)[:max_length]
         lab = ([-100] * len(p) + y)[:max_length]
         if all(t == -100 for t in lab):
@@ -108,6 +89,7 @@ def encode_qa(
     """
     if not questions:
         raise DataError("no question/answer pairs to encode")
+    check_prompt_format(tokenizer, template)
     cols = encode_pairs(tokenizer, questions, answers, max_length, template)
     if alt_answers is not None:
         cols |= encode_pairs(tokenizer, questions, alt_answers, max_length, template, prefix="alt_")

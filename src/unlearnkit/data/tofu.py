@@ -39,6 +39,7 @@ import torch
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import ExampleSet
 from unlearnkit.data.muse import TableSource
+from unlearnkit.data.prompt_format import check_template
 from unlearnkit.data.text import PLAIN_PROMPT, encode_qa
 from unlearnkit.data.tokenizer import resolve_tokenizer
 from unlearnkit.errors import DataError, did_you_mean
@@ -96,9 +97,13 @@ def load_tofu(
 ) -> LoadedData:
     """Load TOFU for unlearning ``forget`` (forget01 / forget05 / forget10); see the module docstring.
 
-    ``tokenizer``: None (the folder's ``tokenizer/`` if it has one, else a BPE trained on the dataset's
-    text), a tokenizer folder or hub id, or a tokenizer object. ``seed`` draws the "I don't know" answers.
+    ``tokenizer``: None (the folder's ``tokenizer/``; the text family passes the model folder of
+    ``model.name=hf``), ``"bpe"`` (train a byte-level BPE on the dataset's text), a tokenizer folder or hub
+    id, or a tokenizer object. ``template``: a plain prompt with the field ``{question}`` (None: the
+    tokenizer's chat template if it has one, else ``"Question: {question}\nAnswer:"``; see
+    :mod:`unlearnkit.data.prompt_format`). ``seed`` draws the "I don't know" answers.
     """
+    check_template(template)
     if forget not in FORGET_SPLITS:
         raise DataError(f"unknown TOFU forget split {forget!r}: {did_you_mean(forget, list(FORGET_SPLITS))}")
     src = TableSource(source, "TOFU", _FIX, cache_dir)

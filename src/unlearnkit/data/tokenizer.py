@@ -8,8 +8,9 @@ prepends ``<s>`` when called with ``add_special_tokens=True``; it has no chat te
 (``decode(encode(t)) == t``), training is deterministic for the same texts and settings, and
 ``save_pretrained`` + ``AutoTokenizer.from_pretrained`` give back identical ids.
 
-:func:`resolve_tokenizer` turns a data config's ``tokenizer`` option (None, a folder or an object) into a
-checked tokenizer.
+:func:`resolve_tokenizer` turns a data config's ``tokenizer`` option (None, ``"bpe"``, a folder or an object)
+into a checked tokenizer; a BPE is trained only when asked for by name (the synthetic worlds ship theirs).
+:func:`check_vocab_fit` refuses a tokenizer that is not the model's.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def load_tokenizer(path: str | Path) -> Any:
     except Exception as exc:
         raise DataError(
             f"could not load a tokenizer from {str(path)!r} ({type(exc).__name__}: {exc}); pass a folder "
-            "written by tokenizer.save_pretrained (or a model folder that has one), or leave "
-            "data.tokenizer unset to train one on the dataset"
+            "written by tokenizer.save_pretrained (or a model folder that has one), or data.tokenizer=bpe "
+            "to train one on the dataset for a model trained from scratch"
         ) from exc
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # what the TOFU and MUSE reference code do for Llama tokenizers
@@ -110,21 +111,89 @@ def check_tokenizer(tok: Any) -> None:
         )
 
 
+TRAIN_BPE = "bpe"
+
+
 def resolve_tokenizer(
     spec: Any, texts: Iterable[str] | None = None, vocab_size: int = 1000, folder: Path | None = None
 ) -> Any:
     """The tokenizer a data config asks for.
 
-    ``spec`` None: ``folder/tokenizer`` if a dataset folder ships one, else a BPE trained on ``texts``;
-    a string or path: :func:`load_tokenizer`; a tokenizer object: checked and used as is.
+    ``spec`` None: the dataset folder's ``tokenizer/`` (the synthetic worlds ship the BPE they were
+    generated with), else an error (the text family fills ``data.tokenizer`` with the model folder of
+    ``model.name=hf``, so a pretrained model brings its own); ``"bpe"``: a byte-level BPE trained on
+    ``texts`` (for models trained from scratch, by name only); any other string or path:
+    :func:`load_tokenizer`; a tokenizer object: checked and used as is.
     """
     if spec is None:
         if folder is not None and (folder / "tokenizer" / "tokenizer.json").is_file():
             return load_tokenizer(folder / "tokenizer")
+        raise DataError(
+            "no tokenizer for this dataset: use a model folder (model.name=hf model.path=FOLDER; its "
+            "tokenizer is the default), pass data.tokenizer=FOLDER, or data.tokenizer=bpe to train a "
+            "byte-level BPE on the dataset for a model trained from scratch"
+        )
+    if spec == TRAIN_BPE:
         if texts is None:
-            raise DataError("no tokenizer given and no text to train one on: pass data.tokenizer=FOLDER")
+            raise DataError("data.tokenizer=bpe needs text to train on, and this dataset gave none")
         return train_tokenizer(texts, vocab_size=vocab_size)
     if isinstance(spec, (str, Path)):
         return load_tokenizer(spec)
     check_tokenizer(spec)
     return spec
+
+
+def has_tokenizer_files(path: str | Path) -> bool:
+    """Whether a local folder holds a saved tokenizer (fast, SentencePiece or GPT-2 style files)."""
+    folder = Path(path).expanduser()
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    return folder.is_dir() and any((folder / n).is_file() for n in names)
+
+
+def _embedding_rows(model: Any) -> int | None:
+    try:
+        return int(model.get_input_embeddings().weight.shape[0])
+    except Exception:  # not a Hugging Face model, or no embedding matrix
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        return int(vocab) if vocab is not None else None
+
+
+def _special_ids(obj: Any) -> dict[str, int]:
+    out = {}
+    for name in ("bos_token_id", "eos_token_id"):
+        v = getattr(obj, name, None)
+        if isinstance(v, int):
+            out[name] = v
+    return out
+
+
+def check_vocab_fit(model: Any, tok: Any, model_tokenizer: Any = None, own: bool = False) -> None:
+    """Refuse, in one line, a tokenizer whose vocabulary does not fit ``model``.
+
+    Refused: more tokens than the model has embedding rows (ids would index past them; fewer is fine,
+    as real checkpoints pad their embeddings, e.g. Qwen2 and Phi-3); unless ``own`` (the tokenizer came
+    from the model's folder, whose config may list other end-of-turn ids), BOS/EOS ids other than the
+    model config's; and, when the model folder ships its own tokenizer (``model_tokenizer``), a
+    different vocabulary.
+    """
+    rows = _embedding_rows(model)
+    n = len(tok)
+    if rows is not None and n > rows:
+        raise DataError(
+            f"the tokenizer has {n} tokens but the model has only {rows} embedding rows: it is not this "
+            "model's tokenizer; leave data.tokenizer unset to use the model folder's own"
+        )
+    cfg = getattr(model, "config", None)
+    mine = {} if own else _special_ids(tok)
+    for name, want in _special_ids(cfg).items():
+        if name in mine and mine[name] != want:
+            raise DataError(
+                f"the tokenizer's {name} is {mine[name]} but the model's config says {want}: it is not "
+                "this model's tokenizer; leave data.tokenizer unset to use the model folder's own"
+            )
+    differs = model_tokenizer is not None and model_tokenizer is not tok
+    if differs and model_tokenizer.get_vocab() != tok.get_vocab():
+        raise DataError(
+            "data.tokenizer is not the tokenizer of the model folder (their vocabularies differ): "
+            "leave data.tokenizer unset to use the model's own"
+        )

@@ -71,7 +71,7 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     if cfg["model"].get("lora") is not None:
         check_lora_spec(cfg["model"]["lora"])
     train_spec = build_dataclass(OptimSpec, cfg["train"], "train")
-    data = family.load_data(cfg["data"])
+    data = family.load_data(family.data_spec(cfg))
     split, data = family.make_split(data, cfg["split"], seed)
     protocol = protocol_for(family.protocol(data), cfg["eval"])
     if data.num_classes:

@@ -57,6 +57,11 @@ class Family(ABC):
 
     default_dataset: str = ""
 
+    def data_spec(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The ``data:`` section to load, given the whole resolved config (a family may fill in defaults
+        that depend on the model, e.g. the text family's tokenizer)."""
+        return cfg["data"]
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         """Load the dataset named in a config's ``data:`` section (its other keys are the loader's options).
 

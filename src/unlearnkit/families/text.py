@@ -30,6 +30,7 @@ from unlearnkit.data.splits import (
     with_pretrain,
 )
 from unlearnkit.data.tofu import ids_eval_sets
+from unlearnkit.data.tokenizer import check_vocab_fit, has_tokenizer_files, load_tokenizer
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family
 from unlearnkit.registry import get_model, register_family
@@ -60,6 +61,8 @@ class TextFamily(Family):
     def __init__(self, tokenizer: Any = None, num_classes: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.num_classes = num_classes
+        self.model_folder: str | None = None  # model.path of model.name=hf, when it ships a tokenizer
+        self.tokenizer_is_model_folder = False
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = _logits(model, batch)[:, :-1]
@@ -102,6 +105,20 @@ class TextFamily(Family):
             return ids_split_with_eval(data, spec)
         return super().make_split(data, spec, seed)
 
+    def data_spec(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The model folder's tokenizer is the default: with ``model.name=hf`` and no ``data.tokenizer``,
+        the tokenizer is loaded from ``model.path`` (when that folder has one)."""
+        spec = dict(cfg["data"])
+        model = cfg.get("model") or {}
+        path = model.get("path") if model.get("name") == "hf" else None
+        self.model_folder = str(path) if path and has_tokenizer_files(path) else None
+        if spec.get("tokenizer") is None and self.model_folder is not None:
+            spec["tokenizer"] = self.model_folder
+        self.tokenizer_is_model_folder = (
+            self.model_folder is not None and spec["tokenizer"] == self.model_folder
+        )
+        return spec
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
@@ -120,6 +137,11 @@ class TextFamily(Family):
         missing = [c for c in TEXT_COLUMNS if c not in data.columns]
         if missing:
             raise DataError(f"a text dataset needs columns {list(TEXT_COLUMNS)}; missing {missing}")
+        if self.tokenizer is not None:
+            mine = None
+            if self.model_folder is not None and not self.tokenizer_is_model_folder:
+                mine = load_tokenizer(self.model_folder)
+            check_vocab_fit(model, self.tokenizer, mine, own=self.tokenizer_is_model_folder)
         ids = data.columns["input_ids"]
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         if vocab is not None and len(ids) and int(ids.max()) >= vocab:

@@ -31,6 +31,7 @@ from unlearnkit.engine.loop import FitResult, Phase, StepContext
 from unlearnkit.errors import ConfigError
 from unlearnkit.methods.base import Method, MethodConfig, Task, frozen_copy
 from unlearnkit.methods.reference import ReferenceCache, compute_reference
+from unlearnkit.models.lm_anatomy import hidden_size, mlp_output_projection, parameter_patterns
 from unlearnkit.registry import register_method
 
 
@@ -45,9 +46,11 @@ class RMUConfig(MethodConfig):
       forget NLL 0.43 → 2.5 per token with the retain NLL 0.33 → 0.57; c = 6.5 / 20 forgot a little more
       (2.8 / 3.1) at a much higher retain cost (0.93 / 1.9). The default lr (5e-5) is for 7B models.
     - ``layer``: ``None`` = the middle decoder layer, (L − 1) // 2 (0-based); WMDP uses 7 of 32.
-    - ``trainable``: a regex over parameter names; ``None`` = the MLP output projection (``down_proj``,
-      GPT-2's ``mlp.c_proj``) of layers ℓ−2..ℓ, the WMDP setup (``layer_ids 5,6,7``, ``param_ids 6``);
-      open-unlearning's TOFU RMU trains everything (``".*"``).
+    - ``trainable``: a regex over parameter names; ``None`` = the MLP output projection of layers
+      ℓ−2..ℓ, the WMDP setup (``layer_ids 5,6,7``, ``param_ids 6``), found from the model for every
+      architecture (Llama ``down_proj``, GPT-2 ``mlp.c_proj``, GPT-NeoX ``dense_4h_to_h``, OPT ``fc2``;
+      :mod:`unlearnkit.models.lm_anatomy`); under LoRA, that module's adapters. open-unlearning's TOFU
+      RMU trains everything (``".*"``).
     - ``positions``: ``"answer"`` averages over answer tokens (labels ≠ −100; open-unlearning on TOFU),
       ``"all"`` over every real token (WMDP, on raw text).
     - AdamW lr 5e-5 (WMDP), weight decay 0.01, 10 epochs and batch 32 (open-unlearning TOFU).
@@ -147,19 +150,43 @@ class RMU(Method):
     def layer_module(self, model: nn.Module) -> nn.Module:
         return decoder_layers(model)[1][self.layer_index]
 
-    def default_trainable(self, prefix: str) -> str:
-        ids = "|".join(str(i) for i in range(max(0, self.layer_index - 2), self.layer_index + 1))
-        return rf"^{re.escape(prefix)}\.({ids})\.mlp\.(down_proj|c_proj)\.weight$"
+    def layer_range(self) -> range:
+        """The layers whose MLP output projection trains by default: ℓ−2..ℓ (WMDP's ``layer_ids 5,6,7``)."""
+        return range(max(0, self.layer_index - 2), self.layer_index + 1)
+
+    def default_trainable(self, model: nn.Module, trainable_only: bool = True) -> list[str]:
+        """Parameter names of the MLP output projections of layers ℓ−2..ℓ, found from the model
+        (:func:`~unlearnkit.models.lm_anatomy.mlp_output_projection`): their ``weight`` on a plain model,
+        their adapter weights under LoRA (peft freezes the base weight). ``trainable_only=False`` also
+        lists weights that do not require grad (for error messages)."""
+        prefix, layers = decoder_layers(model)
+        params = dict(model.named_parameters())
+        names = []
+        for i in self.layer_range():
+            module = f"{prefix}.{i}.{mlp_output_projection(layers[i], model.config)}"
+            under = [n for n in params if n.startswith(module + ".") and n.endswith("weight")]
+            if trainable_only:
+                under = [n for n in under if params[n].requires_grad and not n.endswith("base_layer.weight")]
+            names += under
+        return names
+
+    def _candidates(self, model: nn.Module) -> str:
+        try:
+            could = self.default_trainable(model, trainable_only=False)
+        except ConfigError:
+            could = []
+        shown = ", ".join(could) if could else "none found"
+        return f"the MLP output projections of layers {list(self.layer_range())}: {shown}"
 
     def prepare(self, task: Task) -> None:
         model = task.model
-        prefix, layers = decoder_layers(model)
+        _, layers = decoder_layers(model)
         ell = self.cfg.layer if self.cfg.layer is not None else (len(layers) - 1) // 2
         if not 0 <= ell < len(layers):
             raise ConfigError(f"method.layer={ell} is outside the model's {len(layers)} decoder layers")
         self.layer_index = ell
         dev = next(model.parameters()).device
-        d = getattr(model.config, "hidden_size", None) or model.config.n_embd
+        d = hidden_size(model.config)
         g = torch.Generator().manual_seed(task.seed)
         u = torch.rand(d, generator=g)
         self.control = (self.cfg.steering_coeff * u / u.norm()).to(dev)
@@ -178,14 +205,26 @@ class RMU(Method):
             if self.retain_cache is None:
                 self.retain_model = frozen_copy(model)
 
-        pattern = re.compile(self.cfg.trainable or self.default_trainable(prefix))
-        names = [n for n, _ in model.named_parameters() if pattern.search(n)]
-        if not names:
-            shown = ", ".join(n for n, _ in list(model.named_parameters())[:6])
-            raise ConfigError(
-                f"method.trainable={pattern.pattern!r} matches no parameter of this model "
-                f"(names: {shown}, ...)"
-            )
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if self.cfg.trainable is None:
+            names = self.default_trainable(model)
+            if not names:
+                raise ConfigError(
+                    "RMU trains the MLP output projections, but none of them has trainable weights here "
+                    f"({self._candidates(model)}): under model.lora add that module's name to "
+                    "model.lora.target_modules (or leave it unset for all linear layers), or set "
+                    "method.trainable to a regex over parameter names"
+                )
+        else:
+            pattern = re.compile(self.cfg.trainable)
+            names = [n for n, _ in model.named_parameters() if pattern.search(n) and n in trainable]
+            if not names:
+                raise ConfigError(
+                    f"method.trainable={pattern.pattern!r} matches no parameter of this model that can "
+                    "train; "
+                    f"names that could match: {self._candidates(model)}; every parameter: "
+                    f"{', '.join(parameter_patterns(model))} (N = layer number)"
+                )
         self.trainable_names = names
         self._flags = {n: p.requires_grad for n, p in model.named_parameters()}
         for n, p in model.named_parameters():

@@ -52,10 +52,11 @@ class _TextProtocol(Protocol):
 
 @dataclass
 class TofuEval(EvalConfig):
-    """``max_new_tokens``: greedy answer length for ROUGE; ``batch_size``: scoring batch."""
+    """``max_new_tokens``: greedy answer length for ROUGE (TOFU's 200, open-unlearning's
+    ``generation_args``; generation stops once every row has produced EOS); ``batch_size``: scoring batch."""
 
     batch_size: int = 32
-    max_new_tokens: int = 32
+    max_new_tokens: int = 200
 
 
 @register_protocol("tofu")
@@ -78,14 +79,24 @@ class Tofu(_TextProtocol):
     )
 
     def _run(self, exp: Any, model: nn.Module, oracle: Any, forget_only: bool) -> Result:
+        """TOFU prompts are formatted exactly as in training: the data's tokenizer and ``data.template``
+        (``meta["template"]``) go through :mod:`unlearnkit.data.prompt_format`."""
         tok, records = exp.data.meta["tokenizer"], exp.data.meta["eval"]
+        template = exp.data.meta.get("template")
         bs, max_new = self.cfg.batch_size, self.cfg.max_new_tokens
         info = exp.split.info if exp.split.kind == "ids" else {}
         partial = info.get("without_perturbed") == "partial"
         ref = None if oracle in (None, "self") else oracle.get("_forget_tr")
         if forget_only:
             res = tofu.evaluate_split(
-                model, tok, records["forget"], "forget", bs, max_new, allow_missing_perturbed=partial
+                model,
+                tok,
+                records["forget"],
+                "forget",
+                bs,
+                max_new,
+                template,
+                allow_missing_perturbed=partial,
             )
             out = {
                 "forget_prob": float(np.mean(res["prob"])),
@@ -101,20 +112,23 @@ class Tofu(_TextProtocol):
                 ref,
                 batch_size=bs,
                 max_new_tokens=max_new,
+                template=template,
                 allow_missing_perturbed=partial,
             )
         if oracle == "self":
             out["forget_quality"] = tofu.forget_quality(out["_forget_tr"], out["_forget_tr"])
         if not forget_only and records.get("holdout"):
-            out |= _tofu_mia(model, tok, records, oracle, bs)
-        out |= _memorization(model, tok, records["forget"], bs)
+            out |= _tofu_mia(model, tok, records, oracle, bs, template)
+        out |= _memorization(model, tok, records["forget"], bs, template)
         return Result.from_flat(out | _ids_split_fields(info))
 
 
-def _tofu_mia(model: nn.Module, tok: Any, records: dict, oracle: Any, bs: int) -> dict[str, Any]:
+def _tofu_mia(
+    model: nn.Module, tok: Any, records: dict, oracle: Any, bs: int, template: str | None
+) -> dict[str, Any]:
     """Forget-vs-holdout MIAs; the Reference attack and PrivLeak use the oracle's stored values."""
     ref = oracle.get("_mia_nll") if isinstance(oracle, dict) else None
-    out = qa_mia(model, tok, records["forget"], records["holdout"], ref, bs)
+    out = qa_mia(model, tok, records["forget"], records["holdout"], ref, bs, template=template)
     if oracle == "self":
         out["mia_reference"] = 0.5  # scored against itself: every score is 0
         ref_auc = out["mia_min_k"]
@@ -124,10 +138,12 @@ def _tofu_mia(model: nn.Module, tok: Any, records: dict, oracle: Any, bs: int) -
     return out
 
 
-def _memorization(model: nn.Module, tok: Any, records: list, bs: int) -> dict[str, float]:
+def _memorization(
+    model: nn.Module, tok: Any, records: list, bs: int, template: str | None
+) -> dict[str, float]:
     """Mean extraction strength and exact memorization of the forget answers (teacher-forced)."""
     qs, ans = [r["question"] for r in records], [r["answer"] for r in records]
-    res = memorization_scores(model, tok, qs, ans, bs)
+    res = memorization_scores(model, tok, qs, ans, bs, template=template)
     return {f"forget_{k}": float(np.mean(v)) for k, v in res.items()}
 
 
@@ -148,10 +164,11 @@ def _ids_split_fields(info: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class MuseEval(EvalConfig):
-    """``verbmem_max_new_tokens``: continuation length of VerbMem; ``batch_size``: scoring batch."""
+    """``verbmem_max_new_tokens``: continuation length of VerbMem (MUSE's 128, also its ground-truth cut);
+    ``batch_size``: scoring batch."""
 
     batch_size: int = 32
-    verbmem_max_new_tokens: int = 64
+    verbmem_max_new_tokens: int = 128
 
 
 @register_protocol("muse")
