@@ -147,14 +147,18 @@ def _mismatch(model: nn.Module, sd: dict[str, torch.Tensor], exc: Exception) -> 
 
 
 def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state dict (names, dtypes, shapes and bytes, in sorted name order)."""
+    """sha256 over a state dict (names, dtypes, shapes and bytes, in sorted name order).
+
+    A 0-dim tensor (BatchNorm's ``num_batches_tracked``) cannot be viewed as bytes directly; it is
+    flattened first, which yields the same bytes, so hashes of models without 0-dim tensors are unchanged
+    (the shape, ``()``, is still hashed)."""
     h = hashlib.sha256()
     for k, v in sorted(sd.items()):
         v = v.detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(v.dtype).encode())
         h.update(str(tuple(v.shape)).encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
