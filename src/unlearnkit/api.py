@@ -1,25 +1,32 @@
 """The Python API: ``unlearn``, ``evaluate`` and ``run_config``.
 
-``unlearn`` accepts a user's own ``torch.nn.Module`` and data (ExampleSets, ``(x, y)`` tensor tuples or
-map-style datasets of ``(x, y)`` pairs); the input model is never modified: methods work on a copy.
+``unlearn`` accepts a user's own ``torch.nn.Module`` and data (tensors, numpy arrays, lists, torch and
+Hugging Face datasets, ExampleSets; see ``data/user.py``); the input model is never modified: methods work
+on a copy. Bad input raises ``ValueError``/``TypeError`` (``errors.ArgumentError``) naming the argument.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from unlearnkit.config import build_dataclass
-from unlearnkit.data.examples import as_example_set
-from unlearnkit.data.splits import Split, validate_labels
+from unlearnkit.config import build_dataclass, load_preset
+from unlearnkit.data.splits import Split
+from unlearnkit.data.user import check_label_range
+from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.loop import Engine, EngineConfig
-from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError
 from unlearnkit.io import weights_sha256
+from unlearnkit.metrics.vision import evaluate_classifier
 
 
 @dataclass
@@ -30,36 +37,129 @@ class UnlearnResult:
     run_dir: Path | None = None
     receipt: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. which recipe retrain used
 
 
-def _split(forget, retain, test) -> Split:
-    """Forget/retain/test from user data. Data given without ids is numbered forget first (0..N_f-1),
-    then retain (N_f..), so the two never collide; ExampleSets keep their own ids."""
-    from unlearnkit.data.examples import ExampleSet
-
-    f = as_example_set(forget, "forget")
-    r = as_example_set(retain, "retain")
-    if not isinstance(retain, ExampleSet) and not (isinstance(retain, dict) and "id" in retain):
-        r = ExampleSet(r.columns, r.ids + (int(f.ids.max()) + 1 if len(f) else 0), r.transform, r.meta)
-    t = as_example_set(test, "test") if test is not None else None
-    if t is None:
-        raise ConfigError("a test set is needed (TA and the MIA use held-out data): pass test=...")
-    return Split(f, r, t)
+RECIPE_KEYS = ("epochs", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "milestones")
+RUN_FILES = ("receipt.json", "results.json", "model.safetensors")
 
 
-def _num_classes(split: Split, num_classes: int | None, model: nn.Module) -> int:
-    if num_classes is not None:
-        return num_classes
-    from unlearnkit.families.vision import VisionFamily
+def _probe(model: nn.Module, split: Split, num_classes: int | None) -> int:
+    """K from the model's output on one forget example (shape taken from the data, never assumed)."""
+    x = split.forget.__getitems__([0])["x"]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(_device_of(model)))
+    except (RuntimeError, ValueError) as exc:
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ArgumentError(
+            f"model= cannot take the inputs of forget= (one example has shape {tuple(x.shape[1:])}): {msg}; "
+            "pass inputs shaped as the model expects"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ArgumentError(f"model= must return logits of shape [batch, classes], got {tuple(out.shape)}")
+    k = int(out.shape[1])
+    if num_classes is None:
+        return k
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= k:
+        raise ArgumentError(
+            f"num_classes= must be an int in 2..{k} (model= returns {k} logits), got {num_classes!r}"
+        )
+    return num_classes
 
-    fam = VisionFamily()
-    fam.validate(model, split.forget)
-    return int(fam.num_classes)
+
+def _checked_split(model, forget, retain, test, train_set, forget_class, num_classes) -> tuple[Split, int]:
+    split = user_split(forget, retain, test, train_set, forget_class)
+    k = _probe(model, split, num_classes)
+    where = f"num_classes={k}" if num_classes is not None else f"model= returns {k} logits"
+    src = "train_set" if train_set is not None else None
+    sets = [(src or "forget", split.forget), (src or "retain", split.retain), ("test", split.test)]
+    if split.test_forgotten is not None:
+        sets.append(("test", split.test_forgotten))
+    for arg, s in sets:
+        check_label_range(s.labels, k, arg, where)
+    if forget_class is not None and not 0 <= forget_class < k:
+        raise ArgumentError(f"forget_class={forget_class} is not a class of the model (0..{k - 1})")
+    return split, k
+
+
+def _method_spec(method, preset, options, method_options) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method section, engine defaults) from ``preset=`` overlaid with ``method=``/``options``/kwargs."""
+    spec: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    if preset is not None:
+        try:
+            cfg = load_preset(preset)
+        except ConfigError as exc:
+            raise ArgumentError(f"preset=: {exc}") from exc
+        if cfg.get("family", "vision") != "vision":
+            raise ArgumentError(
+                f"preset={preset!r} is for the {cfg['family']!r} family; the API runs 'vision'"
+            )
+        spec = dict(cfg.get("method") or {})
+        if "batch_size" in (cfg.get("engine") or {}):
+            engine["batch_size"] = cfg["engine"]["batch_size"]
+        if method is not None and spec.get("name") not in (None, method):
+            raise ArgumentError(
+                f"method={method!r} differs from preset={preset!r}'s {spec['name']!r}; pass one"
+            )
+    spec = spec | {"name": method or spec.get("name") or "salun"} | (options or {}) | method_options
+    return spec, engine
+
+
+def _recipe(m: Any, spec: dict[str, Any], train: Any) -> tuple[OptimSpec | None, dict[str, Any]]:
+    """The original model's recipe (``train=``) and, for retrain, which recipe it will use and why."""
+    ts = None
+    if train is not None:
+        if isinstance(train, OptimSpec):
+            ts = train
+        elif isinstance(train, dict):
+            try:
+                ts = build_dataclass(OptimSpec, train, "train")
+                ts.check()
+            except ConfigError as exc:
+                raise ArgumentError(f"train=: {exc}") from exc
+        else:
+            raise ArgumentTypeError(
+                f"train= must be a dict of the original's recipe (epochs, lr, ...), got {train!r:.60}"
+            )
+    if spec["name"] != "retrain":
+        return ts, {}
+    if ts is not None and m.cfg.use_train_recipe:
+        source = "train="
+    elif any(k in spec for k in RECIPE_KEYS):
+        source = "method options"
+    else:
+        source = "default"
+        warnings.warn(
+            "method='retrain' without train=: retraining with the default recipe (SGD lr 0.1, momentum 0.9, "
+            f"wd 5e-4, cosine, {m.cfg.epochs} epochs: SalUn's CIFAR-10 recipe); pass train={{'epochs': ..., "
+            "'lr': ...}} with the recipe that trained your model",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ts, {"recipe_source": source}
+
+
+def _check_out(out: str | Path | None, overwrite: bool) -> None:
+    if out is None:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ArgumentError(f"out={str(out)!r} is a file: pass a folder for the run")
+    if not overwrite and p.is_dir() and any((p / n).exists() for n in RUN_FILES):
+        raise ArgumentError(
+            f"out={str(out)!r} already holds a run: pass overwrite=True to replace it, or another folder"
+        )
 
 
 def unlearn(
     model: nn.Module,
-    method: str = "salun",
+    method: str | None = None,
     forget: Any = None,
     retain: Any = None,
     test: Any = None,
@@ -70,45 +170,71 @@ def unlearn(
     seed: int = 0,
     evaluate: bool = True,
     out: str | Path | None = None,
+    *,
+    train_set: Any = None,
+    forget_class: int | None = None,
+    preset: str | None = None,
+    train: dict[str, Any] | OptimSpec | None = None,
+    overwrite: bool = False,
     **method_options: Any,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
 
-    Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``).
+    Data (``forget``/``retain``/``test``/``train_set``): see ``data/user.py`` for the accepted types and
+    ``data/user_split.py`` for the three ways to say what to forget (data, indices into ``train_set``,
+    ``forget_class``). ``method`` defaults to the preset's method, else ``"salun"``; ``preset`` (e.g.
+    ``"vision/salun"``) gives the method's options and batch size, which ``options`` and keyword arguments
+    (``lr=0.01, epochs=5``) override. ``train`` is the recipe that trained ``model`` (OptimSpec fields:
+    epochs, lr, optimizer, momentum, weight_decay, scheduler, milestones); ``method="retrain"`` retrains
+    with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
+    unless ``overwrite=True``. Bad input raises ValueError/TypeError naming the argument.
     """
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.methods.base import Task
     from unlearnkit.pipeline import build_method
 
     if family != "vision":
-        raise UnlearnkitError(f"the API does not support family {family!r} yet; use 'vision'")
+        raise ArgumentError(f"the API does not support family={family!r} yet; use 'vision'")
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    m = build_method({"name": method} | (options or {}) | method_options, family)
-    split = _split(forget, retain, test)
+        raise ArgumentTypeError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
+    _check_out(out, overwrite)
+    spec, eng = _method_spec(method, preset, options, method_options)
+    try:
+        m = build_method(spec, family)
+    except ConfigError as exc:
+        raise ArgumentError(str(exc)) from exc
+    train_spec, info = _recipe(m, spec, train)
     work = copy.deepcopy(model)
-    k = _num_classes(split, num_classes, work)
+    split, k = _checked_split(work, forget, retain, test, train_set, forget_class, num_classes)
     fam = VisionFamily(num_classes=k)
-    for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
-        validate_labels(s, k, name)
-    fam.validate(work, split.forget)
-    ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
+    ecfg = build_dataclass(
+        EngineConfig, {"progress": False} | eng | (engine or {}) | {"seed": seed}, "engine"
+    )
     before = weights_sha256(work)
-    task = Task(fam, work, split, Engine(ecfg, out), seed)
+    task = Task(fam, work, split, Engine(ecfg, out), seed, train_spec=train_spec)
     t0 = time.perf_counter()
     fit = m.run(task)
     seconds = time.perf_counter() - t0
-    metrics = (
-        evaluate_fn(task.model, split.forget, split.retain, split.test, num_classes=k) if evaluate else {}
+    if spec["name"] == "retrain":
+        info["recipe"] = {k_: getattr(m.cfg, k_) for k_ in RECIPE_KEYS}
+    metrics = evaluate_classifier(task.model, split, fam) | {"RTE": seconds} if evaluate else {}
+    res = UnlearnResult(
+        task.model, metrics, seconds, Path(out) if out else None, history=fit.history, info=info
     )
-    metrics = metrics | {"RTE": seconds} if evaluate else metrics
-    res = UnlearnResult(task.model, metrics, seconds, Path(out) if out else None, history=fit.history)
     if out is not None:
         from unlearnkit.runs.record import write_run
 
-        cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
+        cfg = {"family": family, "seed": seed, "method": spec}
+        if preset is not None:
+            cfg["preset"] = preset
+        if train_spec is not None:
+            cfg["train"] = {k_: getattr(train_spec, k_) for k_ in RECIPE_KEYS}
+        if forget_class is not None:
+            cfg["split"] = {"kind": "class", "classes": [forget_class]}
         res.receipt = (  # rank 0 writes; the other ranks get no receipt
-            write_run(out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before)
+            write_run(
+                out, cfg, task.model, metrics, split.forget_ids_sha256(), len(split.forget), before, info
+            )
             or {}
         )
     return res
@@ -116,22 +242,37 @@ def unlearn(
 
 def evaluate_fn(
     model: nn.Module,
-    forget: Any,
-    retain: Any,
-    test: Any,
+    forget: Any = None,
+    retain: Any = None,
+    test: Any = None,
     family: str = "vision",
     num_classes: int | None = None,
     mia_features: tuple[str, ...] = ("confidence",),
     oracle: dict[str, float] | None = None,
+    *,
+    train_set: Any = None,
+    forget_class: int | None = None,
 ) -> dict[str, float]:
-    """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics, also ``gap``."""
+    """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics (the retrained model's
+    UA, RA, TA, MIA, e.g. from ``evaluate(retrained, ...)``), also ``gap``, the Avg. Gap. With
+    ``forget_class``, TA leaves the class out and ``TA_forgotten`` is the class's own test accuracy."""
     from unlearnkit.families.vision import VisionFamily
-    from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
+    from unlearnkit.metrics.vision import GAP_KEYS, avg_gap
 
     if family != "vision":
-        raise UnlearnkitError(f"evaluate() does not support family {family!r} yet; use 'vision'")
-    split = _split(forget, retain, test)
-    k = _num_classes(split, num_classes, model)
+        raise ArgumentError(f"evaluate() does not support family={family!r} yet; use 'vision'")
+    if oracle is not None:
+        if not isinstance(oracle, Mapping):
+            raise ArgumentTypeError(
+                f"oracle= must be a dict of the retrained model's metrics, got {oracle!r:.60}"
+            )
+        missing = [k for k in GAP_KEYS if k not in oracle]
+        if missing:
+            raise ArgumentError(
+                f"oracle= is missing {', '.join(missing)}: pass the retrained model's UA, RA, TA and MIA, "
+                "e.g. oracle=unlearnkit.evaluate(retrained_model, forget=..., retain=..., test=...)"
+            )
+    split, k = _checked_split(model, forget, retain, test, train_set, forget_class, num_classes)
     out = evaluate_classifier(model, split, VisionFamily(num_classes=k), mia_features)
     if oracle is not None:
         out["gap"] = avg_gap(out, oracle)
@@ -139,6 +280,13 @@ def evaluate_fn(
 
 
 evaluate = evaluate_fn
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
 
 
 def _overlaps_input(out: Path, model_path: Path) -> bool:
