@@ -36,7 +36,9 @@ class VisionFamily(Family):
 
     default_dataset = "digits"
 
-    input_range = (0.0, 1.0)
+    # None: methods that need the input range (boundary_shrink's clamp) take it from the data; it used to
+    # be a fixed (0, 1), wrong for standardised inputs. A subclass for a known range may set (lo, hi).
+    input_range: tuple[float, float] | None = None
 
     def __init__(self, num_classes: int | None = None, relabel_mode: str = "other") -> None:
         if relabel_mode not in ("other", "any"):
