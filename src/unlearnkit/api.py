@@ -40,7 +40,16 @@ class UnlearnResult:
     info: dict[str, Any] = field(default_factory=dict)  # e.g. which recipe retrain used
 
 
-RECIPE_KEYS = ("epochs", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "milestones")
+RECIPE_KEYS = (
+    "epochs",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "scheduler",
+    "milestones",
+    "max_grad_norm",
+)
 RUN_FILES = ("receipt.json", "results.json", "model.safetensors")
 
 
