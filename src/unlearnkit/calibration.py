@@ -8,19 +8,23 @@ to avoid), so ``tune`` scores each trial with signals that need none:
 - **random forgetting**: a retrained model has never seen the forget set, so the forget set should look
   like held-out data. Targets: forget accuracy = test accuracy (UA ≈ 100 − TA), and the membership
   attack's verdict on the forget set = its verdict on held-out examples (the SVC MIA of the SalUn
-  protocol, trained on retain vs one half of the test set, applied to the forget set and to the other
-  half). RA and TA should not fall below the original's.
+  protocol; on held-out examples it is cross-fitted over two halves of the test set). RA and TA should
+  not fall below the original's.
 - **class-wise forgetting**: the class should be at chance or below (forget accuracy and the class's own
   test accuracy ≤ 100/K), while RA and TA keep the original's level.
 
-Each term is a distance in percentage points with a dead zone of two binomial standard deviations of the
-quantities compared (what the held-out set itself spreads): no trial is preferred for noise. The score is
-the mean of the terms, on the Avg. Gap's scale. The budget is bounded: at most ``max_trials`` (10) trials,
-each at half the method's epochs (a fraction of one run): a log-spaced sweep of the step size (×0.1 … ×10
-around the method's default, or the preset's), a finer step around the best, then a shorter run. For IU,
-a single step, ``alpha`` is swept instead. Where the papers' protocol searches a fixed grid against the
-oracle, this one searches a small adaptive grid against held-out data; it is validated against the
-oracle where one is known (``benchmarks/``), not guaranteed to match it.
+Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale. The
+forget-side terms of random forgetting are plain distances to their targets; the guards (RA and TA not
+below the original's, the class at or below chance) have a dead zone of two binomial standard deviations
+of the quantity compared (what the held-out set itself spreads), so noise alone is never penalised. (A
+dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
+by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
+``max_trials`` (10) trials, each at half the method's epochs (a fraction of one run): a sweep of the step
+size over four decades (×0.01 … ×100 around the method's default, or the preset's), then half- and
+quarter-decade steps around the best, then the best at a quarter of the epochs. For IU, a single step,
+``alpha`` is swept instead. Where the papers' protocol searches a fixed grid against the oracle, this one
+searches a small adaptive grid against held-out data; it is validated against the oracle where one is
+known (``benchmarks/``), not guaranteed to match it.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
 from unlearnkit.errors import ArgumentError, ConfigError
 from unlearnkit.metrics.mia import mia_efficacy
 
-SWEEP = (0.1, 0.3, 1.0, 3.0, 10.0)
-REFINE = (0.55, 1.8)
+SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)  # four decades around the default: defaults are often 100× off
+REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter decades around the best
 
 
 @dataclass
@@ -77,8 +81,9 @@ def _binom_pp(p_percent: float, n: int) -> float:
 @torch.no_grad()
 def signals(model: nn.Module, split: Split, k: int, seed: int = 0) -> dict[str, float]:
     """UA, RA, TA (percent), MIA on the forget set and on held-out examples, set sizes; TA_forgotten for a
-    class-wise split. The MIA's non-member shadow set is a random half of the test set; the other half is
-    the held-out reference (``MIA_heldout``)."""
+    class-wise split. ``MIA`` is the reported MIA-Efficacy (shadow non-members: the test set);
+    ``MIA_heldout`` is the same attack's verdict on held-out data, cross-fitted over two random halves of
+    the test set (shadow on one half, verdict on the other, and back)."""
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.metrics.vision import accuracy
 
@@ -93,8 +98,12 @@ def signals(model: nn.Module, split: Split, k: int, seed: int = 0) -> dict[str, 
         "UA": 100.0 - accuracy(lf, yf),
         "RA": accuracy(lr, yr),
         "TA": accuracy(lt, yt),
-        "MIA": mia_efficacy(lr, yr, lt[a], yt[a], lf, yf),
-        "MIA_heldout": mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b]),
+        "MIA": mia_efficacy(lr, yr, lt, yt, lf, yf),  # as reported (evaluate_classifier)
+        "MIA_heldout": 0.5  # cross-fitted: shadow on one half of the test set, verdict on the other
+        * (
+            mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b])
+            + mia_efficacy(lr, yr, lt[b], yt[b], lt[a], yt[a])
+        ),
         "n_forget": len(yf),
         "n_retain": len(yr),
         "n_test": len(yt),
@@ -117,11 +126,8 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str, k: int
         if "TA_forgotten" in s:
             terms.append(max(0.0, s["TA_forgotten"] - chance - _binom_pp(chance, s["n_test_forgotten"])))
         return float(np.mean(terms + [keep_ra, keep_ta]))
-    ua_target = 100.0 - s["TA"]
-    d_ua = max(0.0, abs(s["UA"] - ua_target) - _binom_pp(s["TA"], s["n_forget"]))
-    q = s["MIA_heldout"]
-    tol = _binom_pp(q, s["n_forget"]) + _binom_pp(q, s["n_heldout"])
-    d_mia = max(0.0, abs(s["MIA"] - q) - tol)
+    d_ua = abs(s["UA"] - (100.0 - s["TA"]))
+    d_mia = abs(s["MIA"] - s["MIA_heldout"])
     return float(np.mean([d_ua, d_mia, keep_ra, keep_ta]))
 
 
@@ -191,10 +197,11 @@ def tune_split(
     plan = [(base_value * f, short) for f in SWEEP]
     for value, epochs in plan[:max_trials]:
         run(value, epochs)
-    for f in REFINE:
-        if len(trials) >= max_trials:
-            break
-        run(best().options[knob] * f, short)
+    for factors in REFINE:
+        centre = best().options[knob]
+        for f in factors:
+            if len(trials) < max_trials:
+                run(centre * f, short)
     if full_epochs and short > 1 and len(trials) < max_trials:
         b = best()
         run(b.options[knob], max(1, short // 2))
