@@ -76,3 +76,13 @@ def test_budget_and_bad_arguments(world):
     with pytest.raises(ValueError, match="is exact: it has nothing to tune"):
         unlearnkit.tune(model, "retrain", train_set=(x, y), forget_class=3, test=(xt, yt))
     assert torch.equal(model.conv.weight, _trained_signal_net()[0].conv.weight)  # input never touched
+
+
+def test_unlearn_with_tune_runs_the_chosen_options(world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
+    res = unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, **data)
+    tuned = unlearnkit.tune(model, "salun", batch_size=16, **data)
+    assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
+    chosen = next(t for t in tuned.trials if t.options == tuned.best)
+    assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial

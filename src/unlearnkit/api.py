@@ -185,6 +185,7 @@ def unlearn(
     preset: str | None = None,
     train: dict[str, Any] | OptimSpec | None = None,
     overwrite: bool = False,
+    tune: bool = False,
     **method_options: Any,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
@@ -196,7 +197,9 @@ def unlearn(
     (``lr=0.01, epochs=5``) override. ``train`` is the recipe that trained ``model`` (OptimSpec fields:
     epochs, lr, optimizer, momentum, weight_decay, scheduler, milestones); ``method="retrain"`` retrains
     with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
-    unless ``overwrite=True``. Bad input raises ValueError/TypeError naming the argument.
+    unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
+    (``unlearnkit.tune``, ≤ 10 short trials) and runs with the chosen options (``result.info["tune"]``).
+    Bad input raises ValueError/TypeError naming the argument.
     """
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.methods.base import Task
@@ -215,6 +218,13 @@ def unlearn(
     train_spec, info = _recipe(m, spec, train)
     work = copy.deepcopy(model)
     split, k = _checked_split(work, forget, retain, test, train_set, forget_class, num_classes)
+    if tune:
+        from unlearnkit.calibration import tune_split
+
+        tuned = tune_split(model, spec, split, k, eng | (engine or {}), seed)
+        spec = spec | tuned.best
+        m = build_method(spec, family)
+        info["tune"] = {"best": tuned.best, "protocol": tuned.protocol, "trials": len(tuned.trials)}
     fam = VisionFamily(num_classes=k)
     ecfg = build_dataclass(
         EngineConfig, {"progress": False} | eng | (engine or {}) | {"seed": seed}, "engine"
