@@ -86,3 +86,22 @@ def test_unlearn_with_tune_runs_the_chosen_options(world):
     assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
     chosen = next(t for t in tuned.trials if t.options == tuned.best)
     assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial
+
+
+def test_cli_tune(tmp_path, capsys):
+    from unlearnkit.cli import main
+
+    out = tmp_path / "t"
+    argv = ["tune", "--preset", "vision/ga", "--max-trials", "2", "train.epochs=3", "--out", str(out)]
+    assert main(argv) == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-3])  # ×0.01, ×0.1 of 0.01
+    assert f"method.lr={saved['best']['lr']:.4g}" in capsys.readouterr().out
+    for bad, phrase in (
+        (["--max-trials", "0"], "--max-trials must be >= 1"),
+        (["method.name=retrain"], "method.name='retrain' is exact"),
+    ):
+        assert main(["tune", "--preset", "vision/ga", "train.epochs=3", *bad]) == 2
+        assert phrase in capsys.readouterr().err
+    assert main(["tune", "--preset", "text/ga"]) == 2
+    assert "vision family" in capsys.readouterr().err

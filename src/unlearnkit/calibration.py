@@ -246,6 +246,45 @@ def tune(
     return result
 
 
+def tune_config(cfg: dict[str, Any], max_trials: int = 10, out: str | Path | None = None) -> TuneResult:
+    """``unlearnkit tune``: calibrate the config's method on its data and original model (no oracle)."""
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.pipeline import make_setup, original_model, resolve
+
+    family = resolve(cfg)["family"]
+    if family != "vision":
+        raise UnlearnkitError(f"tune supports the vision family for now, not {family!r}")
+    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
+        raise ConfigError(f"--max-trials must be >= 1, got {max_trials}")
+    setup = make_setup(cfg)
+    model, _ = original_model(setup)
+    k = int(setup.family.num_classes or setup.data.num_classes)
+    try:
+        res = tune_split(
+            model, dict(setup.cfg["method"]), setup.split, k, setup.cfg["engine"], setup.seed, max_trials
+        )
+    except ArgumentError as exc:  # phrased for the API: name the config key instead
+        raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
+    if out is not None:
+        write_tune(out, res, setup.cfg)
+    return res
+
+
+def print_trials(res: TuneResult) -> None:
+    """The trials as a table, the chosen one marked, and the overrides that use it."""
+    keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten")
+    print(
+        f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials; original: "
+        + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
+    )
+    for t in res.trials:
+        mark = "*" if t.options == res.best else " "
+        opts = " ".join(f"{k}={v:.3g}" for k, v in t.options.items())
+        sig = " ".join(f"{k} {t.signals[k]:.1f}" for k in keys if k in t.signals)
+        print(f"{mark} {opts:<28} score {t.score:7.2f}  {sig}")
+    print("use: " + " ".join(f"method.{k}={v:.4g}" for k, v in res.best.items()))
+
+
 def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> None:
     """``out/tune.json`` (atomic) and one row per trial in the run store (kind ``tune``)."""
     import sqlite3

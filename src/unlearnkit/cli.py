@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         ("unlearn", "run one unlearning job"),
         ("train", "train an original model"),
         ("evaluate", "evaluate a model on a split"),
+        ("tune", "calibrate a method's lr and epochs without a retrained model"),
     ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument(
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--resume", action="store_true", help="continue a killed run from its last checkpoint"
             )
+        if name == "tune":
+            sp.add_argument("--max-trials", type=int, default=10, help="trial budget (default 10)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -144,6 +147,17 @@ def _cmd_unlearn(args) -> int:
     _print_metrics(res["metrics"], args.json)
     if args.out and not args.json:
         print(f"run written to {args.out}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from unlearnkit.calibration import print_trials, tune_config
+
+    res = tune_config(_load_cfg(args), args.max_trials, args.out)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=float))
+    else:
+        print_trials(res)
     return 0
 
 
@@ -271,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "list": _cmd_list,
         "unlearn": _cmd_unlearn,
+        "tune": _cmd_tune,
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,
