@@ -6,10 +6,10 @@ The papers tune against the retrained model: SalUn and Unlearn-WorstCase grid-se
 to avoid), so ``tune`` scores each trial with signals that need none:
 
 - **random forgetting**: a retrained model has never seen the forget set, so the forget set should look
-  like held-out data. Targets: forget accuracy = test accuracy (UA ≈ 100 − TA), and the membership
-  attack's verdict on the forget set = its verdict on held-out examples (the SVC MIA of the SalUn
-  protocol; on held-out examples it is cross-fitted over two halves of the test set). RA and TA should
-  not fall below the original's.
+  like held-out data. Targets, fixed from the original model: forget accuracy = its test accuracy
+  (UA ≈ 100 − TA), and the membership attack's verdict on the forget set = its verdict on held-out
+  examples (the SVC MIA of the SalUn protocol; on held-out examples it is cross-fitted over two halves
+  of the test set). RA and TA should not fall below the original's.
 - **class-wise forgetting**: the class should be at chance or below (forget accuracy and the class's own
   test accuracy ≤ 100/K), while RA and TA keep the original's level.
 
@@ -126,8 +126,10 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str, k: int
         if "TA_forgotten" in s:
             terms.append(max(0.0, s["TA_forgotten"] - chance - _binom_pp(chance, s["n_test_forgotten"])))
         return float(np.mean(terms + [keep_ra, keep_ta]))
-    d_ua = abs(s["UA"] - (100.0 - s["TA"]))
-    d_mia = abs(s["MIA"] - s["MIA_heldout"])
+    # fixed targets, from the original model: as a trial damages the model its own TA falls and its
+    # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
+    d_ua = abs(s["UA"] - (100.0 - original["TA"]))
+    d_mia = abs(s["MIA"] - original["MIA_heldout"])
     return float(np.mean([d_ua, d_mia, keep_ra, keep_ta]))
 
 
