@@ -305,3 +305,146 @@ def test_auto_is_the_default_device():
 
     assert EngineConfig().device == "auto" and require_device(None) == "auto"
     assert require_device("cpu") == "cpu"
+
+
+# -- the Python API: ValueError/TypeError naming the API argument, the user's model untouched ----------------
+
+
+def _api_world():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=g)
+    y = torch.arange(30) % 3
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    return model, x, y
+
+
+def _with(t: torch.Tensor, i: int, v: float) -> torch.Tensor:
+    t = t.clone().float() if not t.is_floating_point() else t.clone()
+    t[i] = v
+    return t
+
+
+# (case id, keyword arguments built from (x, y), which API function, exception type, phrase)
+API_CASES = [
+    (
+        "overlap-tensors",
+        lambda x, y: {"forget": (x[:5], y[:5]), "retain": (x, y)},
+        "unlearn",
+        ValueError,
+        "forget= and retain= share 5 identical example(s) (e.g. forget[0] equals retain[0])",
+    ),
+    (
+        "overlap-indices",
+        lambda x, y: {"train_set": (x, y), "forget": [0, 1, 2], "retain": list(range(2, 30))},
+        "unlearn",
+        ValueError,
+        "forget= and retain= share 1 index(es) into train_set= ([2])",
+    ),
+    (
+        "float-labels",
+        lambda x, y: {"forget": (x[:5], _with(y[:5], 2, 1.5)), "retain": (x[5:], y[5:])},
+        "unlearn",
+        ValueError,
+        "forget= labels must be whole class indices, got 1.5 at position 2",
+    ),
+    (
+        "nan-features",
+        lambda x, y: {"forget": (x[:5], y[:5]), "retain": (_with(x[5:], 3, float("nan")), y[5:])},
+        "unlearn",
+        ValueError,
+        "retain= features hold 2 NaN/inf value(s) (first in example 3): this is a data problem, not a "
+        "learning-rate one",
+    ),
+    (
+        "inf-features",
+        lambda x, y: {"test": (_with(x, 0, float("inf")), y)},
+        "evaluate",
+        ValueError,
+        "test= features hold 2 NaN/inf value(s)",
+    ),
+    (
+        "labels-out-of-range",
+        lambda x, y: {"test": (x, _with(y, 4, 6).long())},
+        "unlearn",
+        ValueError,
+        "test= has labels in [0, 6] but model= returns 4 logits: labels must lie in 0..3",
+    ),
+    (
+        "labels-over-num-classes",
+        lambda x, y: {"num_classes": 2},
+        "unlearn",
+        ValueError,
+        "forget= has labels in [0, 2] but num_classes=2",
+    ),
+    (
+        "one-hot-labels",
+        lambda x, y: {"retain": (x[5:], torch.nn.functional.one_hot(y[5:]))},
+        "unlearn",
+        ValueError,
+        "retain= labels must be a 1-D vector of class indices, got shape (25, 3) (one-hot? pass y.argmax(1))",
+    ),
+    (
+        "oracle-missing-keys",
+        lambda x, y: {"oracle": {"UA": 1.0}},
+        "evaluate",
+        ValueError,
+        "oracle= is missing RA, TA, MIA",
+    ),
+    (
+        "forget-class-absent",
+        lambda x, y: {"train_set": (x, y), "forget": None, "retain": None, "forget_class": 3},
+        "unlearn",
+        ValueError,
+        "forget_class=3 has no examples in train_set= (classes present: [0, 1, 2])",
+    ),
+    (
+        "forget-class-mixed",
+        lambda x, y: {"forget_class": 1},
+        "evaluate",
+        ValueError,
+        "forget= holds classes other than forget_class=1",
+    ),
+    ("not-data", lambda x, y: {"forget": "x.csv"}, "unlearn", TypeError, "cannot use str as forget="),
+    (
+        "indices-out-of-range",
+        lambda x, y: {"train_set": (x, y), "forget": [0, 40], "retain": None},
+        "unlearn",
+        ValueError,
+        "forget= has indices outside train_set= (0..29): [40]",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,make,fn,exc,phrase", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input_names_the_argument(case, make, fn, exc, phrase):
+    import unlearnkit
+    from unlearnkit.io import weights_sha256
+
+    model, x, y = _api_world()
+    before = weights_sha256(model)
+    kwargs = {"forget": (x[:5], y[:5]), "retain": (x[5:], y[5:]), "test": (x, y)} | make(x, y)
+    call = unlearnkit.unlearn if fn == "unlearn" else unlearnkit.evaluate
+    extra = {"method": "ft", "epochs": 1} if fn == "unlearn" else {}
+    with pytest.raises(exc) as info:
+        call(model, **extra, **kwargs)
+    msg = str(info.value)
+    assert phrase in msg and "\n" not in msg, msg
+    assert "model.num_classes" not in msg and "method." not in msg  # no CLI keys in API errors
+    assert weights_sha256(model) == before
+
+
+def test_api_out_is_not_silently_overwritten(tmp_path):
+    import unlearnkit
+
+    model, x, y = _api_world()
+    data = {"forget": (x[:5], y[:5]), "retain": (x[5:], y[5:]), "test": (x, y)}
+    unlearnkit.unlearn(model, "ga", lr=0.01, epochs=1, out=tmp_path / "run", **data)
+    before = _hashes(tmp_path / "run")
+    first = json.loads((tmp_path / "run" / "receipt.json").read_text())["weights_after_sha256"]
+    with pytest.raises(ValueError, match="already holds a run: pass overwrite=True"):
+        unlearnkit.unlearn(model, "ga", lr=0.5, epochs=2, out=tmp_path / "run", **data)
+    assert _hashes(tmp_path / "run") == before
+    res = unlearnkit.unlearn(model, "ga", lr=0.5, epochs=2, out=tmp_path / "run", overwrite=True, **data)
+    saved = json.loads((tmp_path / "run" / "receipt.json").read_text())
+    assert saved["weights_after_sha256"] == res.receipt["weights_after_sha256"] != first

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("selection",),
     ("report",),
     ("bench",),
+    ("api_args", "calibration"),
     ("api",),
     ("cli", "__main__"),
 ]

@@ -202,7 +202,7 @@ def test_boundary_shrink_labels_and_loss():
     batch = {"x": x, "y": y, "id": torch.arange(len(y))}
 
     for exclude, want in ((True, nbi), (False, plain)):
-        m = BoundaryShrink(BoundaryShrink.Config(exclude_true=exclude))
+        m = BoundaryShrink(BoundaryShrink.Config(exclude_true=exclude, input_range=[0.0, 1.0]))
         m.task = task
         m.prepare(task)
         xa, labels = m.neighbour_labels(batch)
@@ -218,7 +218,7 @@ def test_boundary_shrink_labels_and_loss():
 def test_boundary_shrink_discretize():
     model, x, y = _shrink_setup()
     task = make_task(model, x, y, k=3, forget=1)
-    m = BoundaryShrink(BoundaryShrink.Config(eps=0.1037, discretize=True))
+    m = BoundaryShrink(BoundaryShrink.Config(eps=0.1037, discretize=True, input_range=[0.0, 1.0]))
     m.task = task
     m.prepare(task)
     xa, _ = m.neighbour_labels({"x": x, "y": y, "id": torch.arange(len(y))})

@@ -9,7 +9,7 @@ The Python API::
 
 __version__ = "0.2.0"
 
-__all__ = ["__version__", "evaluate", "list_methods", "unlearn", "run_config"]
+__all__ = ["__version__", "evaluate", "list_methods", "unlearn", "run_config", "tune"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from unlearnkit import api
 
         return getattr(api, name)
+    if name in ("tune", "TuneResult"):
+        from unlearnkit import calibration  # not named tune.py: the module would shadow the function
+
+        return getattr(calibration, name)
     if name == "list_methods":
         from unlearnkit.registry import list_methods
 

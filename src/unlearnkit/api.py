@@ -1,7 +1,8 @@
 """The Python API: ``unlearn``, ``evaluate`` and ``run_config``.
 
-``unlearn`` accepts a user's own ``torch.nn.Module`` and data (ExampleSets, ``(x, y)`` tensor tuples or
-map-style datasets of ``(x, y)`` pairs); the input model is never modified: methods work on a copy.
+``unlearn`` accepts a user's own ``torch.nn.Module`` and data (tensors, numpy arrays, lists, torch and
+Hugging Face datasets, ExampleSets; see ``data/user.py``); the input model is never modified: methods work
+on a copy. Bad input raises ``ValueError``/``TypeError`` (``errors.ArgumentError``) naming the argument.
 """
 
 from __future__ import annotations
@@ -9,19 +10,45 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from unlearnkit.api_args import (
+    RECIPE_KEYS,
+    check_out,
+    checked_split,
+    method_spec,
+    recipe,
+)
+from unlearnkit.calibration import tune_split
 from unlearnkit.config import build_dataclass
-from unlearnkit.data.examples import as_example_set
-from unlearnkit.data.splits import Split, validate_labels
+from unlearnkit.data.splits import Split
+from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import Engine, EngineConfig
-from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError
+from unlearnkit.experiment import (
+    build_method,
+    evaluate_model,
+    make_setup,
+    oracle_model,
+    original_model,
+    resolve,
+    run_method,
+)
+from unlearnkit.families.base import Task
+from unlearnkit.families.vision import VisionFamily
 from unlearnkit.io import weights_sha256
+from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
+from unlearnkit.runs.folder import RunFolder
+from unlearnkit.runs.record import write_run
+
+API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
 
 
 @dataclass
@@ -32,40 +59,12 @@ class UnlearnResult:
     run_dir: Path | None = None
     receipt: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _split(forget, retain, test) -> Split:
-    """Forget/retain/test from user data. Data given without ids is numbered forget first (0..N_f-1),
-    then retain (N_f..), so the two never collide; ExampleSets keep their own ids."""
-    from unlearnkit.data.examples import ExampleSet
-
-    f = as_example_set(forget, "forget")
-    r = as_example_set(retain, "retain")
-    if not isinstance(retain, ExampleSet) and not (isinstance(retain, dict) and "id" in retain):
-        r = ExampleSet(r.columns, r.ids + (int(f.ids.max()) + 1 if len(f) else 0), r.transform, r.meta)
-    t = as_example_set(test, "test") if test is not None else None
-    if t is None:
-        raise ConfigError("a test set is needed (TA and the MIA use held-out data): pass test=...")
-    from unlearnkit.data.checks import check_finite
-
-    for name, s in (("forget set", f), ("retain set", r), ("test set", t)):
-        check_finite(s, name)
-    return Split(f, r, t)
-
-
-def _num_classes(split: Split, num_classes: int | None, model: nn.Module) -> int:
-    if num_classes is not None:
-        return num_classes
-    from unlearnkit.families.vision import VisionFamily
-
-    fam = VisionFamily()
-    fam.validate(model, split.forget)
-    return int(fam.num_classes)
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. which recipe retrain used
 
 
 def unlearn(
     model: nn.Module,
-    method: str = "salun",
+    method: str | None = None,
     forget: Any = None,
     retain: Any = None,
     test: Any = None,
@@ -76,82 +75,137 @@ def unlearn(
     seed: int = 0,
     evaluate: bool = True,
     out: str | Path | None = None,
+    *,
+    train_set: Any = None,
+    forget_class: int | None = None,
+    preset: str | None = None,
+    train: dict[str, Any] | OptimSpec | None = None,
     overwrite: bool = False,
+    tune: bool = False,
     **method_options: Any,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
 
-    Method options go in ``options`` or as keyword arguments (``lr=0.01, epochs=5``). An ``out`` folder that
-    holds another run is refused unless ``overwrite``.
+    Data (``forget``/``retain``/``test``/``train_set``): see ``data/user.py`` for the accepted types and
+    ``data/user_split.py`` for the three ways to say what to forget (data, indices into ``train_set``,
+    ``forget_class``). ``method`` defaults to the preset's method, else ``"salun"``; ``preset`` (e.g.
+    ``"vision/salun"``) gives the method's options and batch size, which ``options`` and keyword arguments
+    (``lr=0.01, epochs=5``) override. ``train`` is the recipe that trained ``model`` (OptimSpec fields:
+    epochs, lr, optimizer, momentum, weight_decay, scheduler, milestones); ``method="retrain"`` retrains
+    with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
+    unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
+    (``unlearnkit.tune``, ≤ 10 short trials) and runs with the chosen options (``result.info["tune"]``).
+    Bad input raises ValueError/TypeError naming the argument.
     """
-    from unlearnkit.experiment import build_method
-    from unlearnkit.families.vision import VisionFamily
-
-    if family != "vision":
-        raise UnlearnkitError(f"the API does not support family {family!r} yet; use 'vision'")
+    if family not in API_FAMILIES:
+        raise ArgumentError(f"the API does not support family={family!r} yet; use 'vision'")
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    m = build_method({"name": method} | (options or {}) | method_options, family)
-    split = _split(forget, retain, test)
+        raise ArgumentTypeError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
+    check_out(out, overwrite)
+    spec, eng = method_spec(method, preset, options, method_options)
+    try:
+        m = build_method(spec, family)
+    except ConfigError as exc:
+        raise ArgumentError(str(exc)) from exc
+    train_spec, info = recipe(m, spec, train)
     work = copy.deepcopy(model)
-    k = _num_classes(split, num_classes, work)
+    split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes)
+    if tune:
+        tuned = tune_split(model, spec, split, k, eng | (engine or {}), seed)
+        spec = spec | tuned.best
+        m = build_method(spec, family)
+        info["tune"] = {"best": tuned.best, "protocol": tuned.protocol, "trials": len(tuned.trials)}
     fam = VisionFamily(num_classes=k)
-    for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
-        validate_labels(s, k, name)
-    fam.validate(work, split.forget)
-    ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
-    from unlearnkit.engine.devices import require_device
-
-    require_device(ecfg.device)
-    cfg = {"family": family, "seed": seed, "method": {"name": method} | (options or {}) | method_options}
-    if out is not None:
-        from unlearnkit.runs.folder import RunFolder
-
-        with RunFolder(out, cfg, overwrite=overwrite) as folder:
-            return _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, out, cfg, folder)
-    return _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, None, cfg, None)
-
-
-def _unlearn(m, fam, work, split, ecfg, seed, k, evaluate, out, cfg, folder) -> UnlearnResult:
-    from unlearnkit.methods.base import Task
-
-    before = weights_sha256(work)
-    task = Task(fam, work, split, Engine(ecfg, folder.work if folder else None), seed)
-    t0 = time.perf_counter()
-    fit = m.run(task)
-    seconds = time.perf_counter() - t0
-    metrics = (
-        evaluate_fn(task.model, split.forget, split.retain, split.test, num_classes=k) if evaluate else {}
+    ecfg = build_dataclass(
+        EngineConfig, {"progress": False} | eng | (engine or {}) | {"seed": seed}, "engine"
     )
-    metrics = metrics | {"RTE": seconds} if evaluate else metrics
-    res = UnlearnResult(task.model, metrics, seconds, Path(out) if out else None, history=fit.history)
-    if out is not None:
-        from unlearnkit.runs.record import write_run
+    require_device(ecfg.device)
+    cfg = {"family": family, "seed": seed, "method": spec}
+    if preset is not None:
+        cfg["preset"] = preset
+    if train_spec is not None:
+        cfg["train"] = {k_: getattr(train_spec, k_) for k_ in RECIPE_KEYS}
+    if forget_class is not None:
+        cfg["split"] = {"kind": "class", "classes": [forget_class]}
+    job = _Job(m, fam, work, split, ecfg, seed, train_spec, evaluate, cfg, info)
+    if out is None:
+        return job.run(None, None)
+    with RunFolder(out, cfg, overwrite=overwrite) as folder:
+        return job.run(Path(out), folder)
 
-        ids_sha, n = split.forget_ids_sha256(), len(split.forget)
-        # rank 0 writes; the other ranks get no receipt
-        res.receipt = write_run(out, cfg, task.model, metrics, ids_sha, n, before, folder=folder) or {}
-    return res
+
+@dataclass
+class _Job:
+    """One API unlearning run, validated: run it (into a staged run folder, when ``out`` is given)."""
+
+    method: Any
+    family: Any
+    model: nn.Module
+    split: Split
+    ecfg: EngineConfig
+    seed: int
+    train_spec: OptimSpec | None
+    evaluate: bool
+    cfg: dict[str, Any]
+    info: dict[str, Any]
+
+    def run(self, out: Path | None, folder: Any) -> UnlearnResult:
+        before = weights_sha256(self.model)
+        engine = Engine(self.ecfg, folder.work if folder else None)
+        task = Task(self.family, self.model, self.split, engine, self.seed, train_spec=self.train_spec)
+        t0 = time.perf_counter()
+        fit = self.method.run(task)
+        seconds = time.perf_counter() - t0
+        info = self.info
+        if self.cfg["method"]["name"] == "retrain":
+            info["recipe"] = {k_: getattr(self.method.cfg, k_) for k_ in RECIPE_KEYS}
+        metrics = (
+            evaluate_classifier(task.model, self.split, self.family) | {"RTE": seconds}
+            if self.evaluate
+            else {}
+        )
+        res = UnlearnResult(task.model, metrics, seconds, out, history=fit.history, info=info)
+        if out is not None:
+            ids_sha, n = self.split.forget_ids_sha256(), len(self.split.forget)
+            # rank 0 writes; the other ranks get no receipt
+            res.receipt = write_run(
+                out, self.cfg, task.model, metrics, ids_sha, n, before, info, folder=folder
+            )
+            res.receipt = res.receipt or {}
+        return res
 
 
 def evaluate_fn(
     model: nn.Module,
-    forget: Any,
-    retain: Any,
-    test: Any,
+    forget: Any = None,
+    retain: Any = None,
+    test: Any = None,
     family: str = "vision",
     num_classes: int | None = None,
     mia_features: tuple[str, ...] = ("confidence",),
     oracle: dict[str, float] | None = None,
+    *,
+    train_set: Any = None,
+    forget_class: int | None = None,
 ) -> dict[str, float]:
-    """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics, also ``gap``."""
-    from unlearnkit.families.vision import VisionFamily
-    from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
+    """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics (the retrained model's
+    UA, RA, TA, MIA, e.g. from ``evaluate(retrained, ...)``), also ``gap``, the Avg. Gap. With
+    ``forget_class``, TA leaves the class out and ``TA_forgotten`` is the class's own test accuracy."""
 
     if family != "vision":
-        raise UnlearnkitError(f"evaluate() does not support family {family!r} yet; use 'vision'")
-    split = _split(forget, retain, test)
-    k = _num_classes(split, num_classes, model)
+        raise ArgumentError(f"evaluate() does not support family={family!r} yet; use 'vision'")
+    if oracle is not None:
+        if not isinstance(oracle, Mapping):
+            raise ArgumentTypeError(
+                f"oracle= must be a dict of the retrained model's metrics, got {oracle!r:.60}"
+            )
+        missing = [k for k in GAP_KEYS if k not in oracle]
+        if missing:
+            raise ArgumentError(
+                f"oracle= is missing {', '.join(missing)}: pass the retrained model's UA, RA, TA and MIA, "
+                "e.g. oracle=unlearnkit.evaluate(retrained_model, forget=..., retain=..., test=...)"
+            )
+    split, k = checked_split(model, forget, retain, test, train_set, forget_class, num_classes)
     out = evaluate_classifier(model, split, VisionFamily(num_classes=k), mia_features)
     if oracle is not None:
         out["gap"] = avg_gap(out, oracle)
@@ -182,17 +236,6 @@ def run_config(
     config must equal the run's saved one unless ``resume_with_changes`` (then both are recorded). An ``out``
     that holds another run is refused unless ``overwrite`` or a resume (``runs/folder.py``).
     Under several processes only the main process writes ``out``."""
-    from unlearnkit.engine.devices import require_device
-    from unlearnkit.experiment import (
-        build_method,
-        evaluate_model,
-        make_setup,
-        oracle_model,
-        original_model,
-        resolve,
-        run_method,
-    )
-    from unlearnkit.runs.folder import RunFolder
 
     cfg = resolve(cfg)
     require_device(cfg["engine"].get("device", "auto"))
@@ -224,8 +267,6 @@ def run_config(
         metrics["RTE"] = seconds
         result["metrics"] = metrics
         if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
-            from unlearnkit.runs.record import write_run
-
             result["receipt"] = write_run(
                 out,
                 cfg,

@@ -24,6 +24,7 @@ from pathlib import Path
 from unlearnkit import __version__, registry
 from unlearnkit.api import run_config
 from unlearnkit.bench.suite import print_table, run_suite
+from unlearnkit.calibration import print_trials, tune_config
 from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         ("unlearn", "run one unlearning job"),
         ("train", "train an original model"),
         ("evaluate", "evaluate a model on a split"),
+        ("tune", "calibrate a method's lr and epochs without a retrained model"),
     ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument(
@@ -73,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="resume although the config changed (both configs are recorded in the run folder)",
             )
+        if name == "tune":
+            sp.add_argument("--max-trials", type=int, default=10, help="trial budget (default 10)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -162,6 +166,15 @@ def _cmd_unlearn(args) -> int:
     _print_metrics(res["metrics"], args.json)
     if args.out and not args.json:
         print(f"run written to {args.out}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    res = tune_config(_load_cfg(args), args.max_trials, args.out)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=float))
+    else:
+        print_trials(res)
     return 0
 
 
@@ -273,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "list": _cmd_list,
         "unlearn": _cmd_unlearn,
+        "tune": _cmd_tune,
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,

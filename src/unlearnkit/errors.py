@@ -28,3 +28,12 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     if close:
         return f"did you mean {', '.join(repr(c) for c in close)}? (choices: {', '.join(sorted(choices))})"
     return f"choose one of: {', '.join(sorted(choices))}"
+
+
+class ArgumentError(UnlearnkitError, ValueError):
+    """A bad value passed to the Python API; the message names the API argument (``forget=``), not a
+    config key. A ``ValueError`` for API users, and still an UnlearnkitError (exit 2) for the CLI."""
+
+
+class ArgumentTypeError(UnlearnkitError, TypeError):
+    """An API argument of the wrong type; the message names the argument and the accepted types."""

@@ -12,6 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearnkit.engine.distributed import (
+    broadcast_object,
+    full_state_dict,
+    is_main_process,
+    is_sharded,
+    load_full_state_dict,
+)
 from unlearnkit.errors import UnlearnkitError
 
 
@@ -56,8 +63,6 @@ def _jsonable(o: Any) -> Any:
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s whole state dict as contiguous CPU tensors. A sharded model is gathered: then every rank
     must call it, and ranks other than 0 get ``{}`` (see ``engine.distributed.full_state_dict``)."""
-    from unlearnkit.engine.distributed import full_state_dict
-
     return full_state_dict(model)
 
 
@@ -97,8 +102,6 @@ def save_weights(model: nn.Module, path: str | Path, protect: list[str | Path] |
     gathered first, which is a collective: then every rank must call this function (a plain model may be
     saved from rank 0 alone).
     """
-    from unlearnkit.engine.distributed import is_main_process
-
     path = Path(path)
     check_protected(path, protect)  # before gathering: every rank raises alike
     sd = state_dict_cpu(model)
@@ -121,7 +124,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             f"{str(path)!r} is not a readable safetensors file ({exc}); unlearnkit loads weights only from "
             "safetensors (convert a trusted .pt with torch.load(weights_only=True) + safetensors.save_file)"
         ) from exc
-    from unlearnkit.engine.distributed import load_full_state_dict
 
     params = {n for n, _ in model.named_parameters()}
     floats = {k: v for k, v in sd.items() if k in params and v.is_floating_point()}
@@ -164,14 +166,18 @@ def _mismatch(model: nn.Module, sd: dict[str, torch.Tensor], exc: Exception) -> 
 
 
 def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state dict (names, dtypes, shapes and bytes, in sorted name order)."""
+    """sha256 over a state dict (names, dtypes, shapes and bytes, in sorted name order).
+
+    A 0-dim tensor (BatchNorm's ``num_batches_tracked``) cannot be viewed as bytes directly; it is
+    flattened first, which yields the same bytes, so hashes of models without 0-dim tensors are unchanged
+    (the shape, ``()``, is still hashed)."""
     h = hashlib.sha256()
     for k, v in sorted(sd.items()):
         v = v.detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(v.dtype).encode())
         h.update(str(tuple(v.shape)).encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
@@ -180,8 +186,6 @@ def weights_sha256(model: nn.Module) -> str:
 
     A sharded model is gathered first and the hash sent from rank 0 to the others: every rank must call
     this function then (it is a collective)."""
-    from unlearnkit.engine.distributed import broadcast_object, is_main_process, is_sharded
-
     sharded = is_sharded(model)
     sd = state_dict_cpu(model)
     digest = state_dict_sha256(sd) if is_main_process() or not sharded else None

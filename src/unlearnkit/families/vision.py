@@ -24,11 +24,21 @@ class VisionFamily(Family):
     ``relabel_mode``: ``"other"`` draws a label uniformly among the K-1 wrong classes, as SalUn's
     random-labelling objective states (y' ≠ y, Eq. 6 of Fan et al., ICLR 2024); ``"any"`` draws from all
     K classes, as the reference code does (``torch.randint(0, K)``), so y' may equal y.
+
+    BatchNorm: iterative methods (FT, GA, RL/SalUn, ℓ1-sparse, SCRUB, boundary shrink/expand) run in train
+    mode, so running statistics follow the batches each method trains on (the forget batches too, for GA),
+    exactly as the reference SalUn/Unlearn-Sparse code does (it calls ``model.train()`` before every
+    unlearning epoch); a mask covers parameters only, so masked layers still update their running
+    statistics, again as in the reference. We keep that behaviour because the papers' numbers come from
+    it. Single-shot IU and the saliency map are computed in eval mode, at fixed statistics; frozen copies
+    (boundary shrink's f_o, SCRUB's teacher) stay in eval mode.
     """
 
     default_dataset = "digits"
 
-    input_range = (0.0, 1.0)
+    # None: methods that need the input range (boundary_shrink's clamp) take it from the data; it used to
+    # be a fixed (0, 1), wrong for standardised inputs. A subclass for a known range may set (lo, hi).
+    input_range: tuple[float, float] | None = None
 
     def __init__(self, num_classes: int | None = None, relabel_mode: str = "other") -> None:
         if relabel_mode not in ("other", "any"):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearnkit.data.examples import Batch
+from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.engine.loop import FitResult, Phase, StepContext
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.errors import ConfigError, UnlearnkitError
@@ -38,6 +38,11 @@ class BoundaryShrinkConfig(MethodConfig):
     y (the paper's "nearest but incorrect" label); False reproduces the reference, a plain argmax of
     f_o(x_adv) that may equal y. ``discretize``: round x_adv to multiples of 1/255 of the input range
     after clamping, as the reference does (off by default: the paper states no rounding).
+    ``input_range``: where x_adv is clamped. None (default) takes it from the data: the min and max of the
+    training inputs (forget ∪ retain) per channel (dim 1; per feature for flat inputs), so standardised
+    inputs are not squeezed into images' range; ``[lo, hi]`` clamps to a known range (the reference's
+    ``[0, 1]``, which it hard-codes for images scaled to [0, 1]); ``clamp=False`` does not clamp at all.
+    The family's ``input_range`` is used when it declares one and this option is unset.
     Optimisation: 10 epochs of SGD (momentum 0.9, wd 5e-4) on the forget set; lr 1e-5 is a documented
     starting point only, the WorstCase authors search it in an interval starting at 1e-8 (presets tune it).
     """
@@ -47,11 +52,18 @@ class BoundaryShrinkConfig(MethodConfig):
     eps: float = 0.1
     exclude_true: bool = True
     discretize: bool = False
+    input_range: list[float] | None = None
+    clamp: bool = True
 
     def check(self) -> None:
         super().check()
         if not self.eps >= 0:
             raise ConfigError(f"method.eps must be >= 0, got {self.eps}")
+        r = self.input_range
+        if r is not None and not (len(r) == 2 and r[0] < r[1]):
+            raise ConfigError(f"method.input_range must be [lo, hi] with lo < hi, got {r}")
+        if self.discretize and not self.clamp:
+            raise ConfigError("method.discretize rounds within the input range: it needs method.clamp=true")
 
 
 @register_method("boundary_shrink")
@@ -59,7 +71,7 @@ class BoundaryShrink(Method):
     """Boundary Shrink: fine-tune on (x_f, y_nbi), the nearest-but-incorrect label found by FGSM on f_o.
 
     For each forget batch, with the original model f_o frozen:
-        x_adv = clip(x + ε·sign(∇ₓ CE(f_o(x), y)), lo, hi)      ((lo, hi) = the family's input range)
+        x_adv = clip(x + ε·sign(∇ₓ CE(f_o(x), y)), lo, hi)      ((lo, hi): the data's range, per channel)
         y_nbi = argmax_{k ≠ y} f_o(x_adv)_k
         loss  = CE(f_θ(x), y_nbi)                               (forget data only)
     """
@@ -71,15 +83,24 @@ class BoundaryShrink(Method):
     def __init__(self, cfg: MethodConfig | None = None) -> None:
         super().__init__(cfg)
         self.original: nn.Module | None = None
+        self.bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def streams(self, task: Task):
         return {"forget": task.split.forget}
 
     def prepare(self, task: Task) -> None:
         self.original = frozen_copy(task.model)
+        self.bounds = self._bounds(task) if self.cfg.clamp else None
 
     def finalize(self, task: Task) -> None:
         self.original = None
+
+    def _bounds(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) broadcastable to a batch of inputs: the option, the family's, or the data's range."""
+        fixed = self.cfg.input_range or getattr(task.family, "input_range", None)
+        if fixed is not None:
+            return torch.tensor(float(fixed[0])), torch.tensor(float(fixed[1]))
+        return data_range(task.split.forget, task.split.retain)
 
     def neighbour_labels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_adv, y_nbi) for a batch, from the frozen original model."""
@@ -91,14 +112,13 @@ class BoundaryShrink(Method):
             loss = F.cross_entropy(family.logits(orig, batch | {"x": x_req}), y, reduction="sum")
             (gx,) = torch.autograd.grad(loss, x_req)
         x_adv = x.detach() + self.cfg.eps * gx.sign()
-        bounds = getattr(family, "input_range", None)
-        if bounds is not None:
-            lo, hi = bounds
-            x_adv = x_adv.clamp(lo, hi)
+        if self.bounds is not None:
+            lo, hi = (b.to(x_adv.device, x_adv.dtype) for b in self.bounds)
+            x_adv = torch.maximum(torch.minimum(x_adv, hi), lo)
             if self.cfg.discretize:
-                x_adv = lo + torch.round((x_adv - lo) * 255 / (hi - lo)) * (hi - lo) / 255
-        elif self.cfg.discretize:
-            raise ConfigError("method.discretize needs a family with an input_range")
+                span = hi - lo
+                steps = torch.round((x_adv - lo) * 255 / torch.where(span > 0, span, 1))
+                x_adv = torch.where(span > 0, lo + steps * span / 255, lo)
         with torch.no_grad():
             logits = family.logits(orig, batch | {"x": x_adv}).float()
             if self.cfg.exclude_true:
@@ -114,6 +134,22 @@ class BoundaryShrink(Method):
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase("forget", ("forget",), self.loss)]
+
+
+def data_range(*sets: ExampleSet, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of the inputs ``x`` over ``sets`` (transforms applied), per channel (dim 1; per
+    feature for flat inputs; one scalar for 1-D inputs), shaped to broadcast against a batch."""
+    lo = hi = None
+    for s in sets:
+        for batch in s.loader(batch_size):
+            x = batch["x"].float()
+            dims = [d for d in range(x.ndim) if d != 1] if x.ndim > 1 else [0]
+            b_lo, b_hi = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+    if lo is None or hi is None:
+        raise UnlearnkitError("boundary_shrink needs training inputs to take their range from")
+    return lo, hi
 
 
 # -- Boundary Expanding ------------------------------------------------------------------------------

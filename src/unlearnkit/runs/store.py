@@ -46,7 +46,7 @@ from unlearnkit.errors import UnlearnkitError
 SCHEMA_VERSION = 1
 STORE_NAME = "runs.sqlite"
 ENV = "UNLEARNKIT_STORE"
-KINDS = ("suite-row", "selection", "unlearn")
+KINDS = ("suite-row", "selection", "unlearn", "tune")
 STATUSES = ("running", "done", "failed", "interrupted")
 
 _SCHEMA = """

@@ -1,0 +1,218 @@
+"""Validate ``unlearnkit.tune`` where the oracle is known: Avg. Gap to retraining with the paper defaults,
+with the digits presets, and with the options ``tune`` picks without the oracle (random 10% forgetting).
+
+Worlds (all offline): ``digits`` (scikit-learn digits, the MLP the presets were tuned on), ``tabular``
+(scikit-learn ``make_classification``, standardised features, an MLP; never used for tuning) and
+``signals`` (noisy sine classes, a 1-D CNN with BatchNorm; never used for tuning). For each seed the
+original and the oracle (retrained on the retain set) are trained with the same recipe and initialisation.
+
+    python benchmarks/tune_validate.py [--worlds digits,tabular,signals] [--seeds 3] [--methods ga,rl]
+                                       [--out tune-validate.json]
+
+Prints one Markdown table per world: mean ± std of the Avg. Gap over seeds, per method and setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+METHODS = ["ga", "ft", "rl", "salun", "l1_sparse", "scrub", "boundary_shrink", "boundary_expand", "iu"]
+RECIPE = {"epochs": 50, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64}
+
+
+def world(name: str, seed: int) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(model builder, x_train, y_train, x_test, y_test, K)."""
+    from unlearnkit.registry import get_model
+
+    if name == "digits":
+        from unlearnkit.data.digits import load_digits
+
+        d = load_digits()
+        tr, te = d.train.columns, d.test.columns
+        return (lambda: get_model("mlp")((1, 8, 8), 10)), tr["x"], tr["y"], te["x"], te["y"], 10
+    if name == "tabular":
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(
+            n_samples=2500,
+            n_features=20,
+            n_informative=8,
+            n_redundant=4,
+            n_classes=5,
+            flip_y=0.03,
+            class_sep=1.2,
+            random_state=7,
+        )
+        x = (x - x[:2000].mean(0)) / x[:2000].std(0)
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+        return (lambda: get_model("mlp")((20,), 5)), x[:2000], y[:2000], x[2000:], y[2000:], 5
+    if name == "signals":
+        g = torch.Generator().manual_seed(11)
+        k, n = 6, 1500
+        y = torch.arange(n) % k
+        t = torch.linspace(0, 1, 64)
+        phase = torch.rand(n, 1, generator=g) * 6.28
+        x = torch.sin(6.28 * (2 + 1.5 * y[:, None]) * t + phase) + 1.6 * torch.randn(n, 64, generator=g)
+        x = x.unsqueeze(1)  # noisy enough that the CNN fits its training set better than unseen data
+        return (lambda: SignalCNN(k)), x[:1000], y[:1000], x[1000:], y[1000:], k
+    raise SystemExit(f"unknown world {name!r}: use digits, tabular or signals")
+
+
+class SignalCNN(nn.Module):
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(1, 16, 7, padding=3),
+            nn.BatchNorm1d(16),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 5, padding=2),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+        )
+        self.fc = nn.Linear(32, k)
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+def train(build, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    """The recipe of the original and of the oracle: SGD with momentum, cosine schedule."""
+    torch.manual_seed(seed)
+    model = build()
+    opt = torch.optim.SGD(
+        model.parameters(), RECIPE["lr"], momentum=RECIPE["momentum"], weight_decay=RECIPE["weight_decay"]
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, RECIPE["epochs"])
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(RECIPE["epochs"]):
+        for idx in torch.randperm(len(y), generator=g).split(RECIPE["batch_size"]):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worlds", default="digits,tabular,signals")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", default="tune-validate.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from unlearnkit.calibration import tune_split
+    from unlearnkit.config import load_preset
+    from unlearnkit.data.examples import ExampleSet
+    from unlearnkit.data.splits import random_split
+    from unlearnkit.engine.loop import Engine, EngineConfig
+    from unlearnkit.families.vision import VisionFamily
+    from unlearnkit.methods.base import Task
+    from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
+    from unlearnkit.pipeline import build_method
+
+    methods = args.methods.split(",")
+    rows: list[dict[str, Any]] = []
+    for wname in args.worlds.split(","):
+        for seed in range(args.seeds):
+            build, x, y, xt, yt, k = world(wname, seed)
+            split = random_split(ExampleSet({"x": x, "y": y}), ExampleSet({"x": xt, "y": yt}), 0.1, seed)
+            fam = VisionFamily(num_classes=k)
+            original = train(build, split.train.columns["x"], split.train.columns["y"], seed)
+            oracle_m = train(build, split.retain.columns["x"], split.retain.columns["y"], seed)
+            oracle = evaluate_classifier(oracle_m, split, fam)
+            base = evaluate_classifier(original, split, fam)
+            rows.append(
+                {
+                    "world": wname,
+                    "seed": seed,
+                    "method": "none",
+                    "setting": "-",
+                    "gap": avg_gap(base, oracle),
+                    "metrics": base,
+                    "oracle": oracle,
+                }
+            )
+            for m in methods:
+                settings = {
+                    "default": {"name": m},
+                    "preset": load_preset(f"vision/{m}")["method"],
+                }
+                t0 = time.perf_counter()
+                tuned = tune_split(original, {"name": m}, split, k, {"batch_size": 64}, seed)
+                settings["tune"] = {"name": m} | tuned.best
+                tune_s = time.perf_counter() - t0
+                for setting, spec in settings.items():
+                    work = copy.deepcopy(original)
+                    eng = Engine(EngineConfig(progress=False, batch_size=64, seed=seed), None)
+                    task = Task(VisionFamily(num_classes=k), work, split, eng, seed)
+                    try:
+                        build_method(spec).run(task)
+                        met = evaluate_classifier(task.model, split, fam)
+                        gap = avg_gap(met, oracle)
+                    except Exception as exc:  # a diverged setting is a result too
+                        met, gap = {"error": str(exc).splitlines()[0]}, float("nan")
+                    rows.append(
+                        {
+                            "world": wname,
+                            "seed": seed,
+                            "method": m,
+                            "setting": setting,
+                            "spec": spec,
+                            "gap": gap,
+                            "metrics": met,
+                            "tune_seconds": tune_s if setting == "tune" else None,
+                        }
+                    )
+                print(wname, seed, m, {r["setting"]: round(r["gap"], 2) for r in rows[-3:]}, flush=True)
+            Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
+    table(rows, methods)
+
+
+def table(rows: list[dict[str, Any]], methods: list[str]) -> None:
+    for wname in dict.fromkeys(r["world"] for r in rows):
+        print(f"\n### {wname} (Avg. Gap to retrain, mean ± std over seeds; lower is better)\n")
+        print("| method | paper default | digits preset | tune |")
+        print("|---|---|---|---|")
+        none = [r["gap"] for r in rows if r["world"] == wname and r["method"] == "none"]
+        print(f"| (no unlearning) | {fmt(none)} | | |")
+        for m in methods:
+            cells = []
+            for setting in ("default", "preset", "tune"):
+                cells.append(
+                    fmt(
+                        [
+                            r["gap"]
+                            for r in rows
+                            if (r["world"], r["method"], r["setting"]) == (wname, m, setting)
+                        ]
+                    )
+                )
+            print(f"| {m} | " + " | ".join(cells) + " |")
+
+
+def fmt(values: list[float]) -> str:
+    ok = [v for v in values if not np.isnan(v)]
+    if not ok:
+        return "diverged"
+    sd = statistics.stdev(ok) if len(ok) > 1 else 0.0
+    bad = len(values) - len(ok)
+    return f"{statistics.mean(ok):.2f} ± {sd:.2f}" + (f" ({bad} NaN)" if bad else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The Python API's arguments, checked the way an API user reads errors: ``ValueError``/``TypeError``
+naming the argument (``forget=``, ``num_classes=``, ``train=``, ``out=``), never a config key.
+
+Shared by :mod:`unlearnkit.api` and :mod:`unlearnkit.calibration`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.config import build_dataclass, load_preset
+from unlearnkit.data.splits import Split
+from unlearnkit.data.user import check_label_range
+from unlearnkit.data.user_split import user_split
+from unlearnkit.engine.optim import OptimSpec
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError
+
+RECIPE_KEYS = (
+    "epochs",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "scheduler",
+    "milestones",
+    "max_grad_norm",
+)
+RUN_FILES = ("receipt.json", "results.json", "model.safetensors")
+
+
+def probe_classes(model: nn.Module, split: Split, num_classes: int | None) -> int:
+    """K from the model's output on one forget example (shape taken from the data, never assumed)."""
+    x = split.forget.__getitems__([0])["x"]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(device_of(model)))
+    except (RuntimeError, ValueError) as exc:
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ArgumentError(
+            f"model= cannot take the inputs of forget= (one example has shape {tuple(x.shape[1:])}): {msg}; "
+            "pass inputs shaped as the model expects"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ArgumentError(f"model= must return logits of shape [batch, classes], got {tuple(out.shape)}")
+    k = int(out.shape[1])
+    if num_classes is None:
+        return k
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= k:
+        raise ArgumentError(
+            f"num_classes= must be an int in 2..{k} (model= returns {k} logits), got {num_classes!r}"
+        )
+    return num_classes
+
+
+def checked_split(model, forget, retain, test, train_set, forget_class, num_classes) -> tuple[Split, int]:
+    split = user_split(forget, retain, test, train_set, forget_class)
+    k = probe_classes(model, split, num_classes)
+    where = f"num_classes={k}" if num_classes is not None else f"model= returns {k} logits"
+    src = "train_set" if train_set is not None else None
+    sets = [(src or "forget", split.forget), (src or "retain", split.retain), ("test", split.test)]
+    if split.test_forgotten is not None:
+        sets.append(("test", split.test_forgotten))
+    for arg, s in sets:
+        check_label_range(s.labels, k, arg, where)
+    if forget_class is not None and not 0 <= forget_class < k:
+        raise ArgumentError(f"forget_class={forget_class} is not a class of the model (0..{k - 1})")
+    return split, k
+
+
+def method_spec(method, preset, options, method_options) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method section, engine defaults) from ``preset=`` overlaid with ``method=``/``options``/kwargs."""
+    spec: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    if preset is not None:
+        try:
+            cfg = load_preset(preset)
+        except ConfigError as exc:
+            raise ArgumentError(f"preset=: {exc}") from exc
+        if cfg.get("family", "vision") != "vision":
+            raise ArgumentError(
+                f"preset={preset!r} is for the {cfg['family']!r} family; the API runs 'vision'"
+            )
+        spec = dict(cfg.get("method") or {})
+        if "batch_size" in (cfg.get("engine") or {}):
+            engine["batch_size"] = cfg["engine"]["batch_size"]
+        if method is not None and spec.get("name") not in (None, method):
+            raise ArgumentError(
+                f"method={method!r} differs from preset={preset!r}'s {spec['name']!r}; pass one"
+            )
+    spec = spec | {"name": method or spec.get("name") or "salun"} | (options or {}) | method_options
+    return spec, engine
+
+
+def recipe(m: Any, spec: dict[str, Any], train: Any) -> tuple[OptimSpec | None, dict[str, Any]]:
+    """The original model's recipe (``train=``) and, for retrain, which recipe it will use and why."""
+    ts = None
+    if train is not None:
+        if isinstance(train, OptimSpec):
+            ts = train
+        elif isinstance(train, dict):
+            try:
+                ts = build_dataclass(OptimSpec, train, "train")
+                ts.check()
+            except ConfigError as exc:
+                raise ArgumentError(f"train=: {exc}") from exc
+        else:
+            raise ArgumentTypeError(
+                f"train= must be a dict of the original's recipe (epochs, lr, ...), got {train!r:.60}"
+            )
+    if spec["name"] != "retrain":
+        return ts, {}
+    if ts is not None and m.cfg.use_train_recipe:
+        source = "train="
+    elif any(k in spec for k in RECIPE_KEYS):
+        source = "method options"
+    else:
+        source = "default"
+        warnings.warn(
+            "method='retrain' without train=: retraining with the default recipe (SGD lr 0.1, momentum 0.9, "
+            f"wd 5e-4, cosine, {m.cfg.epochs} epochs: SalUn's CIFAR-10 recipe); pass train={{'epochs': ..., "
+            "'lr': ...}} with the recipe that trained your model",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ts, {"recipe_source": source}
+
+
+def check_out(out: str | Path | None, overwrite: bool) -> None:
+    if out is None:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ArgumentError(f"out={str(out)!r} is a file: pass a folder for the run")
+    if not overwrite and p.is_dir() and any((p / n).exists() for n in RUN_FILES):
+        raise ArgumentError(
+            f"out={str(out)!r} already holds a run: pass overwrite=True to replace it, or another folder"
+        )
+
+
+def device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

@@ -1,0 +1,107 @@
+"""Oracle-free calibration (``unlearnkit.tune``): the score by hand, and a class-wise tuning that forgets."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import pytest
+import torch
+from test_batchnorm import _signals, _trained_signal_net
+
+import unlearnkit
+from unlearnkit.calibration import score
+
+
+def test_random_forgetting_score_by_hand():
+    s = {"UA": 30.0, "RA": 95.0, "TA": 90.0, "MIA": 80.0, "MIA_heldout": 70.0}
+    s |= {"n_forget": 100, "n_retain": 1000, "n_test": 500, "n_heldout": 100}
+    original = {"RA": 100.0, "TA": 90.0, "MIA_heldout": 50.0}
+    d_ua = abs(30 - (100 - 90))  # target: the forget set scores like the original's test set
+    d_mia = abs(80 - 50)  # target: the MIA's verdict on held-out data, for the original model
+    d_ra = 100 - 95 - 200 * math.sqrt((0.25 / 1000) / 1000)  # RA fell; floor of the spread at 100%
+    assert score(s, original, "random", 10) == pytest.approx((d_ua + d_mia + d_ra + 0.0) / 4)
+    # a fall of RA/TA within the spread of the sets is not penalised
+    calm = s | {"UA": 10.0, "MIA": 50.0, "RA": 99.95, "TA": 88.0}
+    assert score(calm, original, "random", 10) == 0.0
+
+
+def test_class_forgetting_score_by_hand():
+    s = {"UA": 50.0, "RA": 100.0, "TA": 100.0, "TA_forgotten": 20.0}
+    s |= {"n_forget": 100, "n_retain": 300, "n_test": 300, "n_test_forgotten": 100}
+    chance_tol = 200 * math.sqrt(0.25 * 0.75 / 100)
+    want = (max(0, 50 - 25 - chance_tol) + 0 + 0 + 0) / 4  # TA_forgotten 20% is below chance: no penalty
+    assert score(s, {"RA": 100.0, "TA": 100.0}, "class", 4) == pytest.approx(want)
+
+
+@pytest.fixture(scope="module")
+def world():
+    model, x, y = _trained_signal_net()
+    xt, yt = _signals(15, 1)
+    return model, x, y, xt, yt
+
+
+def test_class_wise_tuning_finds_a_step_that_forgets(tmp_path, world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
+    res = unlearnkit.tune(model, "salun", batch_size=16, out=tmp_path / "t", **data)
+    assert res.protocol == "class" and len(res.trials) <= 10
+    default = next(t for t in res.trials if t.options["lr"] == pytest.approx(0.013))
+    chosen = next(t for t in res.trials if t.options == res.best)
+    # the method's default step barely forgets here; the tuned one takes the class to chance or below
+    assert default.signals["UA"] < 50 and chosen.signals["UA"] > 70
+    assert chosen.signals["TA_forgotten"] < 25 and chosen.signals["TA"] > 90
+    assert chosen.score < default.score
+    # unlearn with the chosen options reproduces the trial exactly
+    final = unlearnkit.unlearn(model, "salun", batch_size=16, **data, **res.best)
+    assert final.metrics["UA"] == chosen.signals["UA"] and final.metrics["TA"] == chosen.signals["TA"]
+    # tune.json and the run store hold every trial, the chosen one marked
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert saved["best"] == res.best and len(saved["trials"]) == len(res.trials)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        rows = db.execute("SELECT kind, fields FROM runs").fetchall()
+    assert len(rows) == len(res.trials) and {r[0] for r in rows} == {"tune"}
+    assert sum(json.loads(r[1])["chosen"] for r in rows) >= 1
+
+
+def test_budget_and_bad_arguments(world):
+    model, x, y, xt, yt = world
+    res = unlearnkit.tune(
+        model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=3, batch_size=32
+    )
+    assert len(res.trials) == 3 and [t.options["epochs"] for t in res.trials] == [2, 2, 2]
+    with pytest.raises(ValueError, match="max_trials= must be an int >= 1"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=0)
+    with pytest.raises(ValueError, match="is exact: it has nothing to tune"):
+        unlearnkit.tune(model, "retrain", train_set=(x, y), forget_class=3, test=(xt, yt))
+    assert torch.equal(model.conv.weight, _trained_signal_net()[0].conv.weight)  # input never touched
+
+
+def test_unlearn_with_tune_runs_the_chosen_options(world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
+    res = unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, **data)
+    tuned = unlearnkit.tune(model, "salun", batch_size=16, **data)
+    assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
+    chosen = next(t for t in tuned.trials if t.options == tuned.best)
+    assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial
+
+
+def test_cli_tune(tmp_path, capsys):
+    from unlearnkit.cli import main
+
+    out = tmp_path / "t"
+    argv = ["tune", "--preset", "vision/ga", "--max-trials", "2", "train.epochs=3", "--out", str(out)]
+    assert main(argv) == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-3])  # ×0.01, ×0.1 of 0.01
+    assert f"method.lr={saved['best']['lr']:.4g}" in capsys.readouterr().out
+    for bad, phrase in (
+        (["--max-trials", "0"], "--max-trials must be >= 1"),
+        (["method.name=retrain"], "method.name='retrain' is exact"),
+    ):
+        assert main(["tune", "--preset", "vision/ga", "train.epochs=3", *bad]) == 2
+        assert phrase in capsys.readouterr().err
+    assert main(["tune", "--preset", "text/ga"]) == 2
+    assert "vision family" in capsys.readouterr().err
