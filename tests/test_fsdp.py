@@ -121,7 +121,7 @@ def _child(out_dir: str) -> None:
     from accelerate.state import AcceleratorState
     from torch.distributed.tensor import DTensor
 
-    from unlearnkit.engine.distributed import full_state_dict, is_sharded
+    from unlearnkit.distributed import full_state_dict, is_sharded
     from unlearnkit.io import weights_sha256
     from unlearnkit.runs.record import write_run
 

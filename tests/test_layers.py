@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "unlearnkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "paths", "config", "registry", "io", "engine.distributed", "presets"),
+    ("errors", "paths", "config", "registry", "io", "distributed", "presets"),
     ("data",),
     ("models",),
     ("engine",),

@@ -104,4 +104,4 @@ def test_cli_tune(tmp_path, capsys):
         assert main(["tune", "--preset", "vision/ga", "train.epochs=3", *bad]) == 2
         assert phrase in capsys.readouterr().err
     assert main(["tune", "--preset", "text/ga"]) == 2
-    assert "vision family" in capsys.readouterr().err
+    assert "classifiers" in capsys.readouterr().err

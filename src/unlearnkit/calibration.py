@@ -47,7 +47,7 @@ from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
-from unlearnkit.experiment import build_method, make_setup, original_model, resolve
+from unlearnkit.experiment import build_method, make_setup, original_model
 from unlearnkit.families.vision import VisionFamily
 from unlearnkit.io import write_json
 from unlearnkit.methods.base import Task
@@ -253,13 +253,14 @@ def tune(
 def tune_config(cfg: dict[str, Any], max_trials: int = 10, out: str | Path | None = None) -> TuneResult:
     """``unlearnkit tune``: calibrate the config's method on its data and original model (no oracle)."""
 
-    family = resolve(cfg)["family"]
-    if family != "vision":
-        raise UnlearnkitError(f"tune supports the vision family for now, not {family!r}")
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ConfigError(f"--max-trials must be >= 1, got {max_trials}")
     setup = make_setup(cfg)
-    model, _ = original_model(setup)
+    if setup.protocol.name != "classification":  # its signals are forget accuracy and the MIA score
+        raise UnlearnkitError(
+            f"tune calibrates classifiers (the classification protocol) for now, not {setup.protocol.name!r}"
+        )
+    model = original_model(setup).model
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
         res = tune_split(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unlearnkit.engine.distributed import (
+from unlearnkit.distributed import (
     broadcast_object,
     full_state_dict,
     is_main_process,
@@ -62,7 +62,7 @@ def _jsonable(o: Any) -> Any:
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s whole state dict as contiguous CPU tensors. A sharded model is gathered: then every rank
-    must call it, and ranks other than 0 get ``{}`` (see ``engine.distributed.full_state_dict``)."""
+    must call it, and ranks other than 0 get ``{}`` (see ``unlearnkit.distributed.full_state_dict``)."""
     return full_state_dict(model)
 
 

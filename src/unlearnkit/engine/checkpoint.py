@@ -104,7 +104,7 @@ def write_checkpoint(
     """Write one checkpoint atomically (temporary folder + rename); older ones are left in place.
 
     ``model`` is the model, or its whole state dict (a sharded model's, gathered beforehand with
-    ``engine.distributed.full_state_dict`` on every rank: this function runs on the main process alone).
+    ``unlearnkit.distributed.full_state_dict`` on every rank: this function runs on the main process alone).
     ``state`` must contain only tensors, numbers, strings, booleans, None, lists, tuples and dicts (what
     ``torch.load(weights_only=True)`` accepts); ``meta`` must be JSON-serialisable.
     """

@@ -25,7 +25,7 @@ under DeepSpeed (under FSDP, weights and optimizer state are gathered whole into
 comes either from accelerate's FSDP config (GPUs) or from ``engine.fsdp`` (any launcher with several
 processes, the CPU with gloo included): then the engine itself applies ``fully_shard`` to the model in
 place before building the optimizer. Either way the model stays sharded after ``fit``; read its weights
-whole with ``engine.distributed.full_state_dict`` (every output of unlearnkit does).
+whole with ``unlearnkit.distributed.full_state_dict`` (every output of unlearnkit does).
 """
 
 from __future__ import annotations
@@ -45,18 +45,7 @@ import torch
 from torch import nn
 
 from unlearnkit.data.examples import Batch, ExampleSet
-from unlearnkit.engine.checkpoint import (
-    capture_rng,
-    checkpoint_root,
-    clear_checkpoints,
-    discard_checkpoint,
-    latest_checkpoint,
-    prune_checkpoints,
-    read_checkpoint,
-    restore_rng,
-    write_checkpoint,
-)
-from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the engine's public helpers)
+from unlearnkit.distributed import (  # noqa: F401  (re-exported: the engine's public helpers)
     _dist,
     all_gather_objects,
     average_gradients,
@@ -68,6 +57,17 @@ from unlearnkit.engine.distributed import (  # noqa: F401  (re-exported: the eng
     replicated_parameters,
     shard_fsdp2,
     world_size,
+)
+from unlearnkit.engine.checkpoint import (
+    capture_rng,
+    checkpoint_root,
+    clear_checkpoints,
+    discard_checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
 )
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler

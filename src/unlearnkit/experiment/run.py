@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from unlearnkit.config import build_dataclass
-from unlearnkit.engine.distributed import broadcast_object, full_state_dict, is_sharded, load_full_state_dict
+from unlearnkit.distributed import broadcast_object, full_state_dict, is_sharded, load_full_state_dict
 from unlearnkit.engine.loop import FitResult, Phase
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment.setup import Setup

@@ -77,10 +77,16 @@ def gradnorm_scores(
     template: str | None = None,
     max_length: int = 512,
 ) -> np.ndarray:
-    """Per pair, the mean over trainable parameter tensors of ‖∇ (−mean answer-token log p)‖₂."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Per pair, the mean over the model's parameter tensors of ‖∇ (−mean answer-token log p)‖₂.
+
+    Every parameter counts, whatever a method left trainable (RMU trains one layer, LoRA only adapters):
+    the attack must score every model on the same parameters. Their ``requires_grad`` flags are restored."""
+    params = list(model.parameters())
     if not params:
-        raise DataError("the GradNorm attack needs parameters that require gradients; this model has none")
+        raise DataError("the GradNorm attack needs a model with parameters")
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
     device = model_device(model)
     pairs = list(zip(questions, answers, strict=True))
     was_training = model.training
@@ -92,6 +98,8 @@ def gradnorm_scores(
             ]
     finally:
         model.train(was_training)
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
     return np.array(scores, dtype=np.float64)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from unlearnkit.engine.distributed import is_main_process
+from unlearnkit.distributed import is_main_process
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.io import write_json, write_text
 from unlearnkit.runs.resume import check_resume, latest_step, normalized

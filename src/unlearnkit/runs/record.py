@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from unlearnkit import __version__
-from unlearnkit.engine.distributed import is_main_process
+from unlearnkit.distributed import is_main_process
 from unlearnkit.io import (
     check_protected,
     save_state_dict,
