@@ -18,6 +18,7 @@ from typing import Any
 
 from unlearnkit.config import build_dataclass
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment.suites import load_suite
 from unlearnkit.io import write_json
 from unlearnkit.selection.worstcase import (
     SelectionResult,
@@ -127,7 +128,6 @@ def select_for_suite(
     granularity: str = "example",
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
-    from unlearnkit.bench.suite import load_suite
     from unlearnkit.experiment import make_setup, original_model
 
     loaded = load_suite(suite, overrides)
