@@ -197,6 +197,7 @@ def _quiet_libraries() -> None:
 
 def _cmd_bench(args) -> int:
     from unlearnkit.bench.suite import print_table, run_suite
+    from unlearnkit.report import build_report
 
     if args.quiet:
         _quiet_libraries()
@@ -209,19 +210,17 @@ def _cmd_bench(args) -> int:
         args.overrides,
         progress=not args.quiet,
         fresh=args.fresh,
+        report=build_report,
     )
     out = Path(args.out)
     if res.get("kind") == "composite":  # several suites: each part's table, then where the report is
         for part, info in res["parts"].items():
             print(f"\n== {part}: {info['suite']} ({info['seconds']:.0f} s)")
-            print((out / info["folder"] / "results.md").read_text())
+            print_table(json.loads((out / info["folder"] / "results.json").read_text()))
         rep = res.get("report") or {}
         print(f"report written to {rep.get('html', out / 'report.html')} and {rep.get('markdown', '')}")
         return 0
-    if res.get("kind") in (None, "plain"):
-        print_table(res)
-    else:  # sequential and worst-case suites have their own row layout: show their markdown table
-        print((out / "results.md").read_text())
+    print_table(res)
     print(f"results written to {out / 'results.json'} and results.md")
     return 0
 
