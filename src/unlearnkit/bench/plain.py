@@ -15,7 +15,7 @@ from unlearnkit.bench.loop import Lazy, Outcome, SuiteRunner
 from unlearnkit.bench.plots import tradeoff_plot
 from unlearnkit.bench.results import markdown_table, public, select_methods, suite_result, write_results
 from unlearnkit.bench.rows import ORACLE, RowRunner, receipt, seed_inputs
-from unlearnkit.experiment import Setup
+from unlearnkit.experiment import DEFAULTS, Setup
 from unlearnkit.io import weights_sha256
 from unlearnkit.registry import get_protocol
 
@@ -31,7 +31,7 @@ def protocol_name(loop: SuiteRunner, setup: Lazy[Setup]) -> str:
 def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     """Run a loaded plain suite config; writes ``results.json``, ``results.md`` and ``tradeoff.png``."""
     cfg = dict(req.cfg)
-    family = cfg.get("family", "vision")
+    family = cfg.get("family", DEFAULTS["family"])
     specs = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
     specs = select_methods(specs, req.methods, req.name, family)
     opts = {k: cfg.pop(k) for k in SUITE_ONLY if k in cfg}

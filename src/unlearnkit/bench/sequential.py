@@ -51,7 +51,7 @@ from unlearnkit.bench.rows import ORACLE, RowRunner, receipt
 from unlearnkit.data.muse import TableSource
 from unlearnkit.data.splits import Split
 from unlearnkit.errors import ConfigError
-from unlearnkit.experiment import Setup, build_method
+from unlearnkit.experiment import DEFAULTS, Setup, build_method
 from unlearnkit.io import weights_sha256
 from unlearnkit.metrics.muse import verbmem
 
@@ -179,7 +179,7 @@ def _evaluate(
 def run_sequential_suite(req: SuiteRequest) -> dict[str, Any]:
     """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
     base, specs, opts = split_config(req.cfg)
-    family = base.get("family", "text")
+    family = base.get("family", DEFAULTS["family"])
     specs = oracle_first(select_methods(specs, req.methods, req.name, family))
     suite_name = opts.get("suite", req.name)
     base.setdefault("engine", {})["progress"] = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from unlearnkit.bench.results import caption_of, cell, row_groups, seeds_text
@@ -51,6 +52,11 @@ def pack(widths: list[int], fixed: int, budget: int) -> list[list[int]]:
             used = fixed
         groups[-1].append(i)
         used += w + 3
+    if len(groups) > 1:  # as many tables, with columns spread evenly over them when they still fit
+        size = -(-len(widths) // len(groups))
+        even = [list(range(i, min(i + size, len(widths)))) for i in range(0, len(widths), size)]
+        if len(even) == len(groups) and all(fixed + sum(widths[i] + 3 for i in g) <= budget for g in even):
+            return even
     return groups
 
 
@@ -63,7 +69,7 @@ def terminal_tables(result: dict[str, Any], width: int) -> list[Table]:
     cells = [[cell(*d[k]) if k in d else "" for k in keys] for _, d in lines]
     label_w = [max([len(h), *(len(lab[j]) for lab, _ in lines)]) for j, h in enumerate(labels)]
     longest_part = [max(len(p) for p in k.replace("_", "_\0").split("\0")) for k in keys]
-    widths = [max([8, longest_part[j], *(len(r[j]) for r in cells)]) for j in range(len(keys))]
+    widths = [max([6, longest_part[j], *(len(r[j]) for r in cells)]) for j in range(len(keys))]
     fixed = sum(label_w) + 3 * len(labels) + 1
     groups = pack(widths[: len(first)], fixed, width)
     groups += [[len(first) + i for i in g] for g in pack(widths[len(first) :], fixed, width)]
@@ -82,7 +88,7 @@ def terminal_tables(result: dict[str, Any], width: int) -> list[Table]:
             )
         for i, (label, _) in enumerate(lines):
             row = [f"[bold green]{cells[i][j]}[/]" if (i, j) in bold else cells[i][j] for j in group]
-            table.add_row(*label, *row)
+            table.add_row(*(escape(x) for x in label), *row)
         tables.append(table)
     return tables
 
@@ -107,4 +113,4 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
         console.print(table)
     caption = caption_of(result)
     if caption:
-        console.print(caption, highlight=False)
+        console.print(caption, highlight=False, markup=False)

@@ -28,7 +28,7 @@ from unlearnkit.bench.results import markdown_table, oracle_first, select_method
 from unlearnkit.bench.rows import ORACLE, RowRunner, receipt, seed_inputs
 from unlearnkit.data.splits import class_split, ids_split, random_split
 from unlearnkit.errors import ConfigError
-from unlearnkit.experiment import build_method
+from unlearnkit.experiment import DEFAULTS, build_method
 from unlearnkit.io import weights_sha256, write_json
 from unlearnkit.protocols import Protocol
 from unlearnkit.registry import get_protocol
@@ -73,7 +73,7 @@ def run_worstcase_suite(req: SuiteRequest) -> dict[str, Any]:
         raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     suite_name = cfg.get("suite", req.name)
     base, specs, sel = split_suite_config(cfg)
-    family = base.get("family", "vision")
+    family = base.get("family", DEFAULTS["family"])
     specs = oracle_first(select_methods(specs, req.methods, req.name, family))
     base.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
