@@ -119,3 +119,28 @@ def test_restrict_eval_keeps_only_the_requests_articles(data):
     assert sub["knowmem_retain"] == ev["knowmem_retain"]
     with pytest.raises(ConfigError, match="KnowMem QA"):
         restrict_eval(data, ["An article the forget set never had."])
+
+
+def test_sequential_suites_ask_the_protocol_not_the_family():
+    """A sequential suite needs MUSE's protocol (its datasets define the requests): any other is refused
+    with the protocol's name, whatever the family."""
+    from types import SimpleNamespace
+
+    from unlearnkit.bench.sequential import make_checked_setup
+
+    class Fake(RowRunner):
+        def __init__(self, protocol: str, fids: dict) -> None:
+            self.setup = SimpleNamespace(
+                protocol=SimpleNamespace(name=protocol),
+                data=SimpleNamespace(name="d", meta={"forget_ids": fids}),
+            )
+
+        def make_setup(self, cfg):
+            return self.setup
+
+    with pytest.raises(ConfigError, match="'tofu' protocol"):
+        make_checked_setup(Fake("tofu", {"a": [1]}), {}, ["a"])
+    with pytest.raises(ConfigError, match="request 'b' is not a forget set"):
+        make_checked_setup(Fake("muse", {"a": [1]}), {}, ["a", "b"])
+    ok = Fake("muse", {"a": [1], "b": [2]})
+    assert make_checked_setup(ok, {}, ["a", "b"]) is ok.setup
