@@ -168,7 +168,7 @@ def _worst_seed(
 
             def compute(
                 tag: str = tag, spec: dict = spec, ref: Any = oracle, is_oracle: bool = mname == ORACLE
-            ):
+            ) -> Outcome:
                 orig, before = original()
                 sub = setup().with_split(splits()[tag])
                 model, seconds, fit = runner.run_method(sub, orig.model, build_method(spec, sub.family.name))
