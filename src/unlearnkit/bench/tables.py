@@ -17,6 +17,7 @@ from rich.table import Table
 from unlearnkit.bench.results import caption_of, cell, row_groups, seeds_text
 from unlearnkit.registry import get_protocol
 
+SHORT = 10  # column names up to this long are never wrapped
 BEST_LOW = ("gap",)  # a column whose lowest non-oracle mean is shown in bold
 ORACLE = "retrain"
 
@@ -68,8 +69,11 @@ def terminal_tables(result: dict[str, Any], width: int) -> list[Table]:
     labels = ["method", "request", "forget"] if result.get("kind") == "sequential" else ["method"]
     cells = [[cell(*d[k]) if k in d else "" for k in keys] for _, d in lines]
     label_w = [max([len(h), *(len(lab[j]) for lab, _ in lines)]) for j, h in enumerate(labels)]
-    longest_part = [max(len(p) for p in k.replace("_", "_\0").split("\0")) for k in keys]
-    widths = [max([6, longest_part[j], *(len(r[j]) for r in cells)]) for j in range(len(keys))]
+    # a short column name stays whole; a longer one may wrap at its underscores
+    head = [
+        len(k) if len(k) <= SHORT else max(len(p) for p in k.replace("_", "_\0").split("\0")) for k in keys
+    ]
+    widths = [max([6, head[j], *(len(r[j]) for r in cells)]) for j in range(len(keys))]
     fixed = sum(label_w) + 3 * len(labels) + 1
     groups = pack(widths[: len(first)], fixed, width)
     groups += [[len(first) + i for i in g] for g in pack(widths[len(first) :], fixed, width)]
