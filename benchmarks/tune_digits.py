@@ -65,7 +65,7 @@ def run(seeds: list[int], specs: list[dict[str, Any]], trials: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from unlearnkit.bench.suite import run_row
+    from unlearnkit.bench.rows import RowRunner
     from unlearnkit.config import load_preset
     from unlearnkit.experiment import make_setup, original_model
 
@@ -83,9 +83,9 @@ def run(seeds: list[int], specs: list[dict[str, Any]], trials: Path) -> None:
             t0 = time.perf_counter()
             setup = make_setup(base | {"seed": seed})
             orig = original_model(setup).model
-            oracle, _, _ = run_row(setup, orig, "retrain", {"name": "retrain"}, "vision", None, None)
+            oracle, _, _ = RowRunner().run_row(setup, orig, "retrain", {"name": "retrain"}, None, None)
             for spec in todo:
-                m, _, _ = run_row(setup, orig, spec["name"], dict(spec), "vision", oracle, None)
+                m, _, _ = RowRunner().run_row(setup, orig, spec["name"], dict(spec), oracle, None)
                 kept = {k: m[k] for k in ("UA", "RA", "TA", "MIA", "gap")}
                 ref = {k: oracle[k] for k in ("UA", "RA", "TA", "MIA")}
                 row = {"spec": spec, "seed": seed, "metrics": kept, "oracle": ref}

@@ -61,7 +61,7 @@ def run(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from unlearnkit.bench.suite import run_row
+    from unlearnkit.bench.rows import RowRunner
     from unlearnkit.config import apply_overrides, load_preset
     from unlearnkit.experiment import make_setup, original_model
 
@@ -81,7 +81,7 @@ def run(
             orig = original_model(setup).model
             for spec in todo:
                 t0 = time.perf_counter()
-                m, _, _ = run_row(setup, orig, spec["name"], dict(spec), "diffusion", None, None)
+                m, _, _ = RowRunner().run_row(setup, orig, spec["name"], dict(spec), None, None)
                 row = {
                     "spec": spec,
                     "seed": seed,

@@ -34,7 +34,7 @@ def bench_result(tmp_path_factory):
 
 def test_results_json_contract(bench_result):
     out, res = bench_result
-    assert res["suite"] == "vision-digits"
+    assert res["suite"] == "vision-digits" and res["protocol"] == "classification" and res["kind"] == "plain"
     rows = res["rows"]
     assert {(r["method"], r["seed"]) for r in rows} == {
         (m, s) for m in ("retrain", "ft", "ga", "salun") for s in (0, 1)

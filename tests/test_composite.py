@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from unlearnkit.bench.composite import check_parts, split_overrides
+from unlearnkit.bench.rows import RowRunner
+from unlearnkit.bench.suite import run_suite
 from unlearnkit.cli import main
 from unlearnkit.config import load_preset
 from unlearnkit.errors import ConfigError
@@ -67,9 +69,7 @@ def tiny_composite(tmp_path):
     return path
 
 
-def test_composite_runs_parts_filters_methods_and_writes_the_report(
-    tiny_composite, tmp_path, capsys, monkeypatch
-):
+def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composite, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["bench", str(tiny_composite), "--out", str(out), "--quiet", "--methods", "ga"]
     assert main(args + ["method.epochs=1", "classwise:seed=1"]) == 0
@@ -96,11 +96,13 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(
     # A rerun reuses the stored rows: identical results, and no row is computed again.
     before = json.loads((out / "random" / "results.json").read_text())["rows"]
 
-    def no_training(*a, **k):
-        raise AssertionError("a stored row was recomputed")
+    class NoTraining(RowRunner):
+        def run_row(self, *a, **k):
+            raise AssertionError("a stored row was recomputed")
 
-    monkeypatch.setattr("unlearnkit.bench.suite.run_row", no_training)
-    assert main(args + ["method.epochs=1", "classwise:seed=1"]) == 0
+    overrides = ["method.epochs=1", "classwise:seed=1"]
+    res = run_suite(str(tiny_composite), None, out, ["ga"], overrides, progress=False, runner=NoTraining())
+    assert list(res["parts"]) == ["random", "classwise"] and "report" not in res  # no report= given
     assert json.loads((out / "random" / "results.json").read_text())["rows"] == before
 
 

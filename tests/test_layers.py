@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("experiment",),
     ("runs",),
     ("selection",),
-    ("report",),
     ("bench",),
+    ("report",),
     ("api_args", "calibration"),
     ("api",),
     ("cli", "__main__"),
@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
 LAZY = {
     "transformers", "diffusers", "datasets", "peft", "tokenizers", "rouge_score", "matplotlib", "PIL",
     "torchvision", "timm", "tensorboard", "wandb", "huggingface_hub", "deepspeed", "accelerate", "nudenet",
-    "onnxruntime", "sklearn", "scipy", "yaml", "rich", "tqdm", "torch", "safetensors", "numpy",
+    "onnxruntime", "pyarrow", "sklearn", "scipy", "yaml", "rich", "tqdm", "torch", "safetensors", "numpy",
 }  # fmt: skip
 FAMILY_NAMES = {"vision", "text", "diffusion"}
 

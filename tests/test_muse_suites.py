@@ -1,17 +1,18 @@
 """MUSE suites on the generated corpus: the muse-synthetic contract, and the sequential protocols
 (sustainability chains each request from the previous model; scalability starts every request from the
-original), checked with a spy on ``pipeline.run_method`` and with the rows' weight hashes."""
+original), checked with a spying row runner (``RowRunner.run_method``) and with the rows' weight hashes."""
 
 import json
 
 import pytest
 
-from unlearnkit import experiment as pipeline
+from unlearnkit.bench.rows import RowRunner
 from unlearnkit.bench.sequential import restrict_eval
 from unlearnkit.bench.suite import run_suite
 from unlearnkit.cli import main
 from unlearnkit.config import apply_overrides, load_preset
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import make_setup
 from unlearnkit.io import weights_sha256
 
 # 20 articles: 5 forget (sust_forget_1..4 hold 1, 1, 1 and 2 of them), 10 retain, 5 holdout; a few epochs.
@@ -23,25 +24,27 @@ MUSE_KEYS = {"verbmem_f", "knowmem_f", "knowmem_r", "privleak", "RTE"}
 
 @pytest.fixture(scope="module")
 def data():
-    return pipeline.make_setup(apply_overrides(load_preset("text/muse-base"), DATA)).data
+    return make_setup(apply_overrides(load_preset("text/muse-base"), DATA)).data
+
+
+class SpyRunner(RowRunner):
+    """For every NPO run: the hash of the model it starts from, of its result, and its forget ids."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def run_method(self, setup, original, method):
+        before = weights_sha256(original)
+        model, seconds, fit = super().run_method(setup, original, method)
+        if type(method).__name__ == "NPO":
+            ids = sorted(int(i) for i in setup.split.forget.ids)
+            self.calls.append({"before": before, "after": weights_sha256(model), "forget": ids})
+        return model, seconds, fit
 
 
 @pytest.fixture
-def spy(monkeypatch):
-    """For every NPO run: the hash of the model it starts from, of its result, and its forget ids."""
-    calls: list[dict] = []
-    real = pipeline.run_method
-
-    def run_method(setup, original, method, run_dir=None):
-        before = weights_sha256(original)
-        model, seconds, fit = real(setup, original, method, run_dir)
-        if type(method).__name__ == "NPO":
-            ids = sorted(int(i) for i in setup.split.forget.ids)
-            calls.append({"before": before, "after": weights_sha256(model), "forget": ids})
-        return model, seconds, fit
-
-    monkeypatch.setattr(pipeline, "run_method", run_method)
-    return calls
+def spy():
+    return SpyRunner()
 
 
 def test_muse_synthetic_contract(tmp_path):
@@ -61,13 +64,14 @@ def test_muse_synthetic_contract(tmp_path):
 
 
 def test_sustainability_chains_requests(tmp_path, spy, data):
-    res = run_suite("muse-synthetic-sust", 2, tmp_path, ["npo"], SEQ_SMALL, progress=False)
+    res = run_suite("muse-synthetic-sust", 2, tmp_path, ["npo"], SEQ_SMALL, progress=False, runner=spy)
+    assert res["protocol"] == "muse" and res["kind"] == "sequential"
     requests = res["requests"]
     assert requests == [f"sust_forget_{k}" for k in range(1, 5)]
     assert len(res["rows"]) == 2 * len(requests) * 2  # methods (retrain, npo) x requests x seeds
     for seed in (0, 1):
         npo = [r for r in res["rows"] if r["method"] == "npo" and r["seed"] == seed]
-        calls = spy[seed * len(requests) : (seed + 1) * len(requests)]
+        calls = spy.calls[seed * len(requests) : (seed + 1) * len(requests)]
         assert [r["request"] for r in npo] == [1, 2, 3, 4]
         for k in range(1, len(requests)):
             # request k starts from the model request k-1 produced, per the spy and per the receipts
@@ -86,15 +90,16 @@ def test_sustainability_chains_requests(tmp_path, spy, data):
 
 
 def test_scalability_starts_from_original(tmp_path, spy, data):
-    res = run_suite("muse-synthetic-scal", 1, tmp_path, ["npo"], SEQ_SMALL, progress=False)
+    res = run_suite("muse-synthetic-scal", 1, tmp_path, ["npo"], SEQ_SMALL, progress=False, runner=spy)
     npo = [r for r in res["rows"] if r["method"] == "npo"]
-    assert len(res["rows"]) == 2 * 4 and len(spy) == 4
-    assert len({c["before"] for c in spy}) == 1  # every request from the same (original) model
-    assert {r["weights_before"] for r in npo} == {spy[0]["before"]}
+    calls = spy.calls
+    assert len(res["rows"]) == 2 * 4 and len(calls) == 4
+    assert len({c["before"] for c in calls}) == 1  # every request from the same (original) model
+    assert {r["weights_before"] for r in npo} == {calls[0]["before"]}
     assert [r["start"] for r in npo] == ["original"] * 4
-    sizes = [len(c["forget"]) for c in spy]
+    sizes = [len(c["forget"]) for c in calls]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]  # growing, nested forget sets
-    assert [c["forget"] for c in spy] == [
+    assert [c["forget"] for c in calls] == [
         sorted(data.meta["forget_ids"][f"scal_forget_{k}"]) for k in range(1, 5)
     ]
     assert [r["n_articles"] for r in npo] == [1, 2, 3, 5]
@@ -114,3 +119,28 @@ def test_restrict_eval_keeps_only_the_requests_articles(data):
     assert sub["knowmem_retain"] == ev["knowmem_retain"]
     with pytest.raises(ConfigError, match="KnowMem QA"):
         restrict_eval(data, ["An article the forget set never had."])
+
+
+def test_sequential_suites_ask_the_protocol_not_the_family():
+    """A sequential suite needs MUSE's protocol (its datasets define the requests): any other is refused
+    with the protocol's name, whatever the family."""
+    from types import SimpleNamespace
+
+    from unlearnkit.bench.sequential import make_checked_setup
+
+    class Fake(RowRunner):
+        def __init__(self, protocol: str, fids: dict) -> None:
+            self.setup = SimpleNamespace(
+                protocol=SimpleNamespace(name=protocol),
+                data=SimpleNamespace(name="d", meta={"forget_ids": fids}),
+            )
+
+        def make_setup(self, cfg):
+            return self.setup
+
+    with pytest.raises(ConfigError, match="'tofu' protocol"):
+        make_checked_setup(Fake("tofu", {"a": [1]}), {}, ["a"])
+    with pytest.raises(ConfigError, match="request 'b' is not a forget set"):
+        make_checked_setup(Fake("muse", {"a": [1]}), {}, ["a", "b"])
+    ok = Fake("muse", {"a": [1], "b": [2]})
+    assert make_checked_setup(ok, {}, ["a", "b"]) is ok.setup

@@ -20,7 +20,7 @@ from unlearnkit.errors import UnlearnkitError
 
 pytest.importorskip("matplotlib")
 
-from unlearnkit.report import collect, make_report  # noqa: E402
+from unlearnkit.report import SuiteResult, collect, make_report  # noqa: E402
 
 
 def row(method: str, seed: int, **metrics: float) -> dict:
@@ -361,3 +361,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, content, message):
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_the_protocol_named_in_results_json_wins_over_the_metric_keys(tmp_path):
+    """results.json names its protocol: the report reads it (axes, caption, description) instead of guessing
+    from which metrics exist; a file without the name falls back to the guess."""
+    old = vision_suite()
+    assert SuiteResult(tmp_path, "x", old).protocol == "classification"  # guessed from UA
+    named = vision_suite() | {"protocol": "erasure", "keys": ["UA", "utility"]}
+    for r in named["rows"]:
+        r["metrics"]["utility"] = 100.0 - r["metrics"]["UA"]
+    write(tmp_path / "s" / "results.json", named)
+    (suite,) = collect(tmp_path)
+    assert suite.protocol == "erasure"
+    res = make_report(tmp_path, tmp_path / "out")
+    md = res.markdown.read_text()
+    assert "text-to-image concept erasure" in md and "image classification" not in md
+    assert "UA = % of samples of the erased concept" in md  # the erasure protocol's caption
+    if res.figures:  # with matplotlib: the erasure trade-off (UA vs utility), not the classifier's UA vs TA
+        assert any(p.name.endswith("-tradeoff.png") for p in res.figures)
+        assert "Concept erasure on vision-digits" in md and "Forgetting vs utility" not in md

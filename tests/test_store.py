@@ -8,9 +8,8 @@ import sqlite3
 
 import pytest
 
-from unlearnkit import experiment as pipeline
-from unlearnkit.bench import suite as suite_mod
 from unlearnkit.bench.loop import thin
+from unlearnkit.bench.rows import RowRunner
 from unlearnkit.bench.suite import run_suite
 from unlearnkit.cli import main
 from unlearnkit.errors import UnlearnkitError
@@ -132,39 +131,45 @@ def test_thin_keeps_at_most_500_points_with_both_ends():
 
 
 # -- suites skip stored rows and resume -----------------------------------------------------------------
-@pytest.fixture
-def spy(monkeypatch):
-    """Counts the rows a suite computes (run_row), the originals it loads, and can fail one method."""
-    calls: dict = {"rows": [], "originals": 0, "fail": None}
-    real_row, real_original = suite_mod.run_row, pipeline.original_model
+class SpyRunner(RowRunner):
+    """Counts the rows a suite computes (run_row) and the originals it loads, and can fail one method."""
 
-    def run_row(setup, original, mname, spec, *args):
-        if calls["fail"] == (mname, setup.seed):
+    def __init__(self) -> None:
+        self.calls: dict = {"rows": [], "originals": 0, "fail": None}
+
+    def run_row(self, setup, original, mname, spec, *args):
+        if self.calls["fail"] == (mname, setup.seed):
             raise RuntimeError(f"killed during {mname}")
-        calls["rows"].append((mname, setup.seed))
-        return real_row(setup, original, mname, spec, *args)
+        self.calls["rows"].append((mname, setup.seed))
+        return super().run_row(setup, original, mname, spec, *args)
 
-    def original_model(setup, *a, **k):
-        calls["originals"] += 1
-        return real_original(setup, *a, **k)
-
-    monkeypatch.setattr(suite_mod, "run_row", run_row)
-    monkeypatch.setattr(pipeline, "original_model", original_model)
-    return calls
+    def original_model(self, setup):
+        self.calls["originals"] += 1
+        return super().original_model(setup)
 
 
-def _bench(out, *extra):
-    args = ["bench", "vision-digits", "--seeds", "2", "--out", str(out), "--methods", "ft,ga", "--quiet"]
-    assert main([*args, *extra, *TINY]) == 0
-    return json.loads((out / "results.json").read_text())
+@pytest.fixture
+def spy():
+    """The spy's counters; ``spy["runner"]`` is the row runner to hand to run_suite."""
+    runner = SpyRunner()
+    runner.calls["runner"] = runner
+    return runner.calls
+
+
+def _bench(out, spy, fresh=False):
+    res = run_suite(
+        "vision-digits", 2, out, ["ft", "ga"], TINY, progress=False, fresh=fresh, runner=spy["runner"]
+    )
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res))
+    return res
 
 
 def test_rerun_skips_stored_rows_and_rebuilds_identical_results(tmp_path, spy):
-    first = _bench(tmp_path)
+    first = _bench(tmp_path, spy)
     assert sorted(spy["rows"]) == sorted((m, s) for m in ("retrain", "ft", "ga") for s in (0, 1))
     spy["rows"].clear()
     spy["originals"] = 0
-    second = _bench(tmp_path)
+    second = _bench(tmp_path, spy)
     assert spy["rows"] == [] and spy["originals"] == 0  # nothing trained, nothing loaded
     assert second["rows"] == first["rows"]
     with open_store(tmp_path) as st:
@@ -179,21 +184,21 @@ def test_rerun_skips_stored_rows_and_rebuilds_identical_results(tmp_path, spy):
         "ft-seed0.json", "ft-seed1.json", "ga-seed0.json", "ga-seed1.json",
     ]  # fmt: skip
     # --fresh recomputes every row
-    _bench(tmp_path, "--fresh")
+    _bench(tmp_path, spy, fresh=True)
     assert len(spy["rows"]) == 6
 
 
 def test_killed_suite_resumes_with_only_the_missing_rows(tmp_path, spy):
     spy["fail"] = ("ga", 1)
     with pytest.raises(RuntimeError, match="killed during ga"):
-        run_suite("vision-digits", 2, tmp_path, ["ft", "ga"], TINY, progress=False)
+        run_suite("vision-digits", 2, tmp_path, ["ft", "ga"], TINY, progress=False, runner=spy["runner"])
     assert not (tmp_path / "results.json").exists()
     with open_store(tmp_path) as st:
         status = {(r.method, r.seed): r.status for r in st.query()}
         stored = {(r.method, r.seed): r.metrics for r in st.query(status="done")}
     assert status.pop(("ga", 1)) == "failed" and set(status.values()) == {"done"} and len(status) == 5
     spy["fail"], spy["rows"] = None, []
-    res = run_suite("vision-digits", 2, tmp_path, ["ft", "ga"], TINY, progress=False)
+    res = run_suite("vision-digits", 2, tmp_path, ["ft", "ga"], TINY, progress=False, runner=spy["runner"])
     assert spy["rows"] == [("ga", 1)]
     rows = {(r["method"], r["seed"]): r["metrics"] for r in res["rows"]}
     assert len(rows) == 6 and all(rows[k] == v for k, v in stored.items())
@@ -205,37 +210,42 @@ def test_killed_suite_resumes_with_only_the_missing_rows(tmp_path, spy):
 
 
 def test_changed_config_is_not_reused(tmp_path, spy):
-    run_suite("vision-digits", 1, tmp_path, ["ft"], TINY, progress=False)
+    run_suite("vision-digits", 1, tmp_path, ["ft"], TINY, progress=False, runner=spy["runner"])
     spy["rows"].clear()
-    run_suite("vision-digits", 1, tmp_path, ["ft"], [*TINY, "methods.ft.lr=0.001"], progress=False)
+    changed = [*TINY, "methods.ft.lr=0.001"]
+    run_suite("vision-digits", 1, tmp_path, ["ft"], changed, progress=False, runner=spy["runner"])
     assert spy["rows"] == [("ft", 0)]  # the oracle is the same, ft's spec changed
 
 
-def test_worstcase_suite_resumes_without_selecting_again(tmp_path, monkeypatch):
-    from unlearnkit.selection import runner
-
+def test_worstcase_suite_resumes_without_selecting_again(tmp_path):
     fast = ["train.epochs=2", "select.iters=1", "select.first_epochs=1", "select.lower_epochs=1"]
     fast += ["methods.ga={name: ga, epochs: 1}"]
     counts = {"select": 0, "unlearn": 0}
-    real_sel, real_run = runner.run_selection, pipeline.run_method
 
-    def run_selection(*a, **k):
-        counts["select"] += 1
-        return real_sel(*a, **k)
+    class Counting(RowRunner):
+        def select(self, *a, **k):
+            counts["select"] += 1
+            return super().select(*a, **k)
 
-    def run_method(*a, **k):
-        counts["unlearn"] += 1
-        return real_run(*a, **k)
+        def run_method(self, *a, **k):
+            counts["unlearn"] += 1
+            return super().run_method(*a, **k)
 
-    monkeypatch.setattr(runner, "run_selection", run_selection)
-    monkeypatch.setattr(pipeline, "run_method", run_method)
-    first = run_suite("worstcase-digits", 1, tmp_path, ["ga"], fast, progress=False)
-    assert counts["select"] == 1 and counts["unlearn"] >= 4  # retrain and ga on both sets (+ the selector)
+    runner = Counting()
+    first = run_suite("worstcase-digits", 1, tmp_path, ["ga"], fast, progress=False, runner=runner)
+    assert counts["select"] == 1 and counts["unlearn"] == 4  # retrain and ga on both sets
     (tmp_path / "worst-seed0.json").unlink()
     counts.update(select=0, unlearn=0)
-    second = run_suite("worstcase-digits", 1, tmp_path, ["ga"], fast, progress=False)
+    second = run_suite("worstcase-digits", 1, tmp_path, ["ga"], fast, progress=False, runner=runner)
     assert counts == {"select": 0, "unlearn": 0}
     assert second["rows"] == first["rows"] and second["selection"] == first["selection"]
+    assert first["protocol"] == "classification" and first["keys"][:2] == ["UA_random", "UA_worst"]
+    rows = {r["method"]: r["metrics"] for r in first["rows"]}
+    for tag in ("random", "worst"):  # the protocol's gap: Avg. Gap to retrain on the same set
+        expect = sum(
+            abs(rows["ga"][f"{k}_{tag}"] - rows["retrain"][f"{k}_{tag}"]) for k in ("UA", "RA", "TA", "MIA")
+        )
+        assert rows["ga"][f"gap_{tag}"] == pytest.approx(expect / 4) and rows["retrain"][f"gap_{tag}"] == 0.0
     assert json.loads((tmp_path / "worst-seed0.json").read_text())["size"] == 144  # rewritten from the store
     assert {p.name for p in (tmp_path / "curves").iterdir()} >= {
         "ga-seed0-random.json",
@@ -249,21 +259,21 @@ def test_sustainability_resume_replays_the_chain(tmp_path, monkeypatch, recwarn)
     """Killed at request 3 of NPO: the rerun evaluates only requests 3-4, rebuilding NPO's model after
     request 2 by replaying requests 1-2 (training only), to the same weights as the stored receipts."""
     small = ["data.n_articles=20", "train.epochs=4", "eval.verbmem_max_new_tokens=12", "methods.npo.epochs=2"]
-    real = pipeline.run_method
     calls: list[list[int]] = []
     fail = {"at": 3}
 
-    def run_method(setup, original, method, run_dir=None):
-        if type(method).__name__ == "NPO":
-            ids = sorted(int(i) for i in setup.split.forget.ids)
-            calls.append(ids)
-            if fail["at"] and len(calls) == fail["at"]:
-                raise RuntimeError("killed")
-        return real(setup, original, method, run_dir)
+    class Failing(RowRunner):
+        def run_method(self, setup, original, method):
+            if type(method).__name__ == "NPO":
+                ids = sorted(int(i) for i in setup.split.forget.ids)
+                calls.append(ids)
+                if fail["at"] and len(calls) == fail["at"]:
+                    raise RuntimeError("killed")
+            return super().run_method(setup, original, method)
 
-    monkeypatch.setattr(pipeline, "run_method", run_method)
+    runner = Failing()
     with pytest.raises(RuntimeError, match="killed"):
-        run_suite("muse-synthetic-sust", 1, tmp_path, ["npo"], small, progress=False)
+        run_suite("muse-synthetic-sust", 1, tmp_path, ["npo"], small, progress=False, runner=runner)
     with open_store(tmp_path) as st:
         done = {(r.method, r.fields["request"]) for r in st.query(status="done")}
     # request-major order: the oracle's row of request 3 came before NPO's, request 4 never started
@@ -271,7 +281,7 @@ def test_sustainability_resume_replays_the_chain(tmp_path, monkeypatch, recwarn)
     first_two = calls[:2]
     calls.clear()
     fail["at"] = 0
-    res = run_suite("muse-synthetic-sust", 1, tmp_path, ["npo"], small, progress=False)
+    res = run_suite("muse-synthetic-sust", 1, tmp_path, ["npo"], small, progress=False, runner=runner)
     assert calls[:2] == first_two and len(calls) == 4  # replay 1-2, then run 3-4
     assert not [w for w in recwarn if "replaying" in str(w.message)]  # the replay reproduced the weights
     npo = [r for r in res["rows"] if r["method"] == "npo"]

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from unlearnkit.api_args import (
+    API_FAMILIES,
     RECIPE_KEYS,
     check_out,
     checked_split,
@@ -47,8 +48,6 @@ from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
 from unlearnkit.runs.folder import RunFolder
 from unlearnkit.runs.record import write_run
-
-API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
 
 
 @dataclass
@@ -191,8 +190,7 @@ def evaluate_fn(
     """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics (the retrained model's
     UA, RA, TA, MIA, e.g. from ``evaluate(retrained, ...)``), also ``gap``, the Avg. Gap. With
     ``forget_class``, TA leaves the class out and ``TA_forgotten`` is the class's own test accuracy."""
-
-    if family != "vision":
+    if family not in API_FAMILIES:
         raise ArgumentError(f"evaluate() does not support family={family!r} yet; use 'vision'")
     if oracle is not None:
         if not isinstance(oracle, Mapping):

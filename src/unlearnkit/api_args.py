@@ -19,6 +19,7 @@ from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError
 
+API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
 RECIPE_KEYS = (
     "epochs",
     "lr",
@@ -84,9 +85,9 @@ def method_spec(method, preset, options, method_options) -> tuple[dict[str, Any]
             cfg = load_preset(preset)
         except ConfigError as exc:
             raise ArgumentError(f"preset=: {exc}") from exc
-        if cfg.get("family", "vision") != "vision":
+        if cfg.get("family", "vision") not in API_FAMILIES:
             raise ArgumentError(
-                f"preset={preset!r} is for the {cfg['family']!r} family; the API runs 'vision'"
+                f"preset={preset!r} is for the {cfg['family']!r} family; unlearn() runs {API_FAMILIES}"
             )
         spec = dict(cfg.get("method") or {})
         if "batch_size" in (cfg.get("engine") or {}):

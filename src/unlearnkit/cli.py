@@ -31,7 +31,7 @@ from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import evaluate_model, make_setup, original_model
 from unlearnkit.io import save_weights
-from unlearnkit.report import make_report
+from unlearnkit.report import build_report, make_report
 from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
 from unlearnkit.runs.folder import check_out_file
@@ -232,19 +232,17 @@ def _cmd_bench(args) -> int:
         args.overrides,
         progress=not args.quiet,
         fresh=args.fresh,
+        report=build_report,
     )
     out = Path(args.out)
     if res.get("kind") == "composite":  # several suites: each part's table, then where the report is
         for part, info in res["parts"].items():
             print(f"\n== {part}: {info['suite']} ({info['seconds']:.0f} s)")
-            print((out / info["folder"] / "results.md").read_text())
+            print_table(json.loads((out / info["folder"] / "results.json").read_text()))
         rep = res.get("report") or {}
         print(f"report written to {rep.get('html', out / 'report.html')} and {rep.get('markdown', '')}")
         return 0
-    if res.get("kind") in (None, "plain"):
-        print_table(res)
-    else:  # sequential and worst-case suites have their own row layout: show their markdown table
-        print((out / "results.md").read_text())
+    print_table(res)
     print(f"results written to {out / 'results.json'} and results.md")
     return 0
 

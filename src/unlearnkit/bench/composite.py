@@ -27,8 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.bench.kinds import SuiteRequest, register_kind
+from unlearnkit.bench.results import load_suite
 from unlearnkit.errors import ConfigError
 from unlearnkit.io import write_json
+from unlearnkit.runs.store import ENV, STORE_NAME
 
 PART_KEYS = {"suite", "seeds", "methods", "overrides"}
 
@@ -69,21 +72,14 @@ def split_overrides(overrides: list[str], parts: list[str]) -> tuple[list[str], 
     return common, per
 
 
-def run_composite_suite(
-    cfg: dict[str, Any],
-    name: str,
-    seeds: int | None,
-    out: str | Path,
-    methods: list[str] | None,
-    overrides: list[str] | None,
-    progress: bool,
-    fresh: bool = False,
-) -> dict[str, Any]:
-    """Run every part into ``out/PART``, list them in ``out/composite.json``, then write the report."""
-    from unlearnkit.bench.suite import load_suite
-
+@register_kind("composite", parts=True)
+def run_composite_suite(req: SuiteRequest) -> dict[str, Any]:
+    """Run every part into ``out/PART`` (through ``req.run_suite``, with ``req.runner``), list them in
+    ``out/composite.json``, then write the report with ``req.report`` (the report layer sits above this
+    one: ``unlearnkit bench`` hands in ``unlearnkit.report.build_report``; without it, no report)."""
+    cfg, name, methods = req.cfg, req.name, req.methods
     parts = check_parts(cfg, name)
-    common, per = split_overrides(list(overrides or []), list(parts))
+    common, per = split_overrides(list(req.overrides or []), list(parts))
     plan: dict[str, dict[str, Any]] = {}
     for pname, spec in parts.items():
         part_methods = list(spec.get("methods") or [])
@@ -96,14 +92,12 @@ def run_composite_suite(
         missing = [m for m in methods if m not in used]
         if missing:
             raise ConfigError(f"no part of {name!r} has method {missing[0]!r}")
-    out = Path(out)
+    out = Path(req.out)
     summary: dict[str, Any] = {"suite": cfg.get("suite", name), "kind": "composite", "parts": {}}
     with _one_store(out):
-        _run_parts(plan, summary, out, seeds, common, per, methods, progress, fresh)
-    if cfg.get("report", True):
-        from unlearnkit.report import build_report
-
-        summary["report"] = {k: str(v) for k, v in build_report(out).items()}
+        _run_parts(req, plan, summary, common, per)
+    if cfg.get("report", True) and req.report is not None:
+        summary["report"] = {k: str(v) for k, v in req.report(out).items()}
         write_json(out / "composite.json", summary)
     return summary
 
@@ -112,8 +106,6 @@ def run_composite_suite(
 def _one_store(out: Path) -> Iterator[None]:
     """Every part indexes its rows in ``out/runs.sqlite`` (one store for the whole composite run), unless
     the user points ``UNLEARNKIT_STORE`` elsewhere."""
-    from unlearnkit.runs.store import ENV, STORE_NAME
-
     if os.environ.get(ENV):
         yield
         return
@@ -126,26 +118,25 @@ def _one_store(out: Path) -> Iterator[None]:
 
 
 def _run_parts(
+    req: SuiteRequest,
     plan: dict[str, dict[str, Any]],
     summary: dict[str, Any],
-    out: Path,
-    seeds: int | None,
     common: list[str],
     per: dict[str, list[str]],
-    methods: list[str] | None,
-    progress: bool,
-    fresh: bool,
 ) -> None:
-    from unlearnkit.bench.suite import run_suite
-
+    if req.run_suite is None:
+        raise ValueError("a composite suite runs its parts through SuiteRequest.run_suite; none was given")
+    out = Path(req.out)
     for pname, spec in plan.items():
-        if methods and not spec["methods"]:
+        if req.methods and not spec["methods"]:
             continue
         t0 = time.perf_counter()
-        n = seeds if seeds is not None else int(spec.get("seeds") or 1)
+        n = req.seeds if req.seeds is not None else int(spec.get("seeds") or 1)
         part_overrides = list(spec.get("overrides") or []) + common + per[pname]
-        kwargs = {"fresh": fresh} if fresh else {}
-        run_suite(spec["suite"], n, out / pname, spec["methods"], part_overrides, progress=progress, **kwargs)
+        req.run_suite(
+            spec["suite"], n, out / pname, spec["methods"], part_overrides,
+            progress=req.progress, fresh=req.fresh, runner=req.runner,
+        )  # fmt: skip
         summary["parts"][pname] = {
             "suite": spec["suite"],
             "seeds": n,

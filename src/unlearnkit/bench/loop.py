@@ -15,12 +15,16 @@ Training curves go to ``DIR/curves/<method>-seed<k>[-<tag>].json`` (see :func:`w
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from unlearnkit import __version__
+from unlearnkit.bench.progress import RowProgress
+from unlearnkit.experiment import resolve
 from unlearnkit.io import write_json
 from unlearnkit.runs.store import RunStore, config_hash, open_store, split_metrics, store_path
 
@@ -48,6 +52,7 @@ class RowResult:
     metrics: dict[str, Any]
     fields: dict[str, Any]
     cached: bool
+    receipt: dict[str, Any] | None = None
 
     @property
     def public(self) -> dict[str, Any]:
@@ -110,7 +115,8 @@ def write_curve(
 
 
 class SuiteRunner:
-    """Rows of one suite command: a progress bar, the store and the curves of output folder ``out``."""
+    """Rows of one suite command: progress (:mod:`~unlearnkit.bench.progress`), the store and the curves
+    of output folder ``out``. :attr:`protocol` is the protocol named by the receipts of its rows."""
 
     def __init__(
         self,
@@ -129,30 +135,19 @@ class SuiteRunner:
         self.progress = progress
         self.computed = 0
         self.reused = 0
+        self.protocol: str | None = None
         self.store: RunStore | None = None
+        self._progress = RowProgress(suite, total, progress)
 
     def __enter__(self) -> SuiteRunner:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.out.mkdir(parents=True, exist_ok=True)
         self.store = open_store(store_path(self.out))
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            disable=not self.progress,
-            transient=True,
-        )
-        self._bar.__enter__()
-        self._job = self._bar.add_task(self.suite, total=self.total)
+        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._bar.__exit__(*exc)
+        self._progress.__exit__(*exc)
         if self.progress and self.reused and self.store is not None:
-            import sys
-
             print(
                 f"{self.suite}: {self.reused} row(s) reused from {self.store.path} (--fresh recomputes), "
                 f"{self.computed} computed",
@@ -164,7 +159,7 @@ class SuiteRunner:
 
     def say(self, text: str) -> None:
         """Show what runs now (e.g. training the original) next to the bar."""
-        self._bar.update(self._job, description=f"{self.suite} {text}")
+        self._progress.say(text)
 
     def lookup(self, identity: dict[str, Any]) -> RowResult | None:
         """The stored finished row for ``identity`` (None when absent or when running fresh)."""
@@ -174,7 +169,12 @@ class SuiteRunner:
         rec = None if self.fresh else self.store.find(key)
         if rec is None:
             return None
-        return RowResult(rec.id, key, rec.all_metrics, rec.fields, cached=True)
+        self._note_protocol(rec.receipt)
+        return RowResult(rec.id, key, rec.all_metrics, rec.fields, cached=True, receipt=rec.receipt)
+
+    def _note_protocol(self, receipt: dict[str, Any] | None) -> None:
+        if receipt and receipt.get("protocol"):
+            self.protocol = str(receipt["protocol"])
 
     def row(
         self,
@@ -188,12 +188,11 @@ class SuiteRunner:
         """The row for ``identity``: from the store if finished before, else computed and stored at once."""
         assert self.store is not None, "use SuiteRunner as a context manager"
         identity = _versioned(identity)
-        label = f"seed {seed}: {method or kind}" + (f" ({tag})" if tag else "")
+        label = f"{method or kind} seed {seed}" + (f" ({tag})" if tag else "")
         found = self.lookup(identity)
         if found is not None:
             self.reused += 1
-            self.say(f"{label} (stored)")
-            self._bar.advance(self._job)
+            self._progress.finished(label, None)
             return found
         self.say(label)
         common = {
@@ -222,33 +221,15 @@ class SuiteRunner:
             **common, metrics=res.metrics, fields=res.fields, receipt=res.receipt, wall=wall, status="done"
         )
         self.computed += 1
-        self._bar.advance(self._job)
-        return RowResult(run_id, config_hash(identity), dict(res.metrics), dict(res.fields), cached=False)
-
-
-def seed_inputs(runner: SuiteRunner, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], Lazy, Lazy]:
-    """(resolved config, lazy setup, lazy (:class:`~unlearnkit.families.base.Original`, its weights sha256))
-    of one suite seed: nothing is built unless a row of this seed has to run (rows found in the store need
-    neither)."""
-    from unlearnkit.experiment import make_setup, original_model
-    from unlearnkit.io import weights_sha256
-
-    scfg = resolved(cfg, seed)
-    setup: Lazy = Lazy(lambda: make_setup(scfg))
-
-    def load_original() -> tuple[Any, str]:
-        runner.say(f"seed {seed}: original model")
-        original = original_model(setup())
-        return original, weights_sha256(original.model)
-
-    return scfg, setup, Lazy(load_original)
+        self._note_protocol(res.receipt)
+        self._progress.finished(label, wall)
+        key = config_hash(identity)
+        return RowResult(run_id, key, dict(res.metrics), dict(res.fields), cached=False, receipt=res.receipt)
 
 
 def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
     """A row's identity plus the unlearnkit version (rows of another version are recomputed) and the
     contents of the files its split reads."""
-    from unlearnkit import __version__
-
     out = identity | {"unlearnkit_version": __version__}
     # Files a split reads are identified by their contents too: an overwritten ids/prompts file must not
     # reuse rows computed on the old one.
@@ -263,8 +244,6 @@ def _versioned(identity: dict[str, Any]) -> dict[str, Any]:
 def resolved(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     """The full effective pipeline config of one seed (defaults merged), as rows hash it. Its ``method``
     section is dropped: a suite's rows take their methods from the suite's ``methods:``."""
-    from unlearnkit.experiment import resolve
-
     out = resolve(cfg | {"seed": seed})
     out.pop("method", None)
     return out

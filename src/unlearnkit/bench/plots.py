@@ -1,8 +1,9 @@
 """A trade-off figure per suite: each method's mean (± std) on two metrics, the oracle marked.
 
-Vision suites plot UA against TA (forgetting vs utility, with the retrained model as the target);
-TOFU suites plot forget quality against model utility. matplotlib is optional (``unlearnkit[plots]``):
-without it no figure is written and the tables stay the whole result.
+The axes are the protocol's (``Protocol.axes`` = (forgetting, utility)): utility on x, forgetting on y,
+e.g. UA against TA for classifiers, forget quality against model utility for TOFU. A suite may name its own
+with ``plot: {x: ..., y: ...}``. matplotlib is optional (``unlearnkit[plots]``): without it no figure is
+written and the tables stay the whole result.
 """
 
 from __future__ import annotations
@@ -10,25 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.bench.results import summarize
 from unlearnkit.io import _atomic
-
-DEFAULT_AXES = {
-    "UA": ("TA", "UA"),
-    "forget_quality": ("model_utility", "forget_quality"),
-    "verbmem_f": ("knowmem_r", "verbmem_f"),
-    "UA_worst": ("UA_random", "UA_worst"),
-}
+from unlearnkit.registry import get_protocol
 
 
 def axes_for(result: dict[str, Any]) -> tuple[str, str] | None:
+    """(x, y) of the suite's trade-off plot: its ``plot`` section, else its protocol's (utility,
+    forgetting); None when the result names no protocol with axes."""
     spec = result.get("plot")
     if spec:
         return spec["x"], spec["y"]
-    keys = result.get("keys") or ()
-    for k, xy in DEFAULT_AXES.items():
-        if k in keys or (not keys and k == "UA"):
-            return xy
-    return None
+    name = result.get("protocol")
+    axes = get_protocol(name).axes if name else None
+    return None if axes is None else (axes[1], axes[0])
 
 
 def tradeoff_plot(result: dict[str, Any], path: str | Path) -> Path | None:
@@ -40,8 +36,6 @@ def tradeoff_plot(result: dict[str, Any], path: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from unlearnkit.bench.suite import summarize
-
     xy = axes_for(result)
     if xy is None:
         return None

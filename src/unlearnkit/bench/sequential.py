@@ -34,12 +34,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
+import warnings
 from typing import Any
 
+from unlearnkit.bench.kinds import SuiteRequest, register_kind
+from unlearnkit.bench.loop import Lazy, Outcome, SuiteRunner, resolved
+from unlearnkit.bench.results import (
+    markdown_table,
+    oracle_first,
+    public,
+    select_methods,
+    suite_result,
+    write_results,
+)
+from unlearnkit.bench.rows import ORACLE, RowRunner, receipt
+from unlearnkit.data.muse import TableSource
+from unlearnkit.data.splits import Split
 from unlearnkit.errors import ConfigError
-from unlearnkit.io import weights_sha256, write_json, write_text
+from unlearnkit.experiment import DEFAULTS, Setup, build_method
+from unlearnkit.io import weights_sha256
+from unlearnkit.metrics.muse import verbmem
 
+PROTOCOL = "muse"  # the only protocol whose datasets define sequential requests
 MODES = ("sustainability", "scalability")
 SEQ_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "verbmem_r", "RTE")
 CAPTION = (
@@ -76,8 +92,6 @@ def request_texts(data: Any, name: str) -> list[str]:
     ev = data.meta["eval"]
     if name == data.meta.get("forget_split", "forget"):
         return list(ev["forget_texts"])
-    from unlearnkit.data.muse import TableSource
-
     config, _, split = name.partition("_")
     rows = TableSource(data.meta["source"], "MUSE", "see data/synthetic_muse.py").rows(config, split) or []
     return [r["text"] for r in rows]
@@ -120,8 +134,6 @@ def restrict_eval(data: Any, texts: list[str]) -> dict[str, Any]:
 
 def verbmem_retain(setup: Any, model: Any) -> float:
     """VerbMem (ROUGE-L F1 × 100) on the retain articles (first-half prompts): verbmem_f's utility twin."""
-    from unlearnkit.metrics.muse import verbmem
-
     ev, tok = setup.data.meta["eval"], setup.data.meta["tokenizer"]
     recs = [continuation_record(tok, t) for t in ev["retain_texts"]]
     ecfg = setup.protocol.cfg
@@ -131,8 +143,6 @@ def verbmem_retain(setup: Any, model: Any) -> float:
 def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) -> Any:
     """A shallow copy of ``setup`` whose forget split is ``forget_ids`` and, with ``texts``, whose MUSE
     evaluation sets are restricted to those articles (what unlearning and evaluation then see)."""
-    from unlearnkit.data.splits import Split
-
     old = setup.split
     split = Split(
         setup.data.train.subset(forget_ids), old.retain, old.test, old.kind, {**old.info, "forget": "request"}
@@ -145,18 +155,18 @@ def scoped(setup: Any, forget_ids: list[int], texts: list[str] | None = None) ->
 
 
 # -- the runner ---------------------------------------------------------------------------------------------
-def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack: dict | None) -> dict:
+def _evaluate(
+    runner: RowRunner, sub: Setup, model: Any, oracle: dict[str, Any] | str | None, attack: dict | None
+) -> dict[str, Any]:
     """MUSE metrics on ``sub``'s articles (+ ``verbmem_r``, + the relearning attack for a method).
 
     ``oracle="self"`` evaluates the oracle: its PrivLeak is 0, or None when its own AUC is 0 (a request of
     few articles that all score below every holdout text), where PrivLeak is undefined for every model
     of that request: the methods' PrivLeak is then None too, not an error.
     """
-    from unlearnkit.experiment import evaluate_model
-
     if isinstance(oracle, dict) and not oracle.get("_auc"):
         oracle = oracle | {"_auc": None}
-    metrics = evaluate_model(sub, model, None if oracle == "self" else oracle)
+    metrics = runner.evaluate(sub, model, None if oracle == "self" else oracle)
     if oracle == "self":
         metrics["privleak"] = 0.0 if metrics["_auc"] > 0 else None
     metrics["verbmem_r"] = verbmem_retain(sub, model)
@@ -165,87 +175,39 @@ def _evaluate(sub: Any, model: Any, oracle: dict[str, Any] | str | None, attack:
     return metrics
 
 
-def run_sequential_suite(
-    cfg: dict[str, Any],
-    name: str,
-    seeds: int,
-    out: str | Path,
-    methods: list[str] | None = None,
-    progress: bool = True,
-    fresh: bool = False,
-) -> dict[str, Any]:
+@register_kind("sequential")
+def run_sequential_suite(req: SuiteRequest) -> dict[str, Any]:
     """Run a loaded ``kind: sequential`` suite config; writes ``results.json`` and ``results.md``."""
-    from unlearnkit.bench.loop import SuiteRunner
-    from unlearnkit.bench.suite import select_methods
-
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    base, specs, opts = split_config(cfg)
-    family = base.get("family", "text")
-    if family != "text":
-        raise ConfigError(f"the sequential (MUSE) protocols need the text family, got {family!r}")
-    specs = select_methods(specs, methods, name, family)
-    specs = dict(sorted(specs.items(), key=lambda kv: kv[0] != "retrain"))  # the oracle first
-    suite_name = opts.get("suite", name)
+    base, specs, opts = split_config(req.cfg)
+    family = base.get("family", DEFAULTS["family"])
+    specs = oracle_first(select_methods(specs, req.methods, req.name, family))
+    suite_name = opts.get("suite", req.name)
     base.setdefault("engine", {})["progress"] = False
     rows: list[dict[str, Any]] = []
-    out = Path(out)
+    seeds = req.n_seeds
     total = seeds * len(opts["requests"]) * len(specs)
-    with SuiteRunner(out, suite_name, family, total, fresh, progress) as runner:
+    with SuiteRunner(req.out, suite_name, family, total, req.fresh, req.progress) as loop:
         for seed in range(seeds):
-            rows += _run_seed(runner, base, seed, specs, opts)
+            rows += _SeedRun(loop, req.runner, base, seed, specs, opts).rows()
     mode, keys = opts["mode"], tuple(opts.get("keys") or SEQ_KEYS)
-    result = {
-        "suite": suite_name,
-        "kind": "sequential",
-        "mode": mode,
-        "requests": list(opts["requests"]),
-        "seeds": seeds,
-        "config": base,
-        "methods": specs,
-        "keys": list(keys),
-        "caption": opts.get("caption") or CAPTION.format(scope=SCOPES[mode]),
-        "rows": rows,
-    }
-    write_json(out / "results.json", result)
-    write_text(out / "results.md", sequential_table(result))
+    caption = opts.get("caption") or CAPTION.format(scope=SCOPES[mode])
+    result = suite_result(
+        suite_name, "sequential", PROTOCOL, seeds, base, specs, keys, caption, rows,
+        mode=mode, requests=list(opts["requests"]),
+    )  # fmt: skip
+    write_results(req.out, result, markdown_table(result))
     return result
 
 
-class _SeedState:
-    """What the rows of one seed share, built on first use: the setup (with its requests checked), the
-    original and oracle models with their weight hashes."""
-
-    def __init__(
-        self, runner: Any, base: dict[str, Any], seed: int, specs: dict[str, dict], requests: list[str]
-    ) -> None:
-        from unlearnkit.bench.loop import Lazy
-
-        self.runner, self.seed, self.specs = runner, seed, specs
-        self.setup = Lazy(lambda: make_checked_setup(base | {"seed": seed}, requests))
-        self.original = Lazy(self._original)
-        self.oracle = Lazy(self._oracle)
-
-    def _original(self) -> tuple[Any, str]:
-        from unlearnkit.experiment import original_model
-
-        self.runner.say(f"seed {self.seed}: original model")
-        model = original_model(self.setup()).model
-        return model, weights_sha256(model)
-
-    def _oracle(self) -> tuple[Any, float]:
-        from unlearnkit.experiment import build_method, oracle_model
-
-        self.runner.say(f"seed {self.seed}: oracle")
-        setup = self.setup()
-        return oracle_model(setup, build_method(self.specs["retrain"], "text"), self.original()[0])
-
-
-def make_checked_setup(cfg: dict[str, Any], requests: list[str]) -> Any:
-    """``make_setup(cfg)``, refusing a request that is not one of the dataset's forget sets."""
-    from unlearnkit.experiment import make_setup
-
-    setup = make_setup(cfg)
+def make_checked_setup(runner: RowRunner, cfg: dict[str, Any], requests: list[str]) -> Setup:
+    """The experiment of ``cfg``, refusing a protocol other than MUSE's and a request that is not one of
+    the dataset's forget sets."""
+    setup = runner.make_setup(cfg)
+    if setup.protocol.name != PROTOCOL:
+        raise ConfigError(
+            f"the sequential suites follow MUSE's protocols; {setup.data.name!r} is measured by the "
+            f"{setup.protocol.name!r} protocol: use a MUSE dataset (e.g. muse-synthetic)"
+        )
     fids = setup.data.meta.get("forget_ids") or {}
     missing = [r for r in requests if r not in fids]
     if missing:
@@ -255,7 +217,7 @@ def make_checked_setup(cfg: dict[str, Any], requests: list[str]) -> Any:
     return setup
 
 
-def _scopes(setup: Any, requests: list[str], k: int, mode: str) -> tuple[Any, Any, int]:
+def _scopes(setup: Setup, requests: list[str], k: int, mode: str) -> tuple[Setup, Setup, int]:
     """(evaluation setup, unlearning setup, number of articles evaluated) of request ``k`` (1-based)."""
     fids = setup.data.meta["forget_ids"]
     req = requests[k - 1]
@@ -269,125 +231,129 @@ def _scopes(setup: Any, requests: list[str], k: int, mode: str) -> tuple[Any, An
     return scoped(setup, eval_ids, list(scope)), scoped(setup, fids[req]), len(scope)
 
 
-def _run_seed(
-    runner: Any, base: dict[str, Any], seed: int, specs: dict[str, dict], opts: dict[str, Any]
-) -> list[dict[str, Any]]:
+class _SeedRun:
     """Every request of one seed: the oracle's row, then each method's (chained or from the original).
 
     Rows found in the store are reused. In sustainability mode a method's request k starts from its model
     after request k-1: when that row was reused, the chain is replayed (training only, no evaluation) to
-    rebuild the model, and its weight hash is checked against the stored ``weights_after``.
+    rebuild the model, and its weight hash is checked against the stored ``weights_after``. The setup,
+    the original and the oracle are built on first use.
     """
-    import warnings
 
-    from unlearnkit.bench.loop import Outcome, resolved
-    from unlearnkit.experiment import build_method, run_method
+    def __init__(
+        self,
+        loop: SuiteRunner,
+        runner: RowRunner,
+        base: dict[str, Any],
+        seed: int,
+        specs: dict[str, dict],
+        opts: dict[str, Any],
+    ) -> None:
+        self.loop, self.runner, self.seed, self.specs = loop, runner, seed, specs
+        self.mode, self.requests, self.attack = opts["mode"], list(opts["requests"]), opts.get("attack")
+        self.scfg = resolved(base, seed)
+        self.setup = Lazy(lambda: make_checked_setup(runner, base | {"seed": seed}, self.requests))
+        self.original = Lazy(self._original)
+        self.oracle = Lazy(self._oracle)
+        # per method: (model or None when its last row came from the store, weights hash after it)
+        self.chained: dict[str, tuple[Any, str | None]] = {}
+        self._scopes: dict[int, tuple[Setup, Setup, int]] = {}
 
-    mode, requests, attack = opts["mode"], list(opts["requests"]), opts.get("attack")
-    state = _SeedState(runner, base, seed, specs, requests)
-    scfg = resolved(base, seed)
-    family = "text"
-    # per method: (model or None when its last row came from the store, weights hash after the last request)
-    chained: dict[str, tuple[Any, str | None]] = {}
-    rows: list[dict[str, Any]] = []
-    cache: dict[int, tuple[Any, Any, int]] = {}
+    def _original(self) -> tuple[Any, str]:
+        self.loop.say(f"seed {self.seed}: original model")
+        model = self.runner.original_model(self.setup()).model
+        return model, weights_sha256(model)
 
-    def scopes(k: int) -> tuple[Any, Any, int]:
-        if k not in cache:
-            cache[k] = _scopes(state.setup(), requests, k, mode)
-        return cache[k]
+    def _oracle(self) -> tuple[Any, float]:
+        self.loop.say(f"seed {self.seed}: oracle")
+        setup = self.setup()
+        method = build_method(self.specs[ORACLE], setup.family.name)
+        return self.runner.oracle_model(setup, method, self.original()[0])
 
-    def chain_start(mname: str, spec: dict, k: int) -> tuple[Any, str]:
+    def scopes(self, k: int) -> tuple[Setup, Setup, int]:
+        if k not in self._scopes:
+            self._scopes[k] = _scopes(self.setup(), self.requests, k, self.mode)
+        return self._scopes[k]
+
+    def chain_start(self, mname: str, spec: dict, k: int) -> tuple[Any, str]:
         """The model request ``k`` starts from, and its hash (replaying stored requests if needed)."""
-        original, original_sha = state.original()
-        if mode != "sustainability" or k == 1:
+        original, original_sha = self.original()
+        if self.mode != "sustainability" or k == 1:
             return original, original_sha
-        model, sha = chained[mname]
+        model, sha = self.chained[mname]
         if model is not None:
             return model, sha  # type: ignore[return-value]
         model = original
         for j in range(1, k):
-            runner.say(f"seed {seed}: {mname} replays request {j}")
-            unlearn = scopes(j)[1]
-            model, _, _ = run_method(unlearn, model, build_method(spec, family))
+            self.loop.say(f"seed {self.seed}: {mname} replays request {j}")
+            unlearn = self.scopes(j)[1]
+            model, _, _ = self.runner.run_method(unlearn, model, build_method(spec, unlearn.family.name))
         replayed = weights_sha256(model)
         if replayed != sha:
             warnings.warn(
-                f"{mname} seed {seed}: replaying requests 1..{k - 1} gave weights {replayed[:12]} "
+                f"{mname} seed {self.seed}: replaying requests 1..{k - 1} gave weights {replayed[:12]} "
                 f"but the stored row says {str(sha)[:12]} (non-deterministic training?); "
                 f"request {k} continues from the replayed model",
                 stacklevel=2,
             )
         return model, replayed
 
-    for k, req in enumerate(requests, start=1):
-        ref: dict[str, Any] | None = None
-        ref_key: str | None = None
-        for mname, spec in specs.items():
-            identity = {
-                "suite": runner.suite,
-                "kind": "sequential",
-                "mode": mode,
-                "config": scfg,
-                "method": spec,
-                "request": k,
-                "requests": requests[:k] if mode == "sustainability" else [req],
-                "attack": None if mname == "retrain" else attack,
-                "oracle": None if mname == "retrain" else ref_key,
-            }
+    def compute(self, mname: str, spec: dict, k: int, ref: dict[str, Any] | None) -> Outcome:
+        """Row (``mname``, request ``k``): unlearn (or take the oracle), evaluate on the request's scope."""
+        sub, unlearn, n_articles = self.scopes(k)
+        fields: dict[str, Any] = {"request": k, "forget": self.requests[k - 1]}
+        fields |= {"n_unlearned": len(unlearn.split.forget), "n_articles": n_articles}
+        history = None
+        if mname == ORACLE:
+            oracle, oracle_seconds = self.oracle()
+            metrics = _evaluate(self.runner, sub, oracle, "self", None) | {"RTE": oracle_seconds}
+            sha = weights_sha256(oracle)
+            fields |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
+        else:
+            start, before = self.chain_start(mname, spec, k)
+            method = build_method(spec, unlearn.family.name)
+            model, seconds, fit = self.runner.run_method(unlearn, start, method)
+            history, after = fit.history, weights_sha256(model)
+            metrics = _evaluate(self.runner, sub, model, ref, self.attack) | {"RTE": seconds}
+            if self.mode == "sustainability":
+                self.chained[mname] = (model, after)
+            origin = f"request {k - 1}" if self.mode == "sustainability" and k > 1 else "original"
+            fields |= {"start": origin, "weights_before": before, "weights_after": after}
+        rec = receipt(unlearn, fields["weights_before"], fields["weights_after"])
+        return Outcome(metrics, fields=fields, receipt=rec, history=history)
 
-            def compute(mname=mname, spec=spec, k=k, req=req, ref=ref) -> Outcome:
-                sub, unlearn, n_articles = scopes(k)
-                fields: dict[str, Any] = {"request": k, "forget": req}
-                fields |= {"n_unlearned": len(unlearn.split.forget), "n_articles": n_articles}
-                history = None
-                if mname == "retrain":
-                    oracle, oracle_seconds = state.oracle()
-                    metrics = _evaluate(sub, oracle, "self", None) | {"RTE": oracle_seconds}
-                    sha = weights_sha256(oracle)
-                    fields |= {"start": "retain-only oracle", "weights_before": sha, "weights_after": sha}
-                else:
-                    start, before = chain_start(mname, spec, k)
-                    model, seconds, fit = run_method(unlearn, start, build_method(spec, family))
-                    history, after = fit.history, weights_sha256(model)
-                    metrics = _evaluate(sub, model, ref, attack) | {"RTE": seconds}
-                    if mode == "sustainability":
-                        chained[mname] = (model, after)
-                    origin = f"request {k - 1}" if mode == "sustainability" and k > 1 else "original"
-                    fields |= {"start": origin, "weights_before": before, "weights_after": after}
-                receipt = {
-                    "forget_ids_sha256": unlearn.split.forget_ids_sha256(),
-                    "forget_count": len(unlearn.split.forget),
-                    "weights_before_sha256": fields["weights_before"],
-                    "weights_after_sha256": fields["weights_after"],
-                }
-                return Outcome(metrics, fields=fields, receipt=receipt, history=history)
+    def identity(self, spec: dict, k: int, mname: str, ref_key: str | None) -> dict[str, Any]:
+        req = self.requests[k - 1]
+        return {
+            "suite": self.loop.suite,
+            "kind": "sequential",
+            "mode": self.mode,
+            "config": self.scfg,
+            "method": spec,
+            "request": k,
+            "requests": self.requests[:k] if self.mode == "sustainability" else [req],
+            "attack": None if mname == ORACLE else self.attack,
+            "oracle": None if mname == ORACLE else ref_key,
+        }
 
-            res = runner.row(identity, mname, seed, compute, tag=f"request{k}")
-            if mname == "retrain":
-                ref, ref_key = res.metrics, res.key
-            elif res.cached and mode == "sustainability":
-                chained[mname] = (None, res.fields.get("weights_after"))
-            rows.append({"method": mname, "seed": seed} | res.fields | {"metrics": res.public})
-    return rows
+    def rows(self) -> list[dict[str, Any]]:
+        """The seed's rows, request-major (every method's request k, the oracle first, then k+1)."""
+        rows: list[dict[str, Any]] = []
+        for k in range(1, len(self.requests) + 1):
+            ref: dict[str, Any] | None = None
+            ref_key: str | None = None
+            for mname, spec in self.specs.items():
 
+                def compute(mname: str = mname, spec: dict = spec, k: int = k, ref: Any = ref) -> Outcome:
+                    return self.compute(mname, spec, k, ref)
 
-def sequential_table(result: dict[str, Any]) -> str:
-    """Markdown: one line per (method, request), each metric as mean ± std over seeds."""
-    from unlearnkit.bench.suite import summarize
-
-    keys = tuple(result.get("keys") or SEQ_KEYS)
-    seeds = result["seeds"]
-    head = f"# {result['suite']}: {result['mode']} ({seeds} seed{'s' if seeds != 1 else ''})\n\n"
-    head += f"{result['caption']}\n\n"
-    lines = ["| method | request | forget | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
-    for m in methods:
-        for k, req in enumerate(result["requests"], start=1):
-            sel = [r for r in result["rows"] if r["method"] == m and r["request"] == k]
-            if not sel:
-                continue
-            d = summarize(sel, keys).get(m, {})
-            cells = [f"{d[x][0]:.2f} ± {d[x][1]:.2f}" if x in d else "" for x in keys]
-            lines.append(f"| {m} | {k} | {req} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+                identity = self.identity(spec, k, mname, ref_key)
+                res = self.loop.row(identity, mname, self.seed, compute, tag=f"request{k}")
+                if mname == ORACLE:
+                    ref, ref_key = res.metrics, res.key
+                elif res.cached and self.mode == "sustainability":
+                    self.chained[mname] = (None, res.fields.get("weights_after"))
+                rows.append(
+                    {"method": mname, "seed": self.seed} | res.fields | {"metrics": public(res.metrics)}
+                )
+        return rows

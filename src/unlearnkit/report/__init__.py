@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unlearnkit.io import _atomic, write_text
+from unlearnkit.report import render
 from unlearnkit.report.collect import SuiteResult, collect
+from unlearnkit.report.figures import suite_figures
 
 __all__ = ["ReportFiles", "SuiteResult", "build_report", "collect", "make_report"]
 
@@ -34,9 +37,6 @@ class ReportFiles:
 def make_report(src: str | Path, out: str | Path | None = None, title: str | None = None) -> ReportFiles:
     """Write ``report.md`` (figures in ``report_files/``) and a self-contained ``report.html`` into ``out``
     (default: ``src``) from every suite result under ``src``; raises UnlearnkitError on bad inputs."""
-    from unlearnkit.io import _atomic, write_text
-    from unlearnkit.report import render
-
     notes: list[str] = []
     suites = collect(src, notes)
     root = Path(src) if Path(src).is_dir() else Path(src).parent
@@ -48,8 +48,6 @@ def make_report(src: str | Path, out: str | Path | None = None, title: str | Non
         figures: list[list] = [[] for _ in suites]
         notes.append("no figures: matplotlib is not installed (pip install 'unlearnkit[plots]')")
     else:
-        from unlearnkit.report.figures import suite_figures
-
         figures = [suite_figures(s) for s in suites]
     sections = render.build_sections(suites, figures)
     written: list[Path] = []

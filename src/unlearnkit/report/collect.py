@@ -24,6 +24,16 @@ from unlearnkit.errors import UnlearnkitError
 
 CURVE_NAME = re.compile(r"^(?P<method>.+?)-seed(?P<seed>\d+)(?:-(?P<tag>.+))?\.json$")
 SKIP_DIRS = {"report_files", "curves", ".git", "__pycache__"}
+# Older results.json files do not name their protocol: the worst-case and sequential kinds ran only one,
+# otherwise the first of these metrics present tells it.
+OLD_KIND_PROTOCOL = {"worstcase": "classification", "sequential": "muse"}
+OLD_KEY_PROTOCOL = (
+    ("forget_quality", "tofu"),
+    ("verbmem_f", "muse"),
+    ("ASR", "erasure"),
+    ("pre_ASR", "erasure"),
+    ("UA", "classification"),
+)
 
 
 @dataclass
@@ -82,19 +92,22 @@ class SuiteResult:
         return any(all(finite(r["metrics"].get(k)) for k in keys) for r in self.rows)
 
     @property
-    def family(self) -> str:
-        """What the rows measure: classifier, tofu, muse, t2i, worstcase, sequential or generic."""
-        if self.kind in ("worstcase", "sequential"):
-            return self.kind
-        if self.has("forget_quality"):
-            return "tofu"
-        if self.has("verbmem_f"):
-            return "muse"
-        if self.has("ASR") or self.has("pre_ASR"):
-            return "t2i"
-        if self.has("UA"):
-            return "classifier"
-        return "generic"
+    def protocol(self) -> str | None:
+        """The evaluation protocol the rows were measured by (``unlearnkit.protocols``), as
+        ``results.json`` names it; for an older file without the name, told by its metric keys."""
+        name = self.data.get("protocol")
+        if isinstance(name, str) and name:
+            return name
+        return self._guess_protocol()
+
+    def _guess_protocol(self) -> str | None:
+        """Results written before ``protocol`` was recorded: the kind or the metric keys tell it."""
+        if self.kind in OLD_KIND_PROTOCOL:
+            return OLD_KIND_PROTOCOL[self.kind]
+        for key, name in OLD_KEY_PROTOCOL:
+            if self.has(key):
+                return name
+        return None
 
 
 def finite(v: Any) -> bool:

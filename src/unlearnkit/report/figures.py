@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from unlearnkit.bench.results import summarize
+from unlearnkit.registry import get_protocol
 from unlearnkit.report.collect import SuiteResult, finite
 
 ORACLE, ORIGINAL = "retrain", "original"
@@ -68,9 +70,7 @@ def _png(fig: Any) -> bytes:
 def stats(
     rows: list[dict[str, Any]], keys: list[str] | tuple[str, ...]
 ) -> dict[str, dict[str, tuple[float, float]]]:
-    """method -> key -> (mean, std over seeds), finite values only (bench.suite.summarize)."""
-    from unlearnkit.bench.suite import summarize
-
+    """method -> key -> (mean, std over seeds), finite values only (bench.results.summarize)."""
     clean = [r | {"metrics": {k: v for k, v in r["metrics"].items() if finite(v)}} for r in rows]
     return summarize(clean, tuple(keys))
 
@@ -158,25 +158,45 @@ def _bars(ax: Any, methods: list[str], st: dict, key: str, col: dict[str, Any]) 
 
 
 # -- trade-off ----------------------------------------------------------------------------------------------
+LOG_AXES = ("forget_quality",)  # p-values: a log scale shows how far below 0.05 a method sits
+Y_LABELS = {
+    "UA": "UA (%, closest to ★ retrain is best)",
+    "forget_quality": "forget_quality (log scale, higher is better)",
+    "verbmem_f": "verbmem_f (down to ★ retrain's level is best)",
+}
+TRADEOFF_CAPTIONS = {
+    "classification": (
+        "Forgetting vs utility on {name}: unlearning accuracy UA (% of forget examples misclassified) "
+        "against test accuracy TA (%), {seeds}; {oracle}. Better: UA closest to the oracle's (over- and "
+        "under-forgetting are both visible to a membership attacker) and higher TA."
+    ),
+    "tofu": (
+        "Forgetting vs utility on {name}: forget quality (KS-test p-value of the forget truth ratios against "
+        "the oracle's; log scale) against model utility, {seeds}; {oracle}, whose forget quality is 1 by "
+        "definition. Higher is better on both axes (top right); below the dotted line p = 0.05 the model is "
+        "distinguishable from the oracle."
+    ),
+    "muse": (
+        "Forgetting vs utility on {name}: VerbMem on the forget articles (ROUGE-L × 100) against {x} "
+        "(utility), {seeds}; {oracle}. Better: verbmem_f down to the oracle's level and higher {x}."
+    ),
+}
+
+
 def tradeoff(suite: SuiteResult) -> Figure | None:
-    """Forgetting vs utility: UA vs TA (classifiers), forget quality vs model utility (TOFU), VerbMem vs
-    KnowMem (MUSE), UA and ASR vs utility (text-to-image)."""
-    fam = suite.family
-    if fam == "t2i":
-        return _tradeoff_t2i(suite)
-    spec = {
-        "classifier": ("TA", "UA", False, "UA (%, closest to ★ retrain is best)"),
-        "tofu": ("model_utility", "forget_quality", True, "forget_quality (log scale, higher is better)"),
-        "muse": (
-            "verbmem_r" if suite.has("verbmem_r") else "knowmem_r",
-            "verbmem_f",
-            False,
-            "verbmem_f (down to ★ retrain's level is best)",
-        ),
-    }.get(fam)
-    if spec is None or not suite.has(spec[0], spec[1]):
+    """Forgetting vs utility on the axes of the suite's protocol (``Protocol.axes``): UA vs TA
+    (classification), forget quality vs model utility (TOFU), VerbMem vs KnowMem (MUSE), and for concept
+    erasure UA and ASR vs utility. Plain suites only (the other kinds have their own figures)."""
+    name = suite.protocol
+    axes = get_protocol(name).axes if name and suite.kind == "plain" else None
+    if axes is None:
         return None
-    x, y, logy, ylabel = spec
+    if name == "erasure":
+        return _tradeoff_t2i(suite, axes)
+    y, x = axes
+    if not suite.has(x, y):
+        return None
+    logy = y in LOG_AXES
     st = stats(suite.rows, [x, y])
     fig, (ax,) = _figure()
     _scatter(ax, st, x, y, colors(suite.methods), logy=logy)
@@ -193,41 +213,27 @@ def tradeoff(suite: SuiteResult) -> Figure | None:
             color="grey",
         )
     ax.set_xlabel(f"{x} ({DIRECTION.get(x, '')})")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(Y_LABELS.get(y, f"{y} ({DIRECTION.get(y, '')})"))
     ax.set_title(f"{suite.name}: {y} vs {x}", fontsize=10)
     _legend(ax)
     png = _png(fig)
     oracle = "★ = retrain, the oracle" if ORACLE in st else "no oracle row"
-    caption = {
-        "classifier": (
-            f"Forgetting vs utility on {suite.name}: unlearning accuracy UA (% of forget examples "
-            f"misclassified) against test accuracy TA (%), {_seeds_text(suite)}; {oracle}. "
-            "Better: UA closest to the oracle's (over- and under-forgetting are both visible to a membership "
-            "attacker) and higher TA."
-        ),
-        "tofu": (
-            f"Forgetting vs utility on {suite.name}: forget quality (KS-test p-value of the forget truth "
-            f"ratios against the oracle's; log scale) against model utility, {_seeds_text(suite)}; {oracle}, "
-            "whose forget quality is 1 by definition. Higher is better on both axes (top right); below the "
-            "dotted line p = 0.05 the model is distinguishable from the oracle."
-        ),
-        "muse": (
-            f"Forgetting vs utility on {suite.name}: VerbMem on the forget articles (ROUGE-L × 100) against "
-            f"{x} (utility), {_seeds_text(suite)}; {oracle}. Better: verbmem_f down to the oracle's level "
-            f"and higher {x}."
-        ),
-    }[fam]
+    default = "Forgetting vs utility on {name}: {y} against {x}, {seeds}; {oracle}."
+    caption = TRADEOFF_CAPTIONS.get(name, default).format(
+        name=suite.name, seeds=_seeds_text(suite), oracle=oracle, x=x, y=y
+    )
     return Figure("tradeoff", f"{suite.name}: forgetting vs utility", caption, png)
 
 
-def _tradeoff_t2i(suite: SuiteResult) -> Figure | None:
-    panels = [p for p in (("utility", "UA"), ("utility", "ASR")) if suite.has(*p)]
+def _tradeoff_t2i(suite: SuiteResult, axes: tuple[str, str]) -> Figure | None:
+    forgetting, utility = axes
+    panels = [p for p in ((utility, forgetting), (utility, "ASR")) if suite.has(*p)]
     if not panels:
         return None
     st = stats(suite.rows, ["utility", "UA", "ASR", "pre_ASR"])
     col = colors(suite.methods)
-    fig, axes = _figure(ncols=len(panels), width=5.2 * len(panels) + 1.5)
-    for ax, (x, y) in zip(axes, panels, strict=True):
+    fig, boxes = _figure(ncols=len(panels), width=5.2 * len(panels) + 1.5)
+    for ax, (x, y) in zip(boxes, panels, strict=True):
         _scatter(ax, st, x, y, col)
         if y == "ASR":
             for m, d in st.items():  # hollow marker at the ASR before the attack, joined to the ASR after
@@ -241,7 +247,7 @@ def _tradeoff_t2i(suite: SuiteResult) -> Figure | None:
             ax.set_ylabel("UA (%): erased-concept samples not recognised")
             ax.set_title("erasure vs utility (higher UA is better)", fontsize=10)
         ax.set_xlabel("utility (%, higher is better)")
-    _legend(axes[-1])
+    _legend(boxes[-1])
     caption = (
         f"Concept erasure on {suite.name}, {_seeds_text(suite)}. Left: UA (% of samples of the erased "
         "concept the judge does not recognise) against utility (% of other-caption samples the judge gets "
@@ -255,10 +261,15 @@ def _tradeoff_t2i(suite: SuiteResult) -> Figure | None:
 
 
 # -- gap to the oracle --------------------------------------------------------------------------------------
+GAP_BARS = ("gap", "privleak")  # gap keys drawn as bars (TOFU's forget quality is the trade-off's y axis)
+
+
 def oracle_gap(suite: SuiteResult) -> Figure | None:
-    """Avg. Gap to retrain per method (classifiers) or PrivLeak (MUSE, 0 = like the oracle), ± std."""
-    key = "gap" if suite.family == "classifier" else "privleak" if suite.family == "muse" else None
-    if key is None or not suite.has(key):
+    """The protocol's comparison with the oracle per method, ± std: Avg. Gap to retrain (classification)
+    or PrivLeak (MUSE, 0 = like the oracle). Plain suites only."""
+    name = suite.protocol
+    key = get_protocol(name).gap_key if name and suite.kind == "plain" else None
+    if key not in GAP_BARS or not suite.has(key):
         return None
     st = stats(suite.rows, [key])
     methods = [m for m in suite.methods if m != ORACLE and key in st.get(m, {})]

@@ -13,17 +13,17 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from unlearnkit.bench.results import fmt
+from unlearnkit.registry import get_protocol
 from unlearnkit.report.collect import SuiteResult
 from unlearnkit.report.figures import ORACLE, Figure, stats
 
-FAMILY_TEXT = {
-    "classifier": "image classification",
+KIND_TEXT = {"worstcase": "random vs worst-case forget sets", "sequential": "MUSE sequential requests"}
+PROTOCOL_TEXT = {
+    "classification": "image classification",
     "tofu": "LLM unlearning, TOFU-style",
     "muse": "LLM unlearning, MUSE-style",
-    "t2i": "text-to-image concept erasure",
-    "worstcase": "random vs worst-case forget sets",
-    "sequential": "MUSE sequential requests",
-    "generic": "suite",
+    "erasure": "text-to-image concept erasure",
 }
 BEST_LOW = ("gap", "gap_random", "gap_worst")  # columns whose lowest non-oracle mean is shown in bold
 
@@ -48,13 +48,6 @@ class Section:
     table: Table
     figures: list[Figure]
     files: dict[str, str] = field(default_factory=dict)  # figure slug -> PNG path relative to report.md
-
-
-def fmt(v: float) -> str:
-    """Two decimals, or two significant digits in scientific notation for tiny non-zero values."""
-    if v != 0 and abs(v) < 0.01:
-        return f"{v:.2g}"
-    return f"{v:.2f}"
 
 
 def cell(mean: float, std: float) -> str:
@@ -92,7 +85,7 @@ def suite_table(suite: SuiteResult) -> Table:
 def _about(suite: SuiteResult) -> str:
     """One line: what was run (family, data, model, split, seeds, methods)."""
     cfg = suite.data.get("config") or {}
-    parts = [FAMILY_TEXT.get(suite.family, "suite")]
+    parts = [KIND_TEXT.get(suite.kind) or PROTOCOL_TEXT.get(str(suite.protocol), "suite")]
 
     def name(x: Any) -> str | None:
         return x.get("name") if isinstance(x, dict) else (x if isinstance(x, str) else None)
@@ -128,10 +121,8 @@ def build_sections(suites: list[SuiteResult], figures: list[list[Figure]]) -> li
         used.add(anchor)
         title = suite.name if suite.label in (suite.name, ".") else f"{suite.name} ({suite.label})"
         caption = str(suite.data.get("caption") or "")
-        if not caption and suite.family == "classifier":
-            from unlearnkit.bench.suite import VISION_CAPTION
-
-            caption = VISION_CAPTION
+        if not caption and suite.protocol and suite.kind == "plain":
+            caption = get_protocol(suite.protocol).caption
         sections.append(Section(anchor, title, _about(suite), caption, suite_table(suite), figs))
     return sections
 

@@ -19,6 +19,7 @@ from typing import Any
 from unlearnkit.config import build_dataclass
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment import make_setup, original_model
+from unlearnkit.experiment.suites import load_suite
 from unlearnkit.io import write_json
 from unlearnkit.selection.prompts import PROMPT_DEFAULTS, select_worst_prompts
 from unlearnkit.selection.worstcase import (
@@ -125,8 +126,6 @@ def select_for_suite(
     granularity: str = "example",
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
-    from unlearnkit.bench.suite import load_suite
-
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)
     cfg, methods, sel = split_suite_config(loaded, granularity)

@@ -1,0 +1,96 @@
+"""The plain suite kind (``unlearnkit bench vision-digits``): for each seed, train (or load) the original
+model, retrain the oracle, run every method from the same original, and report each metric with its gap.
+
+``DIR/results.json`` follows the common schema (``bench/results.py``); ``DIR/results.md`` holds mean ± std
+per method and ``DIR/tradeoff.png`` the protocol's trade-off (``bench/plots.py``). Every row is indexed in
+``DIR/runs.sqlite`` as it finishes and reused by a later run of the same configuration (``bench/loop.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unlearnkit.bench.kinds import SuiteRequest, register_kind
+from unlearnkit.bench.loop import Lazy, Outcome, SuiteRunner
+from unlearnkit.bench.plots import tradeoff_plot
+from unlearnkit.bench.results import markdown_table, public, select_methods, suite_result, write_results
+from unlearnkit.bench.rows import ORACLE, RowRunner, receipt, seed_inputs
+from unlearnkit.experiment import DEFAULTS, Setup
+from unlearnkit.io import weights_sha256
+from unlearnkit.registry import get_protocol
+
+SUITE_ONLY = ("suite", "keys", "caption", "attack", "kind", "plot")
+
+
+def protocol_name(loop: SuiteRunner, setup: Lazy[Setup]) -> str:
+    """The suite's protocol: as its rows' receipts name it, else the (then built) setup's."""
+    return loop.protocol or setup().protocol.name
+
+
+@register_kind("plain")
+def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
+    """Run a loaded plain suite config; writes ``results.json``, ``results.md`` and ``tradeoff.png``."""
+    cfg = dict(req.cfg)
+    family = cfg.get("family", DEFAULTS["family"])
+    specs = {k: dict(v or {}) for k, v in cfg.pop("methods").items()}
+    specs = select_methods(specs, req.methods, req.name, family)
+    opts = {k: cfg.pop(k) for k in SUITE_ONLY if k in cfg}
+    suite_name = opts.get("suite", req.name)
+    cfg["engine"] = dict(cfg.get("engine") or {}) | {"progress": False}
+    seeds = req.n_seeds
+    rows: list[dict[str, Any]] = []
+    first: Lazy[Setup] | None = None
+    total = seeds * len(specs)
+    with SuiteRunner(req.out, suite_name, family, total, req.fresh, req.progress) as loop:
+        for seed in range(seeds):
+            seed_rows, setup = _plain_seed(loop, req.runner, cfg, seed, specs, opts.get("attack"))
+            rows += seed_rows
+            first = first or setup
+        assert first is not None
+        protocol = protocol_name(loop, first)
+    keys = opts.get("keys") or get_protocol(protocol).headline
+    result = suite_result(
+        suite_name, "plain", protocol, seeds, cfg, specs, keys, opts.get("caption"), rows,
+        **({"plot": opts["plot"]} if opts.get("plot") else {}),
+    )  # fmt: skip
+    write_results(req.out, result, markdown_table(result))
+    tradeoff_plot(result, req.out / "tradeoff.png")
+    return result
+
+
+def _plain_seed(
+    loop: SuiteRunner,
+    runner: RowRunner,
+    cfg: dict[str, Any],
+    seed: int,
+    specs: dict[str, dict],
+    attack: dict[str, Any] | None,
+) -> tuple[list[dict[str, Any]], Lazy[Setup]]:
+    """One seed of a plain suite: each method's row (the oracle first, as the suite lists it), reused from
+    the store where finished; the setup and the original model are built only if some row must run."""
+    scfg, setup, original = seed_inputs(loop, runner, cfg, seed)
+    oracle: dict[str, Any] | None = None
+    oracle_key: str | None = None
+    rows = []
+    for mname, spec in specs.items():
+        identity = {
+            "suite": loop.suite,
+            "kind": "plain",
+            "config": scfg,
+            "method": spec,
+            "attack": None if mname == ORACLE else attack,
+            "oracle": None if mname == ORACLE else oracle_key,
+        }
+
+        def compute(mname: str = mname, spec: dict = spec, oracle: dict | None = oracle) -> Outcome:
+            orig, before = original()
+            metrics, model, history = runner.run_row(setup(), orig, mname, spec, oracle, attack)
+            after = weights_sha256(model)
+            rec = receipt(setup(), None if mname == ORACLE else before, after)
+            return Outcome(metrics, receipt=rec, history=history)
+
+        res = loop.row(identity, mname, seed, compute)
+        if mname == ORACLE:
+            oracle, oracle_key = res.metrics, res.key
+        rows.append({"method": mname, "seed": seed, "metrics": public(res.metrics)})
+    return rows, setup

@@ -1,0 +1,32 @@
+"""Loading a suite preset: its config with overrides applied and its ``methods:`` resolved to specs.
+
+Here, below both the selection layer (``unlearnkit select worstcase`` reads a suite) and the bench layer
+(``unlearnkit bench`` runs one), so that neither imports the other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unlearnkit.config import apply_overrides, load_preset
+from unlearnkit.errors import ConfigError
+
+
+def suite_preset(name: str) -> str:
+    """The preset path of suite ``name`` (a bare name lives in ``presets/suites/``)."""
+    return name if "/" in name or name.endswith(".yaml") else f"suites/{name}"
+
+
+def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Suite ``name`` with ``overrides``; each ``methods:`` entry becomes a method spec with its ``name``
+    (a string value names the preset whose ``method:`` section to use)."""
+    cfg = load_preset(suite_preset(name))
+    cfg = apply_overrides(cfg, overrides or [])
+    if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
+        raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
+    for key, spec in list(cfg["methods"].items()):
+        if isinstance(spec, str):  # the name of a preset whose method section to use
+            spec = load_preset(spec).get("method", {})
+        spec = dict(spec or {})
+        spec.setdefault("name", key)
+        cfg["methods"][key] = spec
+    return cfg
