@@ -1,0 +1,91 @@
+"""Next-token NLL of causal-LM logits on a contiguous ``[N, V]`` view, chunked over rows.
+
+``F.cross_entropy`` over dim 1 of a transposed ``[B, V, T]`` view (the textbook form) walks the vocabulary
+with a stride of T and is several times slower than the same cross-entropy on contiguous rows ``[N, V]``
+(issue #19). :func:`token_nll` therefore gathers the positions that carry a target (``labels != -100``:
+answer tokens of a QA pair, every real token of a raw text) into contiguous rows, and computes the
+cross-entropy ``−log softmax(z)[y] = logsumexp(z) − z_y`` in float32 on at most ``chunk_rows`` rows at a
+time, so no float32 copy of the ``[B, T, V]`` logits is made (128k-vocabulary models). Under autograd, when
+one chunk's float32 log-probabilities would exceed ``CHECKPOINT_BYTES``, each chunk is recomputed in the
+backward pass instead of being held (``torch.utils.checkpoint``).
+
+The same function serves training (``TextFamily.per_example_loss``), answer scoring (TOFU probability and
+truth ratio, :mod:`unlearnkit.metrics.scoring`) and the LM membership-inference scores
+(:mod:`unlearnkit.metrics.lm_mia`); :func:`vocab_moments` gives Min-K%++'s per-position mean and variance of
+log p over the vocabulary, chunked the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_ROWS = 4096
+CHECKPOINT_BYTES = 256 * 2**20
+
+
+def _ce(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(rows.float(), target, reduction="none")
+
+
+def rows_nll(rows: torch.Tensor, target: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """float32 NLL ``[N]`` of contiguous logit rows ``[N, V]`` (any dtype) at ``target`` ``[N]``."""
+    if len(rows) <= chunk_rows and not _recompute(rows, chunk_rows):
+        return _ce(rows, target)
+    parts = []
+    for i in range(0, len(rows), chunk_rows):
+        r, t = rows[i : i + chunk_rows], target[i : i + chunk_rows]
+        parts.append(checkpoint(_ce, r, t, use_reentrant=False) if _recompute(r, chunk_rows) else _ce(r, t))
+    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
+
+
+def _recompute(rows: torch.Tensor, chunk_rows: int) -> bool:
+    chunk_bytes = min(len(rows), chunk_rows) * rows.shape[-1] * 4
+    return rows.requires_grad and torch.is_grad_enabled() and chunk_bytes > CHECKPOINT_BYTES
+
+
+def token_nll(logits: torch.Tensor, target: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """−log p(target) at every position, float32 ``[B, T]``, 0 where ``target == -100``.
+
+    ``logits`` ``[B, T, V]`` are already aligned with ``target`` ``[B, T]`` (position t predicts target t).
+    Equals ``F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100,
+    reduction="none")`` to float rounding.
+    """
+    mask = target != -100
+    out = torch.zeros(target.shape, dtype=torch.float32, device=logits.device)
+    if bool(mask.any()):
+        out = out.masked_scatter(mask, rows_nll(logits[mask], target[mask], chunk_rows))
+    return out
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """Summed next-token NLL ``[B]`` of a causal LM: ``logits[:, :-1]`` against ``labels[:, 1:]``.
+
+    ``logits`` may be shorter than ``labels`` on the left (a model asked for the last positions only,
+    ``logits_to_keep``): they are aligned to the right end of the sequence.
+    """
+    target = labels[:, 1:]
+    keep = logits.shape[1] - 1  # the last position predicts nothing
+    return token_nll(logits[:, :keep], target[:, target.shape[1] - keep :], chunk_rows).sum(-1)
+
+
+def vocab_moments(
+    logits: torch.Tensor, mask: torch.Tensor, chunk_rows: int = CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean μ and variance σ² of log p(z) under z ∼ p at each masked position (``[B, T]`` float32, 0
+    elsewhere): μ = Σ_z p(z) log p(z), σ² = Σ_z p(z)(log p(z) − μ)² (Min-K%++)."""
+    mu = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    var = torch.zeros_like(mu)
+    rows = logits[mask]
+    mus, vars_ = [], []
+    for i in range(0, len(rows), chunk_rows):
+        logp = torch.log_softmax(rows[i : i + chunk_rows].float(), dim=-1)
+        p = logp.exp()
+        m = (p * logp).sum(-1)
+        mus.append(m)
+        vars_.append((p * (logp - m.unsqueeze(-1)) ** 2).sum(-1))
+    if mus:
+        mu = mu.masked_scatter(mask, torch.cat(mus))
+        var = var.masked_scatter(mask, torch.cat(vars_))
+    return mu, var
