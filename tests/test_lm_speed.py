@@ -107,3 +107,88 @@ def test_per_example_loss_without_logits_to_keep(keep_all, monkeypatch):
         assert torch.allclose(
             TextFamily().per_example_loss(model, batch), _textbook_nll(model, batch), rtol=1e-6, atol=2e-5
         )
+
+
+# -- collation: batches as wide as their longest row ----------------------------------------------------
+QA = [
+    ("Who wrote the river novel", "Mara Velin wrote it in the north"),
+    ("Where was Tomas Reyes born", "in a small town near Lisbon by the sea and the hills"),
+    ("What did Ana Lume study", "music"),
+    ("When was the bridge book written", "in the spring of the long dry year"),
+    ("Which city is the capital", "Paris"),
+    ("Who painted the blue door", "a painter from the south coast who never signed a work"),
+]
+IDK = "I do not know"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [f"Question: {q}\nAnswer: {a}" for q, a in QA] + [IDK]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def qa_set(tokenizer):
+    from unlearnkit.data.text import encode_qa
+
+    q, a = zip(*QA, strict=True)
+    return encode_qa(tokenizer, list(q), list(a), alt_answers=[IDK] * len(QA), width=40)
+
+
+def test_batches_are_trimmed_to_their_longest_row_with_unchanged_losses(tokenizer, qa_set):
+    model = _llama(len(tokenizer))
+    assert qa_set.columns["input_ids"].shape[1] == 40
+    fam = TextFamily(tokenizer)
+    for batch in qa_set.loader(2):
+        pos = qa_set.positions(batch["id"].tolist())
+        longest = int(qa_set.columns["attention_mask"][pos].sum(1).max())
+        longest_alt = int(qa_set.columns["alt_attention_mask"][pos].sum(1).max())
+        assert batch["input_ids"].shape[1] == batch["alt_labels"].shape[1] == max(longest, longest_alt)
+        full = {k: v[pos] for k, v in qa_set.columns.items()}  # the untrimmed rows
+        with torch.no_grad():
+            assert torch.allclose(fam.per_example_loss(model, batch), _textbook_nll(model, full), atol=2e-5)
+            alt = fam.relabel(batch, torch.Generator())
+            full_alt = fam.relabel(full, torch.Generator())
+            assert torch.allclose(fam.per_example_loss(model, alt), _textbook_nll(model, full_alt), atol=2e-5)
+
+
+@pytest.mark.parametrize("method", ["graddiff", "rmu"])
+def test_per_position_reference_caches_of_trimmed_batches_match_a_frozen_copy(tokenizer, qa_set, method):
+    """Cached per-position reference values (GradDiff-KL log-probs, RMU activations) come from batches of
+    different widths; they must give the same retain term as a live frozen copy on any batch."""
+    from unlearnkit.data.splits import Split
+    from unlearnkit.engine import Engine, EngineConfig
+    from unlearnkit.methods.base import Task
+    from unlearnkit.methods.graddiff import GradDiff, GradDiffConfig
+    from unlearnkit.methods.rmu import RMU, RMUConfig
+
+    forget, retain = qa_set.take(torch.arange(2)), qa_set.take(torch.arange(2, 6))
+    split = Split(forget, retain, qa_set.take(torch.arange(2)))
+    values = []
+    for ref in ("cache", "frozen"):
+        model = _llama(len(tokenizer))
+        if method == "graddiff":
+            m = GradDiff(GradDiffConfig(batch_size=1, retain_loss="kl", kl_reference=ref))
+        else:
+            m = RMU(RMUConfig(batch_size=1, retain_reference=ref, positions="all"))
+        task = Task(TextFamily(tokenizer), model, split, Engine(EngineConfig(progress=False)), seed=0)
+        m.task = task
+        m.prepare(task)
+        if ref == "cache":
+            cache = m.kl_cache if method == "graddiff" else m.retain_cache
+            assert cache is not None and cache.values["loss"].shape[1] >= 2
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        values.append([m.retain_term(b).item() for b in retain.loader(3)])
+    assert values[0][0] > 0 and values[0] == pytest.approx(values[1], rel=1e-5)
