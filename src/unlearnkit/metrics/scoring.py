@@ -1,0 +1,181 @@
+"""Answer scoring that encodes each question once for all its answers (TOFU probability and truth ratio).
+
+A truth-ratio item scores up to seven answers of one question (answer, paraphrase, perturbed answers);
+scoring each (question, answer) pair separately encodes the question seven times. :func:`score_answer_sets`
+runs the prompt once and reuses its key/value cache for every answer (issue #19):
+
+1. prompt pass: the prompts of a batch of questions, *without their last token*, right-padded, ``use_cache``;
+   only the cache is kept (``logits_to_keep=1``);
+2. answer pass: the cache rows are repeated for each answer (``Cache.reorder_cache``) and every answer row
+   runs ``[last prompt token] + answer`` with explicit position ids (prompt length − 1 onwards) and an
+   attention mask over the prompt's real tokens and the answer's own. Its logits are exactly the answer
+   positions' logits of the full sequence, so the summed NLL (:func:`~unlearnkit.families.text_nll.
+   token_nll`) equals :func:`~unlearnkit.metrics.generation.score_answers`' up to float rounding (tested).
+
+Tokenisation and truncation are those of :func:`unlearnkit.data.text.encode_pairs` (``(prompt +
+answer)[:max_length]``). Questions are taken in order of length (length-bucketed: less padding), and a batch
+holds at most ``batch_size`` answers and at most ``max_tokens`` answer-pass tokens, chosen by default so
+that the answer pass's logits stay under ``logits_mb`` MiB (a bound on memory whatever the vocabulary).
+A model that takes no cache (not a Hugging Face causal LM) is scored pair by pair in one pass each batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unlearnkit.data.text import answer_ids, prompt_ids
+from unlearnkit.errors import DataError
+from unlearnkit.families.text_nll import token_nll
+from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id
+
+LOGITS_MB = 256.0
+
+
+def _tokenise(
+    tokenizer: Any,
+    questions: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    template: str | None,
+    limit: int,
+) -> tuple[list[list[int]], list[list[list[int]]]]:
+    prompts, outs = [], []
+    for q, ans in zip(questions, answers, strict=True):
+        p = prompt_ids(tokenizer, q, template)
+        if len(p) >= limit:
+            raise DataError(f"the prompt of {q[:40]!r}... fills max_length={limit}: raise data.max_length")
+        ys = [answer_ids(tokenizer, a)[: limit - len(p)] for a in ans]
+        if any(len(y) == 0 for y in ys):
+            raise DataError(f"an answer to {q[:40]!r}... has no tokens: give a non-empty answer")
+        prompts.append(p)
+        outs.append(ys)
+    return prompts, outs
+
+
+def _batches(
+    prompts: list[list[int]], answers: list[list[list[int]]], batch_size: int, max_tokens: int
+) -> list[list[tuple[int, list[int]]]]:
+    """Groups of (question, answer indices): questions by length, answers of a question kept together
+    unless they alone exceed a batch."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), max(map(len, answers[i]), default=0)))
+    out: list[list[tuple[int, list[int]]]] = []
+    cur: list[tuple[int, list[int]]] = []
+    n = tokens = 0
+    for i in order:
+        for j in range(len(answers[i])):
+            cost = len(answers[i][j]) + 1
+            if cur and (n + 1 > batch_size or tokens + cost > max_tokens):
+                out.append(cur)
+                cur, n, tokens = [], 0, 0
+            if not cur or cur[-1][0] != i:
+                cur.append((i, []))
+            cur[-1][1].append(j)
+            n, tokens = n + 1, tokens + cost
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _pad(rows: Sequence[Sequence[int]], fill: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(max(len(r) for r in rows), 1)
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _cache_arg(model: nn.Module) -> str | None:
+    import inspect
+
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def _score_batch(
+    model: nn.Module, group: list[tuple[int, list[int]]], prompts, answers, pad: int, device, cache_arg
+) -> list[float]:
+    rows = [(i, j) for i, js in group for j in js]
+    pre_ids, pre_mask = _pad([prompts[i][:-1] for i, _ in group], pad, device)
+    out = model(input_ids=pre_ids, attention_mask=pre_mask, use_cache=True, logits_to_keep=1)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    slot = {i: k for k, (i, _) in enumerate(group)}
+    pick = torch.as_tensor([slot[i] for i, _ in rows], device=device)
+    cache.reorder_cache(pick)
+    ans_ids, ans_mask = _pad([[prompts[i][-1], *answers[i][j]] for i, j in rows], pad, device)
+    start = torch.as_tensor([len(prompts[i]) - 1 for i, _ in rows], device=device)
+    positions = start[:, None] + torch.arange(ans_ids.shape[1], device=device)
+    mask = torch.cat([pre_mask[pick], ans_mask], 1)
+    logits = model(
+        input_ids=ans_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
+    ).logits
+    target = ans_ids[:, 1:].masked_fill(ans_mask[:, 1:] == 0, -100)
+    return token_nll(logits[:, :-1], target).sum(-1).double().cpu().tolist()
+
+
+def _score_batch_plain(model: nn.Module, group, prompts, answers, pad: int, device) -> list[float]:
+    rows = [prompts[i] + answers[i][j] for i, js in group for j in js]
+    starts = [len(prompts[i]) for i, js in group for _ in js]
+    ids, mask = _pad(rows, pad, device)
+    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    for r, s in enumerate(starts):
+        target[r, : s - 1] = -100
+    out = model(input_ids=ids, attention_mask=mask)
+    logits = out.logits if hasattr(out, "logits") else out
+    return token_nll(logits[:, :-1], target).sum(-1).double().cpu().tolist()
+
+
+def default_max_tokens(model: nn.Module, logits_mb: float = LOGITS_MB) -> int:
+    """Answer-pass tokens whose logits (model dtype) fit in ``logits_mb`` MiB (at least 64)."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 32_000)
+    try:
+        size = next(model.parameters()).element_size()
+    except StopIteration:
+        size = 4
+    return max(64, int(logits_mb * 2**20 // (vocab * size)))
+
+
+def score_answer_sets(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    batch_size: int = 32,
+    template: str | None = None,
+    max_length: int = 512,
+    max_tokens: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per question, (summed answer NLL −log π(a|q) float64, answer length |a| int64) of each of its answers.
+
+    ``batch_size``: answers per forward pass; ``max_tokens``: answer-pass tokens per forward pass (default
+    :func:`default_max_tokens`). Same values as ``score_answers`` on the flattened pairs.
+    """
+    if len(questions) != len(answers):
+        raise DataError(f"{len(questions)} questions but {len(answers)} answer lists")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    prompts, toks = _tokenise(tokenizer, questions, answers, template, max_length)
+    nll = [np.zeros(len(a), dtype=np.float64) for a in toks]
+    budget = max_tokens or default_max_tokens(model)
+    pad = pad_token_id(tokenizer)
+    device = model_device(model)
+    cache_arg = _cache_arg(model)
+    with eval_mode(model):
+        for group in _batches(prompts, toks, batch_size, budget):
+            if cache_arg is not None and all(len(prompts[i]) >= 2 for i, _ in group):
+                values = _score_batch(model, group, prompts, toks, pad, device, cache_arg)
+            else:
+                values = _score_batch_plain(model, group, prompts, toks, pad, device)
+            it = iter(values)
+            for i, js in group:
+                for j in js:
+                    nll[i][j] = next(it)
+    return [(v, np.array([len(y) for y in ys], dtype=np.int64)) for v, ys in zip(nll, toks, strict=True)]
