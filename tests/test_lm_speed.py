@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import unlearnkit.families.text_nll as text_nll
+from unlearnkit.data.text import answer_ids
 from unlearnkit.families.text import TextFamily
 from unlearnkit.families.text_nll import rows_nll, token_nll, vocab_moments
 
@@ -192,3 +194,103 @@ def test_per_position_reference_caches_of_trimmed_batches_match_a_frozen_copy(to
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
         values.append([m.retain_term(b).item() for b in retain.loader(3)])
     assert values[0][0] > 0 and values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+# -- scoring: one prompt pass per question, its cache reused for every answer -------------------------------
+def _gpt2(vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128))
+
+
+ANSWER_SETS = [
+    ["Mara Velin wrote it", "nobody wrote it", "the painter from the south coast wrote it in the north"],
+    ["Lisbon"],
+    ["Paris", "in the spring of the long dry year", "music", "I do not know"],
+    ["a painter", "Ana Lume"],
+]
+
+
+@pytest.mark.parametrize(
+    "arch,batch_size,max_tokens,max_length,shared",
+    [
+        ("llama", 32, None, 512, True),
+        ("llama", 2, None, 512, True),  # a question's answers split over batches
+        ("llama", 32, 9, 512, True),  # the token budget splits batches
+        ("llama", 3, None, 14, True),  # answers truncated by max_length
+        ("llama", 4, None, 512, False),  # a model without a cache: the plain pass
+        ("gpt2", 5, None, 512, True),
+    ],
+)
+def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
+    tokenizer, arch, batch_size, max_tokens, max_length, shared, monkeypatch
+):
+    from unlearnkit.metrics import scoring
+    from unlearnkit.metrics.generation import score_answers
+
+    model = _llama(len(tokenizer)) if arch == "llama" else _gpt2(len(tokenizer))
+    if not shared:
+        monkeypatch.setattr(scoring, "_cache_arg", lambda m: None)
+    calls = []
+    monkeypatch.setattr(scoring, "_score_batch_plain", _spy(scoring._score_batch_plain, calls))
+    qs = [q for q, _ in QA[: len(ANSWER_SETS)]]
+    got = scoring.score_answer_sets(
+        model, tokenizer, qs, ANSWER_SETS, batch_size, None, max_length, max_tokens
+    )
+    pair_q = [q for q, ans in zip(qs, ANSWER_SETS, strict=True) for _ in ans]
+    pair_a = [a for ans in ANSWER_SETS for a in ans]
+    nll, units = score_answers(model, tokenizer, pair_q, pair_a, 1, None, max_length)
+    assert np.allclose(np.concatenate([g[0] for g in got]), nll, rtol=1e-6, atol=1e-4)
+    assert np.array_equal(np.concatenate([g[1] for g in got]), units)
+    assert (len(calls) == 0) == shared
+    if max_length == 14:
+        assert any(u < len(answer_ids(tokenizer, a)) for u, a in zip(units, pair_a, strict=True))  # truncated
+
+
+def _spy(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def test_scoring_bad_input(tokenizer):
+    from unlearnkit.errors import DataError
+    from unlearnkit.metrics.scoring import score_answer_sets
+
+    model = _llama(len(tokenizer))
+    with pytest.raises(DataError, match="fills max_length"):
+        score_answer_sets(model, tokenizer, ["Who wrote the river novel"], [["x"]], max_length=4)
+    with pytest.raises(DataError, match="answer lists"):
+        score_answer_sets(model, tokenizer, ["a", "b"], [["x"]])
+
+
+def test_tofu_split_metrics_equal_the_pairwise_computation(tokenizer):
+    """Probability, normalised probability and truth ratio of evaluate_split (shared-prompt scoring) equal
+    the formulas applied to pair-by-pair NLLs (the scoring before issue #19)."""
+    from unlearnkit.metrics import tofu
+    from unlearnkit.metrics.generation import score_answers
+
+    model = _llama(len(tokenizer))
+    records = [
+        {"question": q, "answer": a, "paraphrased_answer": a + " indeed", "perturbed_answers": [IDK, "music"]}
+        for q, a in QA
+    ]
+    records[2]["perturbed_answers"] = ["Paris", "a painter", "in the north"]
+    res = tofu.evaluate_split(model, tokenizer, records, "forget", batch_size=4, max_new_tokens=2)
+
+    def avg(qs, ans):
+        nll, units = score_answers(model, tokenizer, qs, ans, 1)
+        return nll / units
+
+    qs = [r["question"] for r in records]
+    answer = avg(qs, [r["answer"] for r in records])
+    para = avg(qs, [r["paraphrased_answer"] for r in records])
+    pert = [avg([r["question"]] * len(r["perturbed_answers"]), r["perturbed_answers"]) for r in records]
+    assert np.allclose(res["prob"], np.exp(-answer), rtol=1e-6)
+    want_tr = np.exp(para - np.array([p.mean() for p in pert]))
+    assert np.allclose(res["truth_ratio"], want_tr, rtol=1e-5)
+    want_norm = np.exp(-answer) / (np.exp(-answer) + np.array([np.exp(-p).sum() for p in pert]) + 1e-10)
+    assert np.allclose(res["prob_normalised"], want_norm, rtol=1e-5)

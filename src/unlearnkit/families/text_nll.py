@@ -4,9 +4,9 @@
 with a stride of T and is several times slower than the same cross-entropy on contiguous rows ``[N, V]``
 (issue #19). :func:`token_nll` therefore gathers the positions that carry a target (``labels != -100``:
 answer tokens of a QA pair, every real token of a raw text) into contiguous rows, and computes the
-cross-entropy ``−log softmax(z)[y] = logsumexp(z) − z_y`` in float32 on at most ``chunk_rows`` rows at a
-time, so no float32 copy of the ``[B, T, V]`` logits is made (128k-vocabulary models). Under autograd, when
-one chunk's float32 log-probabilities would exceed ``CHECKPOINT_BYTES``, each chunk is recomputed in the
+cross-entropy ``−log softmax(z)[y] = logsumexp(z) − z_y`` in float32 on chunks of at most ``CHUNK_BYTES``,
+so no float32 copy of the ``[B, T, V]`` logits is made (128k-vocabulary models). Under autograd, when the
+float32 log-probabilities of all rows would exceed ``CHECKPOINT_BYTES``, each chunk is recomputed in the
 backward pass instead of being held (``torch.utils.checkpoint``).
 
 The same function serves training (``TextFamily.per_example_loss``), answer scoring (TOFU probability and
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-CHUNK_ROWS = 4096
+CHUNK_BYTES = 64 * 2**20
 CHECKPOINT_BYTES = 256 * 2**20
 
 
@@ -29,23 +29,29 @@ def _ce(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(rows.float(), target, reduction="none")
 
 
-def rows_nll(rows: torch.Tensor, target: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """float32 NLL ``[N]`` of contiguous logit rows ``[N, V]`` (any dtype) at ``target`` ``[N]``."""
-    if len(rows) <= chunk_rows and not _recompute(rows, chunk_rows):
+def chunk_rows_for(vocab: int) -> int:
+    """Rows per chunk so that one chunk's float32 copy stays under ``CHUNK_BYTES``."""
+    return max(1, CHUNK_BYTES // (4 * max(vocab, 1)))
+
+
+def rows_nll(rows: torch.Tensor, target: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """float32 NLL ``[N]`` of contiguous logit rows ``[N, V]`` (any dtype) at ``target`` ``[N]``.
+
+    Under autograd, when all rows' float32 log-probabilities (what cross-entropy keeps for its backward)
+    would exceed ``CHECKPOINT_BYTES``, every chunk is recomputed in the backward pass instead.
+    """
+    chunk = chunk_rows or chunk_rows_for(rows.shape[-1])
+    recompute = rows.requires_grad and torch.is_grad_enabled() and rows.numel() * 4 > CHECKPOINT_BYTES
+    if len(rows) <= chunk and not recompute:
         return _ce(rows, target)
     parts = []
-    for i in range(0, len(rows), chunk_rows):
-        r, t = rows[i : i + chunk_rows], target[i : i + chunk_rows]
-        parts.append(checkpoint(_ce, r, t, use_reentrant=False) if _recompute(r, chunk_rows) else _ce(r, t))
+    for i in range(0, len(rows), chunk):
+        r, t = rows[i : i + chunk], target[i : i + chunk]
+        parts.append(checkpoint(_ce, r, t, use_reentrant=False) if recompute else _ce(r, t))
     return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
 
 
-def _recompute(rows: torch.Tensor, chunk_rows: int) -> bool:
-    chunk_bytes = min(len(rows), chunk_rows) * rows.shape[-1] * 4
-    return rows.requires_grad and torch.is_grad_enabled() and chunk_bytes > CHECKPOINT_BYTES
-
-
-def token_nll(logits: torch.Tensor, target: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, target: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """−log p(target) at every position, float32 ``[B, T]``, 0 where ``target == -100``.
 
     ``logits`` ``[B, T, V]`` are already aligned with ``target`` ``[B, T]`` (position t predicts target t).
@@ -59,7 +65,7 @@ def token_nll(logits: torch.Tensor, target: torch.Tensor, chunk_rows: int = CHUN
     return out
 
 
-def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """Summed next-token NLL ``[B]`` of a causal LM: ``logits[:, :-1]`` against ``labels[:, 1:]``.
 
     ``logits`` may be shorter than ``labels`` on the left (a model asked for the last positions only,
@@ -71,16 +77,17 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = C
 
 
 def vocab_moments(
-    logits: torch.Tensor, mask: torch.Tensor, chunk_rows: int = CHUNK_ROWS
+    logits: torch.Tensor, mask: torch.Tensor, chunk_rows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean μ and variance σ² of log p(z) under z ∼ p at each masked position (``[B, T]`` float32, 0
     elsewhere): μ = Σ_z p(z) log p(z), σ² = Σ_z p(z)(log p(z) − μ)² (Min-K%++)."""
     mu = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     var = torch.zeros_like(mu)
     rows = logits[mask]
+    chunk = chunk_rows or chunk_rows_for(rows.shape[-1])
     mus, vars_ = [], []
-    for i in range(0, len(rows), chunk_rows):
-        logp = torch.log_softmax(rows[i : i + chunk_rows].float(), dim=-1)
+    for i in range(0, len(rows), chunk):
+        logp = torch.log_softmax(rows[i : i + chunk].float(), dim=-1)
         p = logp.exp()
         m = (p * logp).sum(-1)
         mus.append(m)
