@@ -294,3 +294,27 @@ def test_tofu_split_metrics_equal_the_pairwise_computation(tokenizer):
     assert np.allclose(res["truth_ratio"], want_tr, rtol=1e-5)
     want_norm = np.exp(-answer) / (np.exp(-answer) + np.array([np.exp(-p).sum() for p in pert]) + 1e-10)
     assert np.allclose(res["prob_normalised"], want_norm, rtol=1e-5)
+
+
+def test_default_scoring_budget_holds_no_more_logits_than_the_largest_item_alone():
+    """Budget = tokens of the largest question's straightforward pass (k answers × longest prompt+answer);
+    with a 128k vocabulary in bf16 the chunked float32 rows leave room for more (hand-computed)."""
+    from types import SimpleNamespace
+
+    from unlearnkit.families.text_nll import CHUNK_BYTES
+    from unlearnkit.metrics.scoring import default_max_tokens
+
+    prompts = [[1] * 10, [1] * 20]
+    answers = [[[2] * 5, [2] * 9], [[2] * 3] * 3]  # items: 2 × (10 + 9) = 38, 3 × (20 + 3) = 69
+
+    class Fake(torch.nn.Module):
+        def __init__(self, vocab, dtype):
+            super().__init__()
+            self.config = SimpleNamespace(vocab_size=vocab)
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=dtype))
+
+    assert default_max_tokens(Fake(1000, torch.float32), prompts, answers) == 69
+    long_answers = [[[2] * 5, [2] * 9], [[2] * 280] * 3]  # 3 × (20 + 280) = 900 tokens
+    big = 900 * 128256 * 10  # bf16 logits + float32 copy + float32 log-probs of the straightforward pass
+    want = (big - 2 * CHUNK_BYTES) // (128256 * 2)
+    assert want > 900 and default_max_tokens(Fake(128256, torch.bfloat16), prompts, long_answers) == want

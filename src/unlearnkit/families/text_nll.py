@@ -35,7 +35,8 @@ def chunk_rows_for(vocab: int) -> int:
 
 
 def rows_nll(rows: torch.Tensor, target: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
-    """float32 NLL ``[N]`` of contiguous logit rows ``[N, V]`` (any dtype) at ``target`` ``[N]``.
+    """float32 NLL ``[N]`` of contiguous logit rows ``[N, V]`` (any dtype) at ``target`` ``[N]`` (0 where
+    the target is -100).
 
     Under autograd, when all rows' float32 log-probabilities (what cross-entropy keeps for its backward)
     would exceed ``CHECKPOINT_BYTES``, every chunk is recomputed in the backward pass instead.

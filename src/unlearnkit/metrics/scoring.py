@@ -15,7 +15,8 @@ runs the prompt once and reuses its key/value cache for every answer (issue #19)
 Tokenisation and truncation are those of :func:`unlearnkit.data.text.encode_pairs` (``(prompt +
 answer)[:max_length]``). Questions are taken in order of length (length-bucketed: less padding), and a batch
 holds at most ``batch_size`` answers and at most ``max_tokens`` answer-pass tokens, chosen by default so
-that the answer pass's logits stay under ``logits_mb`` MiB (a bound on memory whatever the vocabulary).
+that a batch holds no more logits than scoring the largest question alone would (:func:`default_max_tokens`):
+peak memory stays that of one-at-a-time scoring, whatever the vocabulary.
 A model that takes no cache (not a Hugging Face causal LM) is scored pair by pair in one pass each batch.
 """
 
@@ -30,10 +31,8 @@ from torch import nn
 
 from unlearnkit.data.text import answer_ids, prompt_ids
 from unlearnkit.errors import DataError
-from unlearnkit.families.text_nll import token_nll
+from unlearnkit.families.text_nll import CHUNK_BYTES, rows_nll, token_nll
 from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id
-
-LOGITS_MB = 256.0
 
 
 def _tokenise(
@@ -44,16 +43,30 @@ def _tokenise(
     limit: int,
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
     prompts, outs = [], []
+    flat = iter(_answer_ids_all(tokenizer, [a for ans in answers for a in ans]))
     for q, ans in zip(questions, answers, strict=True):
         p = prompt_ids(tokenizer, q, template)
         if len(p) >= limit:
             raise DataError(f"the prompt of {q[:40]!r}... fills max_length={limit}: raise data.max_length")
-        ys = [answer_ids(tokenizer, a)[: limit - len(p)] for a in ans]
+        ys = [next(flat)[: limit - len(p)] for _ in ans]
         if any(len(y) == 0 for y in ys):
             raise DataError(f"an answer to {q[:40]!r}... has no tokens: give a non-empty answer")
         prompts.append(p)
         outs.append(ys)
     return prompts, outs
+
+
+def _answer_ids_all(tokenizer: Any, answers: list[str]) -> list[list[int]]:
+    """:func:`~unlearnkit.data.text.answer_ids` of every answer, in one batched tokenizer call (a fast
+    tokenizer encodes a list much faster than its items one by one); per answer if the first differs."""
+    if len(answers) < 2:
+        return [answer_ids(tokenizer, a) for a in answers]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    encoded = tokenizer([" " + a.strip() for a in answers], add_special_tokens=False)["input_ids"]
+    out = [list(ids) + ([eos] if eos is not None else []) for ids in encoded]
+    if out[0] != answer_ids(tokenizer, answers[0]):  # answer_ids changed: follow it
+        return [answer_ids(tokenizer, a) for a in answers]
+    return out
 
 
 def _batches(
@@ -117,8 +130,12 @@ def _score_batch(
     logits = model(
         input_ids=ans_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
     ).logits
+    # Position t predicts token t + 1; the last position predicts nothing. The whole [M·L, V] logits are a
+    # contiguous view, so the cross-entropy copies nothing (ignored targets give 0).
     target = ans_ids[:, 1:].masked_fill(ans_mask[:, 1:] == 0, -100)
-    return token_nll(logits[:, :-1], target).sum(-1).double().cpu().tolist()
+    target = torch.cat([target, torch.full_like(target[:, :1], -100)], 1)
+    nll = rows_nll(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)).view(target.shape)
+    return nll.sum(-1).double().cpu().tolist()
 
 
 def _score_batch_plain(model: nn.Module, group, prompts, answers, pad: int, device) -> list[float]:
@@ -133,14 +150,24 @@ def _score_batch_plain(model: nn.Module, group, prompts, answers, pad: int, devi
     return token_nll(logits[:, :-1], target).sum(-1).double().cpu().tolist()
 
 
-def default_max_tokens(model: nn.Module, logits_mb: float = LOGITS_MB) -> int:
-    """Answer-pass tokens whose logits (model dtype) fit in ``logits_mb`` MiB (at least 64)."""
+def default_max_tokens(model: nn.Module, prompts: list[list[int]], answers: list[list[list[int]]]) -> int:
+    """Answer-pass tokens whose logits fit in what scoring the largest question alone, straightforwardly,
+    would hold: its k answers padded to the longest (prompt + answer), as logits in the model's dtype, a
+    float32 copy (unless already float32) and float32 log-probabilities. Our answer pass holds the same per
+    token while its rows fit in one chunk, so batching costs no more peak memory than one question at a
+    time; with a large vocabulary the float32 rows come in chunks of ``CHUNK_BYTES``, which leaves room for
+    more tokens."""
+    item = max(
+        (len(ys) * (len(p) + max(map(len, ys))) for p, ys in zip(prompts, answers, strict=True)), default=1
+    )
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 32_000)
     try:
         size = next(model.parameters()).element_size()
     except StopIteration:
         size = 4
-    return max(64, int(logits_mb * 2**20 // (vocab * size)))
+    straightforward = item * vocab * (size + 4 + (4 if size != 4 else 0))  # logits, float32 copy, log-probs
+    chunked = (straightforward - 2 * CHUNK_BYTES) // (vocab * size)
+    return max(item, int(chunked), 1)
 
 
 def score_answer_sets(
@@ -164,7 +191,7 @@ def score_answer_sets(
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     prompts, toks = _tokenise(tokenizer, questions, answers, template, max_length)
     nll = [np.zeros(len(a), dtype=np.float64) for a in toks]
-    budget = max_tokens or default_max_tokens(model)
+    budget = max_tokens or default_max_tokens(model, prompts, toks)
     pad = pad_token_id(tokenizer)
     device = model_device(model)
     cache_arg = _cache_arg(model)
