@@ -216,6 +216,7 @@ ANSWER_SETS = [
     "arch,batch_size,max_tokens,max_length,shared",
     [
         ("llama", 32, None, 512, True),
+        ("llama", 2, None, 512, "group"),  # one prompt pass for several answer passes (cache restored)
         ("llama", 2, None, 512, True),  # a question's answers split over batches
         ("llama", 32, 9, 512, True),  # the token budget splits batches
         ("llama", 3, None, 14, True),  # answers truncated by max_length
@@ -232,8 +233,12 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     model = _llama(len(tokenizer)) if arch == "llama" else _gpt2(len(tokenizer))
     if not shared:
         monkeypatch.setattr(scoring, "_cache_arg", lambda m: None)
-    calls = []
+    if shared == "group":
+        monkeypatch.setattr(scoring, "prompt_tokens", lambda m, t: 10_000)
+    calls, prompt_passes, answer_passes = [], [], []
     monkeypatch.setattr(scoring, "_score_batch_plain", _spy(scoring._score_batch_plain, calls))
+    monkeypatch.setattr(scoring, "_prompt_pass", _spy(scoring._prompt_pass, prompt_passes))
+    monkeypatch.setattr(scoring, "_answer_pass", _spy(scoring._answer_pass, answer_passes))
     qs = [q for q, _ in QA[: len(ANSWER_SETS)]]
     got = scoring.score_answer_sets(
         model, tokenizer, qs, ANSWER_SETS, batch_size, None, max_length, max_tokens
@@ -243,7 +248,9 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     nll, units = score_answers(model, tokenizer, pair_q, pair_a, 1, None, max_length)
     assert np.allclose(np.concatenate([g[0] for g in got]), nll, rtol=1e-6, atol=1e-4)
     assert np.array_equal(np.concatenate([g[1] for g in got]), units)
-    assert (len(calls) == 0) == shared
+    assert (len(calls) == 0) == bool(shared)
+    if shared == "group":
+        assert len(prompt_passes) == 1 and len(answer_passes) >= 4
     if max_length == 14:
         assert any(u < len(answer_ids(tokenizer, a)) for u, a in zip(units, pair_a, strict=True))  # truncated
 

@@ -67,14 +67,17 @@ def token_nll(logits: torch.Tensor, target: torch.Tensor, chunk_rows: int | None
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
-    """Summed next-token NLL ``[B]`` of a causal LM: ``logits[:, :-1]`` against ``labels[:, 1:]``.
+    """Summed next-token NLL ``[B]`` of a causal LM: position t's logits against ``labels[:, t + 1]``.
 
-    ``logits`` may be shorter than ``labels`` on the left (a model asked for the last positions only,
-    ``logits_to_keep``): they are aligned to the right end of the sequence.
+    ``logits`` may cover only the last positions of the sequence (a model asked for ``logits_to_keep``):
+    they are aligned to the right end. The ``[B·L, V]`` logits are used as one contiguous view (no gather,
+    no copy); the last position predicts nothing and gets target -100, like every masked label.
     """
-    target = labels[:, 1:]
-    keep = logits.shape[1] - 1  # the last position predicts nothing
-    return token_nll(logits[:, :keep], target[:, target.shape[1] - keep :], chunk_rows).sum(-1)
+    width = logits.shape[1]
+    target = labels[:, labels.shape[1] - width + 1 :]
+    target = torch.cat([target, target.new_full((len(target), 1), -100)], 1)
+    nll = rows_nll(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), chunk_rows)
+    return nll.view(target.shape).sum(-1)
 
 
 def vocab_moments(

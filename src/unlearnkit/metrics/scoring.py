@@ -4,8 +4,9 @@ A truth-ratio item scores up to seven answers of one question (answer, paraphras
 scoring each (question, answer) pair separately encodes the question seven times. :func:`score_answer_sets`
 runs the prompt once and reuses its key/value cache for every answer (issue #19):
 
-1. prompt pass: the prompts of a batch of questions, *without their last token*, right-padded, ``use_cache``;
-   only the cache is kept (``logits_to_keep=1``);
+1. prompt pass: the prompts of a group of questions, *without their last token*, right-padded, ``use_cache``;
+   only the cache is kept (``logits_to_keep=1``); it holds no logits, so a group spans several answer
+   batches (:func:`prompt_tokens`) and the cache's prompt keys/values are restored after each of them;
 2. answer pass: the cache rows are repeated for each answer (``Cache.reorder_cache``) and every answer row
    runs ``[last prompt token] + answer`` with explicit position ids (prompt length − 1 onwards) and an
    attention mask over the prompt's real tokens and the answer's own. Its logits are exactly the answer
@@ -17,7 +18,8 @@ answer)[:max_length]``). Questions are taken in order of length (length-bucketed
 holds at most ``batch_size`` answers and at most ``max_tokens`` answer-pass tokens, chosen by default so
 that a batch holds no more logits than scoring the largest question alone would (:func:`default_max_tokens`):
 peak memory stays that of one-at-a-time scoring, whatever the vocabulary.
-A model that takes no cache (not a Hugging Face causal LM) is scored pair by pair in one pass each batch.
+A model that takes no cache (not a Hugging Face causal LM), or a set with a one-token prompt, is scored
+with whole (prompt + answer) rows instead, one pass per batch; the values are the same.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 
 from unlearnkit.data.text import answer_ids, prompt_ids
 from unlearnkit.errors import DataError
-from unlearnkit.families.text_nll import CHUNK_BYTES, rows_nll, token_nll
+from unlearnkit.families.text_nll import CHUNK_BYTES, sequence_nll, token_nll
 from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id
 
 
@@ -113,14 +115,34 @@ def _cache_arg(model: nn.Module) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
-def _score_batch(
-    model: nn.Module, group: list[tuple[int, list[int]]], prompts, answers, pad: int, device, cache_arg
-) -> list[float]:
-    rows = [(i, j) for i, js in group for j in js]
-    pre_ids, pre_mask = _pad([prompts[i][:-1] for i, _ in group], pad, device)
+def _prompt_pass(model: nn.Module, questions: list[int], prompts, pad: int, device):
+    """Key/value cache of the prompts without their last token (right-padded), and their mask."""
+    pre_ids, pre_mask = _pad([prompts[i][:-1] for i in questions], pad, device)
     out = model(input_ids=pre_ids, attention_mask=pre_mask, use_cache=True, logits_to_keep=1)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    slot = {i: k for k, (i, _) in enumerate(group)}
+    return (out.cache if getattr(out, "cache", None) is not None else out.past_key_values), pre_mask
+
+
+def _snapshot(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The prompt keys/values of a cache of plain ``DynamicLayer`` s (restorable after an answer pass
+    reordered and extended it), else None."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer) is DynamicLayer for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _restore(cache, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for layer, (keys, values) in zip(cache.layers, saved, strict=True):
+        layer.keys, layer.values = keys, values
+
+
+def _answer_pass(
+    model: nn.Module, cache, pre_mask, slot: dict[int, int], group, prompts, answers, pad, device, cache_arg
+):
+    """Summed NLL of each answer of ``group``, from the prompts' cache (rows picked by ``slot``)."""
+    rows = [(i, j) for i, js in group for j in js]
     pick = torch.as_tensor([slot[i] for i, _ in rows], device=device)
     cache.reorder_cache(pick)
     ans_ids, ans_mask = _pad([[prompts[i][-1], *answers[i][j]] for i, j in rows], pad, device)
@@ -130,12 +152,44 @@ def _score_batch(
     logits = model(
         input_ids=ans_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
     ).logits
-    # Position t predicts token t + 1; the last position predicts nothing. The whole [M·L, V] logits are a
-    # contiguous view, so the cross-entropy copies nothing (ignored targets give 0).
-    target = ans_ids[:, 1:].masked_fill(ans_mask[:, 1:] == 0, -100)
-    target = torch.cat([target, torch.full_like(target[:, :1], -100)], 1)
-    nll = rows_nll(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)).view(target.shape)
-    return nll.sum(-1).double().cpu().tolist()
+    nll = sequence_nll(logits, ans_ids.masked_fill(ans_mask == 0, -100))  # the answer's own tokens
+    return nll.double().cpu().tolist()
+
+
+def _score_shared(model: nn.Module, batches: list, prompts, answers, pad: int, device, cache_arg) -> list:
+    """One prompt pass for the questions of several answer batches, then one answer pass per batch (the
+    prompt cache is restored after each); a cache that cannot be restored gets a prompt pass per batch."""
+    questions = list(dict.fromkeys(i for b in batches for i, _ in b))
+    cache, pre_mask = _prompt_pass(model, questions, prompts, pad, device)
+    saved = _snapshot(cache)
+    if saved is None and len(batches) > 1:
+        return [
+            v for b in batches for v in _score_shared(model, [b], prompts, answers, pad, device, cache_arg)
+        ]
+    slot = {i: k for k, i in enumerate(questions)}
+    out = []
+    for b in batches:
+        out.append(_answer_pass(model, cache, pre_mask, slot, b, prompts, answers, pad, device, cache_arg))
+        if saved is not None:
+            _restore(cache, saved)
+    return out
+
+
+def _prompt_groups(batches: list, prompts, max_prompt_tokens: int) -> list[list]:
+    """Consecutive answer batches whose questions' padded prompts fit in ``max_prompt_tokens``."""
+    groups: list[list] = []
+    seen: dict[int, int] = {}
+    for b in batches:
+        lengths = dict(seen) | {i: len(prompts[i]) for i, _ in b}
+        if groups and len(lengths) * max(lengths.values()) > max_prompt_tokens:
+            groups.append([b])
+            seen = {i: len(prompts[i]) for i, _ in b}
+        else:
+            if not groups:
+                groups.append([])
+            groups[-1].append(b)
+            seen = lengths
+    return groups
 
 
 def _score_batch_plain(model: nn.Module, group, prompts, answers, pad: int, device) -> list[float]:
@@ -170,6 +224,21 @@ def default_max_tokens(model: nn.Module, prompts: list[list[int]], answers: list
     return max(item, int(chunked), 1)
 
 
+def prompt_tokens(model: nn.Module, max_tokens: int) -> int:
+    """Prompt-pass tokens (padded) whose activations and cache take about what ``max_tokens`` answer-pass
+    tokens' logits do: the prompt pass keeps no logits, only a per-token cache and transient activations,
+    estimated as (4·hidden + 3·ffn + 2·layers·kv width) values per token."""
+    cfg = getattr(model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 1024)
+    ffn = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * hidden)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 1)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 1)
+    kv = hidden * int(getattr(cfg, "num_key_value_heads", 0) or heads) // heads
+    vocab = int(getattr(cfg, "vocab_size", 0) or 32_000)
+    per_token = 4 * hidden + 3 * ffn + 2 * layers * kv
+    return max(1, max_tokens * vocab // per_token)
+
+
 def score_answer_sets(
     model: nn.Module,
     tokenizer: Any,
@@ -195,14 +264,20 @@ def score_answer_sets(
     pad = pad_token_id(tokenizer)
     device = model_device(model)
     cache_arg = _cache_arg(model)
+    batches = _batches(prompts, toks, batch_size, budget)
+    shared = cache_arg is not None and all(len(p) >= 2 for p in prompts)
+    groups = (
+        _prompt_groups(batches, prompts, prompt_tokens(model, budget)) if shared else [[b] for b in batches]
+    )
     with eval_mode(model):
-        for group in _batches(prompts, toks, batch_size, budget):
-            if cache_arg is not None and all(len(prompts[i]) >= 2 for i, _ in group):
-                values = _score_batch(model, group, prompts, toks, pad, device, cache_arg)
+        for group in groups:
+            if shared:
+                values = _score_shared(model, group, prompts, toks, pad, device, cache_arg)
             else:
-                values = _score_batch_plain(model, group, prompts, toks, pad, device)
-            it = iter(values)
-            for i, js in group:
-                for j in js:
-                    nll[i][j] = next(it)
+                values = [_score_batch_plain(model, b, prompts, toks, pad, device) for b in group]
+            for b, vals in zip(group, values, strict=True):
+                it = iter(vals)
+                for i, js in b:
+                    for j in js:
+                        nll[i][j] = next(it)
     return [(v, np.array([len(y) for y in ys], dtype=np.int64)) for v, ys in zip(nll, toks, strict=True)]
