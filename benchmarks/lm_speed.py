@@ -193,12 +193,14 @@ def _status_kb(key: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def real_model(device: str) -> torch.nn.Module:
+def real_model(device: str, layers: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
-        return LlamaForCausalLM._from_config(LlamaConfig(**LLAMA_1B), torch_dtype=dtype)
+        return LlamaForCausalLM._from_config(
+            LlamaConfig(**LLAMA_1B | {"num_hidden_layers": layers}), dtype=dtype
+        )
 
 
 def main() -> None:
@@ -211,6 +213,9 @@ def main() -> None:
     ap.add_argument("--eval-batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--real-layers", type=int, default=16, help="decoder layers of --real (fewer: a smoke run)"
+    )
     ap.add_argument("--skip-train", action="store_true", help="measure the evaluation only")
     ap.add_argument("--real", action="store_true", help="a random Llama-3.2-1B configuration in bf16 on GPU")
     args = ap.parse_args()
@@ -223,7 +228,7 @@ def main() -> None:
     cfg["engine"] = cfg["engine"] | {"progress": False, "device": device}
     setup = make_setup(cfg)
     tok = setup.data.meta["tokenizer"]
-    model = real_model(device) if args.real else setup.new_model().to(device)
+    model = real_model(device, args.real_layers) if args.real else setup.new_model().to(device)
     n_params = sum(p.numel() for p in model.parameters())
     kind = "Llama-3.2-1B config (random)" if args.real else "tiny-llama"
     card = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
