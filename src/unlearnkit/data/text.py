@@ -94,8 +94,8 @@ def _pad_to(cols: dict[str, torch.Tensor], width: int, pad: int) -> dict[str, to
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Batch transform: cut the right padding shared by every row, so a batch is as wide as its own longest
     row (over all ``*attention_mask`` column groups, so ``alt_*`` columns keep the main columns' width)
-    instead of the dataset's widest row. Right padding is invisible to a causal LM's real positions, so
-    losses are unchanged; only the wasted positions go."""
+    instead of the dataset's widest row. Right padding (every text set here is right-padded) is invisible
+    to a causal LM's real positions, so losses are unchanged; only the wasted positions go."""
     masks = [v for k, v in batch.items() if k.endswith("attention_mask") and v.ndim == 2]
     if not masks or masks[0].shape[1] == 0:
         return batch

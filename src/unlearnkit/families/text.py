@@ -78,8 +78,8 @@ class TextFamily(Family):
         self.num_classes = num_classes
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Summed answer NLL per example (:func:`~unlearnkit.families.text_nll.sequence_nll`: contiguous
-        ``[N, V]`` cross-entropy on the answer positions only, logits computed from the first of them)."""
+        """Summed answer NLL per example (:func:`~unlearnkit.families.text_nll.sequence_nll`: one contiguous
+        ``[N, V]`` cross-entropy; logits are computed only from the batch's first answer position on)."""
         labels = batch["labels"]
         return sequence_nll(_logits(model, batch, positions_to_keep(labels)), labels)
 
