@@ -82,7 +82,7 @@ def run(seeds: list[int], specs: list[dict[str, Any]], trials: Path) -> None:
                 continue
             t0 = time.perf_counter()
             setup = make_setup(base | {"seed": seed})
-            orig = original_model(setup).model
+            orig = original_model(setup)
             oracle, _, _ = RowRunner().run_row(setup, orig, "retrain", {"name": "retrain"}, None, None)
             for spec in todo:
                 m, _, _ = RowRunner().run_row(setup, orig, spec["name"], dict(spec), oracle, None)

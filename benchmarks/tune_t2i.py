@@ -78,7 +78,7 @@ def run(
             if not todo:
                 continue
             setup = make_setup(base | {"seed": seed})
-            orig = original_model(setup).model
+            orig = original_model(setup)
             for spec in todo:
                 t0 = time.perf_counter()
                 m, _, _ = RowRunner().run_row(setup, orig, spec["name"], dict(spec), None, None)

@@ -115,6 +115,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    from unlearnkit.experiment import build_method
+
     from unlearnkit.calibration import tune_split
     from unlearnkit.config import load_preset
     from unlearnkit.data.examples import ExampleSet
@@ -123,7 +125,6 @@ def main() -> None:
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.methods.base import Task
     from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
-    from unlearnkit.pipeline import build_method
 
     methods = args.methods.split(",")
     rows: list[dict[str, Any]] = []

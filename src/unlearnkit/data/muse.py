@@ -27,6 +27,7 @@ import torch
 
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import ExampleSet
+from unlearnkit.data.text import trim_padding
 from unlearnkit.data.tokenizer import resolve_tokenizer
 from unlearnkit.errors import DataError
 from unlearnkit.registry import register_dataset
@@ -101,9 +102,11 @@ def load_muse(
     test_chunks = [c for doc in chunk_documents(tok, raw["holdout"], max_length) for c in doc]
     width = max(len(c) for c in chunks + test_chunks)
     pad = int(tok.pad_token_id)
-    train = ExampleSet(lm_columns(chunks, width, pad), meta={"dataset": name, "split": "train"})
+    meta = {"dataset": name, "split": "train"}
+    train = ExampleSet(lm_columns(chunks, width, pad), transform=trim_padding, meta=meta)
     test_ids = [TEST_ID_OFFSET + j for j in range(len(test_chunks))]
-    test = ExampleSet(lm_columns(test_chunks, width, pad), test_ids, meta={"dataset": name, "split": "test"})
+    test_meta = {"dataset": name, "split": "test"}
+    test = ExampleSet(lm_columns(test_chunks, width, pad), test_ids, trim_padding, test_meta)
 
     def ids_of(key: str) -> list[int]:
         return sorted(c for d in groups[key] for c in doc_chunk_ids[d])

@@ -72,6 +72,26 @@ def _pad_to(cols: dict[str, torch.Tensor], width: int, pad: int) -> dict[str, to
     return out
 
 
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batch transform: cut the right padding shared by every row, so a batch is as wide as its own longest
+    row (over all ``*attention_mask`` column groups, so ``alt_*`` columns keep the main columns' width)
+    instead of the dataset's widest row. Right padding (every text set here is right-padded) is invisible
+    to a causal LM's real positions, so losses are unchanged; only the wasted positions go."""
+    masks = [v for k, v in batch.items() if k.endswith("attention_mask") and v.ndim == 2]
+    if not masks or masks[0].shape[1] == 0:
+        return batch
+    width = masks[0].shape[1]
+    used = torch.stack([m.ne(0).any(0) for m in masks if m.shape[1] == width]).any(0)
+    keep = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    if keep == width:
+        return batch
+    token_cols = ("input_ids", "attention_mask", "labels")
+    return {
+        k: v[:, :keep] if k.endswith(token_cols) and v.ndim == 2 and v.shape[1] == width else v
+        for k, v in batch.items()
+    }
+
+
 def encode_qa(
     tokenizer: Any,
     questions: Sequence[str],
@@ -96,4 +116,4 @@ def encode_qa(
     w = max(v.shape[1] for v in cols.values())
     w = max(w, width or 0)
     cols = _pad_to(cols, w, _pad_id(tokenizer))
-    return ExampleSet(cols, ids)
+    return ExampleSet(cols, ids, transform=trim_padding)

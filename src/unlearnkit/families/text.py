@@ -11,11 +11,12 @@ text analogue of a random label.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unlearnkit.config import call_with_options
@@ -33,15 +34,40 @@ from unlearnkit.data.tofu import ids_eval_sets
 from unlearnkit.data.tokenizer import check_vocab_fit, has_tokenizer_files, load_tokenizer
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family
+from unlearnkit.families.text_nll import sequence_nll
 from unlearnkit.registry import get_model, register_family
 
 TEXT_COLUMNS = ("input_ids", "attention_mask", "labels")
 ALT_COLUMNS = ("alt_input_ids", "alt_attention_mask", "alt_labels")
 
 
-def _logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+def _logits(model: nn.Module, batch: Batch, keep: int = 0) -> torch.Tensor:
+    """The model's logits; with ``keep`` > 0 and a model that takes ``logits_to_keep`` (Hugging Face causal
+    LMs), only those of the last ``keep`` positions (the output projection skips the others)."""
+    kwargs = {"logits_to_keep": keep} if keep and _takes_logits_to_keep(model) else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
     return out.logits if hasattr(out, "logits") else out
+
+
+@functools.cache
+def _forward_params(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in _forward_params(type(model))
+
+
+def positions_to_keep(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits the loss needs: from the one before the first target token of
+    any row to the end (the prompt positions before it carry no loss)."""
+    has = (labels[:, 1:] != -100).any(0)
+    if not bool(has.any()):
+        return labels.shape[1]
+    return labels.shape[1] - int(has.int().argmax())
 
 
 def token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +91,10 @@ class TextFamily(Family):
         self.tokenizer_is_model_folder = False
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        logits = _logits(model, batch)[:, :-1]
-        target = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction="none")
-        return nll.sum(-1)
+        """Summed answer NLL per example (:func:`~unlearnkit.families.text_nll.sequence_nll`: one contiguous
+        ``[N, V]`` cross-entropy; logits are computed only from the batch's first answer position on)."""
+        labels = batch["labels"]
+        return sequence_nll(_logits(model, batch, positions_to_keep(labels)), labels)
 
     def num_units(self, batch: Batch) -> torch.Tensor:
         return (batch["labels"][:, 1:] != -100).sum(-1)

@@ -153,7 +153,7 @@ class GradDiff(Method):
             return self.mean_loss(batch)
         logp, w = output_log_probs(self.family, self.model, batch)
         if self.kl_cache is not None:
-            ref = self.kl_cache.get(batch["id"], "loss").to(logp)
+            ref = self.kl_cache.get(batch["id"], "loss")[:, : logp.shape[1]].to(logp)  # batch's width
         else:
             assert self.kl_model is not None, "prepare() was not called"
             with torch.no_grad():

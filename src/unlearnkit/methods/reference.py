@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.engine.loop import all_gather_objects, world_size
 from unlearnkit.errors import UnlearnkitError
 
 RefFn = Callable[[nn.Module, Batch], "dict[str, torch.Tensor] | torch.Tensor"]
@@ -79,8 +81,6 @@ def compute_reference(
     computed once, on one rank, and the shards are all-gathered so that every rank ends with the whole
     cache; the values equal a single process's (the batches are the same). All ranks must call this.
     """
-    from unlearnkit.engine.loop import all_gather_objects, world_size
-
     dev = torch.device(device) if device is not None else _device_of(model)
     world = world_size()
     rank = _rank() if world > 1 else 0
@@ -103,7 +103,8 @@ def compute_reference(
             out = out if isinstance(out, dict) else {"loss": out}
             if not checked:
                 checked = True
-                if _over_budget(sum(v[0].numel() * 4 for v in out.values()) * len(data), budget_bytes):
+                row = sum(v[0].numel() * 4 * _width_scale(data, batch, v) for v in out.values())
+                if _over_budget(int(row * len(data)), budget_bytes):
                     return None
             for k, v in out.items():
                 parts.setdefault(k, []).append(v.detach().float().to(dev))
@@ -122,14 +123,31 @@ def compute_reference(
         parts = {k: [g[1][k].to(dev) for g in gathered] for k in gathered[0][1]} if gathered else {}
     if not ids:
         raise UnlearnkitError("cannot compute reference values on an empty set")
-    return ReferenceCache(torch.cat(ids).to(dev), {k: torch.cat(v) for k, v in parts.items()})
+    return ReferenceCache(torch.cat(ids).to(dev), {k: cat_padded(v) for k, v in parts.items()})
+
+
+def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-batch values along the batch dimension; per-position values ``[B, T, ...]`` of
+    batches trimmed to different widths (:func:`unlearnkit.data.text.trim_padding`) are zero-padded on the
+    right to the widest first. A consumer slices a row to its own batch's width (``[:, :T]``); the padded
+    positions lie beyond every row's real tokens, where the consumers' masks are 0."""
+    if len({p.shape[1:] for p in parts}) > 1 and all(p.ndim >= 2 for p in parts):
+        width = max(p.shape[1] for p in parts)
+        parts = [F.pad(p, (0, 0) * (p.ndim - 2) + (0, width - p.shape[1])) for p in parts]
+    return torch.cat(parts)
+
+
+def _width_scale(data: ExampleSet, batch: Batch, value: torch.Tensor) -> float:
+    """Per-position values of a batch trimmed to its longest row grow to the set's width in the cache."""
+    if value.ndim < 2 or "input_ids" not in batch or "input_ids" not in data.columns:
+        return 1.0
+    return data.columns["input_ids"].shape[1] / max(batch["input_ids"].shape[1], 1)
 
 
 def _over_budget(estimate: int, budget: int | None) -> bool:
     """Whether the cache would exceed ``budget`` (the largest estimate over the ranks decides for all)."""
     if budget is None:
         return False
-    from unlearnkit.engine.loop import all_gather_objects
 
     return max(all_gather_objects(estimate)) > budget
 

@@ -252,7 +252,7 @@ class RMU(Method):
     def retain_term(self, batch: Batch) -> torch.Tensor:
         h = layer_activations(self.model, self.layer_module(self.model), batch)
         if self.retain_cache is not None:
-            ref = self.retain_cache.get(batch["id"]).to(h)
+            ref = self.retain_cache.get(batch["id"])[:, : h.shape[1]].to(h)  # the batch's width
         else:
             assert self.retain_model is not None, "prepare() was not called"
             with torch.no_grad():

@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.families.text_nll import token_nll, vocab_moments
 from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id, position_limit, text_ids
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k++")
@@ -87,13 +88,11 @@ def token_stats(
                 ids[r, : len(seqs[i])] = torch.as_tensor(seqs[i], dtype=torch.long)
                 mask[r, : len(seqs[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logp_all = torch.log_softmax(logits, dim=-1)
-            lp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            lp = -token_nll(logits, target)  # contiguous rows, chunked: no [B, T, V] float32 copy
             if vocab_stats:
-                p = logp_all.exp()
-                mu = (p * logp_all).sum(-1)
-                var = (p * (logp_all - mu.unsqueeze(-1)) ** 2).sum(-1)
+                mu, var = vocab_moments(logits, target != -100)
             for r, i in enumerate(idx):
                 n = max(len(seqs[i]) - 1, 0)
                 stats = {"logp": lp[r, :n].double().cpu().numpy()}

@@ -37,7 +37,8 @@ from torch import nn
 
 from unlearnkit.data.text import prompt_ids
 from unlearnkit.errors import DataError
-from unlearnkit.metrics.generation import generate_greedy, score_answers
+from unlearnkit.metrics.generation import generate_greedy
+from unlearnkit.metrics.scoring import score_answer_sets
 
 SPLITS = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
 UTILITY_KEYS = (
@@ -153,17 +154,17 @@ def evaluate_split(
     ans = [_field(r, "answer", split, i) for i, r in enumerate(records)]
     cor = [_field(r, correct_key, split, i) for i, r in enumerate(records)]
     perts = [_perturbed(r, split, i, allow_missing_perturbed) for i, r in enumerate(records)]
-    # One batched scoring pass over every (question, answer) pair of the set.
+    # Every answer of a question (answer, paraphrase, perturbed answers) is scored from one encoding of
+    # the question (metrics.scoring), in length-bucketed batches.
     n = len(qs)
-    extra_q, extra_a = (qs, cor) if correct_key != "answer" else ([], [])
-    pair_q = qs + extra_q + [q for q, ps in zip(qs, perts, strict=True) for _ in ps]
-    pair_a = ans + extra_a + [p for ps in perts for p in ps]
-    nll, units = score_answers(model, tokenizer, pair_q, pair_a, batch_size, template, max_length)
-    avg = nll / units
-    start = n + len(extra_q)
-    pert_avg = np.split(avg[start:], np.cumsum([len(ps) for ps in perts])[:-1])
-    correct_avg = avg[n:start] if extra_q else avg[:n]
-    prob = np.exp(-avg[:n])
+    extra = correct_key != "answer"
+    sets = [[a, c, *ps] if extra else [a, *ps] for a, c, ps in zip(ans, cor, perts, strict=True)]
+    scored = score_answer_sets(model, tokenizer, qs, sets, batch_size, template, max_length)
+    avgs = [nll / units for nll, units in scored]
+    first = 2 if extra else 1
+    pert_avg = [a[first:] for a in avgs]
+    correct_avg = np.array([a[first - 1] for a in avgs])
+    prob = np.exp(-np.array([a[0] for a in avgs]))
     has = np.array([len(ps) > 0 for ps in perts])
     norm_prob, tr = np.full(n, np.nan), np.full(n, np.nan)
     if has.any():
