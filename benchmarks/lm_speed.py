@@ -34,10 +34,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from unlearnkit.experiment import build_method, make_setup
 
 from unlearnkit.config import load_preset
 from unlearnkit.data.text import encode_pairs, prompt_ids
+from unlearnkit.experiment import build_method, make_setup
 from unlearnkit.methods.base import Method, Task
 from unlearnkit.metrics import tofu
 from unlearnkit.metrics.generation import generate_greedy

@@ -115,13 +115,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from unlearnkit.experiment import build_method
-
     from unlearnkit.calibration import tune_split
     from unlearnkit.config import load_preset
     from unlearnkit.data.examples import ExampleSet
     from unlearnkit.data.splits import random_split
     from unlearnkit.engine.loop import Engine, EngineConfig
+    from unlearnkit.experiment import build_method
     from unlearnkit.families.vision import VisionFamily
     from unlearnkit.methods.base import Task
     from unlearnkit.metrics.vision import avg_gap, evaluate_classifier
