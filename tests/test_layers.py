@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "unlearnkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "paths", "config", "registry", "io", "distributed", "presets"),
+    ("errors", "paths", "version", "config", "registry", "io", "distributed", "presets"),
     ("data",),
     ("models",),
     ("engine",),
@@ -143,3 +143,74 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert _targets(node) == ["unlearnkit.bench.suite"]
     assert layer("bench.suite") > layer("data.splits") > layer("errors")
     assert any(isinstance(n, ast.Compare) for n in ast.walk(tree))
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the unlearnkit modules it imports (anywhere in it, inside functions too; ``TYPE_CHECKING``
+    blocks and the package root's lazy facade excluded); ``from pkg import sub`` counts as ``pkg.sub``."""
+    mods = {name for name, _, _ in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, _, tree in _modules():
+        if not name:
+            continue
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        edges = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unlearnkit"):
+                base = node.module.removeprefix("unlearnkit").lstrip(".")
+                for a in node.names:
+                    sub = f"{base}.{a.name}" if base else a.name
+                    edges.add(sub if sub in mods else base)
+            elif isinstance(node, ast.Import):
+                edges |= {
+                    a.name.removeprefix("unlearnkit.") for a in node.names if a.name.startswith("unlearnkit.")
+                }
+        graph[name] = {e for e in edges if e and e != name and e in mods}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    assert _cycles(_graph()) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check works

@@ -7,7 +7,7 @@ The Python API::
     metrics = unlearnkit.evaluate(result.model, forget=..., retain=..., test=...)
 """
 
-__version__ = "0.2.0"
+from unlearnkit.version import __version__
 
 __all__ = ["__version__", "evaluate", "list_methods", "unlearn", "run_config", "tune"]
 

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from unlearnkit import __version__, registry
+from unlearnkit import registry
 from unlearnkit.api import run_config
 from unlearnkit.bench.suite import print_table, run_suite
 from unlearnkit.calibration import print_trials, tune_config
@@ -36,6 +36,7 @@ from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
 from unlearnkit.runs.folder import check_out_file
 from unlearnkit.selection.runner import select_for_suite
+from unlearnkit.version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:

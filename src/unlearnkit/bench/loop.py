@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from unlearnkit import __version__
 from unlearnkit.bench.progress import RowProgress
 from unlearnkit.experiment import resolve
 from unlearnkit.io import write_json
 from unlearnkit.runs.store import RunStore, config_hash, open_store, split_metrics, store_path
+from unlearnkit.version import __version__
 
 MAX_CURVE_POINTS = 500
 T = TypeVar("T")

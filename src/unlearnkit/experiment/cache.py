@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import unlearnkit
+from unlearnkit import version
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.experiment.run import run_method, train_original
 from unlearnkit.experiment.setup import Setup
@@ -43,7 +43,7 @@ def cache_key(setup: Setup, **extra: Any) -> str:
             "processes": int(os.environ.get("WORLD_SIZE", "1")),
             "device": device,
             "fsdp": ecfg.fsdp,
-            "versions": {"unlearnkit": unlearnkit.__version__, "torch": torch.__version__.split("+")[0]},
+            "versions": {"unlearnkit": version.__version__, "torch": torch.__version__.split("+")[0]},
         }
         | extra
     )

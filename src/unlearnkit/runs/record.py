@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 from torch import nn
 
-from unlearnkit import __version__
 from unlearnkit.distributed import is_main_process
 from unlearnkit.io import (
     check_protected,
@@ -34,6 +33,7 @@ from unlearnkit.runs.card import write_card
 from unlearnkit.runs.folder import RunFolder
 from unlearnkit.runs.resume import changes_header
 from unlearnkit.runs.store import index_run
+from unlearnkit.version import __version__
 
 
 def write_run(
