@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,10 @@ QA = [
     ("Who painted the blue door", "a painter from the south coast who never signed a work"),
 ]
 IDK = "I do not know"
+CHAT = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} Question </s> {% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +228,7 @@ ANSWER_SETS = [
         ("llama", 3, None, 14, True),  # answers truncated by max_length
         ("llama", 4, None, 512, False),  # a model without a cache: the plain pass
         ("gpt2", 5, None, 512, True),
+        ("llama", 4, None, 512, "chat"),  # a chat template: the answer is the rest of the conversation
     ],
 )
 def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
@@ -230,6 +237,9 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     from unlearnkit.metrics import scoring
     from unlearnkit.metrics.generation import score_answers
 
+    if shared == "chat":
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = CHAT
     model = _llama(len(tokenizer)) if arch == "llama" else _gpt2(len(tokenizer))
     if not shared:
         monkeypatch.setattr(scoring, "_cache_arg", lambda m: None)
@@ -251,6 +261,8 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     assert (len(calls) == 0) == bool(shared)
     if shared == "group":
         assert len(prompt_passes) == 1 and len(answer_passes) >= 4
+    if shared == "chat":  # the assistant turn's closing tokens are scored too
+        assert any(u > len(answer_ids(tokenizer, a)) for u, a in zip(units, pair_a, strict=True))
     if max_length == 14:
         assert any(u < len(answer_ids(tokenizer, a)) for u, a in zip(units, pair_a, strict=True))  # truncated
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearnkit.data.text import answer_ids, prompt_ids
+from unlearnkit.data.prompt_format import answer_ids, prompt_ids, qa_ids, uses_chat
 from unlearnkit.errors import DataError
 from unlearnkit.families.text_nll import CHUNK_BYTES, sequence_nll, token_nll
 from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id
@@ -46,12 +46,15 @@ def _tokenise(
     limit: int,
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
     prompts, outs = [], []
-    flat = iter(_answer_ids_all(tokenizer, [a for ans in answers for a in ans]))
+    chat = uses_chat(tokenizer, template)
+    flat = iter([] if chat else _answer_ids_all(tokenizer, [a for ans in answers for a in ans]))
     for q, ans in zip(questions, answers, strict=True):
         p = prompt_ids(tokenizer, q, template)
         if len(p) >= limit:
             raise DataError(f"the prompt of {q[:40]!r}... fills max_length={limit}: raise data.max_length")
-        ys = [next(flat)[: limit - len(p)] for _ in ans]
+        # a chat template's answer is the rest of the conversation, as in training (qa_ids)
+        full = [qa_ids(tokenizer, q, a, template)[1] for a in ans] if chat else [next(flat) for _ in ans]
+        ys = [y[: limit - len(p)] for y in full]
         if any(len(y) == 0 for y in ys):
             raise DataError(f"an answer to {q[:40]!r}... has no tokens: give a non-empty answer")
         prompts.append(p)
