@@ -25,6 +25,7 @@ the concept and leave the concept prompt untouched.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from unlearnkit.data.shapes import MAX_LENGTH, tokenize
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
+from unlearnkit.models.sd import load_sd, model_kind
 from unlearnkit.models.t2i import load_t2i
 from unlearnkit.models.t2i_world import TRAIN_COMMAND
 from unlearnkit.models.t2i_world import load_original as load_world
@@ -72,9 +74,12 @@ class DiffusionFamily(Family):
         self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- core contract ----------------------------------------------------------------------------
-    def draw_noise(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t ``[B]``, ε ``[B, C, H, W]``) for each example, a function of (seed, id, draw) only."""
-        x = batch["x"]
+    def draw_noise(
+        self, model: nn.Module, batch: Batch, x: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t ``[B]``, ε ``[B, C, H, W]``) for each example, a function of (seed, id, draw) only; ``x`` is the
+        clean sample in model space (default: the batch's pixels)."""
+        x = batch["x"] if x is None else x
         if "t" in batch and "noise" in batch:
             return batch["t"].long(), batch["noise"]
         n_t = model.num_train_timesteps
@@ -89,8 +94,13 @@ class DiffusionFamily(Family):
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         _check_model(model)
-        x0 = batch["x"] * 2 - 1
-        t, noise = self.draw_noise(model, batch)
+        x0 = model.x0(batch)  # pixels in [-1, 1], or a latent model's VAE latents (cached per image)
+        if x0 is None:
+            raise DataError(
+                "the denoising loss needs images but this dataset is a prompt set: use a method that needs "
+                "only prompts (esd, uce, fmn, advunlearn) or give images"
+            )
+        t, noise = self.draw_noise(model, batch, x0)
         xt = model.add_noise(x0, noise, t)
         pred = model(xt, t, batch["input_ids"])
         target = noise
@@ -157,6 +167,9 @@ class DiffusionFamily(Family):
             return super().make_split(data, spec, seed)
         check_split_options(spec, self.split_kinds)
         names = list(data.class_names)
+        if "forget_prompts" in data.meta:  # a prompt set: its forget prompts are the concept's
+            forget = [names.index(p) for p in data.meta["forget_prompts"]]
+            return class_split(data.train, data.test, forget), data
         concepts = forget_captions(spec, names, seed)
         for c in concepts:
             if c not in names:
@@ -173,11 +186,32 @@ class DiffusionFamily(Family):
         original model (whose images the prompt attack targets) travel in ``extras``."""
         world = model_spec.get("world") or data.meta.get("world", "shapes")
         path = model_spec.get("path")
+        if path and model_kind(path) == "sd":  # a user's checkpoint: no judge of its own (eval.judge)
+            model = load_sd(path)
+            self.validate(model, split.forget)
+            return Original(model, {"source": str(path)}, {"original": model})
         model, judge = load_world(path, world=world)
         self.validate(model, split.forget)
         _same_vocabulary(model, data.meta.get("tokenizer"), path, world)
         _same_schema(judge, data.meta.get("schema"), path, world)
         return Original(model, {"source": str(path or f"world {world}")}, {"judge": judge, "original": model})
+
+    def data_spec(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """A Stable Diffusion folder's data is a prompt set (``data.name=prompts``) tokenized by the model's
+        own tokenizer; its prompts default to the split's concept. A world's dataset (e.g. the presets'
+        ``shapes``) is replaced by it: its captions and word-level vocabulary belong to the world."""
+        spec = dict(cfg["data"])
+        path = (cfg.get("model") or {}).get("path")
+        if not path or model_kind(path) != "sd":
+            return spec
+        if spec.get("name") != "prompts":
+            spec = {"name": "prompts"}
+        spec.setdefault("tokenizer", str(Path(path) / "tokenizer"))
+        if not spec.get("prompts") and not spec.get("csv"):
+            split = cfg.get("split") or {}
+            if split.get("kind") == "concept" and split.get("concept") not in (None, "by-seed"):
+                spec["prompts"] = forget_captions(split)
+        return spec
 
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
@@ -196,7 +230,7 @@ class DiffusionFamily(Family):
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
         if path:
-            model = load_t2i(path)
+            model = load_sd(path) if model_kind(path) == "sd" else load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
         if self.tokenizer is None:
@@ -205,27 +239,42 @@ class DiffusionFamily(Family):
 
     def validate(self, model: nn.Module, data: ExampleSet) -> None:
         _check_model(model)
+        if "x" not in data.columns and "input_ids" in data.columns:  # a prompt set: no images to check
+            _check_ids(model, data.columns["input_ids"])
+            return
         missing = [c for c in ("x", "input_ids") if c not in data.columns]
         if missing:
             raise DataError(f"a text-to-image dataset needs columns 'x' and 'input_ids'; missing {missing}")
-        ids = data.columns["input_ids"]
-        te_cfg = model.text_encoder.config
-        if len(ids) and int(ids.max()) >= te_cfg.vocab_size:
-            raise DataError(
-                f"token id {int(ids.max())} is outside the text encoder's vocabulary ({te_cfg.vocab_size}): "
-                "the captions were tokenized with another tokenizer than the model's"
-            )
-        if ids.shape[1] > te_cfg.max_position_embeddings:
-            raise DataError(
-                f"captions have {ids.shape[1]} tokens but the text encoder takes at most "
-                f"{te_cfg.max_position_embeddings}"
-            )
-        u = model.unet.config
-        want = (u.in_channels, u.sample_size, u.sample_size)
+        _check_ids(model, data.columns["input_ids"])
+        want = _image_shape(model)
         if tuple(data.columns["x"].shape[1:]) != want:
             raise DataError(
-                f"images have shape {tuple(data.columns['x'].shape[1:])}, the UNet expects {want}"
+                f"images have shape {tuple(data.columns['x'].shape[1:])}, the model expects {want}"
             )
+
+
+def _image_shape(model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) of the images a model trains on: its UNet's sample, or what its VAE encodes to it."""
+    c, h, w = model.sample_shape
+    vae = getattr(model, "vae", None)
+    if vae is None:
+        return (c, h, w)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (int(vae.config.in_channels), h * f, w * f)
+
+
+def _check_ids(model: nn.Module, ids: torch.Tensor) -> None:
+    te_cfg = model.text_encoder.config
+    if len(ids) and int(ids.max()) >= te_cfg.vocab_size:
+        raise DataError(
+            f"token id {int(ids.max())} is outside the text encoder's vocabulary ({te_cfg.vocab_size}): "
+            "the captions were tokenized with another tokenizer than the model's"
+        )
+    if ids.shape[1] > te_cfg.max_position_embeddings:
+        raise DataError(
+            f"captions have {ids.shape[1]} tokens but the text encoder takes at most "
+            f"{te_cfg.max_position_embeddings}"
+        )
 
 
 def _check_model(model: nn.Module) -> None:

@@ -123,6 +123,21 @@ class T2IModel(nn.Module):
         a = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the UNet denoises (pixels here, latents for a latent model)."""
+        u = self.unet.config
+        return (int(u.in_channels), int(u.sample_size), int(u.sample_size))
+
+    def x0(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The clean sample x_0 in model space of a batch's images in [0, 1] (here 2x − 1); None for a batch
+        without images (a prompt set)."""
+        return batch["x"] * 2 - 1 if "x" in batch else None
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples to images in [-1, 1] (the identity for a pixel model)."""
+        return x
+
 
 def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -> torch.Tensor:
     """Token ids ``[N, L]`` of ``prompts`` with the model's tokenizer (unknown words are an error)."""
@@ -203,7 +218,8 @@ def generate_for_prompts(
     out = []
     for i in range(0, len(idx), batch_size):
         j = idx[i : i + batch_size]
-        out.append(ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen).cpu())
+        x = ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen)
+        out.append(model.to_images(x).cpu())
     model.train(was_training)
     return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
 
