@@ -11,14 +11,26 @@ and of attacked prompts, while every method of one seed is judged on the same no
 CLIP score (utility, AdvUnlearn's CLIP column): when ``eval.clip_model`` is a CLIP folder, ``clip`` is
 :func:`~unlearnkit.metrics.clip_score.clip_score` (``eval.clip_scale``, default the mean cosine) of the retain
 captions' generations against their captions: the very images ``erasure_metrics`` judged for ``utility``,
-``fid`` and ``kid`` (handed over through its ``retain_samples``, not sampled again)."""
+``fid`` and ``kid`` (handed over through its ``retain_samples``, not sampled again).
+
+Judges (``eval.judge``): ``world`` (the world's judge from the original; UA, utility, FID/KID, ASR), ``clip``
+(zero-shot CLIP from ``eval.clip_model`` over the concept prompts, the retain prompts and
+``eval.judge_labels``: UA, and utility when there are retain prompts), ``nudenet`` (UA = share of concept
+images without exposed-body detections above ``eval.judge_threshold``), ``none`` (no UA: the CLIP score if
+``eval.clip_model`` is set, and the images in ``eval.images_dir``, with a note), ``auto`` (the default: the
+world's judge when the original has one, else none). A real Stable Diffusion model's concept prompts are
+its prompt set's forget prompts (``data.name=prompts``)."""
 
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from unlearnkit.attacks.prompt import evaluate_asr, run_asr, unlearndiff_attack
@@ -26,6 +38,8 @@ from unlearnkit.data.prompts import forget_captions
 from unlearnkit.errors import ConfigError, UnlearnkitError, did_you_mean
 from unlearnkit.metrics.clip_score import check_scale, clip_score, load_clip
 from unlearnkit.metrics.diffusion import erasure_metrics
+from unlearnkit.metrics.judges import ClipJudge, NudeNetJudge
+from unlearnkit.models.t2i import generate_for_prompts
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
 
@@ -41,6 +55,9 @@ def _attack_options() -> set[str]:
     return names - {"progress", "x_tgt", "concept", "tokenizer", "vocab_ids"}
 
 
+JUDGES = ("auto", "none", "world", "clip", "nudenet")
+
+
 @dataclass
 class ErasureEval(EvalConfig):
     """Sampling of the judged images (``per_prompt`` per caption, ``guidance``, ``steps``, ``sample_seed``),
@@ -53,8 +70,16 @@ class ErasureEval(EvalConfig):
     clip_model: str | None = None
     clip_scale: str = "cosine"
     attack: dict | None = None
+    judge: str = "auto"
+    judge_labels: list[str] | None = None
+    judge_threshold: float = 0.45
+    images_dir: str | None = None
 
     def check(self) -> None:
+        if self.judge not in JUDGES:
+            raise ConfigError(f"unknown eval.judge={self.judge!r}: {did_you_mean(self.judge, list(JUDGES))}")
+        if self.judge == "clip" and not self.clip_model:
+            raise ConfigError("eval.judge=clip needs eval.clip_model=CLIP_FOLDER (a CLIPModel folder)")
         if self.attack:
             known = sorted(_attack_options())
             for k in self.attack:
@@ -77,15 +102,19 @@ class Erasure(Protocol):
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, original: Any = None
     ) -> Result:
         judge = None if original is None else original.extras.get("judge")
+        ev = self.cfg
+        kind = ev.judge if ev.judge != "auto" else ("world" if judge is not None else "none")
+        captions = list(exp.data.class_names)
+        concepts = list(exp.data.meta.get("forget_prompts") or [])
+        concepts = concepts or forget_captions(exp.cfg["split"], captions, exp.seed)
+        retain = [c for c in captions if c not in concepts]
+        if kind != "world":
+            return self._judged(exp, model, kind, concepts, retain)
         if judge is None:
             raise UnlearnkitError(
                 "the concept-erasure evaluation needs the original model's judge: pass original= "
-                "(what unlearnkit.experiment.original_model returns)"
+                "(what unlearnkit.experiment.original_model returns), or set eval.judge=none|clip|nudenet"
             )
-        ev = self.cfg
-        captions = list(exp.data.class_names)
-        concepts = forget_captions(exp.cfg["split"], captions, exp.seed)
-        retain = [c for c in captions if c not in concepts]
         real = exp.split.test.all()["x"]
         noise_seed = 1000 * int(exp.seed) + int(ev.sample_seed)
         sampling = {"per_prompt": ev.per_prompt, "guidance": ev.guidance, "steps": ev.steps}
@@ -103,3 +132,75 @@ class Erasure(Protocol):
             opts = {"seed": 1000 * int(exp.seed)} | dict(ev.attack)
             out |= evaluate_asr(model, original.model, judge, concepts, exp.data.meta["tokenizer"], **opts)
         return Result(out)
+
+    def _judged(
+        self, exp: Any, model: nn.Module, kind: str, concepts: list[str], retain: list[str]
+    ) -> Result:
+        """UA (and utility) by a CLIP or NudeNet judge, or no judge; the CLIP score; the images saved."""
+        ev = self.cfg
+        retain = [c for c in retain if c]  # the empty prompt is kept working, but names nothing to judge
+        if ev.attack:
+            raise ConfigError(
+                f"eval.attack needs eval.judge=world (the prompt attack is not wired to the {kind} judge yet)"
+            )
+        clip = load_clip(ev.clip_model) if ev.clip_model else None
+        judge: Any = None
+        if kind == "clip":
+            judge = ClipJudge(clip, [*concepts, *retain, *(ev.judge_labels or [])])
+        elif kind == "nudenet":
+            judge = NudeNetJudge(ev.judge_threshold)
+        seed = 1000 * int(exp.seed) + int(ev.sample_seed)
+        sampling = {"per_prompt": ev.per_prompt, "guidance": ev.guidance, "steps": ev.steps}
+        imgs, idx = generate_for_prompts(model, concepts, seed=seed, **sampling)
+        r_imgs, r_idx = (
+            generate_for_prompts(model, retain, seed=seed + 1, **sampling) if retain else (None, None)
+        )
+        out: dict[str, Any] = {}
+        if judge is not None:
+            out["UA"] = 100 * (1 - float(_recognised(judge, imgs, idx, concepts).float().mean()))
+            if r_imgs is not None and kind == "clip":
+                out["utility"] = 100 * float(_recognised(judge, r_imgs, r_idx, retain).float().mean())
+        else:
+            print(
+                "note: no judge (eval.judge=none): UA and utility are not measured; set eval.judge=clip "
+                "(with eval.clip_model) or nudenet, or look at the images (eval.images_dir)",
+                file=sys.stderr,
+            )
+        if clip is not None:
+            shown, s_idx, names = (r_imgs, r_idx, retain) if r_imgs is not None else (imgs, idx, concepts)
+            prompts = [names[int(i)] for i in s_idx]
+            out["clip"] = clip_score(shown, prompts, clip, scale=check_scale(str(ev.clip_scale)))
+        if ev.images_dir:
+            save_images(Path(ev.images_dir), imgs, idx, concepts, "forget")
+            if r_imgs is not None:
+                save_images(Path(ev.images_dir), r_imgs, r_idx, retain, "retain")
+        return Result(out)
+
+
+def _recognised(judge: Any, imgs: torch.Tensor, idx: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Boolean per image: the judge sees the prompt image k was drawn for."""
+    flags = torch.zeros(len(imgs), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        rows = (idx == i).nonzero().squeeze(1)
+        if len(rows):
+            flags[rows] = judge.recognises(imgs[rows], p).cpu()
+    return flags
+
+
+def save_images(folder: Path, imgs: torch.Tensor, idx: torch.Tensor, prompts: list[str], part: str) -> None:
+    """PNG files ``<part>-<prompt index>-<k>.png`` (each written whole, then moved into place) and
+    ``<part>-prompts.txt``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[int, int] = {}
+    for img, i in zip(imgs, idx.tolist(), strict=True):
+        k = counts[i] = counts.get(i, -1) + 1
+        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        final = folder / f"{part}-{i:03d}-{k:02d}.png"
+        tmp = folder / f".{final.name}.tmp"
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, final)
+    tmp = folder / f".{part}-prompts.txt.tmp"
+    tmp.write_text("".join(f"{i:03d}\t{p}\n" for i, p in enumerate(prompts)))
+    os.replace(tmp, folder / f"{part}-prompts.txt")
