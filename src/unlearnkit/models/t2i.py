@@ -165,20 +165,23 @@ def ddim_sample(
     uncond_ids: torch.Tensor | None = None,
     stop_at: int | None = None,
     x_T: torch.Tensor | None = None,
+    uncond_context: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Sample images in [-1, 1] with DDIM (η=0) and classifier-free guidance ``guidance``.
 
     Conditioning is ``input_ids`` or a precomputed ``context``; the unconditional branch uses ``uncond_ids``
-    (default: the empty caption). With ``stop_at=k`` the loop stops after k steps and returns
-    ``(x_t, t)`` (the partially denoised sample and the timestep it belongs to).
+    (default: the empty caption) or a precomputed ``uncond_context``. With ``stop_at=k`` the loop stops after
+    k steps and returns ``(x_t, t)`` (the partially denoised sample and the timestep it belongs to).
     """
     dev = _device(model)
     if context is None:
         context = model.encode(input_ids.to(dev))
     n = context.shape[0]
-    if uncond_ids is None:
-        uncond_ids = encode_prompts(model, [""]) if model.tokenizer is not None else _empty_ids(model)
-    uncond = model.encode(uncond_ids.to(dev)).expand(n, -1, -1)
+    if uncond_context is None:
+        if uncond_ids is None:
+            uncond_ids = encode_prompts(model, [""]) if model.tokenizer is not None else _empty_ids(model)
+        uncond_context = model.encode(uncond_ids.to(dev))
+    uncond = uncond_context.to(dev).expand(n, -1, -1)
     size = model.unet.config.sample_size
     c = model.unet.config.in_channels
     x = x_T if x_T is not None else torch.randn(n, c, size, size, generator=generator).to(dev)
