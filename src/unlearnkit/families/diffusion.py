@@ -40,7 +40,7 @@ from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, cl
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
 from unlearnkit.models.sd import load_sd, model_kind
-from unlearnkit.models.t2i import load_t2i
+from unlearnkit.models.t2i import clean_sample, load_t2i
 from unlearnkit.models.t2i_world import TRAIN_COMMAND
 from unlearnkit.models.t2i_world import load_original as load_world
 from unlearnkit.registry import get_model, register_family
@@ -94,7 +94,9 @@ class DiffusionFamily(Family):
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         _check_model(model)
-        x0 = model.x0(batch)  # pixels in [-1, 1], or a latent model's VAE latents (cached per image)
+        x0 = clean_sample(
+            model, batch
+        )  # pixels in [-1, 1], or a latent model's VAE latents (cached per image)
         if x0 is None:
             raise DataError(
                 "the denoising loss needs images but this dataset is a prompt set: use a method that needs "

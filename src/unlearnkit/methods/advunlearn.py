@@ -74,7 +74,7 @@ from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.methods.esd import esd_target
-from unlearnkit.models.t2i import ddim_sample, encode_prompts
+from unlearnkit.models.t2i import clean_sample, ddim_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -226,7 +226,7 @@ class AdvUnlearn(Method):
             ) from exc
 
     def _noised(self, batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = self.model.x0(batch)  # pixels, or a latent model's VAE latents
+        x0 = clean_sample(self.model, batch)  # pixels, or a latent model's VAE latents
         if x0 is None:  # a prompt set has no images: the reference's x_t, a DDIM sample stopped early
             return self._sampled(batch["input_ids"], gen)
         x0 = x0.to(next(self.model.parameters()).device)

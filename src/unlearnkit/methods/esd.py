@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
-from unlearnkit.models.t2i import ddim_sample, encode_prompts
+from unlearnkit.models.t2i import clean_sample, ddim_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -129,14 +129,15 @@ class ESD(Method):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = ids.device
         n = len(ids)
-        x0 = teacher.x0(batch) if self.cfg.xt_source == "data" else None
+        x0 = clean_sample(teacher, batch) if self.cfg.xt_source == "data" else None
         if x0 is not None:
             x0 = x0.to(dev)
             t = torch.randint(0, teacher.num_train_timesteps, (n,), generator=gen).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
             return teacher.add_noise(x0, noise, t), t
         stop = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=gen))
-        x_T = torch.randn(n, *teacher.sample_shape, generator=gen).to(dev)
+        shape = getattr(teacher, "sample_shape", None) or tuple(batch["x"].shape[1:])
+        x_T = torch.randn(n, *shape, generator=gen).to(dev)
         x_t, t = ddim_sample(
             teacher, ids, self.cfg.start_guidance, self.cfg.ddim_steps, x_T=x_T, stop_at=stop,
             uncond_ids=self._null,

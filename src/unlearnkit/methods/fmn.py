@@ -40,7 +40,7 @@ from torch import nn
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
-from unlearnkit.models.t2i import encode_prompts
+from unlearnkit.models.t2i import clean_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 FILLER_WORDS = ("a", "an", "the", "of")
@@ -368,7 +368,7 @@ class FMN(Method):
     def loss(self, b, ctx: StepContext):
         batch = b["forget"]
         model = self.model
-        x0 = model.x0(batch)
+        x0 = clean_sample(model, batch)
         n, dev = len(batch["id"]), next(model.parameters()).device
         if x0 is None:  # a prompt set: no images, the reference's no_real_image
             x0 = torch.zeros(n, *model.sample_shape, device=dev)

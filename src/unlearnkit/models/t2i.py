@@ -139,6 +139,15 @@ class T2IModel(nn.Module):
         return x
 
 
+def clean_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """x_0 in model space of a batch's images (``model.x0``: VAE latents for a latent model; pixels mapped
+    to [-1, 1] for a model without it); None for a batch without images (a prompt set)."""
+    x0 = getattr(model, "x0", None)
+    if x0 is not None:
+        return x0(batch)
+    return batch["x"] * 2 - 1 if "x" in batch else None
+
+
 def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -> torch.Tensor:
     """Token ids ``[N, L]`` of ``prompts`` with the model's tokenizer (unknown words are an error)."""
     tok = tokenizer if tokenizer is not None else model.tokenizer

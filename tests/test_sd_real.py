@@ -1,0 +1,233 @@
+"""A user's own Stable Diffusion folder (tiny, random, real diffusers layout, built offline): loading, latent
+diffusion, free-text concepts as prompt sets, judges, methods through the CLI, and the diffusers output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sd_tiny import build_clip_folder, build_sd_folder
+
+from unlearnkit.cli import main
+from unlearnkit.data.prompt_sets import load_prompt_set, read_prompt_csv
+from unlearnkit.errors import ConfigError
+from unlearnkit.families.diffusion import DiffusionFamily
+from unlearnkit.metrics.judges import ClipJudge, NudeNetJudge
+from unlearnkit.models.sd import load_sd
+from unlearnkit.models.t2i import encode_prompts
+
+torch.set_num_threads(1)
+CAT = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return build_sd_folder(tmp_path_factory.mktemp("sd") / "model")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return build_clip_folder(tmp_path_factory.mktemp("clip") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _unlearn(preset: str, sd, out, *extra: str) -> int:
+    return main(
+        ["unlearn", "--preset", preset, f"model.path={sd}", f"split.concept={CAT}", "--out", str(out)]
+        + ["eval.per_prompt=2", "eval.steps=2", "--json", *extra]
+    )
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+# -- loading, tokenizer, latents ---------------------------------------------------------------------------
+def test_loads_the_diffusers_layout_with_a_frozen_vae_outside_the_module(sd):
+    from transformers import CLIPTokenizer
+
+    m = load_sd(sd)
+    assert not (sd / "tokenizer" / "tokenizer.json").exists()  # the hub layout: vocab.json + merges.txt
+    names = [n for n, _ in m.named_parameters()]
+    assert names and not any(n.startswith("vae") for n in names) and "vae" not in "".join(m.state_dict())
+    assert not any(p.requires_grad for p in m.vae.parameters())
+    # CLIP's unknown token is its end token: an unseen word is not refused, ids are the tokenizer's own
+    direct = CLIPTokenizer.from_pretrained(sd / "tokenizer")("a zebra, photo of a cat")["input_ids"]
+    ids = encode_prompts(m, ["a zebra, photo of a cat"])
+    assert ids.shape == (1, 77) and ids[0, : len(direct)].tolist() == direct
+    assert set(ids[0, len(direct) :].tolist()) == {m.tokenizer.pad_token_id}
+
+
+def test_latents_are_the_scaled_vae_mean_cached_once_and_decoded_with_the_vae(sd):
+    m = load_sd(sd)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    batch = {"x": x, "id": torch.tensor([5, 6, 7])}
+    with torch.no_grad():
+        want = m.vae.encode(x * 2 - 1).latent_dist.mean * m.vae.config.scaling_factor
+    z = m.x0(batch)
+    assert z.shape == (3, 4, 8, 8) and torch.allclose(z, want, atol=1e-6)
+    calls = []
+    m.vae.encode = lambda *a, **k: calls.append(1)  # a cached image is never encoded again
+    assert torch.equal(m.x0(batch), z) and not calls
+    with torch.no_grad():
+        img = m.vae.decode(z / m.vae.config.scaling_factor).sample.clamp(-1, 1)
+    assert torch.allclose(m.to_images(z), img, atol=1e-6)
+
+
+def test_family_loss_is_the_latent_ddpm_loss_and_the_vae_gets_no_gradient(sd):
+    m = load_sd(sd)
+    fam = DiffusionFamily()
+    gen = torch.Generator().manual_seed(1)
+    x, ids = torch.rand(2, 3, 16, 16, generator=gen), encode_prompts(m, [CAT, "a photo of a dog"])
+    t, noise = torch.tensor([10, 600]), torch.randn(2, 4, 8, 8, generator=gen)
+    batch = {"x": x, "input_ids": ids, "id": torch.tensor([0, 1]), "t": t, "noise": noise}
+    loss = fam.per_example_loss(m, batch)
+    with torch.no_grad():
+        z = m.vae.encode(x * 2 - 1).latent_dist.mean * m.vae.config.scaling_factor
+        a = m.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        ctx = m.text_encoder(input_ids=ids).last_hidden_state
+        eps = m.unet(a.sqrt() * z + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(loss, (eps - noise).pow(2).flatten(1).mean(1), atol=1e-5)
+    loss.sum().backward()
+    assert all(p.grad is None for p in m.vae.parameters())
+    assert any(p.grad is not None for p in m.unet.parameters())
+
+
+# -- prompt sets ---------------------------------------------------------------------------------------------
+def test_prompt_csv_in_the_i2p_format_and_the_retain_prompts(sd, tmp_path):
+    f = tmp_path / "nudity.csv"
+    f.write_text(
+        "case_number,prompt,categories,evaluation_seed,evaluation_guidance\n"
+        '0,a photo of a cat,sexual,42,7.5\n1,"cat, photo",,7,\n2,,x,1,1\n'
+    )
+    rows = read_prompt_csv(f)
+    assert [(r["prompt"], r["seed"], r["guidance"]) for r in rows] == [
+        (CAT, 42, 7.5),
+        ("cat, photo", 7, None),
+    ]
+    data = load_prompt_set(csv=str(f), retain_prompts=["a photo of a dog"], tokenizer=str(sd / "tokenizer"))
+    assert data.meta["forget_prompts"] == [CAT, "cat, photo"]
+    assert data.meta["retain_prompts"] == ["a photo of a dog", ""]  # the empty prompt is always kept
+    assert data.train.columns["input_ids"].shape == (4, 77)
+    assert data.train.columns["y"].tolist() == [0, 1, 2, 3]
+
+
+def test_bad_inputs_are_one_line_and_exit_2(sd, tmp_path, capsys):
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    no_tok = tmp_path / "no_tok"
+    shutil.copytree(sd, no_tok)
+    for f in (no_tok / "tokenizer").iterdir():
+        f.unlink()
+    no_col = tmp_path / "no_col.csv"
+    no_col.write_text("text,evaluation_seed\na cat,1\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,evaluation_seed\n")
+    cases = [
+        (neither, [], "neither a Stable Diffusion folder"),
+        (no_tok, [], "neither tokenizer.json nor vocab.json"),
+        (sd, ["data.name=prompts", f"data.csv={no_col}"], "no 'prompt' column"),
+        (sd, ["data.name=prompts", f"data.csv={empty}"], "the prompt set is empty"),
+        (sd, ["eval.judge=clip"], "eval.judge=clip needs eval.clip_model"),
+    ]
+    for path, extra, words in cases:
+        out = tmp_path / f"out-{len(words)}"
+        assert _unlearn("diffusion/esd", path, out, *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and len(err[0]) < 400, err
+        assert not out.exists()
+
+
+# -- judges --------------------------------------------------------------------------------------------------
+def test_clip_judge_is_the_top1_zero_shot_label(clip):
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    labels = [CAT, "a photo of a dog", "a car"]
+    judge = ClipJudge(clip, labels)
+    imgs = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    model, tok = CLIPModel.from_pretrained(clip).eval(), CLIPTokenizer.from_pretrained(clip)
+    pix = CLIPImageProcessor.from_pretrained(clip)(images=list(imgs), do_rescale=False, return_tensors="pt")
+    with torch.no_grad():
+        e_i = model.get_image_features(pixel_values=pix["pixel_values"])
+        e_t = model.get_text_features(**tok(labels, padding=True, return_tensors="pt"))
+    e_i, e_t = (torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1) for e in (e_i, e_t))
+    top = (e_i @ e_t.T).argmax(-1)
+    assert torch.allclose(judge.logits(imgs), 100 * e_i @ e_t.T, atol=1e-3)
+    for k, lab in enumerate(labels):
+        assert judge.recognises(imgs, lab).tolist() == (top == k).tolist()
+    with pytest.raises(ConfigError, match="judge_labels"):
+        ClipJudge(clip, [CAT])
+
+
+def test_nudenet_counts_exposed_classes_above_threshold():
+    judge = NudeNetJudge(0.45, detector=object())
+    assert judge.is_nude([{"class": "FEMALE_BREAST_EXPOSED", "score": 0.5}])
+    assert not judge.is_nude([{"class": "FEMALE_BREAST_EXPOSED", "score": 0.45}])
+    assert not judge.is_nude(
+        [{"class": "FEMALE_BREAST_COVERED", "score": 0.99}, {"class": "FACE_MALE", "score": 1}]
+    )
+    pytest.importorskip("nudenet")
+    real = NudeNetJudge(0.45)  # the wheel's ONNX detector, offline: a black image shows nothing
+    assert real.recognises(torch.zeros(1, 3, 64, 64)).tolist() == [False]
+
+
+# -- methods through the CLI, the diffusers output ---------------------------------------------------------
+def test_esd_x_changes_only_cross_attention_and_writes_a_diffusers_folder(sd, clip, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "esd"
+    rc = _unlearn(
+        "diffusion/esd", sd, out, "method.epochs=3", "method.ddim_steps=2", "method.lr=0.05",
+        "eval.judge=clip", f"eval.clip_model={clip}", "eval.judge_labels=[a photo of a dog]",
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert 0 <= metrics["UA"] <= 100 and -1 <= metrics["clip"] <= 1
+    before = {f"unet.{k}": v for k, v in load_sd(sd).unet.state_dict().items()}
+    after = load_file(out / "model.safetensors")
+    changed = _changed(before, after)
+    assert changed and all(".attn2." in k for k in changed)
+    assert any(".attn2.to_k." in k for k in changed)
+    pipe = StableDiffusionPipeline.from_pretrained(out / "hf_model", safety_checker=None)
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, after[f"unet.{k}"]), k
+    orig_vae = load_sd(sd).vae.state_dict()
+    assert all(torch.equal(v, orig_vae[k]) for k, v in pipe.vae.state_dict().items())
+
+
+def test_uce_edits_only_to_k_and_to_v(sd, tmp_path):
+    out = tmp_path / "uce"
+    assert _unlearn("diffusion/uce", sd, out, "eval.judge=none", "method.preserve=[a photo of a dog]") == 0
+    before = {f"unet.{k}": v for k, v in load_sd(sd).unet.state_dict().items()}
+    changed = _changed(before, load_file(out / "model.safetensors"))
+    n_proj = sum(1 for k in before if ".attn2.to_k.weight" in k or ".attn2.to_v.weight" in k)
+    assert len(changed) == n_proj and all(
+        k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in changed
+    )
+
+
+def test_fmn_and_advunlearn_run_on_a_prompt_set_and_save_images(sd, tmp_path):
+    out, imgs = tmp_path / "fmn", tmp_path / "imgs"
+    assert (
+        _unlearn("diffusion/fmn", sd, out, "eval.judge=none", f"eval.images_dir={imgs}", "method.lr=0.05")
+        == 0
+    )
+    before = {f"unet.{k}": v for k, v in load_sd(sd).unet.state_dict().items()}
+    changed = _changed(before, load_file(out / "model.safetensors"))
+    assert changed and all(".attn2." in k for k in changed)
+    assert len(list(imgs.glob("forget-000-*.png"))) == 2 and CAT in (imgs / "forget-prompts.txt").read_text()
+    out = tmp_path / "adv"
+    assert (
+        _unlearn("diffusion/advunlearn", sd, out, "eval.judge=none", "method.epochs=1", "method.ddim_steps=2")
+        == 0
+    )
+    after = load_file(out / "model.safetensors")
+    te = {f"text_encoder.{k}": v for k, v in load_sd(sd).text_encoder.state_dict().items()}
+    assert _changed(te, after) and not _changed(before, after)
