@@ -231,3 +231,23 @@ def test_fmn_and_advunlearn_run_on_a_prompt_set_and_save_images(sd, tmp_path):
     after = load_file(out / "model.safetensors")
     te = {f"text_encoder.{k}": v for k, v in load_sd(sd).text_encoder.state_dict().items()}
     assert _changed(te, after) and not _changed(before, after)
+
+
+def test_latent_ddim_matches_diffusers_ddim_without_clamping(sd):
+    from diffusers import DDIMScheduler
+
+    from unlearnkit.models.t2i import ddim_sample
+
+    m = load_sd(sd)
+    ids, null = encode_prompts(m, [CAT]), encode_prompts(m, [""])
+    x_T = 3 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))  # latents beyond [-1, 1]
+    ours = ddim_sample(m, ids, guidance=3.0, steps=4, x_T=x_T)
+    sched = DDIMScheduler.from_config(m.scheduler.config, clip_sample=False)  # steps_offset 1, ᾱ_final = ᾱ_0
+    sched.set_timesteps(4)
+    x = x_T
+    with torch.no_grad():
+        c, u = m.encode(ids), m.encode(null)
+        for t in sched.timesteps:
+            e_u, e_c = m.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([u, c])).sample.chunk(2)
+            x = sched.step(e_u + 3.0 * (e_c - e_u), t, x).prev_sample
+    assert torch.allclose(ours, x, atol=1e-4) and float(x.abs().max()) > 1

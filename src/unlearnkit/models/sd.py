@@ -44,6 +44,8 @@ def is_sd_folder(path: str | Path | None) -> bool:
 class LatentT2IModel(T2IModel):
     """UNet + text encoder (trainable module) with a frozen VAE: the model space is the VAE's latent space."""
 
+    clip_sample = False  # latents are not bounded: DDIM does not clamp x_0 (as diffusers' SD schedulers)
+
     def __init__(
         self, unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, scheduler: Any, tokenizer: Any
     ):

@@ -80,6 +80,8 @@ def build_scheduler():
 class T2IModel(nn.Module):
     """UNet + text encoder as one module; ``forward(x_t, t, input_ids)`` predicts the noise ε."""
 
+    clip_sample = True  # DDIM clamps its x_0 estimate to the data range [-1, 1]
+
     def __init__(
         self, unet: nn.Module, text_encoder: nn.Module, scheduler: Any = None, tokenizer: Any = None
     ):
@@ -158,9 +160,22 @@ def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -
 
 
 def ddim_timesteps(model: T2IModel, steps: int) -> list[int]:
-    """Evenly spaced ("leading") DDIM timesteps, noisiest first."""
+    """Evenly spaced ("leading") DDIM timesteps, noisiest first, shifted by the scheduler config's
+    ``steps_offset`` (1 in Stable Diffusion's, 0 by default: diffusers' ``DDIMScheduler.set_timesteps``)."""
     stride = model.num_train_timesteps // steps
-    return list(range(0, model.num_train_timesteps, stride))[:steps][::-1]
+    offset = int(_scheduler_option(model, "steps_offset", 0))
+    return [t + offset for t in range(0, model.num_train_timesteps, stride)][:steps][::-1]
+
+
+def _scheduler_option(model: Any, name: str, default: Any) -> Any:
+    cfg = getattr(getattr(model, "scheduler", None), "config", None)
+    value = getattr(cfg, name, None) if cfg is not None else None
+    return default if value is None else value
+
+
+def _final_alpha(model: Any, acp: torch.Tensor) -> torch.Tensor:
+    """ᾱ after the last DDIM step: 1 (``set_alpha_to_one``, the default) or ᾱ_0 (as SD's config says)."""
+    return torch.ones((), device=acp.device) if _scheduler_option(model, "set_alpha_to_one", True) else acp[0]
 
 
 @torch.no_grad()
@@ -203,8 +218,12 @@ def ddim_sample(
         eps_u, eps_c = model(torch.cat([x, x]), tt, context=torch.cat([uncond, context])).chunk(2)
         eps = eps_u + guidance * (eps_c - eps_u)
         a = acp[t]
-        a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
-        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else _final_alpha(model, acp)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if getattr(
+            model, "clip_sample", True
+        ):  # pixels live in [-1, 1]; a VAE's latents do not (diffusers: clip_sample)
+            x0 = x0.clamp(-1, 1)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     if stop_at is not None:
