@@ -103,3 +103,14 @@ def build_clip_folder(path: Path, seed: int = 0) -> Path:
         path
     )
     return path
+
+
+def build_classifier_folder(path: Path, num_labels: int = 3, seed: int = 0) -> Path:
+    """A random tiny ResNet image classifier (AutoModelForImageClassification) with a 32×32 processor."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=num_labels)
+    ResNetForImageClassification(cfg).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

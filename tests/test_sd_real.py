@@ -9,13 +9,13 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from sd_tiny import build_clip_folder, build_sd_folder
+from sd_tiny import build_classifier_folder, build_clip_folder, build_sd_folder
 
 from unlearnkit.cli import main
 from unlearnkit.data.prompt_sets import load_prompt_set, read_prompt_csv
 from unlearnkit.errors import ConfigError
 from unlearnkit.families.diffusion import DiffusionFamily
-from unlearnkit.metrics.judges import ClipJudge, NudeNetJudge
+from unlearnkit.metrics.judges import ClassifierJudge, ClipJudge, NudeNetJudge
 from unlearnkit.models.sd import load_sd
 from unlearnkit.models.t2i import encode_prompts
 
@@ -251,3 +251,37 @@ def test_latent_ddim_matches_diffusers_ddim_without_clamping(sd):
             e_u, e_c = m.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([u, c])).sample.chunk(2)
             x = sched.step(e_u + 3.0 * (e_c - e_u), t, x).prev_sample
     assert torch.allclose(ours, x, atol=1e-4) and float(x.abs().max()) > 1
+
+
+def test_classifier_judge_is_top1_in_the_prompts_class_ids_and_checks_its_inputs(sd, tmp_path, capsys):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder = build_classifier_folder(tmp_path / "resnet")
+    judge = ClassifierJudge(folder, {CAT: 1, "a car": [0, 2]})
+    imgs = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    pix = AutoImageProcessor.from_pretrained(folder)(images=list(imgs), do_rescale=False, return_tensors="pt")
+    with torch.no_grad():
+        top = model(**pix).logits.argmax(-1)
+    assert judge.recognises(imgs, CAT).tolist() == (top == 1).tolist()
+    assert judge.recognises(imgs, "a car").tolist() == (top != 1).tolist()
+    with pytest.raises(ConfigError, match="out of the classifier's range"):
+        ClassifierJudge(folder, {CAT: 3})
+    base = ["eval.judge=classifier", f"eval.judge_model={folder}", "method.epochs=1", "method.ddim_steps=1"]
+    for classes, words in (("{a car: 0}", "does not know the concept"), (f"{{{CAT}: 7}}", "out of")):
+        out = tmp_path / f"out-{len(words)}"
+        assert _unlearn("diffusion/esd", sd, out, *base, f"eval.judge_classes={classes}") == 2
+        err = [e for e in capsys.readouterr().err.splitlines() if "error" in e.lower()]
+        assert len(err) == 1 and words in err[0] and not out.exists(), err
+    out = tmp_path / "ok"
+    assert _unlearn("diffusion/esd", sd, out, *base, f"eval.judge_classes={{{CAT}: 1}}") == 0
+    assert 0 <= json.loads((out / "results.json").read_text())["metrics"]["UA"] <= 100
+
+
+def test_nudenet_judge_through_the_cli_runs_the_real_detector(sd, tmp_path):
+    pytest.importorskip("nudenet")
+    out = tmp_path / "nude"
+    rc = _unlearn("diffusion/uce", sd, out, "eval.judge=nudenet", "eval.per_prompt=1")
+    assert rc == 0
+    # random 16x16 images show no exposed body part: UA (share of concept images NOT judged nude) is 100
+    assert json.loads((out / "results.json").read_text())["metrics"]["UA"] == 100.0

@@ -6,6 +6,8 @@ each image show what ``prompt`` names?) and ``judge.knows(prompt)`` (can it tell
 - :class:`ClipJudge`: zero-shot CLIP (Radford et al. 2021) over text labels, as MACE's
   ``evaluate_clip_accuracy.py`` and UCE's ``CLIP_classify.py`` do: normalized projected embeddings, logits
   100·cos, an image shows label i when i is the top-1 label;
+- :class:`ClassifierJudge`: an image classifier folder with the concept's class ids (top-1, as the object
+  evaluations of AdvUnlearn / UnlearnDiffAtk with ImageNet ResNet-50);
 - :class:`NudeNetJudge`: NudeNet 3.x's detector; an image is nude when any exposed-body class
   (:data:`NUDE_CLASSES`, UnlearnDiffAtk's ``metrics/nudity_eval.py``) is detected with score > ``threshold``
   (0.45 there; 0.6 in other I2P evaluations).
@@ -106,3 +108,55 @@ class NudeNetJudge:
             bgr = np.ascontiguousarray(hwc[:, :, ::-1])  # NudeNet reads OpenCV's BGR arrays
             out.append(self.is_nude(self.detector.detect(bgr)))
         return torch.tensor(out, dtype=torch.bool)
+
+
+class ClassifierJudge:
+    """Any image classifier folder (``AutoModelForImageClassification`` + its image processor), e.g. the
+    ImageNet ResNet-50 of the AdvUnlearn / UnlearnDiffAtk object evaluations: an image shows a prompt when the
+    top-1 class is one of that prompt's class ids (``classes``: prompt -> id or list of ids)."""
+
+    def __init__(self, path: str | Path, classes: dict[str, Any]) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        try:
+            self.model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"eval.judge_model={str(path)!r} is not an image classifier folder ({first[:160]}): pass a "
+                "folder with an AutoModelForImageClassification and its image processor"
+            ) from None
+        n = int(self.model.config.num_labels)
+        self.classes = {
+            str(p): [int(i) for i in (v if isinstance(v, (list, tuple)) else [v])] for p, v in classes.items()
+        }
+        for p, ids in self.classes.items():
+            bad = [i for i in ids if not 0 <= i < n]
+            if bad or not ids:
+                raise ConfigError(
+                    f"eval.judge_classes[{p!r}] = {bad or ids} is out of the classifier's range 0..{n - 1}"
+                )
+
+    def knows(self, prompt: str) -> bool:
+        return prompt in self.classes
+
+    @torch.no_grad()
+    def top1(self, images01: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        dev = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(images01), batch_size):
+            imgs = list(images01[i : i + batch_size].detach().float().cpu())
+            pix = self.processor(
+                images=imgs, do_rescale=False, input_data_format="channels_first", return_tensors="pt"
+            )["pixel_values"]
+            out.append(self.model(pixel_values=pix.to(dev)).logits.argmax(-1).cpu())
+        return torch.cat(out)
+
+    def recognises(self, images01: torch.Tensor, prompt: str) -> torch.Tensor:
+        if not self.knows(prompt):
+            raise ConfigError(
+                f"the classifier judge does not know the prompt {prompt!r}: map it to its class id(s) with "
+                f"eval.judge_classes={{{prompt!r}: ID}}"
+            )
+        return torch.isin(self.top1(images01), torch.tensor(self.classes[prompt]))

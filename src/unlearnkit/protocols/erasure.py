@@ -15,7 +15,9 @@ captions' generations against their captions: the very images ``erasure_metrics`
 
 Judges (``eval.judge``): ``world`` (the world's judge from the original; UA, utility, FID/KID, ASR), ``clip``
 (zero-shot CLIP from ``eval.clip_model`` over the concept prompts, the retain prompts and
-``eval.judge_labels``: UA, and utility when there are retain prompts), ``nudenet`` (UA = share of concept
+``eval.judge_labels``: UA, and utility when there are retain prompts), ``classifier`` (an image classifier
+folder ``eval.judge_model`` with ``eval.judge_classes``, prompt -> class id(s): UA, and utility when every
+retain prompt is mapped), ``nudenet`` (UA = share of concept
 images without exposed-body detections above ``eval.judge_threshold``), ``none`` (no UA: the CLIP score if
 ``eval.clip_model`` is set, and the images in ``eval.images_dir``, with a note), ``auto`` (the default: the
 world's judge when the original has one, else none). A real Stable Diffusion model's concept prompts are
@@ -38,7 +40,7 @@ from unlearnkit.data.prompts import forget_captions
 from unlearnkit.errors import ConfigError, UnlearnkitError, did_you_mean
 from unlearnkit.metrics.clip_score import check_scale, clip_score, load_clip
 from unlearnkit.metrics.diffusion import erasure_metrics
-from unlearnkit.metrics.judges import ClipJudge, NudeNetJudge
+from unlearnkit.metrics.judges import ClassifierJudge, ClipJudge, NudeNetJudge
 from unlearnkit.models.t2i import generate_for_prompts
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
@@ -55,7 +57,7 @@ def _attack_options() -> set[str]:
     return names - {"progress", "x_tgt", "concept", "tokenizer", "vocab_ids"}
 
 
-JUDGES = ("auto", "none", "world", "clip", "nudenet")
+JUDGES = ("auto", "none", "world", "clip", "nudenet", "classifier")
 
 
 @dataclass
@@ -73,6 +75,8 @@ class ErasureEval(EvalConfig):
     judge: str = "auto"
     judge_labels: list[str] | None = None
     judge_threshold: float = 0.45
+    judge_model: str | None = None
+    judge_classes: dict | None = None
     images_dir: str | None = None
 
     def check(self) -> None:
@@ -80,6 +84,10 @@ class ErasureEval(EvalConfig):
             raise ConfigError(f"unknown eval.judge={self.judge!r}: {did_you_mean(self.judge, list(JUDGES))}")
         if self.judge == "clip" and not self.clip_model:
             raise ConfigError("eval.judge=clip needs eval.clip_model=CLIP_FOLDER (a CLIPModel folder)")
+        if self.judge == "classifier" and not (self.judge_model and self.judge_classes):
+            raise ConfigError(
+                "eval.judge=classifier needs eval.judge_model=FOLDER and eval.judge_classes={prompt: id}"
+            )
         if self.attack:
             known = sorted(_attack_options())
             for k in self.attack:
@@ -149,6 +157,14 @@ class Erasure(Protocol):
             judge = ClipJudge(clip, [*concepts, *retain, *(ev.judge_labels or [])])
         elif kind == "nudenet":
             judge = NudeNetJudge(ev.judge_threshold)
+        elif kind == "classifier":
+            judge = ClassifierJudge(ev.judge_model, dict(ev.judge_classes))
+        unknown = [c for c in concepts if judge is not None and not judge.knows(c)]
+        if unknown:
+            raise ConfigError(
+                f"the {kind} judge does not know the concept prompt {unknown[0]!r}: "
+                + ("map it in eval.judge_classes" if kind == "classifier" else "add it to eval.judge_labels")
+            )
         seed = 1000 * int(exp.seed) + int(ev.sample_seed)
         sampling = {"per_prompt": ev.per_prompt, "guidance": ev.guidance, "steps": ev.steps}
         imgs, idx = generate_for_prompts(model, concepts, seed=seed, **sampling)
@@ -158,7 +174,7 @@ class Erasure(Protocol):
         out: dict[str, Any] = {}
         if judge is not None:
             out["UA"] = 100 * (1 - float(_recognised(judge, imgs, idx, concepts).float().mean()))
-            if r_imgs is not None and kind == "clip":
+            if r_imgs is not None and all(judge.knows(c) for c in retain) and kind != "nudenet":
                 out["utility"] = 100 * float(_recognised(judge, r_imgs, r_idx, retain).float().mean())
         else:
             print(
