@@ -285,3 +285,28 @@ def test_nudenet_judge_through_the_cli_runs_the_real_detector(sd, tmp_path):
     assert rc == 0
     # random 16x16 images show no exposed body part: UA (share of concept images NOT judged nude) is 100
     assert json.loads((out / "results.json").read_text())["metrics"]["UA"] == 100.0
+
+
+def test_salun_on_the_models_own_generations_updates_at_most_half_the_weights(sd, tmp_path):
+    from unlearnkit.models.sd import own_latents
+    from unlearnkit.models.t2i import ddim_sample
+
+    m = load_sd(sd)
+    ids = encode_prompts(m, [CAT, CAT, "a car"])
+    z = own_latents(m, ids, torch.tensor([4, 5, 6]), guidance=7.5, steps=2, batch=2)
+    x_T = torch.randn(m.sample_shape, generator=torch.Generator().manual_seed(6))[None]
+    assert torch.allclose(z[2:], ddim_sample(m, ids[2:], 7.5, 2, x_T=x_T), atol=1e-5)
+    assert not torch.allclose(z[0], z[1])  # one seed per row
+    out = tmp_path / "salun"
+    rc = _unlearn(
+        "diffusion/salun", sd, out, "family_options.relabel_map={a photo of a cat: a photo of a dog}",
+        "data.images_per_prompt=4", "data.image_steps=2", "data.retain_prompts=[a photo of a dog]",
+        "method.epochs=2", "method.lr=0.01", "eval.judge=none",
+    )  # fmt: skip
+    assert rc == 0
+    before = {f"unet.{k}": v for k, v in m.unet.state_dict().items()}
+    before |= {f"text_encoder.{k}": v for k, v in m.text_encoder.state_dict().items()}
+    after = load_file(out / "model.safetensors")
+    moved = sum(int((before[k] != after[k]).sum()) for k in before)
+    total = sum(v.numel() for v in before.values())
+    assert 0 < moved <= 0.5 * total + 1  # SalUn's mask: the top 50% most salient weights, the rest held

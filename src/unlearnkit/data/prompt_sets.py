@@ -11,7 +11,10 @@ and evaluate on a CSV of prompts with their seeds). ``data.name=prompts`` builds
   classifier-free guidance uses must keep working; UCE's paper-era script always preserves "").
 
 Each row is one prompt: columns ``input_ids`` (the model's own tokenizer, ``tokenizer`` = a tokenizer folder)
-and ``y`` (the prompt's index in ``class_names``: the forget prompts first). The test set holds the same
+and ``y`` (the prompt's index in ``class_names``: the forget prompts first). With ``images_per_prompt=N``
+every prompt becomes N rows, for which the diffusion family draws the original model's own images (SalUn-SD's
+forget and retain data: the model's generations of the prompts, ``image_guidance``, ``image_steps`` DDIM
+steps, row id = noise seed). The test set holds the same
 rows: in the papers the evaluation prompts *are* the concept's prompt set (with their CSV seeds, kept in
 ``meta["rows"]``). ``meta["forget_prompts"]`` / ``meta["retain_prompts"]`` say which is which.
 """
@@ -103,6 +106,9 @@ def load_prompt_set(
     retain_csv: str | None = None,
     tokenizer: str | None = None,
     max_length: int = 77,
+    images_per_prompt: int = 0,
+    image_guidance: float = 7.5,
+    image_steps: int = 25,
 ) -> LoadedData:
     """A prompt set (no images) tokenized with the model's tokenizer folder ``tokenizer``."""
     if isinstance(prompts, str):
@@ -113,6 +119,8 @@ def load_prompt_set(
             "the prompt set is empty: give data.prompts=[...] or data.csv=FILE (or split.concept on a "
             "Stable Diffusion model)"
         )
+    if images_per_prompt < 0 or image_steps < 1:
+        raise ConfigError("data.images_per_prompt must be >= 0 and data.image_steps >= 1")
     if tokenizer is None:
         raise ConfigError(
             "data.tokenizer is missing: the model's tokenizer folder (e.g. SD_FOLDER/tokenizer)"
@@ -135,6 +143,9 @@ def load_prompt_set(
         "retain_prompts": list(dict.fromkeys(r["prompt"] for r in retain)),
         "rows": rows,
     }
+    if images_per_prompt:
+        ids, y = ids.repeat_interleave(images_per_prompt, 0), y.repeat_interleave(images_per_prompt)
+        meta["images"] = {"guidance": image_guidance, "steps": image_steps}
     train = ExampleSet({"input_ids": ids, "y": y}, meta={"dataset": "prompts"})
     test = ExampleSet({"input_ids": ids.clone(), "y": y.clone()}, meta={"dataset": "prompts"})
     return LoadedData(train, test, len(names), (), names, "prompts", meta)

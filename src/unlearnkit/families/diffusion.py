@@ -25,6 +25,8 @@ the concept and leave the concept prompt untouched.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,15 @@ from torch import nn
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.prompt_sets import load_prompt_set
 from unlearnkit.data.prompts import forget_captions
 from unlearnkit.data.shapes import MAX_LENGTH, tokenize
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
-from unlearnkit.models.sd import load_sd, model_kind
+from unlearnkit.models.sd import is_sd_folder, load_sd, own_latents
 from unlearnkit.models.t2i import clean_sample, load_t2i
-from unlearnkit.models.t2i_world import TRAIN_COMMAND
+from unlearnkit.models.t2i_world import TRAIN_COMMAND, is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
 from unlearnkit.registry import get_model, register_family
 
@@ -188,7 +191,7 @@ class DiffusionFamily(Family):
         original model (whose images the prompt attack targets) travel in ``extras``."""
         world = model_spec.get("world") or data.meta.get("world", "shapes")
         path = model_spec.get("path")
-        if path and model_kind(path) == "sd":  # a user's checkpoint: no judge of its own (eval.judge)
+        if is_sd_folder(path):  # a user's checkpoint: no judge of its own (eval.judge)
             model = load_sd(path)
             self.validate(model, split.forget)
             return Original(model, {"source": str(path)}, {"original": model})
@@ -204,11 +207,15 @@ class DiffusionFamily(Family):
         ``shapes``) is replaced by it: its captions and word-level vocabulary belong to the world."""
         spec = dict(cfg["data"])
         path = (cfg.get("model") or {}).get("path")
-        if not path or model_kind(path) != "sd":
+        if path and not is_sd_folder(path) and not is_world_folder(path):
+            raise not_a_model_folder(path, (cfg.get("model") or {}).get("world") or "shapes")
+        if not is_sd_folder(path):
             return spec
-        if spec.get("name") != "prompts":
-            spec = {"name": "prompts"}
+        if spec.get("name") != "prompts":  # keep only what a prompt set takes (data.images_per_prompt=...)
+            known = inspect.signature(load_prompt_set).parameters
+            spec = {"name": "prompts"} | {k: v for k, v in spec.items() if k in known}
         spec.setdefault("tokenizer", str(Path(path) / "tokenizer"))
+        self._sd_path = str(path)
         if not spec.get("prompts") and not spec.get("csv"):
             split = cfg.get("split") or {}
             if split.get("kind") == "concept" and split.get("concept") not in (None, "by-seed"):
@@ -217,6 +224,8 @@ class DiffusionFamily(Family):
 
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
+        if "images" in data.meta:  # a prompt set whose images are the original model's own generations
+            data = self._own_images(data)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
         self.max_length = data.meta.get("max_length", self.max_length)
         if self._next:  # SalUn's class-conditional DDPM anchor: class c -> class (c + 1) mod K
@@ -225,6 +234,21 @@ class DiffusionFamily(Family):
         self._table = None
         return data
 
+    def _own_images(self, data: LoadedData) -> LoadedData:
+        """Add ``z0``: the Stable Diffusion model's own latents for every row (seeded by the row id)."""
+        path = getattr(self, "_sd_path", None)
+        if path is None:
+            raise ConfigError(
+                "data.images_per_prompt needs model.path=SD_FOLDER (the model draws the images)"
+            )
+        opts = data.meta["images"]
+        z = own_latents(
+            load_sd(path), data.train.columns["input_ids"], data.train.ids, opts["guidance"], opts["steps"]
+        )
+        return replace(
+            data, train=data.train.with_column("z0", z), test=data.test.with_column("z0", z.clone())
+        )
+
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
         spec = dict(spec)
         name = spec.pop("name", "t2i-tiny")
@@ -232,7 +256,7 @@ class DiffusionFamily(Family):
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
         if path:
-            model = load_sd(path) if model_kind(path) == "sd" else load_t2i(path)
+            model = load_sd(path) if is_sd_folder(path) else load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
         if self.tokenizer is None:

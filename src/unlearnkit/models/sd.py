@@ -74,7 +74,10 @@ class LatentT2IModel(T2IModel):
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     def x0(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """The clean latents of a batch's images, encoded once per (example id, image checksum)."""
+        """The clean latents of a batch: its ``z0`` column (latents drawn by the model itself), or its images
+        encoded once per (example id, image checksum)."""
+        if "z0" in batch:
+            return batch["z0"].to(next(self.unet.parameters()).device)
         if "x" not in batch:
             return None
         x = batch["x"]
@@ -108,6 +111,37 @@ class LatentT2IModel(T2IModel):
             requires_safety_checker=False,
         )  # fmt: skip
         pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+@torch.no_grad()
+def own_latents(
+    model: T2IModel,
+    input_ids: torch.Tensor,
+    seeds: torch.Tensor,
+    guidance: float,
+    steps: int,
+    batch: int = 16,
+) -> torch.Tensor:
+    """The model's own DDIM samples (latents, classifier-free guidance ``guidance``) of each prompt row, the
+    noise of row k drawn from seed ``seeds[k]`` (reproducible per row whatever the batching)."""
+    from unlearnkit.models.t2i import ddim_sample
+
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(input_ids), batch):
+        x_T = torch.stack(
+            [
+                torch.randn(model.sample_shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in seeds[i : i + batch]
+            ]
+        )
+        out.append(
+            ddim_sample(model, input_ids[i : i + batch].to(dev), guidance, steps, x_T=x_T.to(dev)).cpu()
+        )
+    model.train(was)
+    return torch.cat(out)
 
 
 def _vae_device(model: LatentT2IModel) -> torch.device:
@@ -172,19 +206,3 @@ def load_sd(folder: str | Path) -> LatentT2IModel:
             f"{vae.config.latent_channels}: unet/ and vae/ come from different models"
         )
     return LatentT2IModel(unet, te, vae, sched, tok).eval()
-
-
-def model_kind(path: str | Path) -> str:
-    """``"sd"`` for a diffusers pipeline folder, ``"world"`` for a t2i world (``model/`` + judge), else a
-    ConfigError naming both layouts."""
-    p = Path(path)
-    if is_sd_folder(p):
-        return "sd"
-    if (p / "model").is_dir() and (p / "judge.safetensors").is_file():
-        return "world"
-    if (p / "unet").is_dir() and (p / "text_encoder").is_dir():
-        return "t2i"
-    raise ConfigError(
-        f"model.path={str(p)!r} is neither a Stable Diffusion folder (model_index.json, unet/, vae/, "
-        "text_encoder/, tokenizer/, scheduler/) nor a t2i world folder (model/ and judge.safetensors)"
-    )
