@@ -112,10 +112,7 @@ class Erasure(Protocol):
         judge = None if original is None else original.extras.get("judge")
         ev = self.cfg
         kind = ev.judge if ev.judge != "auto" else ("world" if judge is not None else "none")
-        captions = list(exp.data.class_names)
-        concepts = list(exp.data.meta.get("forget_prompts") or [])
-        concepts = concepts or forget_captions(exp.cfg["split"], captions, exp.seed)
-        retain = [c for c in captions if c not in concepts]
+        concepts, retain = _prompts(exp)
         if kind != "world":
             return self._judged(exp, model, kind, concepts, retain)
         if judge is None:
@@ -141,6 +138,36 @@ class Erasure(Protocol):
             out |= evaluate_asr(model, original.model, judge, concepts, exp.data.meta["tokenizer"], **opts)
         return Result(out)
 
+    def check_setup(self, exp: Any) -> None:
+        """Build the CLIP / classifier / NudeNet judge now: a judge that cannot be loaded or does not know the
+        concept fails before any training."""
+        if self.cfg.judge in ("clip", "nudenet", "classifier"):
+            concepts, retain = _prompts(exp)
+            self._judge(self.cfg.judge, concepts, [c for c in retain if c])
+
+    def _judge(self, kind: str, concepts: list[str], retain: list[str]) -> Any:
+        """The judge of ``kind`` (None for none), built once per protocol and label set."""
+        ev = self.cfg
+        key = (kind, tuple(concepts), tuple(retain))
+        cached = getattr(self, "_judge_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        judge: Any = None
+        if kind == "clip":
+            judge = ClipJudge(load_clip(ev.clip_model), [*concepts, *retain, *(ev.judge_labels or [])])
+        elif kind == "nudenet":
+            judge = NudeNetJudge(ev.judge_threshold)
+        elif kind == "classifier":
+            judge = ClassifierJudge(ev.judge_model, dict(ev.judge_classes))
+        unknown = [c for c in concepts if judge is not None and not judge.knows(c)]
+        if unknown:
+            raise ConfigError(
+                f"the {kind} judge does not know the concept prompt {unknown[0]!r}: "
+                + ("map it in eval.judge_classes" if kind == "classifier" else "add it to eval.judge_labels")
+            )
+        self._judge_cache = (key, judge)
+        return judge
+
     def _judged(
         self, exp: Any, model: nn.Module, kind: str, concepts: list[str], retain: list[str]
     ) -> Result:
@@ -152,19 +179,7 @@ class Erasure(Protocol):
                 f"eval.attack needs eval.judge=world (the prompt attack is not wired to the {kind} judge yet)"
             )
         clip = load_clip(ev.clip_model) if ev.clip_model else None
-        judge: Any = None
-        if kind == "clip":
-            judge = ClipJudge(clip, [*concepts, *retain, *(ev.judge_labels or [])])
-        elif kind == "nudenet":
-            judge = NudeNetJudge(ev.judge_threshold)
-        elif kind == "classifier":
-            judge = ClassifierJudge(ev.judge_model, dict(ev.judge_classes))
-        unknown = [c for c in concepts if judge is not None and not judge.knows(c)]
-        if unknown:
-            raise ConfigError(
-                f"the {kind} judge does not know the concept prompt {unknown[0]!r}: "
-                + ("map it in eval.judge_classes" if kind == "classifier" else "add it to eval.judge_labels")
-            )
+        judge = self._judge(kind, concepts, retain)
         seed = 1000 * int(exp.seed) + int(ev.sample_seed)
         sampling = {"per_prompt": ev.per_prompt, "guidance": ev.guidance, "steps": ev.steps}
         imgs, idx = generate_for_prompts(model, concepts, seed=seed, **sampling)
@@ -191,6 +206,15 @@ class Erasure(Protocol):
             if r_imgs is not None:
                 save_images(Path(ev.images_dir), r_imgs, r_idx, retain, "retain")
         return Result(out)
+
+
+def _prompts(exp: Any) -> tuple[list[str], list[str]]:
+    """(the erased prompts, the other prompts) of an experiment: a prompt set's forget prompts, or the
+    concept split's captions."""
+    captions = list(exp.data.class_names)
+    concepts = list(exp.data.meta.get("forget_prompts") or [])
+    concepts = concepts or forget_captions(exp.cfg["split"], captions, exp.seed)
+    return concepts, [c for c in captions if c not in concepts]
 
 
 def _recognised(judge: Any, imgs: torch.Tensor, idx: torch.Tensor, prompts: list[str]) -> torch.Tensor:
