@@ -313,3 +313,29 @@ def test_salun_on_the_models_own_generations_updates_at_most_half_the_weights(sd
     moved = sum(int((before[k] != after[k]).sum()) for k in before)
     total = sum(v.numel() for v in before.values())
     assert 0 < moved <= 0.5 * total + 1  # SalUn's mask: the top 50% most salient weights, the rest held
+
+
+def test_csv_rows_are_judged_once_each_with_their_own_seed_and_guidance(sd, tmp_path):
+    from unlearnkit.models.t2i import ddim_sample, generate_seeded
+
+    m = load_sd(sd)
+    imgs = generate_seeded(m, [CAT, "a car"], [11, 12], [7.5, 1.0], steps=2)
+    x_T = torch.randn(1, *m.sample_shape, generator=torch.Generator().manual_seed(12))
+    want = (m.to_images(ddim_sample(m, encode_prompts(m, ["a car"]), 1.0, 2, x_T=x_T)) + 1) / 2
+    assert torch.allclose(imgs[1:], want.clamp(0, 1), atol=1e-5)
+    f = tmp_path / "p.csv"
+    f.write_text(f"prompt,evaluation_seed,evaluation_guidance\n{CAT},11,7.5\n{CAT},13,\na car,12,1.0\n")
+    out, shots = tmp_path / "run", tmp_path / "imgs"
+    extra = [
+        "data.name=prompts",
+        f"data.csv={f}",
+        "eval.judge=none",
+        f"eval.images_dir={shots}",
+        "method.lamb=1",
+    ]
+    assert _unlearn("diffusion/uce", sd, out, *extra) == 0
+    assert sorted(p.name for p in shots.glob("forget-*.png")) == [
+        "forget-000-00.png",
+        "forget-000-01.png",
+        "forget-001-00.png",
+    ]  # one image per CSV row, not eval.per_prompt per prompt

@@ -255,6 +255,25 @@ def generate_for_prompts(
     return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
 
 
+@torch.no_grad()
+def generate_seeded(
+    model: Any, prompts: Sequence[str], seeds: Sequence[int], guidances: Sequence[float], steps: int = 25
+) -> torch.Tensor:
+    """One image in [0, 1] per (prompt, seed, guidance), as the I2P / UnlearnDiffAtk CSVs define them: the
+    initial noise x_T ~ N(0, I) of shape ``model.sample_shape`` drawn from ``torch.Generator`` seeded with the
+    row's seed (what a diffusers pipeline draws for one image with that generator on the CPU)."""
+    was = model.training
+    model.eval()
+    dev = _device(model)
+    out = []
+    for p, s, g in zip(prompts, seeds, guidances, strict=True):
+        x_T = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(int(s))).to(dev)
+        x = ddim_sample(model, encode_prompts(model, [p]), guidance=float(g), steps=steps, x_T=x_T)
+        out.append(model.to_images(x).cpu())
+    model.train(was)
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+
 def _empty_ids(model: T2IModel) -> torch.Tensor:
     cfg = model.text_encoder.config
     ids = torch.full((1, cfg.max_position_embeddings), cfg.pad_token_id, dtype=torch.long)

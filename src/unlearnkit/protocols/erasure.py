@@ -21,7 +21,8 @@ retain prompt is mapped), ``nudenet`` (UA = share of concept
 images without exposed-body detections above ``eval.judge_threshold``), ``none`` (no UA: the CLIP score if
 ``eval.clip_model`` is set, and the images in ``eval.images_dir``, with a note), ``auto`` (the default: the
 world's judge when the original has one, else none). A real Stable Diffusion model's concept prompts are
-its prompt set's forget prompts (``data.name=prompts``)."""
+its prompt set's forget prompts (``data.name=prompts``); rows of a prompt CSV with an evaluation seed are
+sampled once each with their seed and guidance, as the I2P / UnlearnDiffAtk protocol does."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from unlearnkit.errors import ConfigError, UnlearnkitError, did_you_mean
 from unlearnkit.metrics.clip_score import check_scale, clip_score, load_clip
 from unlearnkit.metrics.diffusion import erasure_metrics
 from unlearnkit.metrics.judges import ClassifierJudge, ClipJudge, NudeNetJudge
-from unlearnkit.models.t2i import generate_for_prompts
+from unlearnkit.models.t2i import generate_for_prompts, generate_seeded
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
 
@@ -182,7 +183,7 @@ class Erasure(Protocol):
         judge = self._judge(kind, concepts, retain)
         seed = 1000 * int(exp.seed) + int(ev.sample_seed)
         sampling = {"per_prompt": ev.per_prompt, "guidance": ev.guidance, "steps": ev.steps}
-        imgs, idx = generate_for_prompts(model, concepts, seed=seed, **sampling)
+        imgs, idx = _concept_images(exp, model, concepts, seed, sampling)
         r_imgs, r_idx = (
             generate_for_prompts(model, retain, seed=seed + 1, **sampling) if retain else (None, None)
         )
@@ -206,6 +207,27 @@ class Erasure(Protocol):
             if r_imgs is not None:
                 save_images(Path(ev.images_dir), r_imgs, r_idx, retain, "retain")
         return Result(out)
+
+
+def _concept_images(
+    exp: Any, model: nn.Module, concepts: list[str], seed: int, sampling: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of the concept prompts and the prompt index of each: a prompt CSV's rows with an evaluation
+    seed once each with their seed and guidance (I2P / UnlearnDiffAtk), the other prompts ``per_prompt``
+    times from the evaluation seed."""
+    rows = [r for r in exp.data.meta.get("rows", []) if r["prompt"] in concepts and r["seed"] is not None]
+    rest = [c for c in concepts if c not in {r["prompt"] for r in rows}]
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if rows:
+        guid = [sampling["guidance"] if r["guidance"] is None else r["guidance"] for r in rows]
+        imgs = generate_seeded(
+            model, [r["prompt"] for r in rows], [r["seed"] for r in rows], guid, sampling["steps"]
+        )
+        parts.append((imgs, torch.tensor([concepts.index(r["prompt"]) for r in rows])))
+    if rest:
+        imgs, idx = generate_for_prompts(model, rest, seed=seed, **sampling)
+        parts.append((imgs, torch.tensor([concepts.index(rest[int(i)]) for i in idx])))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _prompts(exp: Any) -> tuple[list[str], list[str]]:
