@@ -10,6 +10,12 @@ same draw for a fixed ``draw`` counter (a saliency mask or a cached reference lo
 method that wants fresh noise every step sets ``resample=True`` (the counter then advances on each call).
 A batch may also carry explicit ``t`` and ``noise`` columns, which win.
 
+A user's Stable Diffusion folder (``model.path``, :mod:`unlearnkit.models.sd`) is a latent model: x_0 is then
+s · E(x) (the VAE's scaled posterior mean, cached per image) or the model's own latents (``z0``), and the
+loss is the same formula in latent space (Rombach et al. 2022). Its data is a prompt set (``data.name=
+prompts``, :mod:`unlearnkit.data.prompt_sets`) tokenized by the model's own tokenizer, whose forget prompts
+are the concept (``split.concept`` by default).
+
 ``relabel`` is the diffusion analogue of a random label. The *condition* is the input and the image is the
 output, so a relabelled concept example keeps its concept prompt c_f and gets a new target: the model's own
 (stop-gradient) prediction under the anchor prompt c' (``relabel_map``, e.g. ``{"a red circle": "a red

@@ -24,7 +24,7 @@ from torch import nn
 
 from unlearnkit.data.prompt_sets import load_tokenizer_folder
 from unlearnkit.errors import ConfigError, UnlearnkitError
-from unlearnkit.models.t2i import T2IModel, _no_load_bar
+from unlearnkit.models.t2i import T2IModel, _no_load_bar, ddim_sample
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -124,8 +124,6 @@ def own_latents(
 ) -> torch.Tensor:
     """The model's own DDIM samples (latents, classifier-free guidance ``guidance``) of each prompt row, the
     noise of row k drawn from seed ``seeds[k]`` (reproducible per row whatever the batching)."""
-    from unlearnkit.models.t2i import ddim_sample
-
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
