@@ -103,9 +103,7 @@ class DiffusionFamily(Family):
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         _check_model(model)
-        x0 = clean_sample(
-            model, batch
-        )  # pixels in [-1, 1], or a latent model's VAE latents (cached per image)
+        x0 = clean_sample(model, batch)  # pixels in [-1, 1], or a latent model's (cached) VAE latents
         if x0 is None:
             raise DataError(
                 "the denoising loss needs images but this dataset is a prompt set: use a method that needs "
