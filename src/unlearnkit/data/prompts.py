@@ -105,13 +105,15 @@ def build_word_tokenizer(words: Sequence[str], max_length: int) -> Any:
 def tokenize(tokenizer: Any, prompts: list[str], max_length: int) -> torch.Tensor:
     """Token ids ``[N, max_length]`` (padded); an unknown word or a too-long prompt is a clear error."""
     unk = tokenizer.unk_token_id
+    if unk is not None and unk in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        unk = None  # CLIP's unknown token is its end token: a byte-level BPE has no unknown words anyway
     rows = tokenizer(list(prompts))["input_ids"]
     for p, row in zip(prompts, rows, strict=True):
         if unk is not None and unk in row:
-            known = [
-                w for w in sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get) if w not in SPECIAL
-            ]
-            raise DataError(f"prompt {p!r} has words outside the caption vocabulary ({', '.join(known)})")
+            vocab = tokenizer.get_vocab()
+            known = [w for w in sorted(vocab, key=vocab.get) if w not in SPECIAL]
+            shown = ", ".join(known[:20]) + (f", ... ({len(known)} words)" if len(known) > 20 else "")
+            raise DataError(f"prompt {p!r} has words outside the caption vocabulary ({shown})")
         if len(row) > max_length:
             raise DataError(
                 f"prompt {p!r} has {len(row)} tokens; the text encoder takes at most {max_length}"

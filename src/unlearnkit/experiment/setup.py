@@ -77,4 +77,6 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     if data.num_classes:
         for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
             validate_labels(s, data.num_classes, name)
-    return Setup(cfg, family, data, split, engine_cfg, train_spec, seed, protocol)
+    setup = Setup(cfg, family, data, split, engine_cfg, train_spec, seed, protocol)
+    protocol.check_setup(setup)  # e.g. the erasure judge knows the concept: fail before any training
+    return setup

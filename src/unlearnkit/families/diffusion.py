@@ -10,6 +10,12 @@ same draw for a fixed ``draw`` counter (a saliency mask or a cached reference lo
 method that wants fresh noise every step sets ``resample=True`` (the counter then advances on each call).
 A batch may also carry explicit ``t`` and ``noise`` columns, which win.
 
+A user's Stable Diffusion folder (``model.path``, :mod:`unlearnkit.models.sd`) is a latent model: x_0 is then
+s · E(x) (the VAE's scaled posterior mean, cached per image) or the model's own latents (``z0``), and the
+loss is the same formula in latent space (Rombach et al. 2022). Its data is a prompt set (``data.name=
+prompts``, :mod:`unlearnkit.data.prompt_sets`) tokenized by the model's own tokenizer, whose forget prompts
+are the concept (``split.concept`` by default).
+
 ``relabel`` is the diffusion analogue of a random label. The *condition* is the input and the image is the
 output, so a relabelled concept example keeps its concept prompt c_f and gets a new target: the model's own
 (stop-gradient) prediction under the anchor prompt c' (``relabel_map``, e.g. ``{"a red circle": "a red
@@ -25,6 +31,9 @@ the concept and leave the concept prompt untouched.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,13 +42,15 @@ from torch import nn
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.prompt_sets import load_prompt_set
 from unlearnkit.data.prompts import forget_captions
 from unlearnkit.data.shapes import MAX_LENGTH, tokenize
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
-from unlearnkit.models.t2i import load_t2i
-from unlearnkit.models.t2i_world import TRAIN_COMMAND
+from unlearnkit.models.sd import is_sd_folder, load_sd, own_latents
+from unlearnkit.models.t2i import clean_sample, load_t2i
+from unlearnkit.models.t2i_world import TRAIN_COMMAND, is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
 from unlearnkit.registry import get_model, register_family
 
@@ -72,9 +83,12 @@ class DiffusionFamily(Family):
         self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- core contract ----------------------------------------------------------------------------
-    def draw_noise(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t ``[B]``, ε ``[B, C, H, W]``) for each example, a function of (seed, id, draw) only."""
-        x = batch["x"]
+    def draw_noise(
+        self, model: nn.Module, batch: Batch, x: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t ``[B]``, ε ``[B, C, H, W]``) for each example, a function of (seed, id, draw) only; ``x`` is the
+        clean sample in model space (default: the batch's pixels)."""
+        x = batch["x"] if x is None else x
         if "t" in batch and "noise" in batch:
             return batch["t"].long(), batch["noise"]
         n_t = model.num_train_timesteps
@@ -89,8 +103,13 @@ class DiffusionFamily(Family):
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         _check_model(model)
-        x0 = batch["x"] * 2 - 1
-        t, noise = self.draw_noise(model, batch)
+        x0 = clean_sample(model, batch)  # pixels in [-1, 1], or a latent model's (cached) VAE latents
+        if x0 is None:
+            raise DataError(
+                "the denoising loss needs images but this dataset is a prompt set: use a method that needs "
+                "only prompts (esd, uce, fmn, advunlearn) or give images"
+            )
+        t, noise = self.draw_noise(model, batch, x0)
         xt = model.add_noise(x0, noise, t)
         pred = model(xt, t, batch["input_ids"])
         target = noise
@@ -157,6 +176,9 @@ class DiffusionFamily(Family):
             return super().make_split(data, spec, seed)
         check_split_options(spec, self.split_kinds)
         names = list(data.class_names)
+        if "forget_prompts" in data.meta:  # a prompt set: its forget prompts are the concept's
+            forget = [names.index(p) for p in data.meta["forget_prompts"]]
+            return class_split(data.train, data.test, forget), data
         concepts = forget_captions(spec, names, seed)
         for c in concepts:
             if c not in names:
@@ -173,14 +195,41 @@ class DiffusionFamily(Family):
         original model (whose images the prompt attack targets) travel in ``extras``."""
         world = model_spec.get("world") or data.meta.get("world", "shapes")
         path = model_spec.get("path")
+        if is_sd_folder(path):  # a user's checkpoint: no judge of its own (eval.judge)
+            model = load_sd(path)
+            self.validate(model, split.forget)
+            return Original(model, {"source": str(path)}, {"original": model})
         model, judge = load_world(path, world=world)
         self.validate(model, split.forget)
         _same_vocabulary(model, data.meta.get("tokenizer"), path, world)
         _same_schema(judge, data.meta.get("schema"), path, world)
         return Original(model, {"source": str(path or f"world {world}")}, {"judge": judge, "original": model})
 
+    def data_spec(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """A Stable Diffusion folder's data is a prompt set (``data.name=prompts``) tokenized by the model's
+        own tokenizer; its prompts default to the split's concept. A world's dataset (e.g. the presets'
+        ``shapes``) is replaced by it: its captions and word-level vocabulary belong to the world."""
+        spec = dict(cfg["data"])
+        path = (cfg.get("model") or {}).get("path")
+        if path and not is_sd_folder(path) and not is_world_folder(path):
+            raise not_a_model_folder(path, (cfg.get("model") or {}).get("world") or "shapes")
+        if not is_sd_folder(path):
+            return spec
+        if spec.get("name") != "prompts":  # keep only what a prompt set takes (data.images_per_prompt=...)
+            known = inspect.signature(load_prompt_set).parameters
+            spec = {"name": "prompts"} | {k: v for k, v in spec.items() if k in known}
+        spec.setdefault("tokenizer", str(Path(path) / "tokenizer"))
+        self._sd_path = str(path)
+        if not spec.get("prompts") and not spec.get("csv"):
+            split = cfg.get("split") or {}
+            if split.get("kind") == "concept" and split.get("concept") not in (None, "by-seed"):
+                spec["prompts"] = forget_captions(split)
+        return spec
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
+        if "images" in data.meta:  # a prompt set whose images are the original model's own generations
+            data = self._own_images(data)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
         self.max_length = data.meta.get("max_length", self.max_length)
         if self._next:  # SalUn's class-conditional DDPM anchor: class c -> class (c + 1) mod K
@@ -189,6 +238,21 @@ class DiffusionFamily(Family):
         self._table = None
         return data
 
+    def _own_images(self, data: LoadedData) -> LoadedData:
+        """Add ``z0``: the Stable Diffusion model's own latents for every row (seeded by the row id)."""
+        path = getattr(self, "_sd_path", None)
+        if path is None:
+            raise ConfigError(
+                "data.images_per_prompt needs model.path=SD_FOLDER (the model draws the images)"
+            )
+        opts = data.meta["images"]
+        z = own_latents(
+            load_sd(path), data.train.columns["input_ids"], data.train.ids, opts["guidance"], opts["steps"]
+        )
+        return replace(
+            data, train=data.train.with_column("z0", z), test=data.test.with_column("z0", z.clone())
+        )
+
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
         spec = dict(spec)
         name = spec.pop("name", "t2i-tiny")
@@ -196,7 +260,7 @@ class DiffusionFamily(Family):
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
         if path:
-            model = load_t2i(path)
+            model = load_sd(path) if is_sd_folder(path) else load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
         if self.tokenizer is None:
@@ -205,27 +269,42 @@ class DiffusionFamily(Family):
 
     def validate(self, model: nn.Module, data: ExampleSet) -> None:
         _check_model(model)
+        if "x" not in data.columns and "input_ids" in data.columns:  # a prompt set: no images to check
+            _check_ids(model, data.columns["input_ids"])
+            return
         missing = [c for c in ("x", "input_ids") if c not in data.columns]
         if missing:
             raise DataError(f"a text-to-image dataset needs columns 'x' and 'input_ids'; missing {missing}")
-        ids = data.columns["input_ids"]
-        te_cfg = model.text_encoder.config
-        if len(ids) and int(ids.max()) >= te_cfg.vocab_size:
-            raise DataError(
-                f"token id {int(ids.max())} is outside the text encoder's vocabulary ({te_cfg.vocab_size}): "
-                "the captions were tokenized with another tokenizer than the model's"
-            )
-        if ids.shape[1] > te_cfg.max_position_embeddings:
-            raise DataError(
-                f"captions have {ids.shape[1]} tokens but the text encoder takes at most "
-                f"{te_cfg.max_position_embeddings}"
-            )
-        u = model.unet.config
-        want = (u.in_channels, u.sample_size, u.sample_size)
+        _check_ids(model, data.columns["input_ids"])
+        want = _image_shape(model)
         if tuple(data.columns["x"].shape[1:]) != want:
             raise DataError(
-                f"images have shape {tuple(data.columns['x'].shape[1:])}, the UNet expects {want}"
+                f"images have shape {tuple(data.columns['x'].shape[1:])}, the model expects {want}"
             )
+
+
+def _image_shape(model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) of the images a model trains on: its UNet's sample, or what its VAE encodes to it."""
+    c, h, w = model.sample_shape
+    vae = getattr(model, "vae", None)
+    if vae is None:
+        return (c, h, w)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (int(vae.config.in_channels), h * f, w * f)
+
+
+def _check_ids(model: nn.Module, ids: torch.Tensor) -> None:
+    te_cfg = model.text_encoder.config
+    if len(ids) and int(ids.max()) >= te_cfg.vocab_size:
+        raise DataError(
+            f"token id {int(ids.max())} is outside the text encoder's vocabulary ({te_cfg.vocab_size}): "
+            "the captions were tokenized with another tokenizer than the model's"
+        )
+    if ids.shape[1] > te_cfg.max_position_embeddings:
+        raise DataError(
+            f"captions have {ids.shape[1]} tokens but the text encoder takes at most "
+            f"{te_cfg.max_position_embeddings}"
+        )
 
 
 def _check_model(model: nn.Module) -> None:

@@ -74,7 +74,7 @@ from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.methods.esd import esd_target
-from unlearnkit.models.t2i import encode_prompts
+from unlearnkit.models.t2i import clean_sample, ddim_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -134,6 +134,8 @@ class AdvUnlearnConfig(MethodConfig):
     attack_length: str = "uniform"
     text_anchor: int = 16
     warmup_steps: int = 0
+    start_guidance: float = 3.0  # x_t of a prompt set (no images): DDIM at this guidance ...
+    ddim_steps: int = 25  # ... with this many steps, stopped at a random one
 
     def check(self) -> None:
         super().check()
@@ -224,9 +226,26 @@ class AdvUnlearn(Method):
             ) from exc
 
     def _noised(self, batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = batch["x"] * 2 - 1
+        x0 = clean_sample(self.model, batch)  # pixels, or a latent model's VAE latents
+        if x0 is None:  # a prompt set has no images: the reference's x_t, a DDIM sample stopped early
+            return self._sampled(batch["input_ids"], gen)
+        x0 = x0.to(next(self.model.parameters()).device)
         t = torch.randint(0, self.model.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
         return self.model.add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0.device), t), t
+
+    @torch.no_grad()
+    def _sampled(self, ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t of the frozen UNet with the teacher's text states TE_o(c): DDIM (``ddim_steps``, guidance
+        ``start_guidance``) from fresh noise, stopped at a random step (as ESD's and the reference's code)."""
+        model, cfg = self.model, self.cfg
+        dev = next(model.parameters()).device
+        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
+        x_T = torch.randn(len(ids), *model.sample_shape, generator=gen).to(dev)
+        x_t, t = ddim_sample(
+            model, context=self.teacher_context(ids.to(dev)), guidance=cfg.start_guidance,
+            steps=cfg.ddim_steps, x_T=x_T, stop_at=stop, uncond_context=self.teacher_context(self._null),
+        )  # fmt: skip
+        return x_t, torch.full((len(ids),), t, device=dev, dtype=torch.long)
 
     def loss(self, b, ctx: StepContext):
         model, cfg = self.model, self.cfg

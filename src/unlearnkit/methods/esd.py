@@ -12,6 +12,8 @@ The fine-tuned model is pushed towards the original model's prediction guided *a
 - ``xt_source="sample"`` (the paper): x_t is the original model's own DDIM sample for c at guidance
   ``start_guidance``, stopped at a random step. ``xt_source="data"`` (cheaper, default here): x_t is a
   forget-set image noised to a random t — the model's data, not its samples; it costs no sampling steps.
+  A prompt set (a concept given as prompts, no images: a real Stable Diffusion model) has no data to noise,
+  so x_t is then always the paper's sample. A latent model's images are its VAE latents (``model.x0``).
 - The teacher ε_θo: the trainable tensors' original values are kept (a copy of only those tensors); the
   teacher's outputs are computed by the *same* module with those values swapped in under ``no_grad``, so the
   frozen part of the UNet and the text encoder exist once and no second model is held. (A second copy
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
-from unlearnkit.models.t2i import ddim_sample, encode_prompts
+from unlearnkit.models.t2i import clean_sample, ddim_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 
@@ -127,13 +129,15 @@ class ESD(Method):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = ids.device
         n = len(ids)
-        if self.cfg.xt_source == "data":
-            x0 = batch["x"] * 2 - 1
+        x0 = clean_sample(teacher, batch) if self.cfg.xt_source == "data" else None
+        if x0 is not None:
+            x0 = x0.to(dev)
             t = torch.randint(0, teacher.num_train_timesteps, (n,), generator=gen).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
             return teacher.add_noise(x0, noise, t), t
         stop = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=gen))
-        x_T = torch.randn(n, *batch["x"].shape[1:], generator=gen).to(dev)
+        shape = getattr(teacher, "sample_shape", None) or tuple(batch["x"].shape[1:])
+        x_T = torch.randn(n, *shape, generator=gen).to(dev)
         x_t, t = ddim_sample(
             teacher, ids, self.cfg.start_guidance, self.cfg.ddim_steps, x_T=x_T, stop_at=stop,
             uncond_ids=self._null,
@@ -143,7 +147,7 @@ class ESD(Method):
     def loss(self, b, ctx: StepContext):
         batch = b["forget"]
         ids = batch["input_ids"] if self._concept is None else self._concept.expand(len(batch["id"]), -1)
-        ids = ids.to(batch["x"].device)
+        ids = ids.to(next(self.model.parameters()).device)
         with torch.no_grad(), self.original_weights() as teacher:
             was = teacher.training
             teacher.eval()

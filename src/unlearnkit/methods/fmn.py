@@ -11,7 +11,8 @@ P(c) of the concept's tokens in the prompt, and minimises their Frobenius norm (
 so the UNet stops attending to the concept's words. The denoising prediction itself is not in the loss.
 
 - x_t: a forget-set image noised to a random t (``xt_source="data"``, the reference's real images of the
-  concept), or pure scaled noise (``xt_source="noise"``, the reference's ``no_real_image``: x_0 = 0). It is
+  concept), or pure scaled noise (``xt_source="noise"``, the reference's ``no_real_image``: x_0 = 0; always so
+  for a prompt set, which has no images). A latent model's images are its VAE latents. It is
   conditioned on the example's own caption, or on ``concept`` for every example.
 - P(c): the concept's token positions in the tokenized prompt. By default every word token of the prompt
   except the filler words ``filler_words`` (a, an, the, of) and the special tokens: for
@@ -39,7 +40,7 @@ from torch import nn
 from unlearnkit.engine.loop import Phase, StepContext
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.base import Method, MethodConfig, Task
-from unlearnkit.models.t2i import encode_prompts
+from unlearnkit.models.t2i import clean_sample, encode_prompts
 from unlearnkit.registry import register_method
 
 FILLER_WORDS = ("a", "an", "the", "of")
@@ -367,8 +368,11 @@ class FMN(Method):
     def loss(self, b, ctx: StepContext):
         batch = b["forget"]
         model = self.model
-        x0 = batch["x"] * 2 - 1
-        n, dev = len(x0), x0.device
+        x0 = clean_sample(model, batch)
+        n, dev = len(batch["id"]), next(model.parameters()).device
+        if x0 is None:  # a prompt set: no images, the reference's no_real_image
+            x0 = torch.zeros(n, *model.sample_shape, device=dev)
+        x0 = x0.to(dev)
         ids = batch["input_ids"] if self._concept is None else self._concept.expand(n, -1)
         ids = ids.to(dev)
         t = torch.randint(0, model.num_train_timesteps, (n,), generator=ctx.generator).to(dev)

@@ -80,6 +80,8 @@ def build_scheduler():
 class T2IModel(nn.Module):
     """UNet + text encoder as one module; ``forward(x_t, t, input_ids)`` predicts the noise ε."""
 
+    clip_sample = True  # DDIM clamps its x_0 estimate to the data range [-1, 1]
+
     def __init__(
         self, unet: nn.Module, text_encoder: nn.Module, scheduler: Any = None, tokenizer: Any = None
     ):
@@ -123,6 +125,30 @@ class T2IModel(nn.Module):
         a = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the UNet denoises (pixels here, latents for a latent model)."""
+        u = self.unet.config
+        return (int(u.in_channels), int(u.sample_size), int(u.sample_size))
+
+    def x0(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The clean sample x_0 in model space of a batch's images in [0, 1] (here 2x − 1); None for a batch
+        without images (a prompt set)."""
+        return batch["x"] * 2 - 1 if "x" in batch else None
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples to images in [-1, 1] (the identity for a pixel model)."""
+        return x
+
+
+def clean_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """x_0 in model space of a batch's images (``model.x0``: VAE latents for a latent model; pixels mapped
+    to [-1, 1] for a model without it); None for a batch without images (a prompt set)."""
+    x0 = getattr(model, "x0", None)
+    if x0 is not None:
+        return x0(batch)
+    return batch["x"] * 2 - 1 if "x" in batch else None
+
 
 def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -> torch.Tensor:
     """Token ids ``[N, L]`` of ``prompts`` with the model's tokenizer (unknown words are an error)."""
@@ -134,9 +160,22 @@ def encode_prompts(model: T2IModel, prompts: list[str], tokenizer: Any = None) -
 
 
 def ddim_timesteps(model: T2IModel, steps: int) -> list[int]:
-    """Evenly spaced ("leading") DDIM timesteps, noisiest first."""
+    """Evenly spaced ("leading") DDIM timesteps, noisiest first, shifted by the scheduler config's
+    ``steps_offset`` (1 in Stable Diffusion's, 0 by default: diffusers' ``DDIMScheduler.set_timesteps``)."""
     stride = model.num_train_timesteps // steps
-    return list(range(0, model.num_train_timesteps, stride))[:steps][::-1]
+    offset = int(_scheduler_option(model, "steps_offset", 0))
+    return [t + offset for t in range(0, model.num_train_timesteps, stride)][:steps][::-1]
+
+
+def _scheduler_option(model: Any, name: str, default: Any) -> Any:
+    cfg = getattr(getattr(model, "scheduler", None), "config", None)
+    value = getattr(cfg, name, None) if cfg is not None else None
+    return default if value is None else value
+
+
+def _final_alpha(model: Any, acp: torch.Tensor) -> torch.Tensor:
+    """ᾱ after the last DDIM step: 1 (``set_alpha_to_one``, the default) or ᾱ_0 (as SD's config says)."""
+    return torch.ones((), device=acp.device) if _scheduler_option(model, "set_alpha_to_one", True) else acp[0]
 
 
 @torch.no_grad()
@@ -150,20 +189,23 @@ def ddim_sample(
     uncond_ids: torch.Tensor | None = None,
     stop_at: int | None = None,
     x_T: torch.Tensor | None = None,
+    uncond_context: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Sample images in [-1, 1] with DDIM (η=0) and classifier-free guidance ``guidance``.
 
     Conditioning is ``input_ids`` or a precomputed ``context``; the unconditional branch uses ``uncond_ids``
-    (default: the empty caption). With ``stop_at=k`` the loop stops after k steps and returns
-    ``(x_t, t)`` (the partially denoised sample and the timestep it belongs to).
+    (default: the empty caption) or a precomputed ``uncond_context``. With ``stop_at=k`` the loop stops after
+    k steps and returns ``(x_t, t)`` (the partially denoised sample and the timestep it belongs to).
     """
     dev = _device(model)
     if context is None:
         context = model.encode(input_ids.to(dev))
     n = context.shape[0]
-    if uncond_ids is None:
-        uncond_ids = encode_prompts(model, [""]) if model.tokenizer is not None else _empty_ids(model)
-    uncond = model.encode(uncond_ids.to(dev)).expand(n, -1, -1)
+    if uncond_context is None:
+        if uncond_ids is None:
+            uncond_ids = encode_prompts(model, [""]) if model.tokenizer is not None else _empty_ids(model)
+        uncond_context = model.encode(uncond_ids.to(dev))
+    uncond = uncond_context.to(dev).expand(n, -1, -1)
     size = model.unet.config.sample_size
     c = model.unet.config.in_channels
     x = x_T if x_T is not None else torch.randn(n, c, size, size, generator=generator).to(dev)
@@ -176,8 +218,12 @@ def ddim_sample(
         eps_u, eps_c = model(torch.cat([x, x]), tt, context=torch.cat([uncond, context])).chunk(2)
         eps = eps_u + guidance * (eps_c - eps_u)
         a = acp[t]
-        a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
-        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else _final_alpha(model, acp)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if getattr(
+            model, "clip_sample", True
+        ):  # pixels live in [-1, 1]; a VAE's latents do not (diffusers: clip_sample)
+            x0 = x0.clamp(-1, 1)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     if stop_at is not None:
@@ -203,9 +249,29 @@ def generate_for_prompts(
     out = []
     for i in range(0, len(idx), batch_size):
         j = idx[i : i + batch_size]
-        out.append(ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen).cpu())
+        x = ddim_sample(model, ids[j], guidance=guidance, steps=steps, generator=gen)
+        out.append(model.to_images(x).cpu())
     model.train(was_training)
     return ((torch.cat(out) + 1) / 2).clamp(0, 1), idx
+
+
+@torch.no_grad()
+def generate_seeded(
+    model: Any, prompts: Sequence[str], seeds: Sequence[int], guidances: Sequence[float], steps: int = 25
+) -> torch.Tensor:
+    """One image in [0, 1] per (prompt, seed, guidance), as the I2P / UnlearnDiffAtk CSVs define them: the
+    initial noise x_T ~ N(0, I) of shape ``model.sample_shape`` drawn from ``torch.Generator`` seeded with the
+    row's seed (what a diffusers pipeline draws for one image with that generator on the CPU)."""
+    was = model.training
+    model.eval()
+    dev = _device(model)
+    out = []
+    for p, s, g in zip(prompts, seeds, guidances, strict=True):
+        x_T = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(int(s))).to(dev)
+        x = ddim_sample(model, encode_prompts(model, [p]), guidance=float(g), steps=steps, x_T=x_T)
+        out.append(model.to_images(x).cpu())
+    model.train(was)
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
 def _empty_ids(model: T2IModel) -> torch.Tensor:

@@ -161,21 +161,28 @@ def read_world(folder: str | Path) -> dict[str, Any]:
     return spec | {"schema": ConceptSchema.of(spec["schema"])}
 
 
+def is_world_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "model").is_dir() and (Path(folder) / "judge.safetensors").is_file()
+
+
+def not_a_model_folder(folder: str | Path, world: str = "shapes") -> UnlearnkitError:
+    """The error for a ``model.path`` that is neither a Stable Diffusion folder nor a world folder."""
+    folder = Path(folder)
+    hint = " (it looks like a T2I model folder itself: pass its parent)" if (folder / "unet").is_dir() else ""
+    return UnlearnkitError(
+        f"model.path={str(folder)!r} is neither a Stable Diffusion folder (model_index.json, unet/, "
+        f"vae/, text_encoder/, tokenizer/, scheduler/) nor a t2i world folder{hint}: a world needs "
+        f"model/ (unet, text_encoder, scheduler, tokenizer) and judge.safetensors, as "
+        f"`{TRAIN_COMMAND.format(world=world)}` writes them"
+    )
+
+
 def load_original(folder: str | Path | None = None, world: str = "shapes") -> tuple[Any, AttributeJudge]:
     """(the original T2I model, the judge) from ``folder`` (default: :func:`original_dir` of ``world``)."""
 
     folder = Path(folder) if folder is not None else original_dir(world)
-    if not (folder / "model").is_dir() or not (folder / "judge.safetensors").is_file():
-        hint = (
-            " (it looks like a T2I model folder itself: pass its parent)"
-            if (folder / "unet").is_dir()
-            else ""
-        )
-        raise UnlearnkitError(
-            f"model.path={str(folder)!r} is not a t2i world folder{hint}: it needs model/ (unet, "
-            f"text_encoder, scheduler, tokenizer) and judge.safetensors, as "
-            f"`{TRAIN_COMMAND.format(world=world)}` writes them"
-        )
+    if not is_world_folder(folder):
+        raise not_a_model_folder(folder, world)
     spec = read_world(folder)
     judge = AttributeJudge(spec["schema"], int(spec.get("judge_width", 32)))
     judge = load_weights(judge, folder / "judge.safetensors").eval()

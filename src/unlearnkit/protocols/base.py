@@ -67,6 +67,10 @@ class Protocol:
         """Validate a config's ``eval:`` section (unknown keys get a did-you-mean) and build the protocol."""
         return cls(build_dataclass(cls.Config, section or {}, "eval"))
 
+    def check_setup(self, exp: Any) -> None:
+        """Refuse, before any training, evaluation options that cannot work with this experiment's data
+        (e.g. a judge that does not know the erased concept). Nothing to check by default."""
+
     def evaluate(
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, original: Any = None
     ) -> Result:

@@ -1,0 +1,206 @@
+"""A user's Stable Diffusion checkpoint (diffusers folder layout) as a latent :class:`T2IModel`.
+
+Layout (``StableDiffusionPipeline.save_pretrained``): ``model_index.json`` and the sub-folders ``unet/``
+(``UNet2DConditionModel``), ``vae/`` (``AutoencoderKL``), ``text_encoder/`` (``CLIPTextModel``),
+``tokenizer/`` (``CLIPTokenizer`` from ``vocab.json`` + ``merges.txt``, or a ``tokenizer.json``) and
+``scheduler/`` (any diffusers scheduler with a β schedule; only its ᾱ_t are used). ``safety_checker/`` and
+``feature_extractor/`` are ignored (erasure is judged on the raw images).
+
+Latent diffusion (Rombach et al., CVPR 2022, §3–4): the denoiser works on z_0 = s · E(x) (E the VAE
+encoder's posterior mean, s the VAE's ``scaling_factor``, 0.18215 for SD 1.x), so the DDPM loss of
+:mod:`unlearnkit.families.diffusion` is ‖ε − ε_θ(√ᾱ_t z_0 + √(1−ᾱ_t) ε, c, t)‖² and samples are decoded
+with x = D(z / s). The VAE is held *outside* the module's parameter tree (no gradients, no optimizer state,
+not in the state dict); it follows ``.to()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.data.prompt_sets import load_tokenizer_folder
+from unlearnkit.errors import ConfigError, UnlearnkitError
+from unlearnkit.models.t2i import T2IModel, _no_load_bar, ddim_sample
+
+SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class _Held:
+    """A module kept outside its owner's parameter tree."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+
+def is_sd_folder(path: str | Path | None) -> bool:
+    """True for a diffusers pipeline folder (``model_index.json`` at its top)."""
+    return path is not None and (Path(path) / "model_index.json").is_file()
+
+
+class LatentT2IModel(T2IModel):
+    """UNet + text encoder (trainable module) with a frozen VAE: the model space is the VAE's latent space."""
+
+    clip_sample = False  # latents are not bounded: DDIM does not clamp x_0 (as diffusers' SD schedulers)
+
+    def __init__(
+        self, unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, scheduler: Any, tokenizer: Any
+    ):
+        super().__init__(unet, text_encoder, scheduler, tokenizer)
+        vae.requires_grad_(False)
+        self._vae = _Held(vae.eval())
+        self._latents: dict[tuple[int, float], torch.Tensor] = {}
+
+    @property
+    def vae(self) -> nn.Module:
+        return self._vae.module
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half() move the held VAE too
+        super()._apply(fn, *args, **kwargs)
+        self.vae._apply(fn, *args, **kwargs)
+        return self
+
+    @torch.no_grad()
+    def encode_images(self, images01: torch.Tensor) -> torch.Tensor:
+        """z_0 = s · mean of the VAE posterior of images in [0, 1]."""
+        x = images01.to(_vae_device(self), _vae_dtype(self)) * 2 - 1
+        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    def x0(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The clean latents of a batch: its ``z0`` column (latents drawn by the model itself), or its images
+        encoded once per (example id, image checksum)."""
+        if "z0" in batch:
+            return batch["z0"].to(next(self.unet.parameters()).device)
+        if "x" not in batch:
+            return None
+        x = batch["x"]
+        keys = [(int(i), float(x[k].double().sum())) for k, i in enumerate(batch["id"].tolist())]
+        todo = [k for k, key in enumerate(keys) if key not in self._latents]
+        if todo:
+            z = self.encode_images(x[todo])
+            for k, zk in zip(todo, z, strict=True):
+                self._latents[keys[k]] = zk.detach()
+        dev = next(self.unet.parameters()).device
+        return torch.stack([self._latents[key] for key in keys]).to(dev, x.dtype)
+
+    @torch.no_grad()
+    def to_images(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latents to images in [-1, 1]: x = D(z / s)."""
+        out = self.vae.decode(z.to(_vae_device(self), _vae_dtype(self)) / self.scaling_factor).sample
+        return out.to(z.device, z.dtype).clamp(-1, 1)
+
+    def save_pretrained(
+        self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **_: Any
+    ) -> None:
+        """Write a diffusers folder ``StableDiffusionPipeline.from_pretrained`` loads (safetensors); with
+        ``state_dict`` (this module's keys), those weights are written."""
+        from diffusers import StableDiffusionPipeline
+
+        if state_dict is not None:
+            self.load_state_dict(state_dict, strict=True)
+        pipe = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+@torch.no_grad()
+def own_latents(
+    model: T2IModel,
+    input_ids: torch.Tensor,
+    seeds: torch.Tensor,
+    guidance: float,
+    steps: int,
+    batch: int = 16,
+) -> torch.Tensor:
+    """The model's own DDIM samples (latents, classifier-free guidance ``guidance``) of each prompt row, the
+    noise of row k drawn from seed ``seeds[k]`` (reproducible per row whatever the batching)."""
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(input_ids), batch):
+        x_T = torch.stack(
+            [
+                torch.randn(model.sample_shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in seeds[i : i + batch]
+            ]
+        )
+        out.append(
+            ddim_sample(model, input_ids[i : i + batch].to(dev), guidance, steps, x_T=x_T.to(dev)).cpu()
+        )
+    model.train(was)
+    return torch.cat(out)
+
+
+def _vae_device(model: LatentT2IModel) -> torch.device:
+    return next(model.vae.parameters()).device
+
+
+def _vae_dtype(model: LatentT2IModel) -> torch.dtype:
+    return next(model.vae.parameters()).dtype
+
+
+def _scheduler(folder: Path) -> Any:
+    import diffusers
+
+    cfg_file = folder / "scheduler_config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{str(folder)!r} has no scheduler_config.json: copy the model's scheduler/ folder")
+    cfg = json.loads(cfg_file.read_text())
+    cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ConfigError(f"unknown scheduler class {cfg.get('_class_name')!r} in {str(cfg_file)!r}")
+    sched = cls.from_pretrained(folder, local_files_only=True)
+    pred = getattr(sched.config, "prediction_type", "epsilon")
+    if pred != "epsilon" or getattr(sched, "alphas_cumprod", None) is None:
+        raise ConfigError(
+            f"the scheduler in {str(folder)!r} ({cls.__name__}, prediction_type={pred!r}) is not an "
+            "ε-prediction β schedule: only ε-prediction Stable Diffusion checkpoints (1.x, 2.x-base) work"
+        )
+    return sched
+
+
+def load_sd(folder: str | Path) -> LatentT2IModel:
+    """Load a diffusers Stable Diffusion folder offline (safetensors where the folder has them)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    missing = [p for p in SD_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"the Stable Diffusion folder {str(folder)!r} lacks {missing}: it needs unet/, vae/, "
+            "text_encoder/, tokenizer/ and scheduler/ as StableDiffusionPipeline.save_pretrained writes them"
+        )
+    tok = load_tokenizer_folder(folder / "tokenizer")
+    sched = _scheduler(folder / "scheduler")
+    part = "unet"
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        part = "vae"
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+        part = "text_encoder"
+        with _no_load_bar():
+            te = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UnlearnkitError(
+            f"the {part} of the Stable Diffusion folder {str(folder)!r} cannot be loaded ({first[:200]}): "
+            "copy or export the folder again"
+        ) from None
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise ConfigError(
+            f"the UNet takes {unet.config.in_channels} channels but the VAE makes "
+            f"{vae.config.latent_channels}: unet/ and vae/ come from different models"
+        )
+    return LatentT2IModel(unet, te, vae, sched, tok).eval()

@@ -1,0 +1,116 @@
+"""A tiny random Stable Diffusion folder in the real diffusers layout, built offline in a second.
+
+UNet2DConditionModel on 4 latent channels (8×8 latents), AutoencoderKL (16×16 images, ×2 down), a 2-layer
+CLIPTextModel, a CLIPTokenizer written as ``vocab.json`` + ``merges.txt`` (a hand-made byte-level BPE: every
+byte alone and at a word's end, plus merges that make "cat</w>", "photo</w>" ...), an SD-1.x PNDM scheduler,
+saved by ``StableDiffusionPipeline.save_pretrained``; and a tiny random CLIPModel folder for the CLIP judge.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = ("cat", "dog", "photo", "car", "of")
+
+
+def _bpe(folder: Path) -> Path:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    merges = []
+    for w in WORDS:  # merge left to right: c a -> ca, ca t</w> -> cat</w>
+        cur = w[0]
+        for k, ch in enumerate(w[1:], 1):
+            right = ch + ("</w>" if k == len(w) - 1 else "")
+            merges.append(f"{cur} {right}")
+            cur = cur + right
+            if cur not in vocab_list:
+                vocab_list.append(cur)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    return folder
+
+
+def tiny_clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    _bpe(folder)
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def build_sd_folder(path: Path, seed: int = 0) -> Path:
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = tiny_clip_tokenizer(path.parent / f"{path.name}-bpe")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=4, layers_per_block=1, sample_size=16,
+    )  # fmt: skip
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+    )  # fmt: skip
+    sched = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    # the hub's SD 1.x tokenizer layout: vocab.json + merges.txt, no tokenizer.json
+    (path / "tokenizer" / "tokenizer.json").unlink()
+    _bpe(path / "tokenizer")
+    return path
+
+
+def build_clip_folder(path: Path, seed: int = 0) -> Path:
+    """A random CLIPModel (32×32 images) with the tiny CLIP tokenizer and an image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tok = tiny_clip_tokenizer(path.parent / f"{path.name}-bpe")
+    torch.manual_seed(seed)
+    layers = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = layers | {"vocab_size": len(tok), "max_position_embeddings": 77}
+    text |= {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": 0}
+    cfg = CLIPConfig(text_config=text, vision_config=layers | {"image_size": 32, "patch_size": 8})
+    CLIPModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        path
+    )
+    return path
+
+
+def build_classifier_folder(path: Path, num_labels: int = 3, seed: int = 0) -> Path:
+    """A random tiny ResNet image classifier (AutoModelForImageClassification) with a 32×32 processor."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=num_labels)
+    ResNetForImageClassification(cfg).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
