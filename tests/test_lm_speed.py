@@ -33,6 +33,24 @@ def _llama(vocab: int = 300, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def _mistral(vocab: int):
+    """Sliding window 6: shorter than most (prompt + answer) rows, so the window matters."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=6,
+    )
+    return MistralForCausalLM(cfg)
+
+
 def _qa_batch(seed: int = 1) -> dict[str, torch.Tensor]:
     """Right-padded rows of different lengths, loss on the answer part only."""
     g = torch.Generator().manual_seed(seed)
@@ -229,6 +247,7 @@ ANSWER_SETS = [
         ("llama", 4, None, 512, False),  # a model without a cache: the plain pass
         ("gpt2", 5, None, 512, True),
         ("llama", 4, None, 512, "chat"),  # a chat template: the answer is the rest of the conversation
+        ("mistral", 32, None, 512, "window"),  # a sliding window narrower than a padded row: whole rows
     ],
 )
 def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
@@ -240,7 +259,7 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     if shared == "chat":
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.chat_template = CHAT
-    model = _llama(len(tokenizer)) if arch == "llama" else _gpt2(len(tokenizer))
+    model = {"llama": _llama, "gpt2": _gpt2, "mistral": _mistral}[arch](len(tokenizer))
     if not shared:
         monkeypatch.setattr(scoring, "_cache_arg", lambda m: None)
     if shared == "group":
@@ -258,7 +277,7 @@ def test_shared_prompt_scoring_equals_pair_by_pair_scoring(
     nll, units = score_answers(model, tokenizer, pair_q, pair_a, 1, None, max_length)
     assert np.allclose(np.concatenate([g[0] for g in got]), nll, rtol=1e-6, atol=1e-4)
     assert np.array_equal(np.concatenate([g[1] for g in got]), units)
-    assert (len(calls) == 0) == bool(shared)
+    assert (len(calls) == 0) == (bool(shared) and shared != "window")
     if shared == "group":
         assert len(prompt_passes) == 1 and len(answer_passes) >= 4
     if shared == "chat":  # the assistant turn's closing tokens are scored too

@@ -18,8 +18,9 @@ answer)[:max_length]``). Questions are taken in order of length (length-bucketed
 holds at most ``batch_size`` answers and at most ``max_tokens`` answer-pass tokens, chosen by default so
 that a batch holds no more logits than scoring the largest question alone would (:func:`default_max_tokens`):
 peak memory stays that of one-at-a-time scoring, whatever the vocabulary.
-A model that takes no cache (not a Hugging Face causal LM), or a set with a one-token prompt, is scored
-with whole (prompt + answer) rows instead, one pass per batch; the values are the same.
+A model that takes no cache (not a Hugging Face causal LM), a set with a one-token prompt, or a model with a
+sliding attention window narrower than a padded row (:func:`sliding_window`) is scored with whole
+(prompt + answer) rows instead, one pass per batch; the values are the same.
 """
 
 from __future__ import annotations
@@ -115,6 +116,22 @@ def _cache_arg(model: nn.Module) -> str | None:
     except (TypeError, ValueError):
         return None
     return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def sliding_window(model: nn.Module) -> int | None:
+    """The model's sliding attention window when some layer uses one (Mistral, Gemma-2/3, ...), else None.
+
+    The shared-prompt path places answers after the padded prompt width in the cache, so a window counted
+    in cache positions would drop prompt tokens a full-sequence pass attends to; such models are scored
+    with whole rows unless every padded row fits in the window."""
+    cfg = getattr(model, "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return int(window)
 
 
 def _prompt_pass(model: nn.Module, questions: list[int], prompts, pad: int, device):
@@ -267,7 +284,13 @@ def score_answer_sets(
     device = model_device(model)
     cache_arg = _cache_arg(model)
     batches = _batches(prompts, toks, batch_size, budget)
-    shared = cache_arg is not None and all(len(p) >= 2 for p in prompts)
+    widest = max((len(p) for p in prompts), default=0) + max((len(y) for ys in toks for y in ys), default=0)
+    window = sliding_window(model)
+    shared = (
+        cache_arg is not None
+        and all(len(p) >= 2 for p in prompts)
+        and (window is None or widest + 1 <= window)
+    )
     groups = (
         _prompt_groups(batches, prompts, prompt_tokens(model, budget)) if shared else [[b] for b in batches]
     )
