@@ -147,3 +147,23 @@ def test_wandb_runs_offline_unless_the_user_chose_a_mode(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("WANDB_MODE", "online")
     assert tracking.start_options("wandb", tmp_path, "run-1")[1]["wandb"]["mode"] == "online"
+
+
+def test_unlearn_cli_logs_the_final_metrics_beside_the_step_losses(tmp_path):
+    """``unlearnkit unlearn ... engine.tracker=tensorboard``: the run's TensorBoard files hold its step losses
+    and, at the last step, the final metrics equal to results.json's."""
+    import json
+
+    from unlearnkit.cli import main
+
+    pytest.importorskip("tensorboard")
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    args = ["unlearn", "--preset", "vision/ga", "method.epochs=1", "engine.tracker=tensorboard"]
+    assert main([*args, f"engine.tracker_dir={logs}", "--out", str(out)]) == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    got = scalars(logs / "tensorboard")
+    last = max(s for s, _ in got["ga/forget/loss"])
+    for key in ("UA", "RA", "TA", "MIA"):
+        ((step, value),) = got[f"final/{key}"]
+        assert value == pytest.approx(metrics[key], rel=1e-6)
+        assert step >= last

@@ -253,7 +253,8 @@ def run_config(
         orig = original_model(setup, resume=resume)
         before = weights_sha256(orig.model)
         work = folder.work if out else None
-        model, seconds, fit = run_method(setup, orig.model, method, work, resume=resume)
+        engine = setup.engine(work, resume)
+        model, seconds, fit = run_method(setup, orig.model, method, work, resume=resume, engine=engine)
         result: dict[str, Any] = {"original": orig.meta}
         oracle = None
         if setup.protocol.cfg.oracle:
@@ -264,6 +265,7 @@ def run_config(
         metrics = public(evaluate_model(setup, model, oracle, orig))
         metrics["RTE"] = seconds
         result["metrics"] = metrics
+        engine.log_final(metrics)  # engine.tracker: the final metrics beside the step losses
         if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
             result["receipt"] = write_run(
                 out,

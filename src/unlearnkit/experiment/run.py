@@ -12,7 +12,7 @@ from torch import nn
 
 from unlearnkit.config import build_dataclass
 from unlearnkit.distributed import broadcast_object, full_state_dict, is_sharded, load_full_state_dict
-from unlearnkit.engine.loop import FitResult, Phase
+from unlearnkit.engine.loop import Engine, FitResult, Phase
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment.setup import Setup
 from unlearnkit.families.base import Original
@@ -67,11 +67,18 @@ def _warm_up_torch() -> None:
 
 
 def run_method(
-    setup: Setup, original: nn.Module, method: Method, run_dir: Path | None = None, resume: bool = False
+    setup: Setup,
+    original: nn.Module,
+    method: Method,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    engine: Engine | None = None,
 ) -> tuple[nn.Module, float, FitResult]:
     """Unlearn a deep copy of ``original`` (never the input itself); returns (model, seconds, fit).
 
-    ``resume`` continues from the last checkpoint in ``run_dir`` (see ``Engine.fit``)."""
+    ``resume`` continues from the last checkpoint in ``run_dir`` (see ``Engine.fit``). ``engine``: the
+    engine to train with (default ``setup.engine(run_dir, resume)``); pass one to log the final metrics to
+    its tracker afterwards (``Engine.log_final``)."""
     if is_sharded(original):  # trained under FSDP/ZeRO-3 in this run; FSDP modules cannot be deep-copied
         model = setup.new_model()
         load_full_state_dict(model, full_state_dict(original, all_ranks=True))
@@ -84,7 +91,7 @@ def run_method(
         setup.family,
         model,
         setup.split,
-        setup.engine(run_dir, resume),
+        engine or setup.engine(run_dir, resume),
         setup.seed,
         model_factory=lambda: setup.new_model(setup.seed + 10_007),
         train_spec=setup.train_spec,
