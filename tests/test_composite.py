@@ -59,7 +59,7 @@ def tiny_composite(tmp_path):
                 "suite": "tiny",
                 "kind": "composite",
                 "parts": {
-                    "random": {"suite": "vision-digits", "methods": ["ft", "ga"]},
+                    "random": {"suite": "vision-digits", "methods": ["ft", "ga"], "note": NOTE},
                     "classwise": {"suite": "vision-digits-class", "methods": ["ga"]},
                 },
             },
@@ -67,6 +67,9 @@ def tiny_composite(tmp_path):
         )
     )
     return path
+
+
+NOTE = 'Budget: one seed, so 1 row = "everything": read the 3-seed table.'
 
 
 def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composite, tmp_path, capsys):
@@ -91,7 +94,16 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composi
     assert not (out / "random" / "runs.sqlite").exists()
     html = (out / "report.html").read_text()
     assert "vision-digits" in html and "vision-digits-class" in html
+    # The part's note ends its caption (protocol caption first), in results.json, results.md and the terminal.
+    caption = json.loads((out / "random" / "results.json").read_text())["caption"]
+    assert caption.startswith("UA, RA, TA, MIA") and caption.endswith(NOTE)
+    assert NOTE in (out / "random" / "results.md").read_text()
+    assert "Budget: one seed" in html and "Budget: one seed" in (out / "report.md").read_text()
+    assert "caption" not in json.loads((out / "classwise" / "results.json").read_text()) or NOTE not in (
+        json.loads((out / "classwise" / "results.json").read_text())["caption"] or ""
+    )
     printed = capsys.readouterr().out
+    assert NOTE.split(":")[0] in printed
     assert "== random" in printed and "report written to" in printed
     # A rerun reuses the stored rows: identical results, and no row is computed again.
     before = json.loads((out / "random" / "results.json").read_text())["rows"]

@@ -3,7 +3,8 @@
 ``unlearnkit bench quick`` is one: a short pass over every family (classifier, TOFU-style LM,
 text-to-image) and a worst-case selection, followed by the report. A composite preset lists its
 ``parts``; each part names a suite and may fix its ``seeds``, restrict its ``methods`` and add
-``overrides``::
+``overrides``, and a ``note`` that a plain part's table caption ends with (what its budget can and cannot
+show)::
 
     parts:
       classifiers: {suite: vision-digits, seeds: 2}
@@ -21,6 +22,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from unlearnkit.errors import ConfigError
 from unlearnkit.io import write_json
 from unlearnkit.runs.store import ENV, STORE_NAME
 
-PART_KEYS = {"suite", "seeds", "methods", "overrides"}
+PART_KEYS = {"suite", "seeds", "methods", "overrides", "note"}
 
 
 def check_parts(cfg: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
@@ -133,6 +135,8 @@ def _run_parts(
         t0 = time.perf_counter()
         n = req.seeds if req.seeds is not None else int(spec.get("seeds") or 1)
         part_overrides = list(spec.get("overrides") or []) + common + per[pname]
+        if spec.get("note"):  # a JSON string is a YAML scalar: any text survives the override parser
+            part_overrides.append(f"note={json.dumps(str(spec['note']))}")
         req.run_suite(
             spec["suite"], n, out / pname, spec["methods"], part_overrides,
             progress=req.progress, fresh=req.fresh, runner=req.runner,

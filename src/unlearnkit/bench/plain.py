@@ -19,7 +19,7 @@ from unlearnkit.experiment import DEFAULTS, Setup
 from unlearnkit.io import weights_sha256
 from unlearnkit.registry import get_protocol
 
-SUITE_ONLY = ("suite", "keys", "caption", "attack", "kind", "plot")
+SUITE_ONLY = ("suite", "keys", "caption", "note", "attack", "kind", "plot")
 
 
 def protocol_name(loop: SuiteRunner, setup: Lazy[Setup]) -> str:
@@ -49,8 +49,11 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
         assert first is not None
         protocol = protocol_name(loop, first)
     keys = opts.get("keys") or get_protocol(protocol).headline
+    caption = opts.get("caption")
+    if opts.get("note"):  # appended to the suite's (or else the protocol's) caption
+        caption = f"{caption or get_protocol(protocol).caption} {opts['note']}"
     result = suite_result(
-        suite_name, "plain", protocol, seeds, cfg, specs, keys, opts.get("caption"), rows,
+        suite_name, "plain", protocol, seeds, cfg, specs, keys, caption, rows,
         **({"plot": opts["plot"]} if opts.get("plot") else {}),
     )  # fmt: skip
     write_results(req.out, result, markdown_table(result))
