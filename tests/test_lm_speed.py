@@ -188,15 +188,16 @@ def test_batches_are_trimmed_to_their_longest_row_with_unchanged_losses(tokenize
             assert torch.allclose(fam.per_example_loss(model, alt), _textbook_nll(model, full_alt), atol=2e-5)
 
 
-@pytest.mark.parametrize("method", ["graddiff", "rmu"])
+@pytest.mark.parametrize("method", ["graddiff", "rmu", "undial-full", "undial-topk"])
 def test_per_position_reference_caches_of_trimmed_batches_match_a_frozen_copy(tokenizer, qa_set, method):
-    """Cached per-position reference values (GradDiff-KL log-probs, RMU activations) come from batches of
-    different widths; they must give the same retain term as a live frozen copy on any batch."""
+    """Cached per-position reference values (GradDiff-KL log-probs, RMU activations, UNDIAL's targets) come
+    from batches of different widths; they must give the same loss term as a live frozen copy on any batch."""
     from unlearnkit.data.splits import Split
     from unlearnkit.engine import Engine, EngineConfig
     from unlearnkit.methods.base import Task
     from unlearnkit.methods.graddiff import GradDiff, GradDiffConfig
     from unlearnkit.methods.rmu import RMU, RMUConfig
+    from unlearnkit.methods.undial import UNDIAL, UNDIALConfig
 
     forget, retain = qa_set.take(torch.arange(2)), qa_set.take(torch.arange(2, 6))
     split = Split(forget, retain, qa_set.take(torch.arange(2)))
@@ -205,18 +206,24 @@ def test_per_position_reference_caches_of_trimmed_batches_match_a_frozen_copy(to
         model = _llama(len(tokenizer))
         if method == "graddiff":
             m = GradDiff(GradDiffConfig(batch_size=1, retain_loss="kl", kl_reference=ref))
-        else:
+        elif method == "rmu":
             m = RMU(RMUConfig(batch_size=1, retain_reference=ref, positions="all"))
+        else:  # top-k 1000 > the vocabulary: the top-k target is the whole distribution
+            mode = method.split("-")[1] if ref == "cache" else "frozen"
+            m = UNDIAL(UNDIALConfig(batch_size=1, reference=mode, top_k=1000))
         task = Task(TextFamily(tokenizer), model, split, Engine(EngineConfig(progress=False)), seed=0)
         m.task = task
         m.prepare(task)
-        if ref == "cache":
+        if ref == "cache" and not method.startswith("undial"):
             cache = m.kl_cache if method == "graddiff" else m.retain_cache
             assert cache is not None and cache.values["loss"].shape[1] >= 2
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
-        values.append([m.retain_term(b).item() for b in retain.loader(3)])
+        if method.startswith("undial"):
+            values.append([m.forget_term(b, None)[0].item() for b in forget.loader(1)])  # own widths
+        else:
+            values.append([m.retain_term(b).item() for b in retain.loader(3)])
     assert values[0][0] > 0 and values[0] == pytest.approx(values[1], rel=1e-5)
 
 

@@ -155,11 +155,13 @@ class UNDIAL(GradDiff):
                 ref_logits, _, _ = self._units(self.family, self.target_model, batch)
             loss = undial_loss(adjusted_target_logprobs(ref_logits, targets, self.cfg.beta), logits, mask)
         elif self.target is not None and "idx" in self.target.values:
-            idx = self.target.get(batch["id"], "idx").to(logits.device).long()
-            logq = self.target.get(batch["id"], "logq").to(logits)
+            width = logits.shape[1]  # the batch's own width (trimmed); the cache holds the set's
+            idx = self.target.get(batch["id"], "idx")[:, :width].to(logits.device).long()
+            logq = self.target.get(batch["id"], "logq")[:, :width].to(logits)
             loss = undial_topk_loss(idx, logq, logits, mask)
         else:
             assert self.target is not None, "prepare() was not called"
-            loss = undial_loss(self.target.get(batch["id"]).to(logits), logits, mask)
+            logq = self.target.get(batch["id"])[:, : logits.shape[1]].to(logits)
+            loss = undial_loss(logq, logits, mask)
         nll = -flat_mean(target_logprobs(logits.detach(), targets), mask)
         return loss, {"forget_nll": float(nll)}
