@@ -17,20 +17,21 @@ from unlearnkit.families.text_nll import rows_nll, token_nll, vocab_moments
 torch.set_num_threads(1)
 
 
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=128,
+)
+
+
 def _llama(vocab: int = 300, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **TINY))
 
 
 def _mistral(vocab: int):
@@ -38,17 +39,7 @@ def _mistral(vocab: int):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    cfg = MistralConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        sliding_window=6,
-    )
-    return MistralForCausalLM(cfg)
+    return MistralForCausalLM(MistralConfig(vocab_size=vocab, **TINY, sliding_window=6))
 
 
 def _qa_batch(seed: int = 1) -> dict[str, torch.Tensor]:
