@@ -114,3 +114,28 @@ def build_classifier_folder(path: Path, num_labels: int = 3, seed: int = 0) -> P
     ResNetForImageClassification(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+def build_splitting_classifier(path: Path, images01: torch.Tensor, seed: int = 0) -> Path:
+    """A tiny ResNet classifier (2 classes) whose head splits ``images01`` at the median of their feature
+    projection on the direction of largest variance: class 0 for about half of such images, class 1 for the
+    other half (a random head calls every image of a random model the same class)."""
+    from transformers import ResNetForImageClassification, ViTImageProcessor
+
+    folder = build_classifier_folder(path, num_labels=2, seed=seed)
+
+    model = ResNetForImageClassification.from_pretrained(folder).eval()
+    proc = ViTImageProcessor.from_pretrained(folder)
+    pix = proc(images=list(images01), do_rescale=False, return_tensors="pt")
+    with torch.no_grad():
+        f = model.resnet(pix["pixel_values"]).pooler_output.flatten(1)
+        centred = f - f.mean(0)
+        d = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        proj = f @ d
+        mid = proj.median()
+        head = model.classifier[-1]
+        scale = 1.0 / float(proj.std() + 1e-8)
+        head.weight.copy_(torch.stack([d, -d]) * scale)
+        head.bias.copy_(torch.tensor([-float(mid), float(mid)]) * scale)
+    model.save_pretrained(folder)
+    return folder
