@@ -48,6 +48,7 @@ from unlearnkit.io import write_json
 from unlearnkit.metrics.clip_score import check_scale, clip_score, load_clip
 from unlearnkit.metrics.diffusion import erasure_metrics
 from unlearnkit.metrics.judges import ClassifierJudge, ClipJudge, NudeNetJudge
+from unlearnkit.models.generate import write_png
 from unlearnkit.models.t2i import generate_for_prompts, generate_seeded
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
@@ -284,17 +285,11 @@ def _recognised(judge: Any, imgs: torch.Tensor, idx: torch.Tensor, prompts: list
 def save_images(folder: Path, imgs: torch.Tensor, idx: torch.Tensor, prompts: list[str], part: str) -> None:
     """PNG files ``<part>-<prompt index>-<k>.png`` (each written whole, then moved into place) and
     ``<part>-prompts.txt``."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[int, int] = {}
     for img, i in zip(imgs, idx.tolist(), strict=True):
         k = counts[i] = counts.get(i, -1) + 1
-        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        final = folder / f"{part}-{i:03d}-{k:02d}.png"
-        tmp = folder / f".{final.name}.tmp"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, final)
+        write_png(folder / f"{part}-{i:03d}-{k:02d}.png", img)
     tmp = folder / f".{part}-prompts.txt.tmp"
     tmp.write_text("".join(f"{i:03d}\t{p}\n" for i, p in enumerate(prompts)))
     os.replace(tmp, folder / f"{part}-prompts.txt")
