@@ -48,7 +48,7 @@ from unlearnkit.data.shapes import MAX_LENGTH, tokenize
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
-from unlearnkit.models.sd import is_sd_folder, load_sd, own_latents
+from unlearnkit.models.sd import MEMORY_OPTIONS, apply_memory_options, is_sd_folder, load_sd, own_latents
 from unlearnkit.models.t2i import clean_sample, load_t2i
 from unlearnkit.models.t2i_world import TRAIN_COMMAND, is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
@@ -195,11 +195,13 @@ class DiffusionFamily(Family):
         original model (whose images the prompt attack targets) travel in ``extras``."""
         world = model_spec.get("world") or data.meta.get("world", "shapes")
         path = model_spec.get("path")
+        memory = {k: model_spec[k] for k in MEMORY_OPTIONS if k in model_spec}
         if is_sd_folder(path):  # a user's checkpoint: no judge of its own (eval.judge)
-            model = load_sd(path)
+            model = apply_memory_options(load_sd(path), **memory)
             self.validate(model, split.forget)
             return Original(model, {"source": str(path)}, {"original": model})
         model, judge = load_world(path, world=world)
+        apply_memory_options(model, **memory)
         self.validate(model, split.forget)
         _same_vocabulary(model, data.meta.get("tokenizer"), path, world)
         _same_schema(judge, data.meta.get("schema"), path, world)
@@ -259,10 +261,12 @@ class DiffusionFamily(Family):
         path = spec.pop("path", None)
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
+        memory = {k: spec.pop(k) for k in MEMORY_OPTIONS if k in spec}
         if path:
             model = load_sd(path) if is_sd_folder(path) else load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
+        apply_memory_options(model, **memory)
         if self.tokenizer is None:
             self.tokenizer = getattr(model, "tokenizer", None)
         return model

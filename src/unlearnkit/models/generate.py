@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from unlearnkit.errors import ConfigError
-from unlearnkit.models.sd import LatentT2IModel, is_sd_folder, load_sd
+from unlearnkit.models.sd import LatentT2IModel, apply_memory_options, is_sd_folder, load_sd
 from unlearnkit.models.t2i import COMPONENTS, generate_seeded, load_t2i
 from unlearnkit.models.t2i_world import is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
@@ -66,7 +66,7 @@ def generate_folder(
     if out == src or src in out.parents:
         raise ConfigError(f"--out {str(out)!r} is inside the model folder: write the images elsewhere")
     if attention_slicing:
-        model.unet.set_attention_slice("auto")
+        apply_memory_options(model, attention_slicing=True)
     if guidance is None:
         guidance = 7.5 if isinstance(model, LatentT2IModel) else 3.0
     rows = [(i, p, seed + j) for i, p in enumerate(prompts) for j in range(per_prompt)]

@@ -142,6 +142,38 @@ def own_latents(
     return torch.cat(out)
 
 
+MEMORY_OPTIONS = ("gradient_checkpointing", "attention_slicing")
+
+
+def apply_memory_options(
+    model: T2IModel, gradient_checkpointing: bool = False, attention_slicing: bool | int | str | None = None
+) -> T2IModel:
+    """``model.gradient_checkpointing=true``: activation checkpointing in the UNet (diffusers'
+    ``enable_gradient_checkpointing``) and the text encoder (transformers' activation checkpointing, for the
+    methods that train it, AdvUnlearn), non-reentrant, so the gradients are the same and only the
+    activations are recomputed in the backward pass; it acts in training mode only.
+    ``model.attention_slicing`` (true / "auto", "max" or a slice size): diffusers' sliced attention in the
+    UNet, for sampling with less memory (the same attention, a slice of heads at a time)."""
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        te = model.text_encoder
+        enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        if hasattr(te, "disable_input_require_grads"):  # non-reentrant needs no grad on the inputs: a frozen
+            te.disable_input_require_grads()  # encoder (ESD, FMN) then builds no graph at all
+    if attention_slicing not in (None, False):
+        size = "auto" if attention_slicing is True else attention_slicing
+        if size not in ("auto", "max") and not isinstance(size, int):
+            raise ConfigError(
+                f"model.attention_slicing must be true, 'auto', 'max' or a slice size, not {size!r}"
+            )
+        try:
+            model.unet.set_attention_slice(size)
+        except ValueError as exc:
+            raise ConfigError(f"model.attention_slicing={size!r}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
 def _vae_device(model: LatentT2IModel) -> torch.device:
     return next(model.vae.parameters()).device
 
