@@ -133,3 +133,13 @@ def test_frozen_parts_carry_no_gradient_and_no_optimizer_state(sd, tmp_path, mon
     for k in outs[0]:
         torch.testing.assert_close(outs[1][k], outs[0][k], rtol=1e-4, atol=1e-6)
     assert any(not torch.equal(v, load_sd(sd).state_dict()[k]) for k, v in outs[0].items())
+
+
+def test_fmn_refuses_gradient_checkpointing_before_training(sd, tmp_path, capsys):
+    out = tmp_path / "fmn"
+    rc = main(
+        ["unlearn", "--preset", "diffusion/fmn", f"model.path={sd}", f"split.concept={CAT}"]
+        + ["--out", str(out), "model.gradient_checkpointing=true", "eval.judge=none"]
+    )
+    err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error")]
+    assert rc == 2 and len(err) == 1 and "remove model.gradient_checkpointing" in err[0] and not out.exists()
