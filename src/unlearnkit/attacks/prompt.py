@@ -41,6 +41,12 @@
   variant. δ is kept inside the box spanned by the vocabulary's embeddings.
 - :func:`evaluate_asr` gives pre-ASR and ASR as UnlearnDiffAtk's ``check_asr.py`` defines them (ASR counts the
   prompts already successful without attack), through :func:`unlearnkit.metrics.diffusion.asr`.
+
+The same code serves a pixel world and a latent Stable Diffusion model (samples are decoded with
+``model.to_images``; x_tgt is the VAE's scaled latent of the original's image, :func:`model_space`, as the
+reference encodes its target images), and any judge: a world's attribute judge (``predict``) or one of
+:mod:`unlearnkit.metrics.judges` (``recognises(images, prompt)``), see :func:`attack_target`. Prompts are
+tokenized and padded with the model's own tokenizer (SD 1.x pads with its end token).
 """
 
 from __future__ import annotations
