@@ -61,6 +61,15 @@ def test_uce_on_a_single_file_writes_a_diffusers_folder(single, tmp_path):
     assert changed and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in changed)
 
 
+def test_generate_from_a_single_file_draws_what_the_folder_draws(single, tmp_path):
+    sd, file, config = single
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["generate", "--model", str(sd), "--prompt", CAT, "--out", str(a), "--steps", "2"]) == 0
+    rc = main(["generate", "--model", str(file), "--single-file-config", str(config), "--prompt", CAT]
+              + ["--out", str(b), "--steps", "2"])  # fmt: skip
+    assert rc == 0 and (a / "000-seed0.png").read_bytes() == (b / "000-seed0.png").read_bytes()
+
+
 def test_single_file_mistakes_are_one_line(single, tmp_path, capsys):
     sd, file, config = single
     (tmp_path / "in").mkdir()

@@ -128,11 +128,12 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5 SD, 3 worlds)")
     g.add_argument("-n", type=int, default=1, help="images per prompt (default 1)")
     g.add_argument("--attention-slicing", action="store_true", help="less memory, a little slower")
+    g.add_argument("--single-file-config", help="a single .safetensors file's base model (diffusers folder)")
 
 
 def _cmd_generate(args) -> int:
     opts = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance, "per_prompt": args.n}
-    opts["attention_slicing"] = args.attention_slicing
+    opts |= {"attention_slicing": args.attention_slicing, "single_file_config": args.single_file_config}
     written = generate_folder(args.model, args.prompt, args.out, **opts)
     print(f"{len(written)} image(s) written to {args.out}")
     return 0

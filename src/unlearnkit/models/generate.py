@@ -18,17 +18,18 @@ from typing import Any
 import torch
 
 from unlearnkit.errors import ConfigError
-from unlearnkit.models.sd import LatentT2IModel, apply_memory_options, is_sd_folder, load_sd
+from unlearnkit.models.sd import LatentT2IModel, apply_memory_options, is_sd_model, load_sd
 from unlearnkit.models.t2i import COMPONENTS, generate_seeded, load_t2i
 from unlearnkit.models.t2i_world import is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
 
 
-def load_any_t2i(folder: str | Path) -> Any:
-    """The T2I model of a Stable Diffusion, world or T2I model folder; anything else is one clear error."""
+def load_any_t2i(folder: str | Path, single_file_config: str | Path | None = None) -> Any:
+    """The T2I model of a Stable Diffusion folder or single-file checkpoint (with ``single_file_config``), a
+    world or a T2I model folder; anything else is one clear error."""
     folder = Path(folder)
-    if is_sd_folder(folder):
-        return load_sd(folder)
+    if is_sd_model(folder):
+        return load_sd(folder, single_file_config)
     if is_world_folder(folder):
         return load_world(folder)[0]
     if folder.is_dir() and all((folder / c).is_dir() for c in COMPONENTS):
@@ -55,15 +56,16 @@ def generate_folder(
     guidance: float | None = None,
     per_prompt: int = 1,
     attention_slicing: bool = False,
+    single_file_config: str | Path | None = None,
 ) -> list[Path]:
     """Write ``per_prompt`` PNGs per prompt (``<prompt index>-seed<s>.png``) and ``prompts.txt`` to ``out``;
     ``guidance`` defaults to 7.5 for Stable Diffusion (the papers' sampling) and 3.0 for the worlds."""
     prompts = [str(p) for p in prompts]
     if not prompts or steps < 1 or per_prompt < 1:
         raise ConfigError("generate needs at least one --prompt, --steps >= 1 and -n >= 1")
-    model = load_any_t2i(model_dir)
+    model = load_any_t2i(model_dir, single_file_config)
     out, src = Path(out).resolve(), Path(model_dir).resolve()
-    if out == src or src in out.parents:
+    if out == src or (src.is_dir() and src in out.parents):
         raise ConfigError(f"--out {str(out)!r} is inside the model folder: write the images elsewhere")
     if attention_slicing:
         apply_memory_options(model, attention_slicing=True)
