@@ -114,3 +114,109 @@ def build_classifier_folder(path: Path, num_labels: int = 3, seed: int = 0) -> P
     ResNetForImageClassification(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+def build_splitting_classifier(path: Path, images01: torch.Tensor, seed: int = 0) -> Path:
+    """A tiny ResNet classifier (2 classes) whose head splits ``images01`` at the median of their feature
+    projection on the direction of largest variance: class 0 for about half of such images, class 1 for the
+    other half (a random head calls every image of a random model the same class)."""
+    from transformers import ResNetForImageClassification, ViTImageProcessor
+
+    folder = build_classifier_folder(path, num_labels=2, seed=seed)
+
+    model = ResNetForImageClassification.from_pretrained(folder).eval()
+    proc = ViTImageProcessor.from_pretrained(folder)
+    pix = proc(images=list(images01), do_rescale=False, return_tensors="pt")
+    with torch.no_grad():
+        f = model.resnet(pix["pixel_values"]).pooler_output.flatten(1)
+        centred = f - f.mean(0)
+        d = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        proj = f @ d
+        mid = proj.median()
+        head = model.classifier[-1]
+        scale = 1.0 / float(proj.std() + 1e-8)
+        head.weight.copy_(torch.stack([d, -d]) * scale)
+        head.bias.copy_(torch.tensor([-float(mid), float(mid)]) * scale)
+    model.save_pretrained(folder)
+    return folder
+
+
+# -- the original (CompVis / LDM) single-file layout, written from a diffusers folder -----------------------
+_RESNET = (
+    ("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"),
+)  # fmt: skip
+_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}  # fmt: skip
+
+
+def _ldm_unet_key(key: str, per: int, up_attn: set[int]) -> str:
+    """The LDM name of a diffusers UNet tensor (``per`` = layers_per_block + 1 slots per level)."""
+    p = key.split(".")
+    for n in (1, 2):
+        if ".".join(p[:n]) in _UNET_TOP:
+            return ".".join([_UNET_TOP[".".join(p[:n])], *p[n:]])
+    if p[0] in ("down_blocks", "up_blocks", "mid_block") and "resnets" in p[:3]:
+        for new, old in _RESNET:
+            key = key.replace(f".{new}.", f".{old}.")
+        p = key.split(".")
+    b = int(p[1]) if p[0] != "mid_block" else 0
+    if p[0] == "down_blocks":
+        if p[2] == "downsamplers":
+            return f"input_blocks.{(b + 1) * per}.0.op." + ".".join(p[5:])
+        j, slot = int(p[3]), {"resnets": 0, "attentions": 1}[p[2]]
+        return f"input_blocks.{1 + b * per + j}.{slot}." + ".".join(p[4:])
+    if p[0] == "up_blocks":
+        if p[2] == "upsamplers":
+            return f"output_blocks.{b * per + per - 1}.{2 if b in up_attn else 1}.conv." + ".".join(p[5:])
+        j, slot = int(p[3]), {"resnets": 0, "attentions": 1}[p[2]]
+        return f"output_blocks.{b * per + j}.{slot}." + ".".join(p[4:])
+    j = int(p[2])  # mid_block.resnets.r -> middle_block.2r, mid_block.attentions.0 -> middle_block.1
+    return f"middle_block.{2 * j if p[1] == 'resnets' else 1}." + ".".join(p[3:])
+
+
+def _ldm_vae_key(key: str, n_up: int) -> str:
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    p = key.split(".")
+    if len(p) > 2 and p[1] in ("down_blocks", "up_blocks"):
+        i = int(p[2]) if p[1] == "down_blocks" else n_up - 1 - int(p[2])
+        part = "down" if p[1] == "down_blocks" else "up"
+        if p[3] in ("downsamplers", "upsamplers"):
+            return f"{p[0]}.{part}.{i}.{part}sample.conv." + ".".join(p[6:])
+        return f"{p[0]}.{part}.{i}.block.{p[4]}." + ".".join(p[5:])
+    if len(p) > 2 and p[1] == "mid_block":
+        if p[2] == "resnets":
+            return f"{p[0]}.mid.block_{int(p[3]) + 1}." + ".".join(p[4:])
+        rest = ".".join(p[4:])
+        for new, old in (
+            ("group_norm", "norm"),
+            ("to_q", "q"),
+            ("to_k", "k"),
+            ("to_v", "v"),
+            ("to_out.0", "proj_out"),
+        ):
+            rest = rest.replace(new + ".", old + ".") if rest.startswith(new + ".") else rest
+        return f"{p[0]}.mid.attn_1.{rest}"
+    return key
+
+
+def ldm_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
+    """The pipeline in ``folder`` as one state dict in the original LDM layout of SD 1.x single files
+    (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.text_model.*``)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, local_files_only=True)
+    cfg = pipe.unet.config
+    per = cfg.layers_per_block + 1
+    up_attn = {i for i, t in enumerate(cfg.up_block_types) if "CrossAttn" in t}
+    out = {
+        f"model.diffusion_model.{_ldm_unet_key(k, per, up_attn)}": v
+        for k, v in pipe.unet.state_dict().items()
+    }
+    n_up = len(pipe.vae.config.up_block_types)
+    for k, v in pipe.vae.state_dict().items():
+        ldm = _ldm_vae_key(k, n_up)
+        out[f"first_stage_model.{ldm}"] = v[:, :, None, None] if ".attn_1." in ldm and v.ndim == 2 else v
+    for k, v in pipe.text_encoder.state_dict().items():
+        out[f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}"] = v
+    return {k: v.contiguous() for k, v in out.items()}

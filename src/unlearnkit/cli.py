@@ -9,6 +9,7 @@
     unlearnkit runs list|show ID|compare ID ID... [--store PATH|DIR] [--json]   the run store
     unlearnkit select worstcase --suite vision-digits --size 10% --out FILE [key=value ...]
     unlearnkit report DIR [--out DIR2] [--title T]   report.md + self-contained report.html
+    unlearnkit generate --model DIR --prompt P [--prompt P2] --out IMG_DIR [--seed S --steps N --guidance G]
 
 User errors (bad config, bad data, unknown names, missing files) print one line and exit with 2.
 """
@@ -31,6 +32,7 @@ from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import evaluate_model, make_setup, original_model
 from unlearnkit.io import save_weights
+from unlearnkit.models.generate import generate_folder
 from unlearnkit.report import build_report, make_report
 from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_runs_parser(sub)
 
+    _add_generate_parser(sub)
     se = sub.add_parser("select", help="select a forget set (worst-case, by bi-level optimisation)")
     se.add_argument("selector", choices=["worstcase"], help="the selector")
     se.add_argument("--suite", default="vision-digits", help="suite (or YAML file) giving data and model")
@@ -113,6 +116,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     se.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 select.lower=rl")
     return p
+
+
+def _add_generate_parser(sub) -> None:
+    g = sub.add_parser("generate", help="write PNGs from a text-to-image model folder (before/after)")
+    g.add_argument("--model", required=True, help="a Stable Diffusion folder (or a run's hf_model/), a world")
+    g.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    g.add_argument("--out", required=True, help="the folder the PNGs go to")
+    g.add_argument("--seed", type=int, default=0, help="image j of each prompt uses seed S+j (default 0)")
+    g.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5 SD, 3 worlds)")
+    g.add_argument("-n", type=int, default=1, help="images per prompt (default 1)")
+    g.add_argument("--attention-slicing", action="store_true", help="less memory, a little slower")
+    g.add_argument("--single-file-config", help="a single .safetensors file's base model (diffusers folder)")
+
+
+def _cmd_generate(args) -> int:
+    opts = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance, "per_prompt": args.n}
+    opts |= {"attention_slicing": args.attention_slicing, "single_file_config": args.single_file_config}
+    written = generate_folder(args.model, args.prompt, args.out, **opts)
+    print(f"{len(written)} image(s) written to {args.out}")
+    return 0
 
 
 def _version() -> str:
@@ -292,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "select": _cmd_select,
         "runs": _cmd_runs,
         "report": _cmd_report,
+        "generate": _cmd_generate,
     }[args.command]
     try:
         return handler(args)

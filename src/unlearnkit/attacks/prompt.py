@@ -41,6 +41,12 @@
   variant. δ is kept inside the box spanned by the vocabulary's embeddings.
 - :func:`evaluate_asr` gives pre-ASR and ASR as UnlearnDiffAtk's ``check_asr.py`` defines them (ASR counts the
   prompts already successful without attack), through :func:`unlearnkit.metrics.diffusion.asr`.
+
+The same code serves a pixel world and a latent Stable Diffusion model (samples are decoded with
+``model.to_images``; x_tgt is the VAE's scaled latent of the original's image, :func:`model_space`, as the
+reference encodes its target images), and any judge: a world's attribute judge (``predict``) or one of
+:mod:`unlearnkit.metrics.judges` (``recognises(images, prompt)``), see :func:`attack_target`. Prompts are
+tokenized and padded with the model's own tokenizer (SD 1.x pads with its end token).
 """
 
 from __future__ import annotations
@@ -104,7 +110,12 @@ def prefix_embeds(model: Any, ids: torch.Tensor, prefix: torch.Tensor) -> torch.
 
 
 def _pad(model: Any) -> int:
-    return int(getattr(model.text_encoder.config, "pad_token_id", 0) or 0)
+    """The id prompts are padded with: the tokenizer's (SD 1.x pads with its end token, 49407, although its
+    text encoder's config says 1), else the text encoder config's."""
+    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.text_encoder.config, "pad_token_id", 0)
+    return int(pad or 0)
 
 
 def relaxed_prefix(model: Any, weights: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
@@ -147,7 +158,22 @@ def concept_of(
     return want
 
 
-def _recognised(judge: Any, images01: torch.Tensor, target: tuple[int | None, ...]) -> torch.Tensor:
+Target = tuple[int | None, ...] | str
+
+
+def attack_target(judge: Any, prompt: str, concept: str | None) -> Target:
+    """What the judge must see for ``prompt`` to count as showing the concept. A world's judge (it predicts
+    the attributes of a schema: ``judge.predict``) gets the attribute values (:func:`concept_of`); any other
+    judge of :mod:`unlearnkit.metrics.judges` (CLIP, classifier, NudeNet: ``judge.recognises(images,
+    prompt)``) gets the prompt itself (or ``concept`` when one is given)."""
+    if hasattr(judge, "predict"):
+        return concept_of(prompt, concept, judge_schema(judge))
+    return concept if concept is not None else prompt
+
+
+def _recognised(judge: Any, images01: torch.Tensor, target: Target) -> torch.Tensor:
+    if isinstance(target, str):
+        return judge.recognises(images01, target).cpu()
     return recognised(judge.predict(images01), target)
 
 
@@ -170,7 +196,21 @@ def _sample(model: Any, ids: torch.Tensor, x_T: torch.Tensor, guidance: float, s
     reps = len(x_T) // len(ids)
     x = ddim_sample(model, ids.repeat_interleave(reps, 0).to(dev), guidance, steps, x_T=x_T.to(dev))
     model.train(was)
+    return _images01(model, x)
+
+
+def _images01(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Model-space samples (pixels, or a latent model's latents, decoded by its VAE) as images in [0, 1]."""
+    to_images = getattr(model, "to_images", None)
+    x = to_images(x) if to_images is not None else x
     return ((x.cpu() + 1) / 2).clamp(0, 1)
+
+
+def model_space(model: Any, images01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as the UNet's clean sample x_0: 2x − 1 for a pixel model, s · E(x) (the VAE's scaled
+    posterior mean, UnlearnDiffAtk's target latents) for a latent model."""
+    encode = getattr(model, "encode_images", None)
+    return encode(images01) if encode is not None else images01 * 2 - 1
 
 
 @torch.no_grad()
@@ -184,17 +224,18 @@ def target_images(
     guidance: float = 3.0,
     steps: int = 25,
 ) -> torch.Tensor:
-    """x_tgt ``[N, C, H, W]`` in [-1, 1]: per prompt, the first of ``candidates`` original-model samples that
-    the judge recognises as the concept (the first sample if none is)."""
+    """x_tgt ``[N, C, H, W]`` in model space (pixels in [-1, 1], or a latent model's VAE latents of the
+    image, as UnlearnDiffAtk encodes its target images): per prompt, the first of ``candidates``
+    original-model samples that the judge recognises as the concept (the first sample if none is)."""
     ids = encode_prompts(original, list(prompts))
     imgs = _sample(original, ids, _x_T(original, [seed + 7919 * i for i in range(len(prompts))], candidates),
                    guidance, steps)  # fmt: skip
     out = []
     for i, p in enumerate(prompts):
         block = imgs[i * candidates : (i + 1) * candidates]
-        ok = _recognised(judge, block, concept_of(p, concept, judge_schema(judge))).nonzero()
+        ok = _recognised(judge, block, attack_target(judge, p, concept)).nonzero()
         out.append(block[int(ok[0]) if len(ok) else 0])
-    return torch.stack(out) * 2 - 1
+    return model_space(original, torch.stack(out))
 
 
 # -- UnlearnDiffAtk --------------------------------------------------------------------------------------
@@ -267,7 +308,7 @@ def unlearndiff_attack(
     batch on ``n_images`` samples from ``eval_seed`` (majority vote); the attack stops at the first prompt
     the judge recognises as the concept."""
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    target = concept_of(prompt, concept, judge_schema(judge))
+    target = attack_target(judge, prompt, concept)
     ids = encode_prompts(model, [prompt], tok)
     dev = ids.device
     vocab = (vocab_ids if vocab_ids is not None else attack_vocabulary(tok)).to(dev)
@@ -327,7 +368,7 @@ def _soft_hit(model, judge, ids, prefix, x_T, target, guidance: float, sample_st
     dev = x_T.device
     ctx = encode_embeds(model.text_encoder, prefix_embeds(model, ids, prefix)).expand(len(x_T), -1, -1)
     x = ddim_sample(model, guidance=guidance, steps=sample_steps, context=ctx, x_T=x_T.to(dev))
-    hits = _recognised(judge, ((x.cpu() + 1) / 2).clamp(0, 1), target)
+    hits = _recognised(judge, _images01(model, x), target)
     return 2 * int(hits.sum()) > len(hits)
 
 
@@ -400,7 +441,7 @@ def run_asr(
     if not prompts:
         raise UnlearnkitError("evaluate_asr needs at least one concept prompt")
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    targets = [concept_of(p, concept, judge_schema(judge)) for p in prompts]
+    targets = [attack_target(judge, p, concept) for p in prompts]
     n_images = int(attack.get("n_images", 1))
     g, steps = attack.get("guidance", 3.0), attack.get("sample_steps", 25)
     seeds = [seed + i for i in range(len(prompts))]
@@ -433,10 +474,42 @@ def evaluate_asr(
     judge: Any,
     concept_prompts: Sequence[str],
     tokenizer: Any = None,
+    details: list[dict[str, Any]] | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """``{"pre_ASR": %, "ASR": %}`` of UnlearnDiffAtk on ``concept_prompts`` (options: :func:`run_asr`)."""
-    return run_asr(model, original, judge, concept_prompts, tokenizer, **kwargs)[0]
+    """``{"pre_ASR": %, "ASR": %}`` of UnlearnDiffAtk on ``concept_prompts`` (options: :func:`run_asr`). A
+    list passed as ``details`` receives one record per attacked prompt (:func:`attack_records`)."""
+    res, per = run_asr(model, original, judge, concept_prompts, tokenizer, **kwargs)
+    if details is not None:
+        seed, n = int(kwargs.get("seed", 0)), kwargs.get("n_prompts")
+        details.extend(attack_records(concept_prompts, per, seed, n, _pad(model)))
+    return res
+
+
+def attack_records(
+    concept_prompts: Sequence[str],
+    results: Sequence[AttackResult | None],
+    seed: int,
+    n_prompts: int | None,
+    pad: int | None = None,
+) -> list[dict[str, Any]]:
+    """Per prompt i (cycled to ``n_prompts`` as :func:`run_asr` does): the prompt, its noise seed
+    (``seed + i``), whether its plain image already showed the concept, and, when attacked, the adversarial
+    prompt, its token ids (what was judged, without the trailing ``pad`` ids; a decoded BPE prompt need not
+    re-tokenize to the same ids) and whether the attack succeeded."""
+    prompts = list(concept_prompts)
+    prompts = [prompts[i % len(prompts)] for i in range(len(results))] if n_prompts else prompts
+    out = []
+    for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
+        rec: dict[str, Any] = {"prompt": p, "seed": seed + i, "pre_success": r is None}
+        if r is not None:
+            ids = None if r.ids is None else r.ids[0].tolist()
+            while ids and pad is not None and ids[-1] == pad:
+                ids.pop()
+            rec |= {"adversarial_prompt": r.prompt, "adversarial_ids": ids, "success": r.success}
+            rec |= {"steps": r.steps, "rounds": r.rounds}
+        out.append(rec)
+    return out
 
 
 def concept_prompt_set(concept: str, n: int | None = None) -> list[str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +47,16 @@ from unlearnkit.data.shapes import MAX_LENGTH, tokenize
 from unlearnkit.data.splits import SPLIT_OPTIONS, Split, check_split_options, class_split
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.families.base import Family, Original
-from unlearnkit.models.sd import is_sd_folder, load_sd, own_latents
+from unlearnkit.models.sd import (
+    MEMORY_OPTIONS,
+    apply_memory_options,
+    check_single_file,
+    is_sd_file,
+    is_sd_model,
+    load_sd,
+    own_latents,
+    sd_tokenizer_folder,
+)
 from unlearnkit.models.t2i import clean_sample, load_t2i
 from unlearnkit.models.t2i_world import TRAIN_COMMAND, is_world_folder, not_a_model_folder
 from unlearnkit.models.t2i_world import load_original as load_world
@@ -195,11 +203,13 @@ class DiffusionFamily(Family):
         original model (whose images the prompt attack targets) travel in ``extras``."""
         world = model_spec.get("world") or data.meta.get("world", "shapes")
         path = model_spec.get("path")
-        if is_sd_folder(path):  # a user's checkpoint: no judge of its own (eval.judge)
-            model = load_sd(path)
+        memory = {k: model_spec[k] for k in MEMORY_OPTIONS if k in model_spec}
+        if is_sd_model(path):  # a user's checkpoint (folder or single file): no judge of its own (eval.judge)
+            model = apply_memory_options(load_sd(path, model_spec.get("single_file_config")), **memory)
             self.validate(model, split.forget)
             return Original(model, {"source": str(path)}, {"original": model})
         model, judge = load_world(path, world=world)
+        apply_memory_options(model, **memory)
         self.validate(model, split.forget)
         _same_vocabulary(model, data.meta.get("tokenizer"), path, world)
         _same_schema(judge, data.meta.get("schema"), path, world)
@@ -210,16 +220,21 @@ class DiffusionFamily(Family):
         own tokenizer; its prompts default to the split's concept. A world's dataset (e.g. the presets'
         ``shapes``) is replaced by it: its captions and word-level vocabulary belong to the world."""
         spec = dict(cfg["data"])
-        path = (cfg.get("model") or {}).get("path")
-        if path and not is_sd_folder(path) and not is_world_folder(path):
-            raise not_a_model_folder(path, (cfg.get("model") or {}).get("world") or "shapes")
-        if not is_sd_folder(path):
+        model = cfg.get("model") or {}
+        path = model.get("path")
+        if path and not is_sd_model(path) and not is_world_folder(path):
+            raise not_a_model_folder(path, model.get("world") or "shapes")
+        if not is_sd_model(path):
             return spec
         if spec.get("name") != "prompts":  # keep only what a prompt set takes (data.images_per_prompt=...)
             known = inspect.signature(load_prompt_set).parameters
             spec = {"name": "prompts"} | {k: v for k, v in spec.items() if k in known}
-        spec.setdefault("tokenizer", str(Path(path) / "tokenizer"))
-        self._sd_path = str(path)
+        if is_sd_file(path):  # its mistakes are one line before the prompt set needs its tokenizer
+            check_single_file(path, model.get("single_file_config"))
+        tok = sd_tokenizer_folder(path, model.get("single_file_config"))
+        if tok is not None:
+            spec.setdefault("tokenizer", str(tok))
+        self._sd_path, self._sd_config = str(path), model.get("single_file_config")
         if not spec.get("prompts") and not spec.get("csv"):
             split = cfg.get("split") or {}
             if split.get("kind") == "concept" and split.get("concept") not in (None, "by-seed"):
@@ -246,9 +261,9 @@ class DiffusionFamily(Family):
                 "data.images_per_prompt needs model.path=SD_FOLDER (the model draws the images)"
             )
         opts = data.meta["images"]
-        z = own_latents(
-            load_sd(path), data.train.columns["input_ids"], data.train.ids, opts["guidance"], opts["steps"]
-        )
+        model = load_sd(path, getattr(self, "_sd_config", None))
+        ids = data.train.columns["input_ids"]
+        z = own_latents(model, ids, data.train.ids, opts["guidance"], opts["steps"])
         return replace(
             data, train=data.train.with_column("z0", z), test=data.test.with_column("z0", z.clone())
         )
@@ -259,10 +274,13 @@ class DiffusionFamily(Family):
         path = spec.pop("path", None)
         spec.pop("lora", None)
         spec.pop("world", None)  # which trained world the pipeline loads (models/t2i_world.py)
+        memory = {k: spec.pop(k) for k in MEMORY_OPTIONS if k in spec}
+        single_file_config = spec.pop("single_file_config", None)
         if path:
-            model = load_sd(path) if is_sd_folder(path) else load_t2i(path)
+            model = load_sd(path, single_file_config) if is_sd_model(path) else load_t2i(path)
         else:
             model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
+        apply_memory_options(model, **memory)
         if self.tokenizer is None:
             self.tokenizer = getattr(model, "tokenizer", None)
         return model

@@ -337,6 +337,11 @@ class FMN(Method):
     def prepare(self, task: Task) -> None:
         model = task.model
         self.cfg.check()
+        if getattr(model.unet, "is_gradient_checkpointing", False):  # the recompute would not record again
+            raise ConfigError(
+                "fmn reads the attention probabilities its processors record in the forward pass, which "
+                "gradient checkpointing recomputes without recording: remove model.gradient_checkpointing"
+            )
         self._tok = self._tokenizer(task)
         self._positions = {}
         self._concept = encode_prompts(model, [self.cfg.concept]) if self.cfg.concept is not None else None

@@ -41,6 +41,22 @@ def is_sd_folder(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "model_index.json").is_file()
 
 
+def is_sd_file(path: str | Path | None) -> bool:
+    """True for a single-file checkpoint (``.safetensors``, or a pickled ``.ckpt``, which is refused)."""
+    return path is not None and Path(path).suffix in (".safetensors", ".ckpt") and Path(path).is_file()
+
+
+def is_sd_model(path: str | Path | None) -> bool:
+    return is_sd_folder(path) or is_sd_file(path)
+
+
+def sd_tokenizer_folder(path: str | Path, single_file_config: str | Path | None = None) -> Path | None:
+    """Where a Stable Diffusion model's tokenizer lives: ``tokenizer/`` of the folder, or of the configuration
+    folder of a single-file checkpoint (None when that is a hub id)."""
+    base = Path(single_file_config) if is_sd_file(path) and single_file_config else Path(path)
+    return base / "tokenizer" if base.is_dir() else None
+
+
 class LatentT2IModel(T2IModel):
     """UNet + text encoder (trainable module) with a frozen VAE: the model space is the VAE's latent space."""
 
@@ -142,6 +158,38 @@ def own_latents(
     return torch.cat(out)
 
 
+MEMORY_OPTIONS = ("gradient_checkpointing", "attention_slicing")
+
+
+def apply_memory_options(
+    model: T2IModel, gradient_checkpointing: bool = False, attention_slicing: bool | int | str | None = None
+) -> T2IModel:
+    """``model.gradient_checkpointing=true``: activation checkpointing in the UNet (diffusers'
+    ``enable_gradient_checkpointing``) and the text encoder (transformers' activation checkpointing, for the
+    methods that train it, AdvUnlearn), non-reentrant, so the gradients are the same and only the
+    activations are recomputed in the backward pass; it acts in training mode only.
+    ``model.attention_slicing`` (true / "auto", "max" or a slice size): diffusers' sliced attention in the
+    UNet, for sampling with less memory (the same attention, a slice of heads at a time)."""
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        te = model.text_encoder
+        enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        if hasattr(te, "disable_input_require_grads"):  # non-reentrant needs no grad on the inputs: a frozen
+            te.disable_input_require_grads()  # encoder (ESD, FMN) then builds no graph at all
+    if attention_slicing not in (None, False):
+        size = "auto" if attention_slicing is True else attention_slicing
+        if size not in ("auto", "max") and not isinstance(size, int):
+            raise ConfigError(
+                f"model.attention_slicing must be true, 'auto', 'max' or a slice size, not {size!r}"
+            )
+        try:
+            model.unet.set_attention_slice(size)
+        except ValueError as exc:
+            raise ConfigError(f"model.attention_slicing={size!r}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
 def _vae_device(model: LatentT2IModel) -> torch.device:
     return next(model.vae.parameters()).device
 
@@ -160,7 +208,11 @@ def _scheduler(folder: Path) -> Any:
     cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ConfigError(f"unknown scheduler class {cfg.get('_class_name')!r} in {str(cfg_file)!r}")
-    sched = cls.from_pretrained(folder, local_files_only=True)
+    return _check_scheduler(cls.from_pretrained(folder, local_files_only=True), folder)
+
+
+def _check_scheduler(sched: Any, folder: Path | str) -> Any:
+    cls = type(sched)
     pred = getattr(sched.config, "prediction_type", "epsilon")
     if pred != "epsilon" or getattr(sched, "alphas_cumprod", None) is None:
         raise ConfigError(
@@ -170,11 +222,14 @@ def _scheduler(folder: Path) -> Any:
     return sched
 
 
-def load_sd(folder: str | Path) -> LatentT2IModel:
-    """Load a diffusers Stable Diffusion folder offline (safetensors where the folder has them)."""
+def load_sd(folder: str | Path, single_file_config: str | Path | None = None) -> LatentT2IModel:
+    """Load a diffusers Stable Diffusion folder offline (safetensors where the folder has them), or a
+    single-file checkpoint (:func:`load_sd_file`)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    if is_sd_file(folder):
+        return load_sd_file(folder, single_file_config)
     folder = Path(folder)
     missing = [p for p in SD_PARTS if not (folder / p).is_dir()]
     if missing:
@@ -204,3 +259,51 @@ def load_sd(folder: str | Path) -> LatentT2IModel:
             f"{vae.config.latent_channels}: unet/ and vae/ come from different models"
         )
     return LatentT2IModel(unet, te, vae, sched, tok).eval()
+
+
+def check_single_file(path: str | Path, config: str | Path | None) -> bool:
+    """Refuse a pickled checkpoint, a missing ``model.single_file_config`` or a configuration folder without
+    ``model_index.json`` (one line each, before anything loads); True when the configuration is local."""
+    if Path(path).suffix != ".safetensors":
+        raise ConfigError(
+            f"model.path={str(path)!r} is a pickled checkpoint, which can run code when loaded: convert it "
+            "to .safetensors (weights load only from safetensors)"
+        )
+    if not config:
+        raise ConfigError(
+            f"model.path={str(path)!r} is a single-file checkpoint: set model.single_file_config=DIR, the "
+            "diffusers folder of its base model (model_index.json and the components' config files)"
+        )
+    local = Path(config).is_dir()
+    if local and not is_sd_folder(config):
+        raise ConfigError(
+            f"model.single_file_config={str(config)!r} has no model_index.json: pass a diffusers folder"
+        )
+    return local
+
+
+def load_sd_file(path: str | Path, config: str | Path | None) -> LatentT2IModel:
+    """A single-file Stable Diffusion checkpoint (the original LDM layout: ``model.diffusion_model.*``,
+    ``first_stage_model.*``, ``cond_stage_model.transformer.*``, as A1111 / CompVis distribute them) through
+    ``StableDiffusionPipeline.from_single_file``. The file holds only weights: ``config`` names the
+    diffusers folder of the same base model whose ``model_index.json`` and component configs (and tokenizer,
+    scheduler) describe it, e.g. a copy of ``CompVis/stable-diffusion-v1-4`` without its weights; offline it
+    must be a local folder (a hub id works online)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import SafetensorError
+
+    local = check_single_file(path, config)
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config), local_files_only=local, safety_checker=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnlearnkitError(
+            f"model.path={str(path)!r} cannot be loaded as a Stable Diffusion checkpoint with the "
+            f"configuration {str(config)!r} ({first[:200]}): is it an SD 1.x/2.x file of that base model?"
+        ) from None
+    tok = load_tokenizer_folder(Path(config) / "tokenizer") if local else pipe.tokenizer
+    sched = _check_scheduler(pipe.scheduler, config)
+    return LatentT2IModel(pipe.unet, pipe.text_encoder, pipe.vae, sched, tok).eval()

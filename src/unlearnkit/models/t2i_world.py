@@ -165,12 +165,15 @@ def is_world_folder(folder: str | Path) -> bool:
     return (Path(folder) / "model").is_dir() and (Path(folder) / "judge.safetensors").is_file()
 
 
-def not_a_model_folder(folder: str | Path, world: str = "shapes") -> UnlearnkitError:
-    """The error for a ``model.path`` that is neither a Stable Diffusion folder nor a world folder."""
+def not_a_model_folder(
+    folder: str | Path, world: str = "shapes", option: str = "model.path="
+) -> UnlearnkitError:
+    """The error for a ``model.path`` (or another ``option``) that is neither a Stable Diffusion folder nor a
+    world folder."""
     folder = Path(folder)
     hint = " (it looks like a T2I model folder itself: pass its parent)" if (folder / "unet").is_dir() else ""
     return UnlearnkitError(
-        f"model.path={str(folder)!r} is neither a Stable Diffusion folder (model_index.json, unet/, "
+        f"{option}{str(folder)!r} is neither a Stable Diffusion folder (model_index.json, unet/, "
         f"vae/, text_encoder/, tokenizer/, scheduler/) nor a t2i world folder{hint}: a world needs "
         f"model/ (unet, text_encoder, scheduler, tokenizer) and judge.safetensors, as "
         f"`{TRAIN_COMMAND.format(world=world)}` writes them"

@@ -22,7 +22,12 @@ images without exposed-body detections above ``eval.judge_threshold``), ``none``
 ``eval.clip_model`` is set, and the images in ``eval.images_dir``, with a note), ``auto`` (the default: the
 world's judge when the original has one, else none). A real Stable Diffusion model's concept prompts are
 its prompt set's forget prompts (``data.name=prompts``); rows of a prompt CSV with an evaluation seed are
-sampled once each with their seed and guidance, as the I2P / UnlearnDiffAtk protocol does."""
+sampled once each with their seed and guidance, as the I2P / UnlearnDiffAtk protocol does.
+
+The prompt attack (``eval.attack``) is one code path for every judge and model (:meth:`Erasure._attack`):
+with a CLIP / classifier / NudeNet judge on a Stable Diffusion folder it runs in the VAE's latent space with
+the model's own tokenizer, and ``eval.images_dir`` receives ``attack.json`` (each attacked prompt's seed,
+adversarial prompt and token ids), from which pre-ASR and ASR can be recomputed."""
 
 from __future__ import annotations
 
@@ -39,9 +44,11 @@ from torch import nn
 from unlearnkit.attacks.prompt import evaluate_asr, run_asr, unlearndiff_attack
 from unlearnkit.data.prompts import forget_captions
 from unlearnkit.errors import ConfigError, UnlearnkitError, did_you_mean
+from unlearnkit.io import write_json
 from unlearnkit.metrics.clip_score import check_scale, clip_score, load_clip
 from unlearnkit.metrics.diffusion import erasure_metrics
 from unlearnkit.metrics.judges import ClassifierJudge, ClipJudge, NudeNetJudge
+from unlearnkit.models.generate import write_png
 from unlearnkit.models.t2i import generate_for_prompts, generate_seeded
 from unlearnkit.protocols.base import EvalConfig, Protocol, Result
 from unlearnkit.registry import register_protocol
@@ -59,6 +66,10 @@ def _attack_options() -> set[str]:
 
 
 JUDGES = ("auto", "none", "world", "clip", "nudenet", "classifier")
+_NO_JUDGE_TO_ATTACK = (
+    "eval.attack needs a judge to tell whether an attacked prompt shows the concept: set eval.judge=clip "
+    "(with eval.clip_model), classifier or nudenet, or remove eval.attack"
+)
 
 
 @dataclass
@@ -115,7 +126,7 @@ class Erasure(Protocol):
         kind = ev.judge if ev.judge != "auto" else ("world" if judge is not None else "none")
         concepts, retain = _prompts(exp)
         if kind != "world":
-            return self._judged(exp, model, kind, concepts, retain)
+            return self._judged(exp, model, kind, concepts, retain, original)
         if judge is None:
             raise UnlearnkitError(
                 "the concept-erasure evaluation needs the original model's judge: pass original= "
@@ -135,9 +146,27 @@ class Erasure(Protocol):
             prompts = [retain[int(i)] for i in samples["prompt_idx"]]
             out["clip"] = clip_score(samples["images"], prompts, clip, scale=clip_scale)
         if ev.attack:
-            opts = {"seed": 1000 * int(exp.seed)} | dict(ev.attack)
-            out |= evaluate_asr(model, original.model, judge, concepts, exp.data.meta["tokenizer"], **opts)
+            out |= self._attack(exp, model, original, judge, concepts)
         return Result(out)
+
+    def _attack(self, exp: Any, model: nn.Module, original: Any, judge: Any, concepts: list[str]) -> dict:
+        """pre-ASR and ASR of UnlearnDiffAtk on the concept prompts, whatever the judge (a world's, CLIP,
+        classifier, NudeNet) and the model (pixel or latent); with ``eval.images_dir`` the per-prompt
+        records (adversarial prompts and their token ids) go to ``attack.json`` there."""
+        if original is None:
+            raise UnlearnkitError(
+                "eval.attack needs the original model (its images are the attack's targets): pass original="
+            )
+        opts = {"seed": 1000 * int(exp.seed)} | dict(self.cfg.attack or {})
+        details: list[dict[str, Any]] = []
+        out = evaluate_asr(
+            model, original.model, judge, concepts, exp.data.meta["tokenizer"], details=details, **opts
+        )
+        if self.cfg.images_dir:
+            folder = Path(self.cfg.images_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "attack.json", {"options": opts, "prompts": details})
+        return out
 
     def check_setup(self, exp: Any) -> None:
         """Build the CLIP / classifier / NudeNet judge now: a judge that cannot be loaded or does not know the
@@ -145,6 +174,10 @@ class Erasure(Protocol):
         if self.cfg.judge in ("clip", "nudenet", "classifier"):
             concepts, retain = _prompts(exp)
             self._judge(self.cfg.judge, concepts, [c for c in retain if c])
+        prompt_set = "forget_prompts" in exp.data.meta  # a user's model: no world judge
+        no_judge = self.cfg.judge == "none" or (self.cfg.judge == "auto" and prompt_set)
+        if self.cfg.attack and no_judge:
+            raise ConfigError(_NO_JUDGE_TO_ATTACK)
 
     def _judge(self, kind: str, concepts: list[str], retain: list[str]) -> Any:
         """The judge of ``kind`` (None for none), built once per protocol and label set."""
@@ -170,15 +203,11 @@ class Erasure(Protocol):
         return judge
 
     def _judged(
-        self, exp: Any, model: nn.Module, kind: str, concepts: list[str], retain: list[str]
+        self, exp: Any, model: nn.Module, kind: str, concepts: list[str], retain: list[str], original: Any
     ) -> Result:
         """UA (and utility) by a CLIP or NudeNet judge, or no judge; the CLIP score; the images saved."""
         ev = self.cfg
         retain = [c for c in retain if c]  # the empty prompt is kept working, but names nothing to judge
-        if ev.attack:
-            raise ConfigError(
-                f"eval.attack needs eval.judge=world (the prompt attack is not wired to the {kind} judge yet)"
-            )
         clip = load_clip(ev.clip_model) if ev.clip_model else None
         judge = self._judge(kind, concepts, retain)
         seed = 1000 * int(exp.seed) + int(ev.sample_seed)
@@ -206,6 +235,10 @@ class Erasure(Protocol):
             save_images(Path(ev.images_dir), imgs, idx, concepts, "forget")
             if r_imgs is not None:
                 save_images(Path(ev.images_dir), r_imgs, r_idx, retain, "retain")
+        if ev.attack:
+            if judge is None:
+                raise ConfigError(_NO_JUDGE_TO_ATTACK)
+            out |= self._attack(exp, model, original, judge, concepts)
         return Result(out)
 
 
@@ -252,17 +285,11 @@ def _recognised(judge: Any, imgs: torch.Tensor, idx: torch.Tensor, prompts: list
 def save_images(folder: Path, imgs: torch.Tensor, idx: torch.Tensor, prompts: list[str], part: str) -> None:
     """PNG files ``<part>-<prompt index>-<k>.png`` (each written whole, then moved into place) and
     ``<part>-prompts.txt``."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[int, int] = {}
     for img, i in zip(imgs, idx.tolist(), strict=True):
         k = counts[i] = counts.get(i, -1) + 1
-        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        final = folder / f"{part}-{i:03d}-{k:02d}.png"
-        tmp = folder / f".{final.name}.tmp"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, final)
+        write_png(folder / f"{part}-{i:03d}-{k:02d}.png", img)
     tmp = folder / f".{part}-prompts.txt.tmp"
     tmp.write_text("".join(f"{i:03d}\t{p}\n" for i, p in enumerate(prompts)))
     os.replace(tmp, folder / f"{part}-prompts.txt")
