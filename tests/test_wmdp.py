@@ -38,10 +38,14 @@ def _load(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
 
 
-def direct_loglikelihoods(model_dir: Path, items: list[dict], subjects: list[str]) -> np.ndarray:
+def direct_loglikelihoods(
+    model_dir: Path, items: list[dict], subjects: list[str], bos: bool = False
+) -> np.ndarray:
     """[N, 4] log p(" X" | prompt), the prompt written out by hand (LMH's WMDP template), the continuation's
-    tokens those of prompt + " X" after the prompt's own (LMH's split), summed log_softmax of the logits."""
+    tokens those of prompt + " X" after the prompt's own (LMH's split), summed log_softmax of the logits;
+    ``bos``: BOS before the prompt."""
     tok, model = _load(model_dir)
+    first = [tok.bos_token_id] if bos else []
     out = []
     for it, subject in zip(items, subjects, strict=True):
         c = it["choices"]
@@ -51,8 +55,8 @@ def direct_loglikelihoods(model_dir: Path, items: list[dict], subjects: list[str
         )
         row = []
         for letter in "ABCD":
-            ctx = tok(prompt, add_special_tokens=False)["input_ids"]
-            whole = tok(prompt + " " + letter, add_special_tokens=False)["input_ids"]
+            ctx = first + tok(prompt, add_special_tokens=False)["input_ids"]
+            whole = first + tok(prompt + " " + letter, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
             row.append(sum(float(logp[t - 1, whole[t]]) for t in range(len(ctx), len(whole))))
@@ -78,6 +82,10 @@ def test_accuracy_equals_direct_loglikelihoods(world):
     # the subject is part of the prompt: another subject changes the scores
     other = mc_accuracy(model, tok, items, "chemistry", batch_size=3)["loglikelihoods"]
     assert not np.allclose(other, direct, atol=1e-4)
+    with_bos = mc_accuracy(model, tok, items, "biology", batch_size=32, add_bos=True)["loglikelihoods"]
+    np.testing.assert_allclose(
+        with_bos, direct_loglikelihoods(model_dir, items, ["biology"] * 8, True), atol=1e-4
+    )
 
 
 def test_loader_groups_holdout_and_chunking(world):
@@ -204,8 +212,37 @@ def test_unlearn_preset_end_to_end(world, tmp_path):
     assert moved == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
 
 
-def test_eval_subset_not_in_the_data_is_refused(world, capsys):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.subsets=[chem]", "wmdp-chem.jsonl"),
+        ("eval.subsets=[physics]", "choose among"),
+        ("eval.subset=[bio]", "did you mean"),
+        ("eval.mmlu={tmp}/nowhere", "MMLU folder"),
+        ("method.layer=7", "outside the model's 2 decoder layers"),
+    ],
+)
+def test_bad_eval_options_are_refused_before_training(world, tmp_path, capsys, override, message):
     folder, _, model_dir = world
     args = ["unlearn", "--preset", "text/wmdp-rmu", f"data.source={folder}", f"model.path={model_dir}"]
-    assert main([*args, "eval.subsets=[chem]"]) == 2
-    assert "wmdp-chem.jsonl" in capsys.readouterr().err
+    assert main([*args, override.format(tmp=tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_relearning_re_measures_the_wmdp_accuracies(world):
+    from unlearnkit.experiment.setup import make_setup
+
+    folder, _, model_dir = world
+    cfg = {
+        "family": "text",
+        "data": {"name": "wmdp", "source": str(folder)},
+        "split": {"kind": "benchmark"},
+        "model": {"name": "hf", "path": str(model_dir)},
+        "eval": {"subsets": ["bio", "cyber"]},
+    }
+    setup = make_setup(cfg)
+    _, model = _load(model_dir)
+    before = setup.protocol.evaluate(setup, model).public
+    same = setup.protocol.relearn(setup, model, None, {"steps": 2, "lr": 0.0})
+    assert same == {"wmdp_bio_relearned": before["wmdp_bio"], "wmdp_cyber_relearned": before["wmdp_cyber"]}
