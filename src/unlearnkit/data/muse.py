@@ -208,7 +208,7 @@ class TableSource:
         """The rows as dicts; None for a missing optional table, a DataError for a missing required one."""
         if self.folder is None:
             return self._hub(config, split, required)
-        files = next((fs for fs in _candidates(self.folder, config, split) if fs), None)
+        files = self.files(config, split)
         if files is None:
             if not required:
                 return None
@@ -218,6 +218,12 @@ class TableSource:
                 + f" (looked for {config}.json, {config}/{split}-*.parquet and similar); {self.fix}"
             )
         return [row for f in files for row in _read_file(f)]
+
+    def files(self, config: str, split: str = "train") -> list[Path] | None:
+        """The local files holding (config, split) in the folder, or None (no folder, or none found)."""
+        if self.folder is None:
+            return None
+        return next((fs for fs in _candidates(self.folder, config, split) if fs), None)
 
     def _hub(self, config: str, split: str, required: bool) -> list[dict] | None:
         try:
@@ -251,6 +257,11 @@ def _candidates(root: Path, config: str, split: str):
     for e in exts:
         yield sorted(sub.glob(f"{split}-*.{e}"))
         yield sorted((sub / split).glob(f"*.{e}")) if (sub / split).is_dir() else []
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of one JSON-lines, JSON-array or parquet file (a one-line DataError if unreadable)."""
+    return _read_file(path)
 
 
 def _read_file(path: Path) -> list[dict]:

@@ -116,13 +116,14 @@ class TextFamily(Family):
     split_kinds = SPLIT_OPTIONS | {"ids": (*SPLIT_OPTIONS["ids"], "without_perturbed")}
 
     def protocol(self, data: LoadedData) -> str:
-        """TOFU or MUSE: named by the dataset (``meta["benchmark"]``), else told by its evaluation sets."""
+        """TOFU, MUSE or WMDP: named by the dataset (``meta["benchmark"]``; the ``wmdp`` loader names
+        ``wmdp``), else told by its evaluation sets."""
         ev = data.meta.get("eval") or {}
         bench = data.meta.get("benchmark") or (
             "tofu" if "real_authors" in ev else "muse" if "verbmem_forget" in ev else None
         )
-        if bench not in ("tofu", "muse"):
-            raise UnlearnkitError(f"the text dataset {data.name!r} names no benchmark (tofu or muse)")
+        if bench not in ("tofu", "muse", "wmdp"):
+            raise UnlearnkitError(f"the text dataset {data.name!r} names no benchmark (tofu, muse or wmdp)")
         return bench
 
     def make_split(self, data: LoadedData, spec: dict[str, Any], seed: int) -> tuple[Split, LoadedData]:

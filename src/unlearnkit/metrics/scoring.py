@@ -278,9 +278,30 @@ def score_answer_sets(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     prompts, toks = _tokenise(tokenizer, questions, answers, template, max_length)
+    nll = score_token_sets(model, prompts, toks, pad_token_id(tokenizer), batch_size, max_tokens)
+    return [(v, np.array([len(y) for y in ys], dtype=np.int64)) for v, ys in zip(nll, toks, strict=True)]
+
+
+def score_token_sets(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[Sequence[int]]],
+    pad: int,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+) -> list[np.ndarray]:
+    """Per prompt, the summed NLL (float64) of each of its answers, all given as token ids: what
+    :func:`score_answer_sets` computes after tokenising, for callers that tokenise their own way (e.g.
+    lm-evaluation-harness's raw-text context/continuation split, :mod:`unlearnkit.metrics.multiple_choice`).
+    Every prompt needs at least one token and every answer at least one."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if any(len(p) == 0 for p in prompts) or any(len(y) == 0 for ys in answers for y in ys):
+        raise DataError("every prompt and every answer needs at least one token")
+    prompts = [list(p) for p in prompts]
+    toks = [[list(y) for y in ys] for ys in answers]
     nll = [np.zeros(len(a), dtype=np.float64) for a in toks]
     budget = max_tokens or default_max_tokens(model, prompts, toks)
-    pad = pad_token_id(tokenizer)
     device = model_device(model)
     cache_arg = _cache_arg(model)
     batches = _batches(prompts, toks, batch_size, budget)
@@ -305,4 +326,4 @@ def score_answer_sets(
                 for i, js in b:
                     for j in js:
                         nll[i][j] = next(it)
-    return [(v, np.array([len(y) for y in ys], dtype=np.int64)) for v, ys in zip(nll, toks, strict=True)]
+    return nll

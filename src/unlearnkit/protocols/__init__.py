@@ -1,4 +1,4 @@
-"""Evaluation protocols: one per benchmark protocol (SalUn classification, TOFU, MUSE, concept erasure).
+"""Evaluation protocols: one per benchmark protocol (SalUn classification, TOFU, MUSE, WMDP, concept erasure).
 
 A protocol owns its typed ``eval:`` section, how a model is evaluated on an experiment, how the result
 compares with the retrained oracle, and what a table or a plot of its rows shows (headline keys, forget
