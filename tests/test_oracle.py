@@ -146,3 +146,25 @@ def test_bad_oracle_inputs_are_one_line_errors(world, run, tmp_path, capsys):
     assert "unknown option oracle.model.pth" in err and "'path'" in err
     err = _refused(world, tmp_path, capsys, "eval.oracle=true")  # a pretrained model, no oracle source
     assert "not a retraining from scratch" in err and "oracle.base=DIR" in err
+
+
+def test_a_suite_on_a_users_model_takes_its_oracle_from_the_stats(world, run, tmp_path, capsys):
+    """The suite's oracle row is the stats' values (no training), exported again per seed; without an
+    oracle source the suite stops at its oracle row, before any method trains."""
+    folder, _, ft, _ = world
+    stats_file = run[1] / "oracle_stats.json"
+    args = ["bench", "tofu-synthetic", "--seeds", "1", "--methods", "ga", "--quiet", "data.name=tofu"]
+    args += [f"data.source={folder}", "model.name=hf", f"model.path={ft}", "eval.max_new_tokens=4"]
+    assert main([*args, "--out", str(tmp_path / "b"), f"oracle.stats={stats_file}"]) == 0
+    rows = {
+        r["method"]: r["metrics"] for r in json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    }
+    stats = json.loads(stats_file.read_text())
+    assert rows["retrain"] == {k: v for k, v in stats["metrics"].items() if not k.startswith("_")}
+    assert rows["ga"]["forget_quality"] < 1.0
+    again = json.loads((tmp_path / "b" / "oracle_stats-seed0.json").read_text())
+    assert again["metrics"] == stats["metrics"] and again["source"]["kind"] == "stats"
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "c")]) == 2
+    assert "not a retraining from scratch" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "results.json").exists()
