@@ -10,7 +10,9 @@ scipy's KS test on the two truth-ratio lists."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,16 @@ from scipy.stats import ks_2samp
 
 from unlearnkit.cli import main
 from unlearnkit.config import apply_overrides, load_preset
-from unlearnkit.experiment import make_setup, original_model, resolve_oracle, train_original
+from unlearnkit.experiment import (
+    build_method,
+    make_setup,
+    oracle_model,
+    original_model,
+    resolve_oracle,
+    train_original,
+)
+from unlearnkit.io import weights_sha256
+from unlearnkit.paths import cache_root
 
 # The original's recipe: enough for the tiny model to learn the 40 answers (forget prob ~0.2 vs ~0.01).
 RECIPE = ["train.lr=1e-2", "train.epochs=20", "eval.max_new_tokens=4", "engine.progress=false"]
@@ -168,3 +179,25 @@ def test_a_suite_on_a_users_model_takes_its_oracle_from_the_stats(world, run, tm
     assert main([*args, "--out", str(tmp_path / "c")]) == 2
     assert "not a retraining from scratch" in capsys.readouterr().err
     assert not (tmp_path / "c" / "results.json").exists()
+
+
+def test_the_base_oracle_is_cached_under_the_base_folders_identity(world, tmp_path):
+    """Reused while the base folder is unchanged (the stored seconds come back: nothing retrained); a
+    rewritten weights file is another base, so another cache entry."""
+    base = shutil.copytree(world[1], tmp_path / "base")
+    setup = make_setup(_cfg(world[0], world[2], f"oracle.base={base}"))
+    original = original_model(setup).model
+
+    def retrain():  # a fresh one per call, as callers build it (Retrain.run writes the recipe into its cfg)
+        return build_method({"name": "retrain"}, setup.cfg["family"])
+
+    first, seconds = oracle_model(setup, retrain(), original)
+    entries = set((cache_root() / "oracles").iterdir())
+    again, seconds_again = oracle_model(setup, retrain(), original)
+    assert seconds_again == seconds and weights_sha256(again) == weights_sha256(first)
+    assert set((cache_root() / "oracles").iterdir()) == entries
+    weights = base / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    oracle_model(setup, retrain(), original)
+    assert len(set((cache_root() / "oracles").iterdir()) - entries) == 1
