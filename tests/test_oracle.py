@@ -119,12 +119,13 @@ def test_evaluate_without_oracle_says_how_to_give_one(world, capsys):
     assert note.startswith("note: forget_quality needs an oracle") and "oracle.stats=FILE" in note
 
 
-def _other(world, name: str, arch: str, vocab: int) -> Path:
+def _other(world, name: str, arch: str, vocab: int, extra_text: str = "") -> Path:
+    """A model folder of ``arch`` with a tokenizer of ``vocab`` tokens (trained on other text too)."""
     folder, _, _, root = world
     path = root / name
     if not path.exists():
         _, texts = tofu_folder_and_texts(root / f"tofu-{name}")
-        save_model(path, arch, build_tokenizer(texts, None, vocab_size=vocab))
+        save_model(path, arch, build_tokenizer(texts + [extra_text] * 50, None, vocab_size=vocab))
     return path
 
 
@@ -144,6 +145,9 @@ def test_bad_oracle_inputs_are_one_line_errors(world, run, tmp_path, capsys):
     small = _other(world, "small-vocab", "llama", 300)
     err = _refused(world, tmp_path, capsys, f"oracle.model.path={small}")
     assert "vocab_size is 300" in err and "oracle.model.path" in err
+    other_tok = _other(world, "other-tokenizer", "llama", 400, "zqx qzx xqz zzqq xxqq " * 20)
+    err = _refused(world, tmp_path, capsys, f"oracle.base={other_tok}")
+    assert "has another tokenizer than the model" in err
     stats = json.loads((run[1] / "oracle_stats.json").read_text())
     stats |= {"forget_ids_sha256": "0" * 64, "forget_count": 8}  # the stats of another forget set
     other = world[3] / "other_stats.json"
