@@ -205,3 +205,21 @@ def test_the_base_oracle_is_cached_under_the_base_folders_identity(world, tmp_pa
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     oracle_model(setup, retrain(), original)
     assert len(set((cache_root() / "oracles").iterdir()) - entries) == 1
+
+
+def test_a_synthetic_world_keeps_its_retrained_oracle_and_muse_reads_its_auc(tmp_path, capsys):
+    """muse-synthetic trains its original from scratch, so eval.oracle=true alone retrains the oracle; its
+    exported stats give ``evaluate`` MUSE's PrivLeak = (AUC − AUC_oracle) / AUC_oracle × 100."""
+    common = ["--preset", "text/muse-base", "data.n_articles=20", "train.epochs=4"]
+    common += ["eval.verbmem_max_new_tokens=12", "engine.progress=false"]
+    out = tmp_path / "run"
+    args = ["unlearn", *common, "method.name=ga", "method.epochs=1", "eval.oracle=true", "--out", str(out)]
+    assert main(args) == 0
+    stats = json.loads((out / "oracle_stats.json").read_text())
+    assert stats["protocol"] == "muse" and stats["source"] == {"kind": "retrain", "path": None}
+    capsys.readouterr()
+    model = f"model.path={out / 'model.safetensors'}"
+    assert main(["evaluate", *common, model, f"oracle.stats={out / 'oracle_stats.json'}", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    oracle_auc = stats["metrics"]["_auc"]
+    assert oracle_auc > 0 and got["privleak"] == pytest.approx((got["_auc"] - oracle_auc) / oracle_auc * 100)
