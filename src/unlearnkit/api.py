@@ -29,18 +29,21 @@ from unlearnkit.calibration import tune_split
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
-from unlearnkit.engine.loop import Engine, EngineConfig
+from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError
 from unlearnkit.experiment import (
     build_method,
     evaluate_model,
+    export_oracle,
     make_setup,
-    oracle_model,
     original_model,
     resolve,
+    resolve_oracle,
     run_method,
+    wants_oracle,
 )
+from unlearnkit.experiment.oracle_source import STATS_FILE, parse_section
 from unlearnkit.families.base import Task
 from unlearnkit.families.vision import VisionFamily
 from unlearnkit.io import weights_sha256
@@ -245,6 +248,12 @@ def run_config(
         raise UnlearnkitError(
             f"--out {str(out)!r} is the folder of the input model; choose another folder so the input is kept"
         )
+    oracle_input = parse_section(cfg.get("oracle")).describe()["path"]
+    if out and oracle_input and _overlaps_input(Path(out), Path(oracle_input)):
+        raise UnlearnkitError(
+            f"--out {str(out)!r} holds the oracle's input {oracle_input!r}; choose another folder so it is "
+            "kept"
+        )
     if resume and not out:
         raise ConfigError("--resume needs the --out folder of the run to continue")
     folder = RunFolder(out, cfg, overwrite, resume, resume_with_changes) if out else contextlib.nullcontext()
@@ -257,11 +266,12 @@ def run_config(
         model, seconds, fit = run_method(setup, orig.model, method, work, resume=resume, engine=engine)
         result: dict[str, Any] = {"original": orig.meta}
         oracle = None
-        if setup.protocol.cfg.oracle:
-            retrain = build_method({"name": "retrain"}, cfg["family"])
-            oracle_m, oracle_s = oracle_model(setup, retrain, orig.model)
-            oracle = evaluate_model(setup, oracle_m, "self", orig) | {"RTE": oracle_s}
+        if wants_oracle(setup):  # eval.oracle=true or an oracle.* source (experiment/oracle_source.py)
+            found = resolve_oracle(setup, orig)
+            oracle = found.flat
             result["oracle"] = public(oracle)
+            if out and is_main_process():  # reusable as oracle.stats=FILE
+                export_oracle(folder.work / STATS_FILE, setup, found)
         metrics = public(evaluate_model(setup, model, oracle, orig))
         metrics["RTE"] = seconds
         result["metrics"] = metrics

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,11 @@ from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.experiment import evaluate_model, make_setup, original_model
+from unlearnkit.experiment import evaluate_model, make_setup, original_model, resolve_oracle, wants_oracle
+from unlearnkit.experiment.oracle_source import HOW
 from unlearnkit.io import save_weights
 from unlearnkit.models.generate import generate_folder
+from unlearnkit.protocols.base import public
 from unlearnkit.report import build_report, make_report
 from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
@@ -149,9 +152,12 @@ def _load_cfg(args) -> dict:
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
+    """``--json``: every value as strict JSON (a non-finite number is null); else a table of the public
+    metrics (the ``_`` per-item lists, e.g. TOFU's 400 truth ratios, stay out of it)."""
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(_finite(metrics), indent=2, default=_jsonable, allow_nan=False))
         return
+    metrics = public(metrics)
     from rich.console import Console
     from rich.table import Table
 
@@ -161,6 +167,23 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
     for k, v in metrics.items():
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(t)
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):  # numpy / torch values
+        return o.tolist()
+    raise TypeError(f"cannot print {type(o).__name__} as JSON")
+
+
+def _finite(obj):
+    """``obj`` with NaN and ±inf replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _cmd_list(args) -> int:
@@ -220,12 +243,21 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    """Evaluate ``model.path``; with an oracle (``oracle.stats``/``oracle.model.path``/``oracle.base``, or
+    ``eval.oracle=true`` for a model trained here from scratch) also the comparisons with it (forget
+    quality, PrivLeak), else a note on stderr that says how to give one."""
     cfg = _load_cfg(args)
     if not cfg.get("model", {}).get("path"):
         raise UnlearnkitError("evaluate needs model.path=FILE.safetensors")
     setup = make_setup(cfg)
     original = original_model(setup)
-    _print_metrics(evaluate_model(setup, original.model, original=original), args.json)
+    oracle = resolve_oracle(setup, original) if wants_oracle(setup) else None
+    metrics = evaluate_model(setup, original.model, oracle.flat if oracle else None, original=original)
+    if is_main_process():
+        _print_metrics(metrics, args.json)
+        gap = setup.protocol.gap_key
+        if oracle is None and gap:
+            print(f"note: {gap} needs an oracle: give {HOW}", file=sys.stderr)
     return 0
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from unlearnkit.bench.kinds import SuiteRequest, register_kind
-from unlearnkit.bench.loop import Lazy, Outcome, SuiteRunner
+from unlearnkit.bench.loop import Lazy, Outcome, RowResult, SuiteRunner
 from unlearnkit.bench.plots import tradeoff_plot
 from unlearnkit.bench.results import markdown_table, public, select_methods, suite_result, write_results
 from unlearnkit.bench.rows import ORACLE, RowRunner, receipt, seed_inputs
+from unlearnkit.engine.loop import is_main_process
 from unlearnkit.experiment import DEFAULTS, Setup
-from unlearnkit.io import weights_sha256
+from unlearnkit.experiment.oracle_source import parse_section, stats_document
+from unlearnkit.io import weights_sha256, write_json
 from unlearnkit.registry import get_protocol
 
 SUITE_ONLY = ("suite", "keys", "caption", "note", "attack", "kind", "plot")
@@ -88,12 +90,23 @@ def _plain_seed(
         def compute(mname: str = mname, spec: dict = spec, oracle: dict | None = oracle) -> Outcome:
             orig, before = original()
             metrics, model, history = runner.run_row(setup(), orig, mname, spec, oracle, attack)
-            after = weights_sha256(model)
+            after = None if model is None else weights_sha256(model)  # None: an oracle.stats oracle
             rec = receipt(setup(), None if mname == ORACLE else before, after)
             return Outcome(metrics, receipt=rec, history=history)
 
         res = loop.row(identity, mname, seed, compute)
         if mname == ORACLE:
             oracle, oracle_key = res.metrics, res.key
+            _export_oracle(loop, seed, res, scfg)
         rows.append({"method": mname, "seed": seed, "metrics": public(res.metrics)})
     return rows, setup
+
+
+def _export_oracle(loop: SuiteRunner, seed: int, res: RowResult, scfg: dict[str, Any]) -> None:
+    """``DIR/oracle_stats-seed<N>.json``: the seed's oracle values, reusable as ``oracle.stats=FILE``."""
+    rec = res.receipt or {}
+    if not is_main_process() or not rec.get("forget_ids_sha256"):
+        return
+    source = parse_section(scfg.get("oracle")).describe()
+    doc = stats_document(res.metrics, rec["protocol"], rec["forget_ids_sha256"], rec["forget_count"], source)
+    write_json(loop.out / f"oracle_stats-seed{seed}.json", doc)

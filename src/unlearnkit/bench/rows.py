@@ -19,6 +19,7 @@ from unlearnkit.experiment import (
     make_setup,
     oracle_model,
     original_model,
+    resolve_oracle,
     run_method,
 )
 from unlearnkit.families.base import Original
@@ -81,19 +82,22 @@ class RowRunner:
         """Unlearn (or retrain, cached) from ``original``, evaluate against the oracle, optionally relearn.
 
         Returns (metrics, the model, its training log or None: the cached oracle and ``original`` have
-        none). The oracle is compared with itself (gap 0, forget quality 1), as the papers' tables do."""
+        none). The oracle row is the config's oracle (``oracle:`` section; :func:`~unlearnkit.experiment.
+        resolve_oracle`), compared with itself (gap 0, forget quality 1), as the papers' tables do; its model
+        is None when it comes from a stats file."""
         history = None
         family = setup.family.name
         if mname == ORACLE:
-            model, seconds = self.oracle_model(setup, build_method(spec, family), original.model)
-        elif mname == REFERENCE:  # the model before unlearning, as a reference row
+            method = build_method(spec, family)
+            found = resolve_oracle(setup, original, method, train=self.oracle_model, evaluate=self.evaluate)
+            return found.flat, found.model, None
+        if mname == REFERENCE:  # the model before unlearning, as a reference row
             model, seconds = original.model, 0.0
         else:
             model, seconds, fit = self.run_method(setup, original.model, build_method(spec, family))
             history = fit.history
-        ref = "self" if mname == ORACLE else oracle
-        metrics = self.evaluate(setup, model, ref, original) | {"RTE": seconds}
-        if attack and attack.get("relearn") is not None and mname != ORACLE:
+        metrics = self.evaluate(setup, model, oracle, original) | {"RTE": seconds}
+        if attack and attack.get("relearn") is not None:
             metrics |= setup.protocol.relearn(setup, model, oracle, dict(attack["relearn"] or {}))
         return metrics, model, history
 

@@ -1,4 +1,5 @@
-"""The original model (loaded, built or trained, and cached) and the retrained oracle (cached).
+"""The original model (loaded, built or trained, and cached) and the oracle model (given, fine-tuned from a
+base, or retrained; cached).
 
 A cache entry's key is the hash of everything that determines its weights: family, data, model, recipe,
 seed, the engine settings that change the trajectory (batch size, process count, device kind, sharding),
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +19,8 @@ from torch import nn
 
 from unlearnkit import version
 from unlearnkit.engine.loop import is_main_process
+from unlearnkit.errors import ConfigError
+from unlearnkit.experiment.oracle_source import needs_source_message, pretrained
 from unlearnkit.experiment.run import run_method, train_original
 from unlearnkit.experiment.setup import Setup
 from unlearnkit.families.base import Original
@@ -93,16 +98,36 @@ def original_model(setup: Setup, use_cache: bool = True, resume: bool = False) -
 def oracle_model(
     setup: Setup, method: Method, original: nn.Module, use_cache: bool = True
 ) -> tuple[nn.Module, float]:
-    """The retrained oracle for this split, cached by the original's key plus the method and forget set.
+    """The oracle model for this split, as the ``oracle:`` section says (``experiment/oracle_source.py``):
+    the retain model given by ``oracle.model.path`` (0 seconds: nothing trained here); ``oracle.base``
+    fine-tuned on the retain set by ``method`` (``retrain`` with the ``train:`` recipe), cached under the
+    base folder's identity; or, with no source, ``method`` from a fresh initialisation, cached by the
+    original's key plus the method and forget set (refused for a pretrained folder, see
+    :func:`~unlearnkit.experiment.oracle_source.needs_source_message`).
 
     Returns the model and the wall seconds its training took (from the cache's record when reused), so a
     suite's RTE column stays the real cost of retraining."""
+    src = setup.oracle
+    if src.stats is not None:
+        raise ConfigError(
+            f"oracle.stats={src.stats} holds an oracle's values, not its model: this run needs the oracle "
+            "model itself; give oracle.base=DIR or oracle.model.path=DIR instead"
+        )
+    if src.model_path is not None:
+        return _given_model(setup, src.model_path), 0.0
+    extra: dict[str, Any] = {}
+    if src.base is not None:
+        setup = with_model_path(setup, src.base)  # its fresh model (retrain's starting point) is the base
+        extra = {"oracle_base": folder_identity(src.base)}
+    elif pretrained(setup.cfg):
+        raise ConfigError(needs_source_message(setup.cfg))
     key = cache_key(
         setup,
         method=vars(method.cfg),
         forget=setup.split.forget_ids_sha256(),
         n_retain=len(setup.split.retain),
         full_model=setup.cfg["model"],
+        **extra,
     )
     folder = cache_root() / "oracles" / key
     weights = folder / "model.safetensors"
@@ -116,3 +141,26 @@ def oracle_model(
         if is_main_process():
             write_json(folder / "meta.json", {"seconds": seconds})
     return model, seconds
+
+
+def with_model_path(setup: Setup, path: str) -> Setup:
+    """``setup`` with ``model.path`` replaced: its :meth:`~Setup.new_model` loads that folder."""
+    return replace(setup, cfg=setup.cfg | {"model": dict(setup.cfg["model"]) | {"path": str(path)}})
+
+
+def _given_model(setup: Setup, path: str) -> nn.Module:
+    """The retain model at ``path``: a pretrained folder (loaded by the builder) or a weights file."""
+    model = with_model_path(setup, path).new_model()
+    if not pretrained(setup.cfg):
+        load_weights(model, path)
+    return model
+
+
+def folder_identity(path: str) -> dict[str, Any]:
+    """A model folder's identity for cache keys: its config and the name, size and modification time of
+    each weights file (cheap on multi-GB checkpoints; a rewritten or copied file is a new identity)."""
+    folder = Path(path).expanduser().resolve()
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt") or p.name == "config.json"
+    )
+    return {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}

@@ -11,6 +11,7 @@ from typing import Any
 
 from unlearnkit.config import merge
 from unlearnkit.errors import ConfigError, did_you_mean
+from unlearnkit.experiment.oracle_source import parse_section
 
 DEFAULTS: dict[str, Any] = {
     "family": "vision",
@@ -32,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "out": None,
     "family_options": {},
 }
-TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description"}
+# ``oracle`` has no default (configs without it resolve as before): see experiment/oracle_source.py
+TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description", "oracle"}
 SECTIONS = ("data", "split", "model", "train", "method", "engine", "eval")
 
 
@@ -47,4 +49,5 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     for sec in SECTIONS:
         if not isinstance(out[sec], dict):
             raise ConfigError(f"config section {sec!r} must be a mapping, got {out[sec]!r}")
+    parse_section(out.get("oracle"))  # an unknown oracle.* key or two sources fail here, before any work
     return out

@@ -17,6 +17,7 @@ from unlearnkit.engine.loop import Engine, EngineConfig
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment.config import resolve
+from unlearnkit.experiment.oracle_source import OracleSource, check_source, parse_section
 from unlearnkit.families.base import Family
 from unlearnkit.models.lora import check_lora_spec
 from unlearnkit.protocols import Protocol, protocol_for
@@ -35,6 +36,7 @@ class Setup:
     train_spec: OptimSpec
     seed: int
     protocol: Protocol
+    oracle: OracleSource = OracleSource()  # the ``oracle:`` section (experiment/oracle_source.py)
 
     def with_split(self, split: Split, data: LoadedData | None = None) -> Setup:
         """The same experiment with another split (and, when the split narrows it, other data)."""
@@ -77,6 +79,8 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     if data.num_classes:
         for name, s in (("forget set", split.forget), ("retain set", split.retain), ("test set", split.test)):
             validate_labels(s, data.num_classes, name)
-    setup = Setup(cfg, family, data, split, engine_cfg, train_spec, seed, protocol)
+    oracle = parse_section(cfg.get("oracle"))
+    setup = Setup(cfg, family, data, split, engine_cfg, train_spec, seed, protocol, oracle)
     protocol.check_setup(setup)  # e.g. the erasure judge knows the concept: fail before any training
+    check_source(oracle, setup)  # the oracle's architecture, vocabulary or forget set: also before training
     return setup
