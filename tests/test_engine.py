@@ -433,10 +433,12 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
         ("one-stream", 10, {"checkpoint_steps": 5}),  # the checkpoint at step 10 ends epoch 1 (5 steps each)
         ("two-phases", 13, {"checkpoint_steps": 3}),  # mid-phase, the cycled stream half-way through a pass
         ("two-phases", 20, {"checkpoint_every": 1}),  # epoch checkpoints only: resume from the end of epoch 1
+        # 2 micro-batches per optimizer step, short groups at phase ends; resumes after step 6 (a short group)
+        ("two-phases", 7, {"checkpoint_steps": 2, "grad_accum": 2}),
     ],
 )
 def test_resume_after_a_crash_gives_bitwise_identical_weights_and_history(tmp_path, kind, crash_at, cfg):
-    ref_model, ref = _fit(kind)
+    ref_model, ref = _fit(kind, **{k: v for k, v in cfg.items() if k == "grad_accum"})
     with pytest.raises(Crash):
         _fit(kind, tmp_path, crash_at=crash_at, **cfg)
     torch.manual_seed(999)  # the resumed process is in another random state

@@ -86,7 +86,9 @@ def toy():
     model = MemoryDenoiser(rows, proto * 2 - 1, {1, 4}, tok)
     fam = DiffusionFamily(seed=0)
     fam.tokenizer = tok
-    engine = Engine(EngineConfig(batch_size=8, progress=False))
+    # FAST's lower level (sign-SGD at 50x the default lower_lr) takes the toy's ESD loss to ~900x its start
+    # on purpose; the collapse guard would stop it (engine.collapse_factor)
+    engine = Engine(EngineConfig(batch_size=8, progress=False, collapse_factor=None))
     return SelectionTask(fam, model, pool, engine, seed=0), {caps[1], caps[4]}, caps
 
 

@@ -170,8 +170,9 @@ class _Job:
         if out is not None:
             ids_sha, n = self.split.forget_ids_sha256(), len(self.split.forget)
             # rank 0 writes; the other ranks get no receipt
+            extra = info | {"training": fit.training}
             res.receipt = write_run(
-                out, self.cfg, task.model, metrics, ids_sha, n, before, info, folder=folder
+                out, self.cfg, task.model, metrics, ids_sha, n, before, extra, folder=folder
             )
             res.receipt = res.receipt or {}
         return res
@@ -285,7 +286,7 @@ def run_config(
                 setup.split.forget_ids_sha256(),
                 len(setup.split.forget),
                 before,
-                extra={"oracle": result.get("oracle"), "steps": fit.steps},
+                extra={"oracle": result.get("oracle"), "steps": fit.steps, "training": fit.training},
                 protect=protect,
                 tokenizer=setup.data.meta.get("tokenizer"),
                 folder=folder,

@@ -5,7 +5,22 @@ epoch as a list of :class:`Phase` objects: which data streams a step draws from 
 ``retain``, ``train``, ...), which stream sets the phase's length (the others cycle), and the loss of
 one step. The engine does the rest: device placement, optimizer and schedule, weight masks
 (``WeightMask``, restored after every step), gradient clipping, a divergence guard (NaN/inf loss, or a
-loss past ``divergence_bound``), per-step logs, progress, checkpoints and resume.
+loss past ``divergence_bound``), a collapse guard (a loss far outside the run's own range, see
+:mod:`unlearnkit.engine.collapse`), mixed precision and gradient accumulation (see
+:mod:`unlearnkit.engine.precision`), per-step logs, progress, checkpoints and resume.
+
+Gradient accumulation (``engine.grad_accum=N``): one optimizer step takes N micro-batches, each drawn as
+a step without accumulation draws its batch (a batch from the phase's driver stream and one from each
+other stream it names, e.g. forget *and* retain), so an optimizer step sees N × ``batch_size`` examples of
+every stream. Each micro-batch's loss is back-propagated divided by N (accelerate's ``accumulate`` and
+``backward``), so the gradient is the mean of the micro-batch gradients: the gradient of one batch N times
+larger for a loss that is a mean over the examples of each stream (GA, GradDiff, NPO, SimNPO; not exactly
+for terms normalised per batch, e.g. a token-mean over the batch's answer tokens when answers differ in
+length). A phase's last group may be shorter (k < N micro-batches); it is divided by k instead. Groups
+never span two phases. ``step`` in logs, ``checkpoint_steps`` and the progress bar count optimizer steps;
+the divergence and collapse guards check every micro-batch; a logged step record holds the mean of its
+micro-batches' values. Checkpoints are written between groups only, so a resumed run is bit-identical to
+an uninterrupted one with accumulation too.
 
 Several processes (``accelerate launch`` / ``torchrun``): the run is data-parallel. Every rank holds the
 whole model and draws ``batch_size`` examples per step from its shard of each stream (accelerate hands
@@ -69,8 +84,11 @@ from unlearnkit.engine.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
+from unlearnkit.engine.collapse import CollapseWatch
 from unlearnkit.engine.masks import WeightMask
 from unlearnkit.engine.optim import OptimSpec, build_optimizer, build_scheduler
+from unlearnkit.engine.precision import check_precision, make_accelerator, on_cpu
+from unlearnkit.engine.precision import current as precision_current
 from unlearnkit.engine.streams import Pass, Stream, next_cycled
 from unlearnkit.engine.tracking import Tracking, check_tracker
 from unlearnkit.errors import ConfigError, UnlearnkitError
@@ -97,6 +115,12 @@ class EngineConfig:
     ``tracker`` (``none``, ``tensorboard`` or ``wandb``) logs the step losses of every phase, the learning
     rate and the method's logs to that tracker through accelerate (see :mod:`unlearnkit.engine.tracking`),
     under ``tracker_dir`` if set, else the run folder, else a temporary folder.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16``; unset = fp32 or the launcher's) runs each step's loss under
+    accelerate's autocast (:mod:`unlearnkit.engine.precision`); ``grad_accum`` takes that many micro-batches
+    of ``batch_size`` per optimizer step (see the module docstring). ``collapse_factor`` stops a run whose
+    step loss or logged forget/retain loss exceeds that factor times its first logged value (at least 1)
+    in absolute value (:mod:`unlearnkit.engine.collapse`; ``null`` = off).
     """
 
     batch_size: int = 64
@@ -113,11 +137,19 @@ class EngineConfig:
     fsdp: bool | list[str] = False
     tracker: str = "none"
     tracker_dir: str | None = None
+    precision: str | None = None
+    grad_accum: int = 1
+    collapse_factor: float | None = 100.0
 
     def check(self) -> None:
         check_tracker(self.tracker)
         if self.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise ConfigError(f"engine.grad_accum must be an integer >= 1, got {self.grad_accum!r}")
+        c = self.collapse_factor
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1 < c < math.inf):
+            raise ConfigError(f"engine.collapse_factor must be a finite number > 1 (null = off), got {c!r}")
         if self.log_every < 1:
             raise ConfigError(f"engine.log_every must be >= 1, got {self.log_every}")
         if self.checkpoint_every < 0:
@@ -126,6 +158,7 @@ class EngineConfig:
             raise ConfigError(f"engine.checkpoint_steps must be >= 0 (0 = off), got {self.checkpoint_steps}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"engine.device must be auto, cpu, cuda or mps, got {self.device!r}")
+        check_precision(self.precision, self.device)
         b = self.divergence_bound
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf):
             raise ConfigError(f"engine.divergence_bound must be a positive finite number, got {b!r}")
@@ -176,16 +209,22 @@ class Phase:
 
 
 class DivergenceError(UnlearnkitError):
-    """The loss became NaN or infinite, or passed ``engine.divergence_bound``."""
+    """The loss became NaN or infinite, passed ``engine.divergence_bound``, or left the run's range
+    (``engine.collapse_factor``)."""
 
 
 @dataclass
 class FitResult:
+    """What a fit did. ``training``: its precision, gradient accumulation, processes, and the batch size of
+    each stream per process and per optimizer step (``effective_batch_size`` = per process × processes ×
+    grad_accum)."""
+
     steps: int = 0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int | None = None
     checkpoint: Path | None = None
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -203,12 +242,22 @@ class Engine:
 
     @property
     def accelerator(self):
-        if self._accelerator is None:
-            from accelerate import Accelerator
-
-            cpu = self.cfg.device == "cpu" or (self.cfg.device == "auto" and not torch.cuda.is_available())
-            self._accelerator = Accelerator(cpu=cpu, **self.tracking.accelerator_options())
+        """accelerate's ``Accelerator`` at this engine's precision (made again when another engine has
+        changed accelerate's process-wide precision since)."""
+        if self._accelerator is None or not precision_current(self.cfg.precision):
+            self._accelerator = make_accelerator(
+                on_cpu(self.cfg.device),
+                self.cfg.precision,
+                self.cfg.grad_accum,
+                **self.tracking.accelerator_options(),
+            )
         return self._accelerator
+
+    def autocast(self):
+        """A context in which forward passes run at ``engine.precision`` (nothing changes under fp32): the
+        engine computes every step's loss in it; a method computes what it caches before training (e.g.
+        NPO's reference NLLs) in it too, so the cache matches the training forward."""
+        return self.accelerator.autocast()
 
     @property
     def tracker_dir(self) -> Path | None:
@@ -276,13 +325,24 @@ class Engine:
         phase: str,
         optim: OptimSpec,
         checkpoint: Path | None,
+        watch: CollapseWatch | None = None,
     ) -> None:
-        """Stop before the update when the loss is NaN/inf or past ``divergence_bound``."""
+        """Stop before the update when the loss is NaN/inf, past ``divergence_bound``, or (``watch``) far
+        outside the run's range (``collapse_factor``)."""
         where = f"at epoch {epoch}, step {step} (phase {phase!r})"
         if self.cfg.nan_guard and not math.isfinite(value):
             raise DivergenceError(
                 f"the {desc} loss became {value} {where}; lower the learning rate (method.lr, now "
                 f"{optim.lr}) or the number of epochs. {_kept(checkpoint)}"
+            )
+        hit = watch.check(phase, {"loss": value} | logs) if watch is not None else None
+        if hit is not None:
+            name, v, first = hit
+            raise DivergenceError(
+                f"the {desc} {name} reached {v:.6g} {where}, more than engine.collapse_factor="
+                f"{watch.factor:g} times its first value ({first:.6g}): the model has collapsed; lower the "
+                f"learning rate (method.lr, now {optim.lr}), or relax the guard with a larger "
+                f"engine.collapse_factor (null turns it off). {_kept(checkpoint)}"
             )
         bound = self.cfg.divergence_bound
         if bound is None:
@@ -366,6 +426,11 @@ class _Fit:
         self.good: Path | None = None
         self.pending: Path | None = None
         self.log_file = None
+        # gradient accumulation: micro-batches per optimizer step, and the group under way
+        self.accum = cfg.grad_accum
+        self.group: list[tuple[float, dict[str, Any]]] = []
+        self.group_size = 0
+        self.watch = CollapseWatch(cfg.collapse_factor)
 
     # -- prepare -------------------------------------------------------------------------------------
     def prepare(
@@ -393,6 +458,8 @@ class _Fit:
             model, optimizer = acc.prepare(model, optimizer)
         else:  # no DDP wrapper: methods call the bare model, so gradients are averaged in ``step``
             model = acc.prepare_model(model, evaluation_mode=True)
+            # not its autocast forward wrapper (left on the model after fit): ``step`` autocasts the loss
+            model = acc.unwrap_model(model, keep_fp32_wrapper=False)
             optimizer = acc.prepare_optimizer(optimizer)
         self.model, self.optimizer = model, optimizer
         self.inner_opt = getattr(optimizer, "optimizer", optimizer)
@@ -407,6 +474,16 @@ class _Fit:
         )
         if self.fsdp2:  # its checkpoints hold the optimizer state by parameter name: not for unsharded runs
             self.fingerprint["fsdp"] = True
+        if self.accum > 1:
+            self.fingerprint["grad_accum"] = self.accum
+        acc.gradient_accumulation_steps = self.accum  # accelerate's state is shared by every engine
+        self.result.training = {
+            "precision": {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision),
+            "grad_accum": self.accum,
+            "processes": self.world,
+            "batch_size": dict(bs_of),
+            "effective_batch_size": {n: b * self.world * self.accum for n, b in bs_of.items()},
+        }
 
     def _streams(
         self,
@@ -431,7 +508,9 @@ class _Fit:
                     raise ConfigError(
                         f"phase {ph.name!r} needs data streams {missing}; given {list(self.streams)}"
                     )
-        self.total = sum(len(self.streams[ph.length_stream]) for pl in self.epoch_phases for ph in pl)
+        self.total = sum(
+            -(-len(self.streams[ph.length_stream]) // self.accum) for pl in self.epoch_phases for ph in pl
+        )
 
     # -- restore -------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -472,11 +551,14 @@ class _Fit:
         self.gen.set_state(ck.state["step_generator"])
         if ck.state.get("extra") is not None and hasattr(self.owner, "load_loop_state"):
             self.owner.load_loop_state(ck.state["extra"])
+        if ck.state.get("scaler") is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(ck.state["scaler"])
         restore_rng(ck.state["rng"])
         pos = ck.meta["position"]
         self.start_epoch, self.start_phase, self.step_no = pos["epoch"], pos["phase"], pos["step"]
         self.elapsed = float(ck.meta.get("seconds", 0.0))
         self.result.history = list(ck.meta.get("history", []))
+        self.watch = CollapseWatch(self.cfg.collapse_factor, self.result.history)
         self.result.resumed_from_step = self.step_no
         self.result.checkpoint = self.good = ck.path
         self.last_saved = self.step_no
@@ -496,6 +578,8 @@ class _Fit:
         self.bar = _progress(self.total, self.desc, cfg.progress and self.main, initial=self.step_no)
         self.t0 = time.perf_counter()
         self.model.train()
+        for p in self.opt_params:  # then after every optimizer step (a loss may backward early)
+            p.grad = None
         try:
             for epoch in range(self.start_epoch, optim.epochs):
                 ph_list = self.epoch_phases[epoch]
@@ -533,39 +617,70 @@ class _Fit:
         cfg = self.cfg
         others = [s for s in ph.streams if s != ph.length_stream]
         dpass, self.resumed_driver = self.resumed_driver or self.streams[ph.length_stream].start(), None
+        length = len(self.streams[ph.length_stream])
         while (batch := dpass.next()) is not None:
             batches = {ph.length_stream: batch}
             for s in others:
                 batches[s] = next_cycled(self.iters, self.streams, s)
-            self.step(epoch, ph, batches)
+            if not self.group:  # a new group: N micro-batches, fewer at the end of the pass
+                self.group_size = max(1, min(self.accum, length - dpass.consumed + 1))
+            if not self.step(epoch, ph, batches):
+                continue
             if self.checkpointing and cfg.checkpoint_steps and self.step_no % cfg.checkpoint_steps == 0:
                 self.checkpoint(epoch, pi, (ph.length_stream, dpass))
+        if self.group:  # the loader gave fewer batches than its length said: step with what there is
+            self._update(epoch, ph)
 
-    def step(self, epoch: int, ph: Phase, batches: dict[str, Batch]) -> None:
-        """One optimizer step: loss, divergence guard, backward, gradient averaging, mask, clipping."""
+    def step(self, epoch: int, ph: Phase, batches: dict[str, Batch]) -> bool:
+        """One micro-batch: loss (under autocast), divergence and collapse guards, backward; then, when it
+        ends its group, the optimizer step (:meth:`_update`). Returns whether the optimizer stepped."""
+        acc, optim = self.acc, self.optim
+        last = len(self.group) + 1 >= self.group_size
+        scale = self.accum / self.group_size  # accelerate divides by N; a short group of k by k
+
+        def backward(term: torch.Tensor) -> None:
+            acc.backward(term if scale == 1 else term * scale)
+
+        acc.step = self.accum - 1 if last else 0  # ``accumulate`` syncs on the group's last micro-batch
+        with acc.accumulate(self.model):
+            ctx = StepContext(epoch, optim.epochs, self.step_no, ph.name, self.gen, backward)
+            with acc.autocast():
+                loss, logs = ph.loss(batches, ctx)
+            value, logs = _global_values(loss, logs, self.world, self.engine.device)
+            try:
+                self.engine._guard(
+                    value, logs, self.desc, epoch, self.step_no, ph.name, optim, self.good, self.watch
+                )
+            except DivergenceError:
+                if self.pending is not None and self.main:  # its weights gave the diverged loss
+                    discard_checkpoint(self.pending)
+                raise
+            self.confirm()
+            if not (ctx.early_terms and not loss.requires_grad):  # all terms went early
+                backward(loss)
+            self.group.append((value, logs))
+            if last:
+                self._update(epoch, ph)
+        return last
+
+    def _update(self, epoch: int, ph: Phase) -> None:
+        """The optimizer step that ends a group: gradient averaging, mask, clipping, step, log."""
         acc, optim, mask, optimizer = self.acc, self.optim, self.mask, self.optimizer
-        optimizer.zero_grad(set_to_none=True)  # before: a loss may backward early
-        ctx = StepContext(epoch, optim.epochs, self.step_no, ph.name, self.gen, acc.backward)
-        loss, logs = ph.loss(batches, ctx)
-        value, logs = _global_values(loss, logs, self.world, self.engine.device)
-        try:
-            self.engine._guard(value, logs, self.desc, epoch, self.step_no, ph.name, optim, self.good)
-        except DivergenceError:
-            if self.pending is not None and self.main:  # its weights gave the diverged loss
-                discard_checkpoint(self.pending)
-            raise
-        self.confirm()
-        if not (ctx.early_terms and not loss.requires_grad):  # all terms went early
-            acc.backward(loss)
-        if self.reduce_grads:
-            average_gradients(self.opt_params, self.world, self.engine.device)
-        elif self.unsharded:
-            average_gradients(self.unsharded, self.world, self.engine.device)
-        if mask is not None:
-            mask.mask_gradients()
-        if optim.max_grad_norm:
-            acc.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
-        optimizer.step()
+        acc.step = self.accum - 1
+        with acc.accumulate(self.model):  # syncs (a no-op when ``step`` already did)
+            value, logs = _group_mean(self.group)
+            self.group = []
+            if self.reduce_grads:
+                average_gradients(self.opt_params, self.world, self.engine.device)
+            elif self.unsharded:
+                average_gradients(self.unsharded, self.world, self.engine.device)
+            if mask is not None:
+                mask.mask_gradients()
+            if optim.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # now, not before the next loss: a loss may backward early
+        acc.step = 0
         if mask is not None:
             mask.restore(self.inner_opt)
         if self.buffers:
@@ -578,6 +693,7 @@ class _Fit:
     def _log(self, rec: dict[str, Any]) -> None:
         """Keep a step's record in the history, the run folder's log and ``engine.tracker``."""
         self.result.history.append(rec)
+        self.watch.note(rec)
         if self.log_file:
             self.log_file.write(json.dumps(rec) + "\n")
         if self.engine.tracking.on:
@@ -621,6 +737,7 @@ class _Fit:
                 },
                 "driver": None if driver is None else {"stream": driver[0]} | driver[1].state(),
                 "extra": self.owner.loop_state() if hasattr(self.owner, "loop_state") else None,
+                "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
             }
             meta = {
                 "desc": self.desc,
@@ -685,6 +802,20 @@ def _kept(checkpoint: Path | None) -> str:
         f"The last good checkpoint is kept at {str(checkpoint)!r}; rerun with --resume (fit(resume=True)) to "
         "continue from it, e.g. after lowering the learning rate."
     )
+
+
+def _group_mean(group: list[tuple[float, dict[str, Any]]]) -> tuple[float, dict[str, Any]]:
+    """A group's step loss and logs: the mean over its micro-batches of each number (one micro-batch:
+    its own values, unchanged); other log values are the last micro-batch's."""
+    if len(group) == 1:
+        return group[0]
+    value = sum(v for v, _ in group) / len(group)
+    logs = dict(group[-1][1])
+    for k in logs:
+        vals = [g.get(k) for _, g in group]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            logs[k] = sum(vals) / len(vals)
+    return value, logs
 
 
 def _global_values(

@@ -41,7 +41,10 @@ def cache_key(setup: Setup, **extra: Any) -> str:
         {
             "family": setup.cfg["family"],
             "data": setup.cfg["data"],
-            "model": {k: v for k, v in setup.cfg["model"].items() if k != "lora"},
+            # gradient checkpointing changes memory, not weights
+            "model": {
+                k: v for k, v in setup.cfg["model"].items() if k not in ("lora", "gradient_checkpointing")
+            },
             "train": setup.cfg["train"],
             "seed": setup.seed,
             "batch_size": ecfg.batch_size,
@@ -49,6 +52,12 @@ def cache_key(setup: Setup, **extra: Any) -> str:
             "device": device,
             "fsdp": ecfg.fsdp,
             "versions": {"unlearnkit": version.__version__, "torch": torch.__version__.split("+")[0]},
+        }
+        # mixed precision and accumulation change the weights; left out at their defaults (older keys stay)
+        | {
+            k: v
+            for k, v in (("precision", ecfg.precision), ("grad_accum", ecfg.grad_accum))
+            if v not in (None, "fp32", 1)
         }
         | extra
     )

@@ -43,8 +43,11 @@ ALT_COLUMNS = ("alt_input_ids", "alt_attention_mask", "alt_labels")
 
 def _logits(model: nn.Module, batch: Batch, keep: int = 0) -> torch.Tensor:
     """The model's logits; with ``keep`` > 0 and a model that takes ``logits_to_keep`` (Hugging Face causal
-    LMs), only those of the last ``keep`` positions (the output projection skips the others)."""
+    LMs), only those of the last ``keep`` positions (the output projection skips the others). A loss needs
+    no key/value cache: ``use_cache=False`` (which gradient checkpointing requires in training)."""
     kwargs = {"logits_to_keep": keep} if keep and _takes_logits_to_keep(model) else {}
+    if "use_cache" in _forward_params(type(model)):
+        kwargs["use_cache"] = False
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
     return out.logits if hasattr(out, "logits") else out
 
@@ -158,7 +161,11 @@ class TextFamily(Family):
             spec.pop("path", None)
         spec.pop("seed", None)
         spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
-        return call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
+        checkpointing = spec.pop("gradient_checkpointing", False)
+        model = call_with_options(get_model(name), (data,), spec, f"model {name!r} (model.*)")
+        if checkpointing:
+            enable_gradient_checkpointing(model, checkpointing)
+        return model
 
     def validate(self, model: nn.Module, data: ExampleSet) -> None:
         missing = [c for c in TEXT_COLUMNS if c not in data.columns]
@@ -178,6 +185,26 @@ class TextFamily(Family):
             )
         if len(data) and int((data.columns["labels"][:, 1:] != -100).sum(-1).min()) == 0:
             raise DataError("some examples have no answer tokens (all labels are -100): check max_length")
+
+
+def enable_gradient_checkpointing(model: nn.Module, flag: Any = True) -> None:
+    """``model.gradient_checkpointing=true``: keep only each decoder layer's input in training and recompute
+    the rest in the backward pass (transformers' ``activation_checkpointing_enable``, formerly
+    ``gradient_checkpointing_enable``; torch's non-reentrant checkpoint): the same gradients for less
+    activation memory and about one more forward pass per step. It acts in training mode only (evaluation
+    and generation are unchanged, their cache included)."""
+    if flag is not True:
+        raise ConfigError(f"model.gradient_checkpointing must be true or false, got {flag!r}")
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"model.gradient_checkpointing=true needs a Hugging Face model that supports it; "
+            f"{type(model).__name__} does not (drop the option)"
+        )
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def ids_split_with_eval(data: LoadedData, spec: dict[str, Any]) -> tuple[Split, LoadedData]:

@@ -121,7 +121,7 @@ class AdvUnlearnConfig(MethodConfig):
     lr: float = 5e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    batch_size: int | None = 16
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
     retain_batch_size: int = 5
     eta: float = 3.0
     retain_weight: float = 0.5

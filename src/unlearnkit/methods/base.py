@@ -23,6 +23,15 @@ class MethodConfig(OptimSpec):
 
     ``mask_ratio`` turns on a SalUn weight-saliency mask for *any* method (share of weights that may
     move, ranked by the forget-loss gradient at the original weights); ``mask_path`` loads one instead.
+
+    The batch-size rule (one rule for every method, applied by :meth:`Method.batch_sizes`): a step draws
+    ``method.batch_size`` examples per process from each stream when the config sets it (in the method's
+    preset, a suite's method entry or an override), else ``engine.batch_size``; no method has a batch
+    size of its own by default (a paper's batch size is in its docstring and its preset).
+    ``forget_batch_size`` (and a method's own per-stream options, e.g. AdvUnlearn's
+    ``retain_batch_size``) then sets that one stream's. With ``engine.grad_accum=N`` and P processes an
+    optimizer step sees ``batch × P × N`` examples of each stream: the run's ``results.json`` and
+    ``receipt.json`` report both (``training``: ``batch_size`` per process, ``effective_batch_size``).
     """
 
     batch_size: int | None = None
@@ -94,6 +103,7 @@ class Method:
         return self.task.model
 
     def batch_sizes(self, task: Task) -> dict[str, int]:
+        """Examples per step and process of each stream (the batch-size rule, :class:`MethodConfig`)."""
         bs = self.cfg.batch_size or task.engine.cfg.batch_size
         return {"forget": self.cfg.forget_batch_size or bs, "retain": bs, "train": bs}
 
@@ -109,7 +119,8 @@ class Method:
         self.task = task
         task.model.to(task.engine.device)
         try:
-            self.prepare(task)
+            with task.engine.autocast():  # what prepare caches matches the training forward's precision
+                self.prepare(task)
             self.mask = self.build_mask(task)
             result = task.engine.fit(
                 task.model,

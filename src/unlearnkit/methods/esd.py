@@ -69,7 +69,7 @@ class ESDConfig(MethodConfig):
     epochs: int = 3
     lr: float = 5e-4
     optimizer: str = "adam"
-    batch_size: int | None = 16
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
     variant: str = "x"
     eta: float = 1.0
     concept: str | None = None

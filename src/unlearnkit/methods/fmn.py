@@ -279,7 +279,7 @@ class FMNConfig(MethodConfig):
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0
-    batch_size: int | None = 16
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
     only_optimize_ca: bool = True
     use_pooler: bool = False
     concept: str | None = None

@@ -51,7 +51,7 @@ class GradDiffConfig(MethodConfig):
     lr: float = 1e-5
     optimizer: str = "adamw"
     weight_decay: float = 0.01
-    batch_size: int | None = 32
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
     gamma: float = 1.0
     alpha: float = 1.0
     retain_loss: str = "nll"

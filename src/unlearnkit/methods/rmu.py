@@ -60,7 +60,7 @@ class RMUConfig(MethodConfig):
     lr: float = 5e-5
     optimizer: str = "adamw"
     weight_decay: float = 0.01
-    batch_size: int | None = 32
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
     steering_coeff: float = 2.0
     gamma: float = 1.0
     alpha: float = 1.0

@@ -39,8 +39,8 @@ class SCRUBConfig(MethodConfig):
     weight_decay: float = 0.1
     scheduler: str = "step"
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
-    batch_size: int | None = 32
-    forget_batch_size: int | None = 64
+    batch_size: int | None = None  # the batch-size rule: methods/base.py MethodConfig
+    forget_batch_size: int | None = None
     gamma: float = 1.0
     alpha: float = 0.5
     kd_T: float = 2.0

@@ -211,6 +211,7 @@ def model_card(
         base_text + (f"\n\n{data_text}." if data_text else "") + "\n",
         "## Method and hyperparameters\n",
         f"```yaml\n{hyper}\n```\n",
+        *_training_line(r.get("training") or {}),
         "## Forget-set receipt\n",
         receipt_table + "\n\nAnyone holding the forget ids can check the first hash: the sha256 of the "
         "sorted ids written as a JSON list (`json.dumps(sorted(ids))`, e.g. `[3, 17, 42]`); the weight "
@@ -224,6 +225,18 @@ def model_card(
         LIMITATIONS,
     ]
     return "\n".join(parts)
+
+
+def _training_line(training: dict[str, Any]) -> list[str]:
+    """One line: precision, and the batch of each stream per process and per optimizer step."""
+    if not training:
+        return []
+    per, eff = training.get("batch_size") or {}, training.get("effective_batch_size") or {}
+    batches = ", ".join(f"{n} {per[n]} per process, {eff.get(n)} per optimizer step" for n in per)
+    return [
+        f"Trained in {training.get('precision')} with gradient accumulation {training.get('grad_accum')} on "
+        f"{training.get('processes')} process(es); batch: {batches}.\n"
+    ]
 
 
 def _changes_section(changes: list[dict[str, Any]]) -> list[str]:

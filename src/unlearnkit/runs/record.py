@@ -3,7 +3,8 @@ model card ``README.md`` (``runs/card.py``), and index the run in the run store 
 or ``UNLEARNKIT_STORE``; ``runs/store.py``).
 
 The receipt lets anyone check later what was forgotten and by which model: the sha256 of the sorted
-forget ids, of the weights before and after, and the metrics; its ``run_id`` ties the store row to the
+forget ids, of the weights before and after, and the metrics (and, from the engine, ``training``: the
+precision, gradient accumulation and effective batch size); its ``run_id`` ties the store row to the
 folder. The files are written into a hidden work folder and published whole with one rename
 (``runs/folder.py``): a kill leaves the old run or the new one, never a mix. A store that cannot be written
 (read-only folder, locked file) only warns: the run folder is the record.
@@ -117,6 +118,8 @@ def _write_run_files(
         "metrics": metrics,
         "python": platform.python_version(),
     }
+    if (extra or {}).get("training"):  # precision, grad_accum, batch size per process and per optimizer step
+        receipt["training"] = extra["training"]
     if changes:  # resumed with --resume-with-changes: both configs and the step of each change
         receipt["config_changes"] = changes
 
