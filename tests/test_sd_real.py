@@ -136,6 +136,7 @@ def test_bad_inputs_are_one_line_and_exit_2(sd, tmp_path, capsys):
         (sd, ["data.name=prompts", f"data.csv={no_col}"], "no 'prompt' column"),
         (sd, ["data.name=prompts", f"data.csv={empty}"], "the prompt set is empty"),
         (sd, ["eval.judge=clip"], "eval.judge=clip needs eval.clip_model"),
+        (sd, ["engine.precision=fp16", "engine.device=cpu"], "engine.precision=fp16 needs a GPU"),
     ]
     for path, extra, words in cases:
         out = tmp_path / f"out-{len(words)}"
