@@ -4,7 +4,8 @@ Task YAML files written here read a local JSON-lines file (``dataset_path: json`
 lm-eval's scores are checked against a direct computation with ``model(...).logits``: the multiple-choice
 accuracy (argmax of the options' summed log-likelihoods; ``acc_norm`` divides by the option's length in
 characters) and the perplexity exp(−mean log p(target | context)) of a loglikelihood task; WMDP's own
-scorer (:mod:`unlearnkit.metrics.multiple_choice`) is checked against the harness's ``wmdp`` template.
+scorer (:mod:`unlearnkit.metrics.multiple_choice`, through the WMDP protocol) is checked against the
+harness's own ``wmdp`` template.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 from lm_zoo import build_tokenizer, save_model, tofu_folder_and_texts
-from wmdp_fixture import questions
+from wmdp_fixture import questions, write_wmdp_folder
 
 from unlearnkit.cli import main
 from unlearnkit.errors import ConfigError
 from unlearnkit.metrics.harness import Harness, LmEvalConfig, flatten
-from unlearnkit.metrics.multiple_choice import mc_accuracy
 from unlearnkit.protocols import protocol_for
 
 pytest.importorskip("lm_eval")
@@ -176,13 +176,30 @@ def test_harness_scores_equal_direct_loglikelihoods(world):
     assert got["lm_eval/tinymc/acc"] == pytest.approx(direct_mc(model, tok, mc_docs()[:3])[0])
 
 
-def test_wmdp_scorer_agrees_with_the_harness_wmdp_template(world):
-    """unlearnkit's WMDP accuracy (metrics/multiple_choice.py) equals lm-eval's on its own wmdp template."""
+def test_wmdp_protocol_runs_the_harness_and_agrees_with_its_wmdp_template(world, tmp_path):
+    """In the WMDP protocol, eval.lm_eval adds the harness's scores; on lm-eval's own wmdp template over the
+    same questions its accuracy equals unlearnkit's WMDP scorer (metrics/multiple_choice.py)."""
+    from unlearnkit.experiment.setup import make_setup
+
     _, model_dir, tasks = world
-    tok, model = _load(model_dir)
-    got = Harness(LmEvalConfig(tasks=["tinywmdp"], include_path=str(tasks))).evaluate(model, tok)
-    ours = mc_accuracy(model, tok, questions("virus"), "biology", batch_size=4)
-    assert got["lm_eval/tinywmdp/acc"] == pytest.approx(ours["acc"])
+    cfg = {
+        "family": "text",
+        "data": {"name": "wmdp", "source": str(write_wmdp_folder(tmp_path / "wmdp"))},
+        "split": {"kind": "benchmark"},
+        "model": {"name": "hf", "path": str(model_dir)},
+        "eval": {
+            "subsets": ["bio"],
+            "retain_ppl": False,
+            "lm_eval": {"tasks": ["tinywmdp"], "include_path": str(tasks)},
+        },
+    }
+    setup = make_setup(cfg)
+    _, model = _load(model_dir)
+    got = setup.protocol.evaluate(setup, model).public
+    assert got["lm_eval/tinywmdp/n"] == got["wmdp_bio_n"] == 8
+    assert 100 * got["lm_eval/tinywmdp/acc"] == pytest.approx(got["wmdp_bio"])
+    doc = setup.protocol.documents()["lm_eval.json"]
+    assert doc["results"]["tinywmdp"]["acc,none"] == got["lm_eval/tinywmdp/acc"]
 
 
 def test_flatten_names_filters_and_skips_stderr():
