@@ -145,7 +145,7 @@ def direct_perplexity(model, tok, docs: list[dict]) -> float:
     return math.exp(-np.mean([loglikelihood(model, tok, d["context"], d["target"]) for d in docs]))
 
 
-def test_harness_scores_equal_direct_loglikelihoods(world):
+def test_harness_scores_equal_direct_loglikelihoods(world, capsys):
     _, model_dir, tasks = world
     tok, model = _load(model_dir)
     harness = Harness(LmEvalConfig(tasks=["tinymc", "tinyll"], include_path=str(tasks), batch_size=3))
@@ -154,6 +154,7 @@ def test_harness_scores_equal_direct_loglikelihoods(world):
     random.seed(5)
     rng_before, py_before = torch.get_rng_state(), random.getstate()
     got = harness.evaluate(model, tok)
+    assert capsys.readouterr().out == ""  # lm-eval's notes went to stderr
     assert model.training  # the mode is restored, and so are the generators lm-eval seeds
     assert torch.equal(torch.get_rng_state(), rng_before) and random.getstate() == py_before
     model.eval()

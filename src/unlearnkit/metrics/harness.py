@@ -13,7 +13,7 @@ versions, n-shot, the model and environment info lm-eval records; per-sample log
 :meth:`Harness.document` returns, stored as ``lm_eval.json`` in a run folder.
 
 lm-eval seeds Python's, NumPy's and torch's global generators; their states are restored afterwards, so
-an evaluation does not change what a later training draws.
+an evaluation does not change what a later training draws. What lm-eval prints goes to stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import difflib
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ class Harness:
         from lm_eval.models.huggingface import HFLM
 
         cfg = self.cfg
-        with eval_mode(model), _kept_rng():
+        # lm-eval prints progress notes; stdout stays for our own output (`unlearnkit evaluate --json`)
+        with eval_mode(model), _kept_rng(), contextlib.redirect_stdout(sys.stderr):
             lm = HFLM(
                 pretrained=model,
                 tokenizer=tokenizer,
