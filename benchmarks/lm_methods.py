@@ -239,14 +239,12 @@ def main() -> None:
 
 def evaluation_throughput(setup, init: dict, device: str) -> None:
     """TOFU evaluation of one model (generation + scoring of every split), in questions per second."""
-    from unlearnkit.metrics.text_suite import evaluate_text
-
     model = setup.new_model().to(device)
     model.load_state_dict(copy.deepcopy(init))
     records = setup.data.meta["eval"]
     n = sum(len(v) for v in records.values() if isinstance(v, list))
     t0 = time.perf_counter()
-    evaluate_text(setup, model)
+    setup.protocol.evaluate(setup, model)
     sec = time.perf_counter() - t0
     print(f"TOFU evaluation: {n} questions in {sec:.2f} s = {n / sec:.1f} questions/s (random weights)")
 

@@ -39,6 +39,7 @@ LAZY = {
     "transformers", "diffusers", "datasets", "peft", "tokenizers", "rouge_score", "matplotlib", "PIL",
     "torchvision", "timm", "tensorboard", "wandb", "huggingface_hub", "deepspeed", "accelerate", "nudenet",
     "onnxruntime", "pyarrow", "sklearn", "scipy", "yaml", "rich", "tqdm", "torch", "safetensors", "numpy",
+    "lm_eval",
 }  # fmt: skip
 FAMILY_NAMES = {"vision", "text", "diffusion"}
 

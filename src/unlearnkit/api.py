@@ -46,7 +46,7 @@ from unlearnkit.experiment import (
 from unlearnkit.experiment.oracle_source import STATS_FILE, parse_section
 from unlearnkit.families.base import Task
 from unlearnkit.families.vision import VisionFamily
-from unlearnkit.io import weights_sha256
+from unlearnkit.io import weights_sha256, write_json
 from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
 from unlearnkit.runs.folder import RunFolder
@@ -277,6 +277,9 @@ def run_config(
         metrics["RTE"] = seconds
         result["metrics"] = metrics
         engine.log_final(metrics)  # engine.tracker: the final metrics beside the step losses
+        if out and is_main_process():  # the evaluation's documents (eval.lm_eval: lm_eval.json), published
+            for name, doc in setup.protocol.documents().items():
+                write_json(folder.work / name, doc)
         if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
             result["receipt"] = write_run(
                 out,

@@ -179,6 +179,11 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
         if not isinstance(v, str):
             raise ConfigError(f"{where} must be a string, got {v!r}")
         return v
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a sub-section (eval.lm_eval)
+        if not isinstance(v, dict):
+            names = ", ".join(f.name for f in dataclasses.fields(hint))
+            raise ConfigError(f"{where} must be a section with the options {names}, got {v!r}")
+        return build_dataclass(hint, v, where)
     if origin is list:
         if not isinstance(v, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {v!r}")

@@ -76,6 +76,11 @@ class Protocol:
     ) -> Result:
         raise NotImplementedError
 
+    def documents(self) -> dict[str, Any]:
+        """JSON documents the last :meth:`evaluate` produced besides its metrics, stored in a run folder
+        under their names (e.g. ``lm_eval.json``, lm-evaluation-harness's whole result). None by default."""
+        return {}
+
     def relearn(
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | None, spec: dict[str, Any]
     ) -> dict[str, Any]:

@@ -12,10 +12,12 @@ from torch import nn
 
 from unlearnkit.attacks.relearn import relearn
 from unlearnkit.metrics import tofu
+from unlearnkit.metrics.harness import LmEvalConfig
 from unlearnkit.metrics.memorization import memorization_scores
 from unlearnkit.metrics.muse import evaluate_muse, privleak
 from unlearnkit.metrics.qa_mia import qa_mia, tofu_privleak
-from unlearnkit.protocols.base import EvalConfig, Protocol, Result
+from unlearnkit.protocols.base import EvalConfig, Result
+from unlearnkit.protocols.harness import HarnessProtocol
 from unlearnkit.registry import register_protocol
 
 MUSE_EVAL_KEYS = {  # data loader's names -> metrics' names
@@ -29,7 +31,7 @@ MUSE_EVAL_KEYS = {  # data loader's names -> metrics' names
 }
 
 
-class _TextProtocol(Protocol):
+class _TextProtocol(HarnessProtocol):
     def relearn(
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | None, spec: dict[str, Any]
     ) -> dict[str, Any]:
@@ -40,7 +42,8 @@ class _TextProtocol(Protocol):
     def evaluate(
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, original: Any = None
     ) -> Result:
-        return self._run(exp, model, oracle, forget_only=False)
+        res = self._run(exp, model, oracle, forget_only=False)
+        return Result(res.public | self.harness_metrics(exp, model), res.private)
 
     def evaluate_forget(self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None) -> Result:
         """The forget-side metrics only (what the relearning attack re-measures)."""
@@ -53,10 +56,12 @@ class _TextProtocol(Protocol):
 @dataclass
 class TofuEval(EvalConfig):
     """``max_new_tokens``: greedy answer length for ROUGE (TOFU's 200, open-unlearning's
-    ``generation_args``; generation stops once every row has produced EOS); ``batch_size``: scoring batch."""
+    ``generation_args``; generation stops once every row has produced EOS); ``batch_size``: scoring batch;
+    ``lm_eval``: lm-evaluation-harness tasks also run on the model (:mod:`unlearnkit.metrics.harness`)."""
 
     batch_size: int = 32
     max_new_tokens: int = 200
+    lm_eval: LmEvalConfig | None = None
 
 
 @register_protocol("tofu")
@@ -165,10 +170,11 @@ def _ids_split_fields(info: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class MuseEval(EvalConfig):
     """``verbmem_max_new_tokens``: continuation length of VerbMem (MUSE's 128, also its ground-truth cut);
-    ``batch_size``: scoring batch."""
+    ``batch_size``: scoring batch; ``lm_eval``: lm-evaluation-harness tasks also run on the model."""
 
     batch_size: int = 32
     verbmem_max_new_tokens: int = 128
+    lm_eval: LmEvalConfig | None = None
 
 
 @register_protocol("muse")

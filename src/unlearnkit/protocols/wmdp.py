@@ -33,8 +33,10 @@ from unlearnkit.data.mmlu import load_mmlu
 from unlearnkit.data.wmdp import SUBSETS
 from unlearnkit.errors import ConfigError
 from unlearnkit.metrics.generation import eval_mode, model_device
+from unlearnkit.metrics.harness import LmEvalConfig
 from unlearnkit.metrics.multiple_choice import mc_accuracy
-from unlearnkit.protocols.base import EvalConfig, Protocol, Result
+from unlearnkit.protocols.base import EvalConfig, Result
+from unlearnkit.protocols.harness import HarnessProtocol
 from unlearnkit.registry import register_protocol
 
 
@@ -44,7 +46,8 @@ class WmdpEval(EvalConfig):
     forward pass; ``max_items``: a fixed-seed sample of at most this many questions per set (None: all);
     ``mmlu``: an MMLU folder or hub id for the utility score (None: none); ``retain_ppl``: the held-out
     retain-corpus perplexity; ``add_bos``: prepend BOS to each context (LMH's ``add_bos_token``, off by
-    default for causal LMs)."""
+    default for causal LMs); ``lm_eval``: lm-evaluation-harness tasks also run on the model
+    (:mod:`unlearnkit.metrics.harness`)."""
 
     subsets: list[str] = field(default_factory=lambda: ["bio", "cyber"])
     batch_size: int = 32
@@ -52,6 +55,7 @@ class WmdpEval(EvalConfig):
     mmlu: str | None = None
     retain_ppl: bool = True
     add_bos: bool = False
+    lm_eval: LmEvalConfig | None = None
 
     def check(self) -> None:
         bad = [s for s in self.subsets if s not in SUBSETS]
@@ -86,7 +90,7 @@ def corpus_perplexity(model: nn.Module, family: Any, examples: ExampleSet, batch
 
 
 @register_protocol("wmdp")
-class Wmdp(Protocol):
+class Wmdp(HarnessProtocol):
     Config = WmdpEval
     headline = ("wmdp_bio", "wmdp_cyber", "mmlu", "retain_ppl", "RTE")
     forget_keys = ("wmdp_bio", "wmdp_cyber", "wmdp_chem")
@@ -101,7 +105,9 @@ class Wmdp(Protocol):
         self.mmlu_items: list[dict] | None = None
 
     def check_setup(self, exp: Any) -> None:
-        """The asked subsets were loaded, and the MMLU questions load and validate, before any training."""
+        """The asked subsets were loaded, the MMLU questions load and validate, and ``eval.lm_eval``'s tasks
+        load, before any training."""
+        super().check_setup(exp)
         loaded = exp.data.meta.get("eval") or {}
         missing = [s for s in self.cfg.subsets if s not in loaded]
         if missing:
@@ -135,7 +141,7 @@ class Wmdp(Protocol):
             out |= {"mmlu": 100 * r["acc"], "mmlu_n": r["n"]}
         if self.cfg.retain_ppl:
             out["retain_ppl"] = corpus_perplexity(model, exp.family, exp.split.test, self.cfg.batch_size)
-        return Result.from_flat(out)
+        return Result.from_flat(out | self.harness_metrics(exp, model))
 
     def relearn(
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | None, spec: dict[str, Any]
