@@ -122,3 +122,10 @@ def test_the_cli_loads_torchvision_names_and_refuses_pickles(tmp_path, capsys):
     assert main([*args, f"model={{name: resnet-tiny, path: {pth}}}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pickled" in err and "save_file(torch.load(" in err
+
+
+def test_a_pickle_under_a_safetensors_name_is_refused_without_suggesting_to_overwrite_it(tmp_path):
+    path = tmp_path / "r18.safetensors"
+    torch.save(torchvision_state_dict(stem=3, widths=(16, 32, 64), blocks=(1, 1, 1)), path)
+    with pytest.raises(UnlearnkitError, match=r"pickled.*'r18\.converted\.safetensors'"):
+        load_weights(build_resnet_tiny((3, 8, 8), 10), path)

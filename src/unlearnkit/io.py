@@ -159,11 +159,13 @@ def refuse_pickle(path: Path, suffix_too: bool = False) -> None:
     with open(path, "rb") as f:
         head = f.read(4)
     if head in _PICKLE_MAGIC or (suffix_too and path.suffix in PICKLE_SUFFIXES):
+        target = f"{path.stem}{'.converted' if path.suffix == '.safetensors' else ''}.safetensors"
         raise UnlearnkitError(
-            f"{str(path)!r} is a pickled PyTorch checkpoint, which unlearnkit never loads (unpickling runs "
-            'code); convert it once where you trust it: python -c "import torch; from safetensors.torch '
-            f"import save_file; save_file(torch.load('{path.name}', weights_only=True), "
-            f"'{path.stem}.safetensors')\" (a checkpoint dict: take its 'state_dict' entry)"
+            f"{str(path)!r} is not a readable safetensors file but a pickled PyTorch checkpoint, which "
+            "unlearnkit never loads (unpickling runs code); convert it once where you trust it: python -c "
+            '"import torch; from safetensors.torch import save_file; '
+            f"save_file(torch.load('{path.name}', weights_only=True), '{target}')\" (a checkpoint dict: "
+            "take its 'state_dict' entry)"
         )
 
 
