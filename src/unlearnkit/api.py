@@ -20,6 +20,7 @@ from torch import nn
 from unlearnkit.api_args import (
     API_FAMILIES,
     RECIPE_KEYS,
+    adapt_model,
     check_out,
     checked_split,
     method_spec,
@@ -84,6 +85,7 @@ def unlearn(
     train: dict[str, Any] | OptimSpec | None = None,
     overwrite: bool = False,
     tune: bool = False,
+    image_processor: Any = None,
     **method_options: Any,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from a copy of ``model`` with ``method``; returns the new model and its metrics.
@@ -97,6 +99,9 @@ def unlearn(
     with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
     unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
     (``unlearnkit.tune``, ≤ 10 short trials) and runs with the chosen options (``result.info["tune"]``).
+    A Hugging Face ``*ForImageClassification`` model is unlearned through its logits and returned as such
+    (``out=`` also gets ``hf_model/``, a ``save_pretrained`` folder); ``image_processor=`` preprocesses
+    raw images for it (see :func:`unlearnkit.api_args.adapt_model`).
     Bad input raises ValueError/TypeError naming the argument.
     """
     if family not in API_FAMILIES:
@@ -110,10 +115,11 @@ def unlearn(
     except ConfigError as exc:
         raise ArgumentError(str(exc)) from exc
     train_spec, info = recipe(m, spec, train)
-    work = copy.deepcopy(model)
-    split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes)
+    base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
+    work = copy.deepcopy(base)
+    split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes, prepare)
     if tune:
-        tuned = tune_split(model, spec, split, k, eng | (engine or {}), seed)
+        tuned = tune_split(base, spec, split, k, eng | (engine or {}), seed)
         spec = spec | tuned.best
         m = build_method(spec, family)
         info["tune"] = {"best": tuned.best, "protocol": tuned.protocol, "trials": len(tuned.trials)}
@@ -131,9 +137,16 @@ def unlearn(
         cfg["split"] = {"kind": "class", "classes": [forget_class]}
     job = _Job(m, fam, work, split, ecfg, seed, train_spec, evaluate, cfg, info)
     if out is None:
-        return job.run(None, None)
+        return _unwrapped(job.run(None, None), base is not model)
     with RunFolder(out, cfg, overwrite=overwrite) as folder:
-        return job.run(Path(out), folder)
+        return _unwrapped(job.run(Path(out), folder), base is not model)
+
+
+def _unwrapped(res: UnlearnResult, wrapped: bool) -> UnlearnResult:
+    """A Hugging Face model comes back as the user gave it: the unlearned ``PreTrainedModel`` itself."""
+    if wrapped:
+        res.model = res.model.model
+    return res
 
 
 @dataclass
@@ -190,6 +203,7 @@ def evaluate_fn(
     *,
     train_set: Any = None,
     forget_class: int | None = None,
+    image_processor: Any = None,
 ) -> dict[str, float]:
     """UA, RA, TA and MIA-Efficacy (percent) of ``model``; with ``oracle`` metrics (the retrained model's
     UA, RA, TA, MIA, e.g. from ``evaluate(retrained, ...)``), also ``gap``, the Avg. Gap. With
@@ -207,7 +221,8 @@ def evaluate_fn(
                 f"oracle= is missing {', '.join(missing)}: pass the retrained model's UA, RA, TA and MIA, "
                 "e.g. oracle=unlearnkit.evaluate(retrained_model, forget=..., retain=..., test=...)"
             )
-    split, k = checked_split(model, forget, retain, test, train_set, forget_class, num_classes)
+    model, prepare = adapt_model(model, image_processor)
+    split, k = checked_split(model, forget, retain, test, train_set, forget_class, num_classes, prepare)
     out = evaluate_classifier(model, split, VisionFamily(num_classes=k), mia_features)
     if oracle is not None:
         out["gap"] = avg_gap(out, oracle)

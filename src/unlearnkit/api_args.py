@@ -6,6 +6,8 @@ Shared by :mod:`unlearnkit.api` and :mod:`unlearnkit.calibration`."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ import torch
 from torch import nn
 
 from unlearnkit.config import build_dataclass, load_preset
+from unlearnkit.data.image_processor import with_processor
 from unlearnkit.data.splits import Split
 from unlearnkit.data.user import check_label_range
 from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.optim import OptimSpec
-from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError
+from unlearnkit.models.hf_vision import HFImageClassifier, is_image_classifier
 
 API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
 RECIPE_KEYS = (
@@ -61,8 +65,49 @@ def probe_classes(model: nn.Module, split: Split, num_classes: int | None) -> in
     return num_classes
 
 
-def checked_split(model, forget, retain, test, train_set, forget_class, num_classes) -> tuple[Split, int]:
+def adapt_model(model: nn.Module, image_processor: Any = None) -> tuple[nn.Module, Callable | None]:
+    """(the module to run, the preprocessing of a split or None). A Hugging Face ``*ForImageClassification``
+    model is wrapped so that it returns logits (``models/hf_vision.py``); with ``image_processor=`` (e.g.
+    ``AutoImageProcessor.from_pretrained(folder)``) the images of every set are preprocessed by it batch by
+    batch (raw uint8 / 0..255 images and [0, 1] floats; other values are taken as preprocessed
+    ``pixel_values``); without it the data go to the model as given."""
+    if is_image_classifier(model):
+        model = HFImageClassifier(model, image_processor)
+    if image_processor is None:
+        return model, None
+    if not callable(image_processor):
+        raise ArgumentTypeError(
+            "image_processor= must be an image processor (AutoImageProcessor), got "
+            f"{type(image_processor).__name__}"
+        )
+    channels = model.num_channels if isinstance(model, HFImageClassifier) else 3
+
+    def prepare(split: Split) -> Split:
+        def pre(s):
+            return (
+                None if s is None else with_processor(s, image_processor, channels, "auto", "image_processor")
+            )
+
+        try:
+            return replace(
+                split,
+                forget=pre(split.forget),
+                retain=pre(split.retain),
+                test=pre(split.test),
+                test_forgotten=pre(split.test_forgotten),
+            )
+        except DataError as exc:
+            raise ArgumentError(f"image_processor=: {exc}") from exc
+
+    return model, prepare
+
+
+def checked_split(
+    model, forget, retain, test, train_set, forget_class, num_classes, prepare=None
+) -> tuple[Split, int]:
     split = user_split(forget, retain, test, train_set, forget_class)
+    if prepare is not None:
+        split = prepare(split)
     k = probe_classes(model, split, num_classes)
     where = f"num_classes={k}" if num_classes is not None else f"model= returns {k} logits"
     src = "train_set" if train_set is not None else None

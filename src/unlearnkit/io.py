@@ -117,9 +117,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     path = Path(path)
     if not path.is_file():
         raise UnlearnkitError(f"model weights {str(path)!r} not found: pass the path of a .safetensors file")
+    refuse_pickle(path)
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
+        refuse_pickle(path, suffix_too=True)
         raise UnlearnkitError(
             f"{str(path)!r} is not a readable safetensors file ({exc}); unlearnkit loads weights only from "
             "safetensors (convert a trusted .pt with torch.load(weights_only=True) + safetensors.save_file)"
@@ -142,6 +144,29 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             "Check model.name and its options"
         ) from exc
     return model
+
+
+# torch.save writes a zip archive, or (legacy format) a pickle opening with protocol 2 and a long; read as a
+# safetensors header length either would be tens of megabytes, so no real safetensors file starts so
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+
+
+def refuse_pickle(path: Path, suffix_too: bool = False) -> None:
+    """Refuse a pickled PyTorch checkpoint (``.pth``) in one line: unpickling runs code from the file, so it
+    is never loaded here; the message says how to convert it once to safetensors. ``suffix_too``: a
+    pickle's file suffix is enough (for a file safetensors could not read)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in _PICKLE_MAGIC or (suffix_too and path.suffix in PICKLE_SUFFIXES):
+        target = f"{path.stem}{'.converted' if path.suffix == '.safetensors' else ''}.safetensors"
+        raise UnlearnkitError(
+            f"{str(path)!r} is not a readable safetensors file but a pickled PyTorch checkpoint, which "
+            "unlearnkit never loads (unpickling runs code); convert it once where you trust it: python -c "
+            '"import torch; from safetensors.torch import save_file; '
+            f"save_file(torch.load('{path.name}', weights_only=True), '{target}')\" (a checkpoint dict: "
+            "take its 'state_dict' entry)"
+        )
 
 
 def _mismatch(model: nn.Module, sd: dict[str, torch.Tensor], exc: Exception) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,9 +13,17 @@ from torch import nn
 from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
+from unlearnkit.data.image_processor import with_processor
 from unlearnkit.data.splits import validate_labels
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.families.base import Family
+from unlearnkit.models.hf_vision import (
+    check_num_labels,
+    load_hf_image_classifier,
+    load_image_processor,
+    num_labels_of,
+    read_config,
+)
 from unlearnkit.registry import get_model, register_family
 
 
@@ -32,6 +42,12 @@ class VisionFamily(Family):
     statistics, again as in the reference. We keep that behaviour because the papers' numbers come from
     it. Single-shot IU and the saliency map are computed in eval mode, at fixed statistics; frozen copies
     (boundary shrink's f_o, SCRUB's teacher) stay in eval mode.
+
+    Hugging Face image classifiers: ``model.name=hf model.path=FOLDER`` (``models/hf_vision.py``) loads an
+    ``AutoModelForImageClassification`` folder; its head must have one logit per class of the data, and
+    its image processor is applied to the data's images batch by batch (``model.preprocess``: ``auto``,
+    the default, preprocesses raw images and [0, 1] floats and passes other values through; ``false``
+    passes everything through; see ``data/image_processor.py``).
     """
 
     default_dataset = "digits"
@@ -45,6 +61,9 @@ class VisionFamily(Family):
             raise ConfigError(f"relabel_mode must be 'other' or 'any', got {relabel_mode!r}")
         self.num_classes = num_classes
         self.relabel_mode = relabel_mode
+        self.hf_folder: str | None = None  # model.path of model.name=hf
+        self.preprocess: Any = "auto"
+        self.processor: Any = None
 
     # -- core contract ----------------------------------------------------------------------------
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -72,17 +91,57 @@ class VisionFamily(Family):
     def protocol(self, data: LoadedData) -> str:
         return "classification"
 
+    def data_spec(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Remember a Hugging Face model folder (``model.name=hf``): its processor preprocesses the data."""
+        model = cfg.get("model") or {}
+        self.hf_folder = str(model["path"]) if model.get("name") == "hf" and model.get("path") else None
+        self.preprocess = model.get("preprocess", "auto")
+        return cfg["data"]
+
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.num_classes = data.num_classes
+        if self.hf_folder is not None:
+            data = self._preprocessed(data, self.hf_folder)
         return data
+
+    def _preprocessed(self, data: LoadedData, folder: str) -> LoadedData:
+        """``data`` with the folder's image processor attached (after checking the model's head fits)."""
+        cfg = read_config(folder)
+        check_num_labels(num_labels_of(cfg), data.num_classes)
+        has_processor = (Path(folder).expanduser() / "preprocessor_config.json").is_file()
+        if self.preprocess is not False or has_processor:
+            self.processor = load_image_processor(folder)
+        if self.preprocess is False:
+            return data
+        channels = int(cfg.get("num_channels", 3))
+        where = "model.preprocess"
+        train = with_processor(data.train, self.processor, channels, self.preprocess, where)
+        test = with_processor(data.test, self.processor, channels, self.preprocess, where)
+        shape = tuple(train.__getitems__([0])["x"].shape[1:]) if len(train) else data.input_shape
+        return replace(data, train=train, test=test, input_shape=shape)
 
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
         spec = dict(spec)
         name = spec.pop("name", "resnet-tiny")
-        spec.pop("path", None)
+        path = spec.pop("path", None)
         spec.pop("seed", None)
         spec.pop("lora", None)  # applied around unlearning (models/lora.py), not at build time
+        if name == "hf":  # a pretrained Hugging Face folder, loaded with its weights
+            spec.pop("preprocess", None)
+            if not path:
+                raise ConfigError("model.name=hf needs model.path=FOLDER (an image classifier's folder)")
+            return call_with_options(
+                load_hf_image_classifier,
+                (path, data.num_classes, self.processor),
+                spec,
+                "model 'hf' (model.*)",
+            )
+        if path and Path(path).expanduser().is_dir():
+            raise ConfigError(
+                f"model.path={path!r} is a folder: for a Hugging Face image classifier set model.name=hf; "
+                f"for model {name!r} pass its .safetensors weights file"
+            )
         return call_with_options(
             get_model(name), (data.input_shape, data.num_classes), spec, f"model {name!r} (model.*)"
         )
