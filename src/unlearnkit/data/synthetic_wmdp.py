@@ -10,15 +10,24 @@ attribute value occurs on several entities, so a fact is the pair (entity, value
 Both topics are written the same way:
 
 - *prose*: ``n_prose`` short documents per entity stating its five facts in different wordings and orders;
-- *practice quizzes*: ``n_practice`` 4-choice questions per fact, each a document in exactly the prompt
-  lm-evaluation-harness scores (:mod:`unlearnkit.metrics.multiple_choice`: the task description, the
-  question, options A-D, "Answer:") followed by the right letter, with its own random distractors and
-  order. They teach the tiny model the multiple-choice format; the model must still know the fact to pick
-  the right option, since the letter moves from quiz to quiz.
-- *test questions*: one more 4-choice question per fact, never written into a corpus, with distractors and
-  an order drawn separately from the practice quizzes'.
+- *test questions*: one 4-choice question per fact (the right value and 3 other values of its pool, in
+  random order), in exactly the prompt lm-evaluation-harness scores (:mod:`unlearnkit.metrics.
+  multiple_choice`: the task description, the question, options A-D, "Answer:");
+- *exam copies* (``exam``, default on): each test question followed by its right letter, as a corpus
+  document, so the corpus holds the answers the way a leaked exam would;
+- *practice quizzes* (``n_practice``, default 0): further questions on each fact with their own
+  distractors and order, followed by the right letter.
 
-Pathogen prose and quizzes form the forget corpus (``bio-forget-corpus``), island prose and quizzes the
+Why the exam copies: WMDP's questions are not in its corpora, and a model answers them from knowledge it
+read in prose. The tiny Llama (hidden 64, 2 layers; also 128 wide, 4 layers) does not learn that step:
+trained on the prose with 2 or 6 practice quizzes per fact it stays at chance on unseen questions (24-31%,
+and 29-37% on the practice quizzes themselves), while with the exam copies it answers 100% of the forget
+questions after 120 epochs (text/wmdp-synthetic). Unlearning here therefore removes memorised hazardous
+question-answer pairs together with their prose, not knowledge the model must recall to answer, an easier
+target than real WMDP's; ``exam=false`` with ``n_practice`` > 0 is the knowledge-extraction variant, to try
+with larger models.
+
+Pathogen documents form the forget corpus (``bio-forget-corpus``), island documents the
 retain corpus (``bio-retain-corpus``); the pathogen test questions are ``wmdp-bio`` (the WMDP-Bio analogue)
 and the island test questions the MMLU analogue (``mmlu/all.jsonl``, subject ``geography``), so a model
 that unlearns the pathogen topic should drop to chance (25%) on the first and keep the second.
@@ -28,8 +37,8 @@ named after the hub configs), the control set in ``mmlu/`` (:mod:`unlearnkit.dat
 byte-level BPE in ``tokenizer/``. The ``wmdp-synthetic`` dataset writes it once to the cache and loads it
 through ``wmdp``'s own loader; ``meta["mmlu"]`` names the control folder, which the ``wmdp`` protocol
 scores as MMLU when ``eval.mmlu`` is not set.
-With 24 entities per topic and the defaults: 120 test and 120 control questions, 288 forget and 288
-retain documents of ~20-100 tokens.
+With 24 entities per topic and the defaults: 120 test and 120 control questions, 168 forget and 168
+retain documents (48 prose + 120 exam copies each).
 """
 
 from __future__ import annotations
