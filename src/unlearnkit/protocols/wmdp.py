@@ -7,10 +7,12 @@ lower is better after unlearning, chance is 25% (RMU on Zephyr-7B: Bio 63.7 -> 3
 Utility: the papers report MMLU through lm-evaluation-harness (RMU: 58.1 -> 57.1). ``eval.mmlu=PATH`` (a
 local MMLU folder, :mod:`unlearnkit.data.mmlu`, or the hub id ``cais/mmlu``) scores it the same way (same
 4-choice prompt with each question's subject; the mean over all questions, LMH's size-weighted ``mmlu``
-group). Without it, the built-in utility is ``retain_ppl``: the perplexity exp(Σ NLL / Σ tokens) of the
-held-out retain-corpus documents (the data's test set, never trained on), chosen because it needs no extra
-data, costs one forward pass over a few documents, and moves when unlearning damages language modelling
-in the retain domain (the RMU retain term protects it). ``eval.retain_ppl=false`` skips it.
+group); a generated world may ship its own control set (``meta["mmlu"]``,
+:mod:`unlearnkit.data.synthetic_wmdp`), scored the same way unless ``eval.mmlu`` names another. Without
+one, the built-in utility is ``retain_ppl``: the perplexity exp(Σ NLL / Σ tokens) of the held-out
+retain-corpus documents (the data's test set, never trained on), chosen because it needs no extra data,
+costs one forward pass over a few documents, and moves when unlearning damages language modelling in the
+retain domain (the RMU retain term protects it). ``eval.retain_ppl=false`` skips it.
 
 ``eval.max_items`` scores a fixed-seed sample of each question set (and of MMLU) instead of all of it.
 There is no oracle comparison (no retrained model is a reference for WMDP); the relearning attack
@@ -89,6 +91,11 @@ def corpus_perplexity(model: nn.Module, family: Any, examples: ExampleSet, batch
     return math.exp(total / max(tokens, 1))
 
 
+def mmlu_source(cfg: WmdpEval, exp: Any) -> str | None:
+    """``eval.mmlu``, else the control set a generated world ships (``data.meta["mmlu"]``), else None."""
+    return cfg.mmlu if cfg.mmlu is not None else exp.data.meta.get("mmlu")
+
+
 @register_protocol("wmdp")
 class Wmdp(HarnessProtocol):
     Config = WmdpEval
@@ -115,8 +122,9 @@ class Wmdp(HarnessProtocol):
                 f"eval.subsets asks for {missing} but the data has only {sorted(loaded)}: add "
                 f"wmdp-{missing[0]}.jsonl to the data folder or drop it from eval.subsets"
             )
-        if self.cfg.mmlu is not None and self.mmlu_items is None:
-            self.mmlu_items = sample_items(load_mmlu(self.cfg.mmlu), self.cfg.max_items)
+        source = mmlu_source(self.cfg, exp)
+        if source is not None and self.mmlu_items is None:
+            self.mmlu_items = sample_items(load_mmlu(source), self.cfg.max_items)
 
     def accuracies(self, exp: Any, model: nn.Module) -> dict[str, Any]:
         """WMDP accuracy (and acc_norm, equal to it for the letter continuations) per subset, in percent."""
@@ -132,7 +140,7 @@ class Wmdp(HarnessProtocol):
         self, exp: Any, model: nn.Module, oracle: dict[str, Any] | str | None = None, original: Any = None
     ) -> Result:
         out = self.accuracies(exp, model)
-        if self.cfg.mmlu is not None:
+        if mmlu_source(self.cfg, exp) is not None:
             self.check_setup(exp)
             items = self.mmlu_items or []
             subjects = [it["subject"] for it in items]
