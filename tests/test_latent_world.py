@@ -83,3 +83,12 @@ def test_esd_through_the_cli_edits_cross_attention_and_leaves_the_vae(world, tmp
     vae = shipped.vae.state_dict()
     assert all(torch.equal(v, vae[k]) for k, v in pipe.vae.state_dict().items())
     assert "UA" in json.loads((out / "results.json").read_text())["metrics"]
+
+
+def test_latent_suite_mirrors_the_pixel_suite():
+    from unlearnkit.bench.suite import load_suite
+
+    latent, pixel = load_suite("t2i-latent-shapes"), load_suite("t2i-shapes")
+    assert latent["methods"] == pixel["methods"] and latent["eval"]["attack"] == pixel["eval"]["attack"]
+    assert latent["split"] == pixel["split"] and latent["keys"] == pixel["keys"]
+    assert latent["model"]["world"] == "latent-shapes" and pixel["model"].get("world") is None
