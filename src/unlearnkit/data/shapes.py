@@ -19,6 +19,7 @@ import torch
 
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import ExampleSet, uint8_to_unit
+from unlearnkit.data.prompt_sets import load_tokenizer_folder
 from unlearnkit.data.prompts import SPECIAL, ConceptSchema, build_word_tokenizer
 from unlearnkit.data.prompts import tokenize as tokenize_prompts
 from unlearnkit.registry import register_dataset
@@ -94,10 +95,21 @@ def generate(n_per_class: int, seed: int, size: int = 16) -> dict[str, torch.Ten
 
 @register_dataset("shapes")
 def load_shapes(
-    n_train_per_class: int = 300, n_test_per_class: int = 60, seed: int = 0, max_length: int = MAX_LENGTH
+    n_train_per_class: int = 300,
+    n_test_per_class: int = 60,
+    seed: int = 0,
+    max_length: int | None = None,
+    tokenizer: str | None = None,
 ) -> LoadedData:
-    """The ``shapes`` dataset: 9 caption classes, train and test drawn from different seeds."""
-    tok = build_tokenizer(max_length)
+    """The ``shapes`` dataset: 9 caption classes, train and test drawn from different seeds. The captions are
+    tokenized by the world's word-level tokenizer, or by a model's own ``tokenizer`` folder (a latent
+    world's CLIP tokenizer; ``max_length`` then defaults to its ``model_max_length``)."""
+    if tokenizer is not None:
+        tok = load_tokenizer_folder(tokenizer)
+        max_length = max_length or int(tok.model_max_length)
+    else:
+        max_length = max_length or MAX_LENGTH
+        tok = build_tokenizer(max_length)
     caps = all_captions()
     cap_ids = tokenize(tok, caps, max_length)
     meta = {

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,13 +53,14 @@ from unlearnkit.models.sd import (
     apply_memory_options,
     check_single_file,
     is_sd_file,
+    is_sd_folder,
     is_sd_model,
     load_sd,
     own_latents,
     sd_tokenizer_folder,
 )
 from unlearnkit.models.t2i import clean_sample, load_t2i
-from unlearnkit.models.t2i_world import TRAIN_COMMAND, is_world_folder, not_a_model_folder
+from unlearnkit.models.t2i_world import is_world_folder, not_a_model_folder, original_dir, train_command
 from unlearnkit.models.t2i_world import load_original as load_world
 from unlearnkit.registry import get_model, register_family
 
@@ -225,7 +227,7 @@ class DiffusionFamily(Family):
         if path and not is_sd_model(path) and not is_world_folder(path):
             raise not_a_model_folder(path, model.get("world") or "shapes")
         if not is_sd_model(path):
-            return spec
+            return _world_tokenizer(spec, path, model.get("world"))
         if spec.get("name") != "prompts":  # keep only what a prompt set takes (data.images_per_prompt=...)
             known = inspect.signature(load_prompt_set).parameters
             spec = {"name": "prompts"} | {k: v for k, v in spec.items() if k in known}
@@ -301,6 +303,17 @@ class DiffusionFamily(Family):
             )
 
 
+def _world_tokenizer(spec: dict[str, Any], path: Any, world: str | None) -> dict[str, Any]:
+    """A world whose ``model/`` is a Stable Diffusion folder (the latent world) tokenizes its captions with
+    that model's own tokenizer, as for any Stable Diffusion model (``data.tokenizer``)."""
+    if path is None and world is None:
+        return spec
+    folder = Path(path) if path is not None else original_dir(world)
+    if is_sd_folder(folder / "model") and "tokenizer" not in spec:
+        spec = spec | {"tokenizer": str(folder / "model" / "tokenizer")}
+    return spec
+
+
 def _image_shape(model: nn.Module) -> tuple[int, ...]:
     """(C, H, W) of the images a model trains on: its UNet's sample, or what its VAE encodes to it."""
     c, h, w = model.sample_shape
@@ -346,7 +359,7 @@ def _same_vocabulary(model: nn.Module, data_tokenizer: Any, path: Any, world: st
         raise DataError(
             f"model.path={str(path or 'shipped')!r} was trained with another vocabulary than the dataset's "
             f"tokenizer ({len(differ)} word(s) differ, e.g. {differ[:3]}): check model.world / data, or "
-            f"retrain it with `{TRAIN_COMMAND.format(world=world)} --out DIR` from this version"
+            f"retrain it with `{train_command(world)} --out DIR` from this version"
         )
 
 
@@ -358,5 +371,5 @@ def _same_schema(judge: Any, data_schema: Any, path: Any, world: str) -> None:
     raise DataError(
         f"the judge of model.path={str(path or 'world ' + world)!r} predicts {have.to_dict()} but the "
         f"dataset's prompts name {data_schema.to_dict()}: use the world trained on this dataset "
-        f"(model.world) or retrain it with `{TRAIN_COMMAND.format(world=world)} --out DIR`"
+        f"(model.world) or retrain it with `{train_command(world)} --out DIR`"
     )

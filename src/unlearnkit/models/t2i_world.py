@@ -21,6 +21,7 @@ import copy
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from unlearnkit.data.prompts import ConceptSchema, recognised
 from unlearnkit.data.shapes import SCHEMA
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import load_weights, save_weights, write_json
+from unlearnkit.models.sd import is_sd_folder, load_sd
 from unlearnkit.models.t2i import build_t2i, encode_prompts, generate_for_prompts, load_t2i, save_t2i
 from unlearnkit.paths import cache_root
 from unlearnkit.registry import get_dataset
@@ -41,8 +43,15 @@ WORLDS: dict[str, dict[str, Any]] = {
     "shapes": {"name": "shapes"},
     "digits": {"name": "class-prompts", "base": "digits"},
     "cifar10": {"name": "class-prompts", "base": "cifar10"},
+    "latent-shapes": {"name": "shapes"},  # a Stable Diffusion folder as model/ (models/latent_world.py)
 }
 TRAIN_COMMAND = "python scripts/train_t2i_world.py --world {world}"
+LATENT_COMMANDS = {"latent-shapes": "python scripts/train_t2i_latent.py"}
+
+
+def train_command(world: str) -> str:
+    """The command that trains ``world``'s folder."""
+    return LATENT_COMMANDS.get(world) or TRAIN_COMMAND.format(world=world)
 
 
 def shapes_schema() -> ConceptSchema:
@@ -137,13 +146,13 @@ def original_dir(world: str = "shapes") -> Path:
     """Where the trained world lives: ``$UNLEARNKIT_CACHE/t2i-<world>`` if trained there, else the copy
     shipped in ``unlearnkit/assets/t2i_<world>``; a clear error says how to make one."""
     _check_world(world)
-    shipped = Path(__file__).resolve().parents[1] / "assets" / f"t2i_{world}"
+    shipped = Path(__file__).resolve().parents[1] / "assets" / f"t2i_{world.replace('-', '_')}"
     for d in (cache_root() / f"t2i-{world}", shipped):
         if (d / "model").is_dir() and (d / "judge.safetensors").is_file():
             return d
     raise UnlearnkitError(
         f"no trained t2i-{world} model found in {cache_root() / f't2i-{world}'} or the package assets: "
-        f"run `{TRAIN_COMMAND.format(world=world)}` once (~15 min on one CPU core)"
+        f"run `{train_command(world)}` once (~15 min on one CPU core)"
     )
 
 
@@ -176,7 +185,7 @@ def not_a_model_folder(
         f"{option}{str(folder)!r} is neither a Stable Diffusion folder (model_index.json, unet/, "
         f"vae/, text_encoder/, tokenizer/, scheduler/) nor a t2i world folder{hint}: a world needs "
         f"model/ (unet, text_encoder, scheduler, tokenizer) and judge.safetensors, as "
-        f"`{TRAIN_COMMAND.format(world=world)}` writes them"
+        f"`{train_command(world)}` writes them"
     )
 
 
@@ -189,7 +198,8 @@ def load_original(folder: str | Path | None = None, world: str = "shapes") -> tu
     spec = read_world(folder)
     judge = AttributeJudge(spec["schema"], int(spec.get("judge_width", 32)))
     judge = load_weights(judge, folder / "judge.safetensors").eval()
-    return load_t2i(folder / "model"), judge
+    model = folder / "model"  # a latent world's model/ is a Stable Diffusion folder: the same loading path
+    return (load_sd(model) if is_sd_folder(model) else load_t2i(model)), judge
 
 
 # -- training a world ----------------------------------------------------------------------------------
@@ -214,6 +224,10 @@ def train_world(
     samples per caption (DDIM ``check_steps`` steps, guidance 3)."""
 
     _check_world(world)
+    if world in LATENT_COMMANDS:
+        raise UnlearnkitError(
+            f"the {world} world is a Stable Diffusion folder: train it with `{train_command(world)}`"
+        )
     spec = dict(WORLDS[world]) | dict(data_options or {})
     opts = {k: v for k, v in spec.items() if k != "name"}
     if spec["name"] == "shapes":
@@ -237,20 +251,73 @@ def train_world(
     )
 
     model = build_t2i(data, preset=model_preset, seed=seed)
+
+    def batch(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        b = data.train.__getitems__(rows)
+        return b["x"] * 2 - 1, b["input_ids"]
+
+    avg, train_s = fit_denoiser(model, batch, len(data.train), steps, batch_size, lr, ema, p_uncond, seed,
+                                log_every)  # fmt: skip
+    save_t2i(avg, out / "model")
+
+    t0 = time.perf_counter()
+    gen_acc, n_samples = judge_samples(avg, judge, data.meta["captions"], check_per_prompt, check_steps)
+    sample_s = time.perf_counter() - t0
+    report = {
+        "world": world,
+        "steps": steps,
+        "train_seconds": round(train_s, 1),
+        "judge_seconds": round(judge_s, 1),
+        "attributes": list(schema.names),
+        "judge_real_acc_per_attribute_and_all": real_acc,
+        "judge_on_samples_per_attribute_and_all": gen_acc,
+        f"sample_seconds_{n_samples}": round(sample_s, 1),
+        "command": TRAIN_COMMAND.format(world=world) + f" --steps {steps} --seed {seed}",
+    }
+    write_json(out / "train.json", report)
+    _replace_folder(out, final)
+    return report
+
+
+def judge_samples(
+    model: nn.Module, judge: AttributeJudge, captions: list[str], per_prompt: int = 16, steps: int = 25
+) -> tuple[tuple[float, ...], int]:
+    """The judge's accuracy (per attribute, then all) on ``per_prompt`` samples of each caption (DDIM
+    ``steps`` steps, guidance 3, seed 1234), and the number of samples."""
+    imgs, idx = generate_for_prompts(model, captions, per_prompt=per_prompt, seed=1234, steps=steps)
+    targets = [judge.schema.parse(c) for c in captions]
+    per_attr = [torch.tensor([targets[int(i)][k] for i in idx]) for k in range(len(judge.schema.names))]
+    return judge_accuracy(judge, imgs, *per_attr), len(idx)
+
+
+def fit_denoiser(
+    model: nn.Module,
+    batch: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    ema: float = 0.995,
+    p_uncond: float = 0.1,
+    seed: int = 0,
+    log_every: int = 100,
+) -> tuple[nn.Module, float]:
+    """Train ``model`` (a T2I model, pixel or latent) with the world recipe on ``n`` examples, ``batch(rows)``
+    giving their clean samples x_0 in model space and caption ids; returns (the EMA copy, seconds)."""
     avg = copy.deepcopy(model).eval()
     for p in avg.parameters():
         p.requires_grad_(False)
     empty = encode_prompts(model, [""])[0]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    n, step = len(data.train), 0
+    step = 0
     t0 = time.perf_counter()
     model.train()
     while step < steps:
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n - batch_size + 1, batch_size):
-            b = data.train.__getitems__(perm[i : i + batch_size].tolist())
-            x0, ids = b["x"] * 2 - 1, b["input_ids"].clone()
+            x0, ids = batch(perm[i : i + batch_size].tolist())
+            ids = ids.clone()
             ids[torch.rand(len(ids), generator=gen) < p_uncond] = empty
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, model.num_train_timesteps, (len(ids),), generator=gen)
@@ -267,30 +334,7 @@ def train_world(
                 print(f"step {step} loss {loss.item():.4f} {time.perf_counter() - t0:.0f}s", flush=True)
             if step >= steps:
                 break
-    train_s = time.perf_counter() - t0
-    save_t2i(avg, out / "model")
-
-    caps = data.meta["captions"]
-    t0 = time.perf_counter()
-    imgs, idx = generate_for_prompts(avg, caps, per_prompt=check_per_prompt, seed=1234, steps=check_steps)
-    sample_s = time.perf_counter() - t0
-    targets = [schema.parse(c) for c in caps]
-    per_attr = [torch.tensor([targets[int(i)][k] for i in idx]) for k in range(len(schema.names))]
-    gen_acc = judge_accuracy(judge, imgs, *per_attr)
-    report = {
-        "world": world,
-        "steps": steps,
-        "train_seconds": round(train_s, 1),
-        "judge_seconds": round(judge_s, 1),
-        "attributes": list(schema.names),
-        "judge_real_acc_per_attribute_and_all": real_acc,
-        "judge_on_samples_per_attribute_and_all": gen_acc,
-        f"sample_seconds_{len(idx)}": round(sample_s, 1),
-        "command": TRAIN_COMMAND.format(world=world) + f" --steps {steps} --seed {seed}",
-    }
-    write_json(out / "train.json", report)
-    _replace_folder(out, final)
-    return report
+    return avg, time.perf_counter() - t0
 
 
 def _replace_folder(new: Path, final: Path) -> None:
