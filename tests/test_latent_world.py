@@ -92,3 +92,24 @@ def test_latent_suite_mirrors_the_pixel_suite():
     assert latent["methods"] == pixel["methods"] and latent["eval"]["attack"] == pixel["eval"]["attack"]
     assert latent["split"] == pixel["split"] and latent["keys"] == pixel["keys"]
     assert latent["model"]["world"] == "latent-shapes" and pixel["model"].get("world") is None
+
+
+def test_esd_in_bf16_trains_the_latent_unet_with_a_first_loss_near_fp32(tmp_path, monkeypatch):
+    """engine.precision=bf16 autocasts the diffusion family's denoising loss like the LM's: the run records
+    bf16, the first ESD loss is the fp32 one to bf16's ~1% (not bit-equal), the weights stay float32."""
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    first = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        rc = main(
+            ["unlearn", "--preset", "diffusion/esd", "model.world=latent-shapes", "method.epochs=1",
+             "method.ddim_steps=2", "data.n_train_per_class=4", "data.n_test_per_class=2",
+             "eval.per_prompt=2", "eval.steps=2", f"engine.precision={precision}", "engine.device=cpu",
+             "--out", str(out), "--json"]
+        )  # fmt: skip
+        assert rc == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["training"]["precision"] == precision
+        first[precision] = json.loads((out / "log-esd.jsonl").read_text().splitlines()[0])["loss"]
+        assert all(t.dtype == torch.float32 for t in load_file(out / "model.safetensors").values())
+    assert first["bf16"] == pytest.approx(first["fp32"], rel=5e-2) and first["bf16"] != first["fp32"]
