@@ -162,3 +162,29 @@ def test_the_processor_runs_as_its_own_call_would():
     grey = ExampleSet({"x": torch.rand(2, 1, 8, 8), "y": torch.arange(2)})
     out = with_processor(grey, proc, 3).all()["x"]
     assert out.shape == (2, 3, 16, 16) and torch.equal(out[:, 0], out[:, 2])
+
+
+def test_retrain_on_a_hf_folder_starts_from_oracle_base_or_refuses(zoo, tmp_path, capsys):
+    """A pretrained folder's own weights saw the forget set: retrain refuses them (exit 2, naming
+    oracle.base) and, given oracle.base, starts from that base. With train.lr=0 the retrained weights are
+    the base's exactly, not the fine-tuned folder's."""
+    folder, _ = zoo["vit"]
+    base_model, proc = build("vit", seed=1)
+    base = tmp_path / "base"
+    base_model.save_pretrained(base, safe_serialization=True)
+    proc.save_pretrained(base)
+    args = ["unlearn", "--preset", "vision/retrain", f"model={{name: hf, path: {folder}}}", "train.epochs=1"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bar
+    assert last.startswith("error:") and "oracle.base=DIR" in last
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "run"
+    assert main([*args, "train.lr=0", f"oracle.base={base}", "--out", str(out)]) == 0
+    got = load_file(str(out / "model.safetensors"))
+    want = {f"model.{k}": v for k, v in base_model.state_dict().items()}
+    fine_tuned = load_file(str(folder / "model.safetensors"))
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(got["model.classifier.weight"], fine_tuned["classifier.weight"])

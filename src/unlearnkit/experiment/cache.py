@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from unlearnkit import version
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment.oracle_source import needs_source_message, pretrained
-from unlearnkit.experiment.run import run_method, train_original
+from unlearnkit.experiment.run import run_method, train_original, with_model_path
 from unlearnkit.experiment.setup import Setup
 from unlearnkit.families.base import Original
 from unlearnkit.io import load_weights, save_weights, write_json
@@ -150,11 +149,6 @@ def oracle_model(
         if is_main_process():
             write_json(folder / "meta.json", {"seconds": seconds})
     return model, seconds
-
-
-def with_model_path(setup: Setup, path: str) -> Setup:
-    """``setup`` with ``model.path`` replaced: its :meth:`~Setup.new_model` loads that folder."""
-    return replace(setup, cfg=setup.cfg | {"model": dict(setup.cfg["model"]) | {"path": str(path)}})
 
 
 def _given_model(setup: Setup, path: str) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from unlearnkit.config import build_dataclass
 from unlearnkit.distributed import broadcast_object, full_state_dict, is_sharded, load_full_state_dict
 from unlearnkit.engine.loop import Engine, FitResult, Phase
 from unlearnkit.errors import ConfigError
+from unlearnkit.experiment.oracle_source import pretrained
 from unlearnkit.experiment.setup import Setup
 from unlearnkit.families.base import Original
 from unlearnkit.methods.base import Method, Task
@@ -66,6 +68,27 @@ def _warm_up_torch() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
+def with_model_path(setup: Setup, path: str) -> Setup:
+    """``setup`` with ``model.path`` replaced: its :meth:`~Setup.new_model` loads that folder."""
+    return replace(setup, cfg=setup.cfg | {"model": dict(setup.cfg["model"]) | {"path": str(path)}})
+
+
+def exact_start(setup: Setup) -> Setup:
+    """The setup whose fresh model is an exact method's (``retrain``'s) starting point: the setup itself for
+    a model built here (a fresh initialisation), the ``oracle.base`` folder for a pretrained one (its own
+    weights were fine-tuned with the forget set: retraining from them would not be exact)."""
+    if not pretrained(setup.cfg):
+        return setup
+    if setup.oracle.base is None:
+        path = setup.cfg["model"].get("path")
+        raise ConfigError(
+            f"retrain on a pretrained model (model.path={path}) would start from weights already trained "
+            "with the forget set: give oracle.base=DIR, the base model that retrain fine-tunes on the retain "
+            "set with the train: recipe (e.g. the checkpoint you fine-tuned from)"
+        )
+    return with_model_path(setup, setup.oracle.base)
+
+
 def run_method(
     setup: Setup,
     original: nn.Module,
@@ -85,6 +108,7 @@ def run_method(
     else:
         model = copy.deepcopy(original)
     lora = None if method.exact else setup.cfg["model"].get("lora")  # the oracle retrains fully
+    start = exact_start(setup) if method.exact else setup
     if lora:
         model = apply_lora(model, dict(lora))
     task = Task(
@@ -93,7 +117,7 @@ def run_method(
         setup.split,
         engine or setup.engine(run_dir, resume),
         setup.seed,
-        model_factory=lambda: setup.new_model(setup.seed + 10_007),
+        model_factory=lambda: start.new_model(setup.seed + 10_007),
         train_spec=setup.train_spec,
     )
     _warm_up_torch()
