@@ -60,6 +60,11 @@ def test_muse_synthetic_contract(tmp_path):
     assert rows["retrain"]["privleak"] == 0.0  # the oracle compared with itself
     assert isinstance(rows["npo"]["privleak"], float) and rows["npo"]["privleak"] >= -100.0
     assert {"verbmem_f_relearned", "knowmem_f_relearned", "privleak_relearned"} <= set(rows["npo"])
+    # open-unlearning's additions: the Reference MIA uses the oracle's stored NLLs (0.5 for the oracle)
+    extras = {"forget_extraction_strength", "forget_exact_memorization", "mia_loss", "mia_min_k",
+              "mia_reference", "mia_gradnorm", "forget_extraction_strength_relearned"}  # fmt: skip
+    assert extras <= set(rows["npo"]) and rows["retrain"]["mia_reference"] == 0.5
+    assert rows["npo"]["mia_reference"] != 0.5 and 0.0 <= rows["npo"]["mia_reference"] <= 1.0
     assert "| npo |" in (tmp_path / "results.md").read_text()
 
 

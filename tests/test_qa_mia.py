@@ -13,7 +13,7 @@ import torch
 from unlearnkit.data.splits import Split
 from unlearnkit.data.text import answer_ids, prompt_ids
 from unlearnkit.errors import DataError
-from unlearnkit.metrics.qa_mia import gradnorm_scores, qa_mia, tofu_privleak
+from unlearnkit.metrics.qa_mia import qa_gradnorm_scores, qa_mia, tofu_privleak
 
 torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def test_loss_min_k_and_reference_aucs(setup):
 def test_gradnorm_is_the_mean_per_tensor_norm_and_leaves_grads_alone(setup):
     tok, original = setup
     model = copy.deepcopy(original)
-    got = gradnorm_scores(model, tok, [r["question"] for r in FORGET], [r["answer"] for r in FORGET])
+    got = qa_gradnorm_scores(model, tok, [r["question"] for r in FORGET], [r["answer"] for r in FORGET])
     assert all(p.grad is None for p in model.parameters())
     for i, rec in enumerate(FORGET):
         p, y = prompt_ids(tok, rec["question"]), answer_ids(tok, rec["answer"])

@@ -379,6 +379,10 @@ def test_evaluate_muse_against_manual_computation(model, tokenizer):
     auc = roc_auc_score([0] * len(f) + [1] * len(h), -np.concatenate([f, h]))
     assert out["auc"] == pytest.approx(auc)
     assert out["privleak"] == pytest.approx((auc - 0.5) / 0.5 * 100)
-    assert set(out) == {"verbmem_f", "knowmem_f", "knowmem_r", "privleak", "auc"}
+    assert set(out) == {"verbmem_f", "knowmem_f", "knowmem_r", "privleak", "auc"} | {
+        "forget_extraction_strength", "forget_exact_memorization", "mia_loss", "mia_min_k", "mia_gradnorm",
+        "_mia_nll",
+    }  # fmt: skip
+    assert out["mia_min_k"] == pytest.approx(1 - auc)  # no mia_reference: no reference NLLs given
     with pytest.raises(DataError, match="holdout"):
         muse.evaluate_muse(model, tokenizer, {"forget": CORPUS}, None, metrics=("privleak",))

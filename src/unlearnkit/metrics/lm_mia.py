@@ -23,7 +23,7 @@ non-members), 0.5 = chance. (MUSE's PrivLeak AUC uses the opposite labelling, se
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,3 +138,65 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
         raise DataError("an MIA AUC needs at least one member and one non-member score")
     y = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
     return float(roc_auc_score(y, -np.concatenate([m, n])))
+
+
+def gradnorm_scores(
+    model: nn.Module, items: Sequence[Any], loss_of: Callable[[Any], torch.Tensor]
+) -> np.ndarray:
+    """Per item, the mean over the model's parameter tensors of ‖∇_θ loss_of(item)‖₂ (open-unlearning's
+    ``mia_gradnorm``: a mean of per-tensor norms, not a global norm), one item at a time, in eval mode.
+
+    Every parameter counts, whatever a method left trainable (RMU trains one layer, LoRA only adapters):
+    the attack must score every model on the same parameters. Gradients come from ``torch.autograd.grad``,
+    so ``.grad`` fields are untouched, and the ``requires_grad`` flags are restored."""
+    params = list(model.parameters())
+    if not params:
+        raise DataError("the GradNorm attack needs a model with parameters")
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()
+    try:
+        scores = []
+        with torch.enable_grad():
+            for item in items:
+                grads = torch.autograd.grad(loss_of(item), params, allow_unused=True)
+                scores.append(float(torch.stack([g.float().norm() for g in grads if g is not None]).mean()))
+    finally:
+        model.train(was_training)
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    return np.array(scores, dtype=np.float64)
+
+
+def text_gradnorm_scores(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int | None = None
+) -> np.ndarray:
+    """GradNorm of raw texts: ℓ = mean NLL of every token after BOS, tokenised as :func:`token_stats`."""
+    limit = max_length or position_limit(model)
+    device = model_device(model)
+
+    def loss_of(text: str) -> torch.Tensor:
+        ids = text_ids(tokenizer, text)
+        ids = torch.as_tensor(ids[:limit] if limit else ids, dtype=torch.long, device=device)[None]
+        if ids.shape[1] < 2:
+            raise DataError(f"GradNorm needs texts of at least one token, got {text[:40]!r}")
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]
+        return token_nll(logits, ids[:, 1:]).mean()
+
+    return gradnorm_scores(model, texts, loss_of)
+
+
+def reference_auc(nll: Mapping[str, Sequence[float]], reference_nll: Mapping[str, Sequence[float]]) -> float:
+    """The Reference attack's AUC (Carlini et al., 2022; open-unlearning's ``mia_reference``): score = mean
+    NLL under the model − mean NLL under the reference model, per item of ``{"forget", "holdout"}``, the
+    forget items as members (:func:`mia_auc`). The reference's NLLs were computed once on the oracle."""
+    ref = {n: np.asarray(reference_nll[n], dtype=np.float64) for n in ("forget", "holdout")}
+    own = {n: np.asarray(nll[n], dtype=np.float64) for n in ("forget", "holdout")}
+    if any(len(ref[n]) != len(own[n]) for n in own):
+        raise DataError(
+            "the reference NLLs were computed on other forget/holdout sets than this evaluation's: "
+            "re-evaluate the oracle on this split"
+        )
+    return mia_auc(own["forget"] - ref["forget"], own["holdout"] - ref["holdout"])

@@ -14,6 +14,10 @@ EOS included, tokenised as :func:`~unlearnkit.data.text.encode_pairs` does for e
 The open-unlearning code searches k only up to L − 1, so an answer whose last token is mispredicted scores
 1/L instead of 0; ``es_form="reference"`` reproduces that floor, ``"paper"`` (default) is the definition.
 Per-item values are returned; a suite reports their mean.
+
+On raw text (MUSE's VerbMem passages, :func:`continuation_memorization`) the "answer" is a passage's
+ground-truth continuation given its prompt, both as the MUSE code tokenises them (BOS + the prompt's tokens,
+then the continuation's tokens without special tokens), cut at ``max_length`` tokens in all.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 
 from unlearnkit.data.text import encode_pairs
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.metrics.generation import eval_mode, model_device
+from unlearnkit.metrics.generation import eval_mode, model_device, pad_token_id, position_limit, text_ids
 
 ES_FORMS = ("paper", "reference")
 
@@ -95,6 +99,52 @@ def memorization_scores(
             )
             logits = out.logits if hasattr(out, "logits") else out
             for i, m in zip(idx, token_matches(logits, cols["labels"].to(device)), strict=True):
+                matches[i] = m
+    return {
+        "exact_memorization": exact_memorization(matches),
+        "extraction_strength": extraction_strength(matches, es_form),
+    }
+
+
+def continuation_memorization(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    es_form: str = "paper",
+) -> dict[str, np.ndarray]:
+    """Per-item ``exact_memorization`` and ``extraction_strength`` of each continuation given its prompt
+    (``max_length``: tokens in all, default the model's position limit)."""
+    if len(prompts) != len(continuations):
+        raise DataError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    max_length = max_length or position_limit(model) or 2048
+    rows = []
+    for p, c in zip(prompts, continuations, strict=True):
+        prompt = text_ids(tokenizer, p)
+        ids = (prompt + list(tokenizer(c, add_special_tokens=False)["input_ids"]))[:max_length]
+        if len(ids) <= len(prompt):
+            raise DataError(f"the continuation of {p[:40]!r}... has no tokens within max_length={max_length}")
+        rows.append((ids, len(prompt)))
+    pad, device = pad_token_id(tokenizer), model_device(model)
+    matches: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(rows[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            labels = torch.full((len(idx), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                seq, n_prompt = rows[i]
+                ids[r, : len(seq)] = torch.as_tensor(seq)
+                labels[r, n_prompt : len(seq)] = torch.as_tensor(seq[n_prompt:])
+                mask[r, : len(seq)] = 1
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            logits = out.logits if hasattr(out, "logits") else out
+            for i, m in zip(idx, token_matches(logits, labels.to(device)), strict=True):
                 matches[i] = m
     return {
         "exact_memorization": exact_memorization(matches),

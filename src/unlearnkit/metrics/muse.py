@@ -19,6 +19,14 @@
 The ``eval`` dict: ``verbmem_f`` (list of ``{"prompt", "gt"}``), ``knowmem_f`` / ``knowmem_r`` (lists of
 ``{"question", "answer"}``), optional ``knowmem_f_icl`` / ``knowmem_r_icl`` (in-context examples, same
 shape), ``forget`` and ``holdout`` (lists of raw texts for PrivLeak).
+
+Beyond muse_bench, the metrics open-unlearning adds to MUSE (``memorization`` and ``mia`` in ``metrics``):
+Extraction Strength and Exact Memorization of each VerbMem passage's ground truth given its prompt,
+teacher-forced (:func:`unlearnkit.metrics.memorization.continuation_memorization`; the whole ground truth,
+not its first 128 tokens), and the LOSS, Min-40%, GradNorm and Reference attacks on PrivLeak's forget and
+holdout texts as AUCs with the forget texts as members (:func:`unlearnkit.metrics.lm_mia.mia_auc`:
+1 = memorised, 0.5 = indistinguishable; so ``mia_min_k`` = 1 − MUSE's ``auc``). The Reference attack needs
+the oracle's per-text mean NLLs (``reference_nll``, stored as ``_mia_nll`` when the oracle is evaluated).
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ from torch import nn
 
 from unlearnkit.errors import DataError
 from unlearnkit.metrics.generation import generate_greedy, text_ids
-from unlearnkit.metrics.lm_mia import mia_scores
+from unlearnkit.metrics.lm_mia import mia_auc, mia_scores, reference_auc, text_gradnorm_scores
+from unlearnkit.metrics.memorization import continuation_memorization
 
-MUSE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+MUSE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "memorization", "mia")
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
 ICL_TEMPLATE = "Question: {question}\nAnswer: {answer}\n\n"
 QUERY_TEMPLATE = "Question: {question}\nAnswer: "
@@ -132,10 +141,14 @@ def evaluate_muse(
     k: float = 0.4,
     metrics: Sequence[str] = MUSE_METRICS,
     max_length: int | None = None,
+    reference_nll: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
-    """MUSE's four metrics. Returns ``verbmem_f``, ``knowmem_f``, ``knowmem_r`` (ROUGE × 100),
-    ``privleak`` (``None`` without ``oracle_auc``) and ``auc`` (MUSE's forget-vs-holdout Min-k AUC; store
-    it when evaluating the oracle), for the metrics asked for in ``metrics``.
+    """MUSE's four metrics and open-unlearning's additions. Returns ``verbmem_f``, ``knowmem_f``,
+    ``knowmem_r`` (ROUGE × 100), ``privleak`` (``None`` without ``oracle_auc``) and ``auc`` (MUSE's
+    forget-vs-holdout Min-k AUC; store it when evaluating the oracle); with ``memorization``,
+    ``forget_extraction_strength`` and ``forget_exact_memorization``; with ``mia``, ``mia_loss``,
+    ``mia_min_k``, ``mia_gradnorm``, ``mia_reference`` (given ``reference_nll``) and ``_mia_nll`` (this
+    model's per-text mean NLLs); for the metrics asked for in ``metrics``.
     """
     unknown = [m for m in metrics if m not in MUSE_METRICS]
     if unknown:
@@ -149,13 +162,29 @@ def evaluate_muse(
             recs = _records(eval, name, ("question", "answer"))
             icl = list(eval.get(f"{name}_icl", ()))
             out[name] = knowmem(model, tokenizer, recs, icl, knowmem_max_new_tokens, batch_size)
-    if "privleak" in metrics:
+    if "memorization" in metrics:
+        recs = _records(eval, "verbmem_f", ("prompt", "gt"))
+        prompts, gts = [r["prompt"] for r in recs], [r["gt"] for r in recs]
+        res = continuation_memorization(model, tokenizer, prompts, gts, batch_size, max_length)
+        out |= {f"forget_{name}": float(np.mean(v)) for name, v in res.items()}
+    if "privleak" in metrics or "mia" in metrics:
         forget, holdout = eval.get("forget"), eval.get("holdout")
         if not forget or not holdout:
             raise DataError("PrivLeak needs non-empty 'forget' and 'holdout' lists of texts in the eval data")
-        attack = "min_k"
-        f = mia_scores(model, tokenizer, forget, (attack,), k, batch_size, max_length)[attack]
-        h = mia_scores(model, tokenizer, holdout, (attack,), k, batch_size, max_length)[attack]
-        out["auc"] = muse_auc(f, h)
-        out["privleak"] = privleak(out["auc"], oracle_auc)
+        attacks = ("loss", "min_k")
+        f = mia_scores(model, tokenizer, forget, attacks, k, batch_size, max_length)
+        h = mia_scores(model, tokenizer, holdout, attacks, k, batch_size, max_length)
+        if "privleak" in metrics:
+            out["auc"] = muse_auc(f["min_k"], h["min_k"])
+            out["privleak"] = privleak(out["auc"], oracle_auc)
+        if "mia" in metrics:
+            out |= {f"mia_{a}": mia_auc(f[a], h[a]) for a in attacks}
+            out["mia_gradnorm"] = mia_auc(
+                text_gradnorm_scores(model, tokenizer, forget, max_length),
+                text_gradnorm_scores(model, tokenizer, holdout, max_length),
+            )
+            nll = {"forget": f["loss"], "holdout": h["loss"]}
+            if reference_nll is not None:
+                out["mia_reference"] = reference_auc(nll, reference_nll)
+            out["_mia_nll"] = {name: [float(v) for v in values] for name, values in nll.items()}
     return out

@@ -38,7 +38,7 @@ from unlearnkit.data.text import encode_pairs
 from unlearnkit.errors import DataError
 from unlearnkit.families.text import token_logprobs
 from unlearnkit.metrics.generation import eval_mode, model_device
-from unlearnkit.metrics.lm_mia import loss_score, mia_auc, min_k_score
+from unlearnkit.metrics.lm_mia import gradnorm_scores, loss_score, mia_auc, min_k_score, reference_auc
 from unlearnkit.metrics.muse import privleak
 
 
@@ -69,7 +69,7 @@ def answer_logprobs(
     return out
 
 
-def gradnorm_scores(
+def qa_gradnorm_scores(
     model: nn.Module,
     tokenizer: Any,
     questions: Sequence[str],
@@ -77,38 +77,15 @@ def gradnorm_scores(
     template: str | None = None,
     max_length: int = 512,
 ) -> np.ndarray:
-    """Per pair, the mean over the model's parameter tensors of ‖∇ (−mean answer-token log p)‖₂.
-
-    Every parameter counts, whatever a method left trainable (RMU trains one layer, LoRA only adapters):
-    the attack must score every model on the same parameters. Their ``requires_grad`` flags are restored."""
-    params = list(model.parameters())
-    if not params:
-        raise DataError("the GradNorm attack needs a model with parameters")
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
+    """Per pair, :func:`~unlearnkit.metrics.lm_mia.gradnorm_scores` of ℓ = −mean answer-token log p."""
     device = model_device(model)
-    pairs = list(zip(questions, answers, strict=True))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            scores = [
-                _gradnorm(model, tokenizer, params, q, a, template, max_length, device) for q, a in pairs
-            ]
-    finally:
-        model.train(was_training)
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-    return np.array(scores, dtype=np.float64)
 
+    def loss_of(pair: tuple[str, str]) -> torch.Tensor:
+        cols = encode_pairs(tokenizer, [pair[0]], [pair[1]], max_length, template)
+        lp, mask = token_logprobs(model, {k: v.to(device) for k, v in cols.items()})
+        return -lp.sum() / mask.sum().clamp_min(1)
 
-def _gradnorm(model, tokenizer, params, q: str, a: str, template, max_length: int, device) -> float:
-    cols = encode_pairs(tokenizer, [q], [a], max_length, template)
-    lp, mask = token_logprobs(model, {k: v.to(device) for k, v in cols.items()})
-    loss = -lp.sum() / mask.sum().clamp_min(1)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return float(torch.stack([g.float().norm() for g in grads if g is not None]).mean())
+    return gradnorm_scores(model, list(zip(questions, answers, strict=True)), loss_of)
 
 
 def _pairs(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
@@ -138,17 +115,11 @@ def qa_mia(
         scores["loss"][name] = np.array([loss_score(lp) for lp in lps])
         scores["min_k"][name] = np.array([min_k_score(lp, k) for lp in lps])
         if gradnorm:
-            scores["gradnorm"][name] = gradnorm_scores(model, tokenizer, qs, ans, template)
+            scores["gradnorm"][name] = qa_gradnorm_scores(model, tokenizer, qs, ans, template)
     out: dict[str, Any] = {f"mia_{a}": mia_auc(s["forget"], s["holdout"]) for a, s in scores.items() if s}
     nll = {name: scores["loss"][name] for name in ("forget", "holdout")}
     if reference_nll is not None:
-        ref = {name: np.asarray(reference_nll[name], dtype=np.float64) for name in ("forget", "holdout")}
-        if any(len(ref[n]) != len(nll[n]) for n in nll):
-            raise DataError(
-                "the reference NLLs were computed on other forget/holdout sets than this evaluation's: "
-                "re-evaluate the oracle on this split"
-            )
-        out["mia_reference"] = mia_auc(nll["forget"] - ref["forget"], nll["holdout"] - ref["holdout"])
+        out["mia_reference"] = reference_auc(nll, reference_nll)
     out["_mia_nll"] = {name: [float(v) for v in values] for name, values in nll.items()}
     return out
 

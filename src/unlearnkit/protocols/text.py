@@ -181,12 +181,21 @@ class MuseEval(EvalConfig):
 class Muse(_TextProtocol):
     Config = MuseEval
     headline = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "RTE")
-    forget_keys = ("verbmem_f", "knowmem_f", "privleak")
+    forget_keys = (
+        "verbmem_f",
+        "knowmem_f",
+        "privleak",
+        "forget_extraction_strength",
+        "forget_exact_memorization",
+    )
     axes = ("verbmem_f", "knowmem_r")
     gap_key = "privleak"
     caption = (
         "verbmem_f = VerbMem on the forget set, knowmem_f / knowmem_r = KnowMem on forget / retain QA "
-        "(ROUGE-L F1 x 100); privleak = relative Min-40% AUC gap to the oracle (0 = like the oracle)."
+        "(ROUGE-L F1 x 100); privleak = relative Min-40% AUC gap to the oracle (0 = like the oracle); "
+        "extraction strength and exact memorization of the forget passages (teacher-forced greedy tokens; "
+        "lower = more forgotten); mia_* = forget-vs-holdout membership AUCs (0.5 = indistinguishable; "
+        "reference = calibrated by the oracle's NLLs)."
     )
 
     def _run(self, exp: Any, model: nn.Module, oracle: Any, forget_only: bool) -> Result:
@@ -197,9 +206,11 @@ class Muse(_TextProtocol):
     ) -> Result:
         """MUSE's metrics on given evaluation records (the loader's names), e.g. a sequential suite's
         forget-side sets cut to the articles forgotten so far."""
-        ref_auc = None if oracle in (None, "self") else oracle.get("_auc")
+        stored = isinstance(oracle, dict)
+        ref_auc = oracle.get("_auc") if stored else None
+        ref_nll = oracle.get("_mia_nll") if stored else None
         records = {MUSE_EVAL_KEYS.get(k, k): v for k, v in records.items()}
-        kw = {"metrics": ("verbmem_f", "knowmem_f", "privleak")} if forget_only else {}
+        kw = {"metrics": ("verbmem_f", "knowmem_f", "privleak", "memorization")} if forget_only else {}
         out = evaluate_muse(
             model,
             tok,
@@ -207,9 +218,12 @@ class Muse(_TextProtocol):
             ref_auc,
             batch_size=self.cfg.batch_size,
             verbmem_max_new_tokens=self.cfg.verbmem_max_new_tokens,
+            reference_nll=ref_nll,
             **kw,
         )
         out["_auc"] = out.pop("auc")
         if oracle == "self":
             out["privleak"] = privleak(out["_auc"], out["_auc"])
+            if "mia_loss" in out:
+                out["mia_reference"] = 0.5  # scored against itself: every score is 0
         return Result.from_flat(out)
