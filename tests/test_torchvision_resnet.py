@@ -104,6 +104,17 @@ def test_a_mismatch_names_the_first_key_and_the_fix(tmp_path):
         load_weights(build_resnet18((3, 32, 32), 100, stem="imagenet"), path)
 
 
+def test_nan_under_torchvision_names_is_named_a_broken_model_file(tmp_path):
+    sd = torchvision_state_dict()
+    sd["layer2.0.downsample.0.weight"][0, 0, 0, 0] = float("nan")  # a key our model names otherwise
+    path = tmp_path / "r18.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(
+        UnlearnkitError, match=r"NaN or infinite values in 1 tensor\(s\) \(layer2.0.downsample"
+    ):
+        load_weights(build_resnet18((3, 32, 32), 10, stem="imagenet"), path)
+
+
 def test_the_cli_loads_torchvision_names_and_refuses_pickles(tmp_path, capsys):
     sd = torchvision_state_dict(in_ch=1, stem=3, widths=(16, 32, 64), blocks=(1, 1, 1))
     (tmp_path / "in").mkdir()

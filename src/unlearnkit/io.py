@@ -127,8 +127,10 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             "safetensors (convert a trusted .pt with torch.load(weights_only=True) + safetensors.save_file)"
         ) from exc
 
-    params = {n for n, _ in model.named_parameters()}
-    floats = {k: v for k, v in sd.items() if k in params and v.is_floating_point()}
+    # every float tensor but the model's own buffers (some hold -inf masks): a parameter under another
+    # name (torchvision's keys, renamed by a load pre-hook) is checked too
+    buffers = {n for n, _ in model.named_buffers()}
+    floats = {k: v for k, v in sd.items() if k not in buffers and v.is_floating_point()}
     broken = [k for k, v in floats.items() if not torch.isfinite(v).all()]
     if broken:
         raise UnlearnkitError(
