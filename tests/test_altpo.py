@@ -170,3 +170,18 @@ def test_forget_text_without_questions_is_refused():
     es = ExampleSet({"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels})
     with pytest.raises(ConfigError, match="question prompt"):
         qa_parts(es)
+
+
+def test_chat_template_alternates_are_tokenised_like_chat_forget_pairs(tokenizer, split, original):
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    forget = lm.make_set(chat, lm.FORGET, 0)
+    m = prepared(chat, Split(forget, split.retain, split.test), copy.deepcopy(original), max_new_tokens=8)
+    for i, (question, _) in enumerate(lm.FORGET):
+        want = encode_pairs(chat, [question] * 3, m.alternates[i], max_length=lm.WIDTH)
+        w = want["input_ids"].shape[1]
+        assert torch.equal(alt_rows(m, i)["labels"][:, :w], want["labels"])
+        assert torch.equal(alt_rows(m, i)["input_ids"][:, :w], want["input_ids"])

@@ -29,7 +29,8 @@ Each alternate is tokenised as a (question, alternate) pair the way the forget p
 (" " + answer + EOS for a plain template; for a chat template, the assistant turn rendered by the
 tokenizer, checked against the forget answer's own tokens, else the sampled tokens + EOS). π_ref's NLLs of
 the forget answer and of every alternate are computed once and cached by example id (no reference model
-is held), and each step runs one forward pass over the B forget rows and their B·K alternates.
+is held), and each step runs one forward pass over the B forget rows and their B·K alternates. Under several
+processes every rank samples and scores all alternates itself (same seed, same model: the same alternates).
 """
 
 from __future__ import annotations
