@@ -129,16 +129,19 @@ def test_altpo_loss_is_the_formula_on_independent_nlls(tokenizer, split, origina
     assert lm.held_modules(m) == []  # the reference is cached, not a second model
 
 
-def test_a_short_run_lowers_the_forget_answers_probability(tokenizer, split, original):
+@pytest.mark.parametrize("pairing", ["question", "row"])
+def test_a_short_run_lowers_the_forget_answers_probability(tokenizer, split, original, pairing):
     model = copy.deepcopy(original)
     fb = split.forget.all()
     before_nll, before = manual_nll(model, fb), weights_sha256(model)
-    m = AltPO(AltPOConfig(alternates=2, max_new_tokens=20, epochs=5, lr=1e-2, batch_size=3, alpha=0.0))
-    m.run(make_task(tokenizer, split, model))
+    cfg = AltPOConfig(
+        alternates=2, max_new_tokens=20, epochs=5, lr=1e-2, batch_size=3, alpha=0.0, pairing=pairing
+    )
+    fit = AltPO(cfg).run(make_task(tokenizer, split, model))
+    assert len(fit.history) == 5 * (1 if pairing == "question" else 2)  # one step per batch of 3 rows
     after_nll = manual_nll(model, fb)
     assert weights_sha256(model) != before
     assert sum(after_nll) > sum(before_nll) + 3.0  # the forget answers lost > e^3 in probability
-    assert m.alt is None and m.reference is None  # caches dropped after the run
 
 
 def test_altpo_is_registered_for_text(capsys):
@@ -185,3 +188,20 @@ def test_chat_template_alternates_are_tokenised_like_chat_forget_pairs(tokenizer
         w = want["input_ids"].shape[1]
         assert torch.equal(alt_rows(m, i)["labels"][:, :w], want["labels"])
         assert torch.equal(alt_rows(m, i)["input_ids"][:, :w], want["input_ids"])
+
+
+def test_row_pairing_is_the_authors_data_layout_with_the_same_full_batch_loss(tokenizer, split, original):
+    model = copy.deepcopy(original)
+    by_question = prepared(tokenizer, split, model)
+    by_row = prepared(tokenizer, split, model, pairing="row")
+    perturb(model, seed=5)  # both methods train this model: log-ratios no longer 0
+    assert by_row.alternates == by_question.alternates  # same seed, same alternates
+    rows = by_row.streams(by_row.task)["forget"].all()
+    assert len(rows["id"]) == 3 * len(lm.FORGET) and len(by_question.streams(by_question.task)["forget"]) == 3
+    # every (question, alternate) pair once: the mean over all pairs is the question pairing's loss
+    whole_q, _ = by_question.forget_term(split.forget.all(), None)
+    whole_r, _ = by_row.forget_term(rows, None)
+    assert whole_r.item() == pytest.approx(whole_q.item(), rel=1e-5)
+    pairs = [by_row.forget_term({k: v[j : j + 1] for k, v in rows.items()}, None)[0].item() for j in range(9)]
+    assert len({round(p, 4) for p in pairs}) > 1  # a row is one pair, not a question's mean
+    assert sum(pairs) / 9 == pytest.approx(whole_r.item(), rel=1e-5)

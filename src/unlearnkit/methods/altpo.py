@@ -10,8 +10,9 @@ itself: for every forget question x with forget answer y, K alternate answers �
 with log π = −(summed answer NLL). The 2/β scale, β = 0.1 and the retain NLL weighted 1 are the authors'
 ``dataloader.py`` (``DPO``, ``retain_wt``) and open-unlearning's DPO trainer, which AltPO reuses
 (llm.md §1, §7). The paper's own text was not available offline here, so the form above is the authors'
-code with the K alternates of a question averaged (their data holds one row per (question, alternate)
-pair, which averages the same pairs over an epoch, in K times as many steps).
+code with the K alternates of a question averaged in each step (``pairing="question"``). The authors' data
+holds one row per (question, alternate) pair instead, so an epoch averages the same pairs in K times as
+many steps, each row drawn on its own: ``pairing="row"`` trains that way.
 
 Alternates (``prepare``): the prompt is the forget pair's own prompt ids (its ``labels == -100`` prefix),
 K continuations are sampled at ``temperature`` (plain temperature sampling: no top-k / top-p), up to
@@ -55,6 +56,7 @@ from unlearnkit.metrics.generation import cut_at_eos, eval_mode, left_pad, pad_t
 from unlearnkit.registry import register_method
 
 _PROBE_QUESTION = "What is the capital of France?"
+PAIRINGS = ("question", "row")
 
 
 @dataclass
@@ -62,7 +64,9 @@ class AltPOConfig(DPOConfig):
     """The authors' ``config/unlearn_llama2.yaml`` and ``generate.yaml``: β = 0.1, retain NLL weight
     ``alpha`` 1, AdamW lr 5e-5, weight decay 0.01, 10 epochs, effective batch 35; K = 5 alternates per
     question sampled at T = 1 with up to 200 new tokens (open-unlearning's sweep: β ∈ {0.05, 0.1, 0.5},
-    lr ∈ {1, 2, 5}e-5, α ∈ {1, 2, 5}; llm.md §7). ``gen_batch_size``: rows per ``generate`` call."""
+    lr ∈ {1, 2, 5}e-5, α ∈ {1, 2, 5}; llm.md §7). ``gen_batch_size``: rows per ``generate`` call;
+    ``pairing``: ``"question"`` (a step takes a question with all K alternates) or ``"row"`` (the authors'
+    data: one (question, alternate) pair per row, K rows per question)."""
 
     lr: float = 5e-5
     alternates: int = 5
@@ -70,6 +74,7 @@ class AltPOConfig(DPOConfig):
     max_new_tokens: int = 200
     resample_rounds: int = 4
     gen_batch_size: int = 64
+    pairing: str = "question"
 
     def check(self) -> None:
         super().check()
@@ -80,6 +85,8 @@ class AltPOConfig(DPOConfig):
         for name in ("max_new_tokens", "gen_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"method.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairing not in PAIRINGS:
+            raise ConfigError(f"method.pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if self.resample_rounds < 0:
             raise ConfigError(f"method.resample_rounds must be >= 0, got {self.resample_rounds}")
 
@@ -308,6 +315,13 @@ class AltPO(GradDiff):
         self.alt: dict[str, torch.Tensor] | None = None
         self.alternates: list[list[str]] = []
         self.alternates_info: dict[str, int] = {}
+        self.pair_rows: ExampleSet | None = None
+
+    def streams(self, task: Task) -> dict[str, ExampleSet]:
+        out = super().streams(task)
+        if self.pair_rows is not None:  # pairing="row": K rows per forget question
+            out["forget"] = self.pair_rows
+        return out
 
     def prepare(self, task: Task) -> None:
         super().prepare(task)
@@ -331,21 +345,27 @@ class AltPO(GradDiff):
         ref_forget = compute_reference(task.model, forget, task.family.per_example_loss, bs)
         assert ref_forget is not None
         dev = _model_device(task.model)
-        values = {
-            "row": torch.arange(len(forget)),
-            "forget": ref_forget.get(forget.ids.to(ref_forget.ids.device)),
-        }
-        self.reference = ReferenceCache(forget.ids.to(dev), values | {"alt": ref_alt})
+        ids, values = forget.ids, {"forget": ref_forget.get(forget.ids.to(ref_forget.ids.device)).to(dev)}
+        self.pair_rows = None
+        if self.cfg.pairing == "row":  # row i·K + k pairs forget row i with its alternate k
+            k = self.cfg.alternates
+            cols = {c: v.flatten(0, 1).unsqueeze(1) for c, v in cols.items()}
+            ref_alt, values["forget"] = ref_alt.reshape(-1, 1), values["forget"].repeat_interleave(k)
+            rows = {c: v.repeat_interleave(k, 0) for c, v in forget.columns.items()}
+            self.pair_rows = ExampleSet(rows, transform=forget.transform)
+            ids = self.pair_rows.ids
+        values |= {"row": torch.arange(len(ids)), "alt": ref_alt}
+        self.reference = ReferenceCache(ids.to(dev), values)
         self.alt = {c: v.to(dev) for c, v in cols.items()}
 
     def finalize(self, task: Task) -> None:
         super().finalize(task)
-        self.reference, self.alt = None, None
+        self.reference, self.alt, self.pair_rows = None, None, None
 
     def forget_term(self, batch: Batch, ctx: StepContext | None) -> tuple[torch.Tensor, dict[str, float]]:
         assert self.reference is not None and self.alt is not None, "prepare() was not called"
         rows = self.reference.get(batch["id"], "row").long()
-        b, k = len(rows), self.cfg.alternates
+        b, k = len(rows), self.alt["input_ids"].shape[1]
         alt = {c: v[rows.to(v.device)].flatten(0, 1) for c, v in self.alt.items()}
         nll = self.family.per_example_loss(self.model, stack_rows(batch, alt))
         nll_f, nll_a = nll[:b], nll[b:].view(b, k)
