@@ -92,6 +92,7 @@ class TextFamily(Family):
         self.num_classes = num_classes
         self.model_folder: str | None = None  # model.path of model.name=hf, when it ships a tokenizer
         self.tokenizer_is_model_folder = False
+        self.template: str | None = None  # data.template the data were tokenised with (None: chat or plain)
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Summed answer NLL per example (:func:`~unlearnkit.families.text_nll.sequence_nll`: one contiguous
@@ -152,6 +153,7 @@ class TextFamily(Family):
     def load_data(self, spec: dict[str, Any]) -> LoadedData:
         data = super().load_data(spec)
         self.tokenizer = data.meta.get("tokenizer", self.tokenizer)
+        self.template = data.meta.get("template", self.template)
         return data
 
     def build_model(self, spec: dict[str, Any], data: LoadedData) -> nn.Module:
