@@ -32,7 +32,10 @@ from 4.79 to 4.12 (signals), as concat had won the digits preset's grid; on the 
 neutral (README). Other selection rules, replayed on every trial's true gap over four worlds, did no
 better than the plain minimum (mean gap 3.96 over 108 tunings): plain RA/TA distances without the dead
 zone (3.97), RA/TA weighted ×2 (4.11), and the median, gentlest, strongest or least damaging trial within
-the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53.
+the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53. Two more
+trials were tried on the design worlds and left out: the chosen step at the full epochs, kept when it scored
+lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run), and SalUn's mask ratio at 0.1,
+0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
