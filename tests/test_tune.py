@@ -105,3 +105,23 @@ def test_cli_tune(tmp_path, capsys):
         assert phrase in capsys.readouterr().err
     assert main(["tune", "--preset", "text/ga"]) == 2
     assert "classifiers" in capsys.readouterr().err
+
+
+def test_rl_and_salun_try_the_concat_form_unless_the_user_fixes_one(world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
+    res = unlearnkit.tune(model, "rl", **data)
+    sweep, other, refine = res.trials[:5], res.trials[5:8], res.trials[8:]
+    assert len(res.trials) == 10 and all("schedule" not in t.options for t in sweep)
+    centre = min(sweep, key=lambda t: (round(t.score, 6), t.options["lr"])).options["lr"]
+    assert [t.options["schedule"] for t in other] == ["concat"] * 3
+    assert [t.options["lr"] for t in other] == pytest.approx([centre, centre * 10**0.5, centre * 10])
+    best_of_eight = min(res.trials[:8], key=lambda t: (round(t.score, 6), t.options["lr"]))
+    assert [t.options["lr"] for t in refine] == pytest.approx(
+        [best_of_eight.options["lr"] * 10**-0.25, best_of_eight.options["lr"] * 10**0.25]
+    )
+    assert all(t.options.get("schedule") == best_of_eight.options.get("schedule") for t in refine)
+    assert {t.options["epochs"] for t in res.trials} == {5}  # no quarter-epoch trial: the budget went here
+    fixed = unlearnkit.tune(model, "rl", schedule="sequential", **data)
+    assert all("schedule" not in t.options for t in fixed.trials)  # held fixed: the user chose it
+    assert fixed.trials[-1].options["epochs"] == 2  # the usual plan ends at a quarter of the epochs
