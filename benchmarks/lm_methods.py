@@ -11,7 +11,10 @@ them), every variant takes AdamW steps on the same forget (and retain) batch; th
    loss is checked against the cached one first.
 3. SimNPO / GA, forget term only; then NPO and SimNPO / GradDiff with the retain NLL term (presets' setting).
    UNDIAL with its target cached (full vocabulary, or top-8) / GA (goal <= 1.05), and with a live reference
-   forward; WGA, SatImp and CE-U / GA.
+   forward; WGA, SatImp and CE-U / GA. IdkPO and AltPO (K = 5 alternates, 16 new tokens on this random
+   model) / GA: a step scores 2 and K + 1 answers per question (no reference forward: cached), so the ratio
+   per scored answer (ratio / rows) is the comparable one; it also moves with the answers' lengths (an
+   "I don't know" is short, a random model's alternates run to the token limit).
 4. Memory held while training: weights, gradients and optimizer state of the trained model, plus the frozen
    copy (live NPO) or the cached reference losses (cached NPO). Ratios cached NPO / GA (goal <= 1.05) and live
    / cached NPO. On CUDA also the measured peak allocation of each variant, run alone.
@@ -68,6 +71,8 @@ VARIANTS = {  # name: (method, extra config); "retain" = with the retain NLL ter
     "wga": ("wga", {"retain_loss": "none"}),
     "satimp": ("satimp", {"retain_loss": "none"}),
     "ceu": ("ceu", {}),
+    "idkpo": ("idkpo", {"retain_loss": "none"}),
+    "altpo": ("altpo", {"retain_loss": "none", "alternates": 5, "max_new_tokens": 16}),
 }
 
 
@@ -212,6 +217,9 @@ def main() -> None:
     ratio("UNDIAL (live ref forward) / UNDIAL (cached)", med["undial_live"], med["undial"])
     for v in ("wga", "satimp", "ceu"):
         ratio(f"{v} / GA, forget term only", med[v], med["ga"])
+    for v, rows in (("idkpo", 2), ("altpo", 6)):
+        ratio(f"{v} / GA ({rows} answers per question)", med[v], med["ga"])
+        ratio(f"{v} / GA per scored answer", med[v] / rows, med["ga"])
     print("memory held while training (weights, grads, AdamW state, frozen copy / reference cache)")
     print("  bytes:  " + "  ".join(f"{v} {mem[v] / 1024:.1f} KiB" for v in ("ga", "npo", "npo_live")))
     ratio("NPO (cached ref) / GA", mem["npo"], mem["ga"], "(goal <= 1.05)")

@@ -41,7 +41,7 @@ TEXT_COLUMNS = ("input_ids", "attention_mask", "labels")
 ALT_COLUMNS = ("alt_input_ids", "alt_attention_mask", "alt_labels")
 
 
-def _logits(model: nn.Module, batch: Batch, keep: int = 0) -> torch.Tensor:
+def lm_logits(model: nn.Module, batch: Batch, keep: int = 0) -> torch.Tensor:
     """The model's logits; with ``keep`` > 0 and a model that takes ``logits_to_keep`` (Hugging Face causal
     LMs), only those of the last ``keep`` positions (the output projection skips the others). A loss needs
     no key/value cache: ``use_cache=False`` (which gradient checkpointing requires in training)."""
@@ -75,7 +75,7 @@ def positions_to_keep(labels: torch.Tensor) -> int:
 
 def token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π_θ of each next token [B, T-1], mask of answer positions [B, T-1])."""
-    logits = _logits(model, batch)[:, :-1].float()
+    logits = lm_logits(model, batch)[:, :-1].float()
     target = batch["labels"][:, 1:]
     mask = target != -100
     logp = torch.log_softmax(logits, dim=-1)
@@ -98,7 +98,7 @@ class TextFamily(Family):
         """Summed answer NLL per example (:func:`~unlearnkit.families.text_nll.sequence_nll`: one contiguous
         ``[N, V]`` cross-entropy; logits are computed only from the batch's first answer position on)."""
         labels = batch["labels"]
-        return sequence_nll(_logits(model, batch, positions_to_keep(labels)), labels)
+        return sequence_nll(lm_logits(model, batch, positions_to_keep(labels)), labels)
 
     def num_units(self, batch: Batch) -> torch.Tensor:
         return (batch["labels"][:, 1:] != -100).sum(-1)

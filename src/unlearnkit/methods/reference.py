@@ -43,8 +43,9 @@ class ReferenceCache:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.values.values())
 
-    def get(self, ids: torch.Tensor, key: str = "loss") -> torch.Tensor:
-        """Rows of ``key`` for ``ids`` (in the batch's order); a clear error if an id was never cached."""
+    def get(self, ids: torch.Tensor, key: str = "loss", positions: slice | None = None) -> torch.Tensor:
+        """Rows of ``key`` for ``ids`` (in the batch's order); a clear error if an id was never cached.
+        ``positions``: only those entries of the second dimension (per-position values), copied alone."""
         if key not in self.values:
             raise UnlearnkitError(f"no reference values {key!r}; cached: {sorted(self.values)}")
         table = self.values[key]
@@ -57,7 +58,8 @@ class ReferenceCache:
                 f"example id(s) {missing} have no cached reference values: the reference was computed on "
                 "another set (reference values are computed in prepare() on the task's split)"
             )
-        return table[pos.to(table.device)]
+        rows = pos.to(table.device)
+        return table[rows] if positions is None else table[rows, positions]
 
 
 @torch.no_grad()

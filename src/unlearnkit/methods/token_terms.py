@@ -12,6 +12,11 @@ For an LM, unit t is the prediction of token t+1 from logits at position t (Hugg
 (attention mask; targets are then the input ids). A classifier has one unit per example (U = 1).
 Losses averaged with :func:`flat_mean` are a flat mean over the batch's N counted units, not a mean of
 per-sequence means (open-unlearning's convention, llm.md "Notation").
+
+With ``positions="answer"`` the units start at :func:`first_unit`, the first position any row of the batch
+has an answer token at (the prompt positions before it count for nothing): a Hugging Face model then
+computes only those positions' logits (``logits_to_keep``), as the text family's NLL does. ``trim=False``
+keeps every position from 0, the layout a per-position cache is stored in (slice it from ``first_unit``).
 """
 
 from __future__ import annotations
@@ -23,25 +28,36 @@ from torch import nn
 from unlearnkit.data.examples import Batch
 from unlearnkit.errors import ConfigError
 from unlearnkit.families.base import Family
+from unlearnkit.families.text import lm_logits, positions_to_keep
 
 POSITIONS = ("answer", "all")
 
 
+def first_unit(batch: Batch, positions: str = "answer", trim: bool = True) -> int:
+    """Index (in the full ``[B, T − 1]`` unit layout) of the first unit :func:`unit_logits` returns."""
+    if not trim or positions != "answer" or "labels" not in batch:
+        return 0
+    labels = batch["labels"]
+    return labels.shape[1] - positions_to_keep(labels)
+
+
 def unit_logits(
-    family: Family, model: nn.Module, batch: Batch, positions: str = "answer"
+    family: Family, model: nn.Module, batch: Batch, positions: str = "answer", trim: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits ``[B, U, V]``, targets ``[B, U]``, mask ``[B, U]``) of ``batch`` (see the module docstring)."""
     if "input_ids" in batch:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = (out.logits if hasattr(out, "logits") else out)[:, :-1].float()
+        if positions not in POSITIONS:
+            raise ConfigError(f"method.positions must be one of {POSITIONS}, got {positions!r}")
+        start = first_unit(batch, positions, trim)
+        width = batch["input_ids"].shape[1]
+        logits = lm_logits(model, batch, width - start if start else 0)
+        logits = logits[:, logits.shape[1] - (width - start) : -1].float()
         if positions == "answer":
-            targets = batch["labels"][:, 1:]
+            targets = batch["labels"][:, start + 1 :]
             mask = targets != -100
-        elif positions == "all":
+        else:
             mask = batch["attention_mask"][:, 1:].bool()
             targets = batch["input_ids"][:, 1:].masked_fill(~mask, -100)
-        else:
-            raise ConfigError(f"method.positions must be one of {POSITIONS}, got {positions!r}")
         return logits, targets, mask
     logits_fn = getattr(family, "logits", None)
     if logits_fn is None or "y" not in batch:

@@ -15,7 +15,7 @@ and stores it by id (:mod:`unlearnkit.methods.reference`); no second model is he
 re-runs a deep copy every step). The full target is (T−1)·V floats per example (TOFU on a 128k-vocabulary
 Llama at ~150 tokens: ~77 MB each), so ``reference`` chooses what to keep:
 
-- ``"full"``: log q over the whole vocabulary (exact);
+- ``"full"``: q over the whole vocabulary (exact; probabilities, so a step takes no exp of the cache);
 - ``"topk"``: the ``top_k`` largest entries of q at each unit (indices and log q: 2·k floats per unit);
   the tail mass r = 1 − Σ_topk q is kept and spread uniformly over the V − k other tokens, so the target
   still sums to 1 and the loss is exact whenever the tail is flat. ``prepare`` records the largest tail mass
@@ -39,7 +39,7 @@ from unlearnkit.families.base import Family
 from unlearnkit.methods.base import Task, frozen_copy
 from unlearnkit.methods.graddiff import GradDiff, GradDiffConfig
 from unlearnkit.methods.reference import ReferenceCache, compute_reference
-from unlearnkit.methods.token_terms import POSITIONS, flat_mean, target_logprobs, unit_logits
+from unlearnkit.methods.token_terms import POSITIONS, first_unit, unit_logits
 from unlearnkit.registry import register_method
 
 REFERENCES = ("auto", "full", "topk", "frozen")
@@ -76,24 +76,29 @@ def adjusted_target_logprobs(ref_logits: torch.Tensor, targets: torch.Tensor, be
     return F.log_softmax(ref_logits.float() - shift, dim=-1)
 
 
-def undial_loss(logq: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(1/N)·Σ_t CE(q_t, p_t) with the full target log q ``[B, U, V]``."""
-    return flat_mean(-(logq.exp() * F.log_softmax(logits, dim=-1)).sum(-1), mask)
+def undial_loss(q: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(1/N)·Σ_t CE(q_t, p_t) with the full target distribution q ``[B, U, V]``; the cross-entropy runs on
+    the counted units only (prompt and padding positions would be masked out anyway)."""
+    ce = F.cross_entropy(logits[mask], q[mask], reduction="sum")  # probability targets, one fused kernel
+    return ce / mask.sum().clamp_min(1)
 
 
 def undial_topk_loss(
     top_idx: torch.Tensor, top_logq: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """(1/N)·Σ_t CE(q̂_t, p_t), q̂ = q on the cached top-k, the tail mass spread evenly over the rest."""
-    logp = F.log_softmax(logits, dim=-1)
+    """(1/N)·Σ_t CE(q̂_t, p_t), q̂ = q on the cached top-k, the tail mass spread evenly over the rest
+    (computed on the counted units only)."""
+    logp = F.log_softmax(logits[mask], dim=-1)
+    top_idx = top_idx[mask]
     vocab, k = logp.shape[-1], top_idx.shape[-1]
-    q_top = top_logq.exp()
-    top_term = (q_top * logp.gather(-1, top_idx)).sum(-1)
+    q_top = top_logq[mask].exp()
+    top_logp = logp.gather(-1, top_idx)
+    top_term = (q_top * top_logp).sum(-1)
     if vocab > k:
         tail = (1 - q_top.sum(-1)).clamp_min(0)
-        tail_logp = logp.sum(-1) - logp.gather(-1, top_idx).sum(-1)
+        tail_logp = logp.sum(-1) - top_logp.sum(-1)
         top_term = top_term + tail / (vocab - k) * tail_logp
-    return flat_mean(-top_term, mask)
+    return -top_term.sum() / mask.sum().clamp_min(1)
 
 
 @register_method("undial")
@@ -113,8 +118,8 @@ class UNDIAL(GradDiff):
         self.target_model: nn.Module | None = None
         self.max_tail_mass: float = 0.0
 
-    def _units(self, family: Family, model: nn.Module, batch: Batch):
-        return unit_logits(family, model, batch, self.cfg.positions)
+    def _units(self, family: Family, model: nn.Module, batch: Batch, trim: bool = True):
+        return unit_logits(family, model, batch, self.cfg.positions, trim)
 
     def prepare(self, task: Task) -> None:
         super().prepare(task)
@@ -124,9 +129,9 @@ class UNDIAL(GradDiff):
             self.target_model = frozen_copy(task.model)
             return
 
-        def full(model, batch):
-            logits, targets, _ = self._units(task.family, model, batch)
-            return adjusted_target_logprobs(logits, targets, self.cfg.beta)
+        def full(model, batch):  # every position from 0: forget_term slices from the batch's first unit
+            logits, targets, _ = self._units(task.family, model, batch, trim=False)
+            return adjusted_target_logprobs(logits, targets, self.cfg.beta).exp()
 
         if mode in ("auto", "full"):
             budget = None if mode == "full" else int(self.cfg.cache_mb * 2**20)
@@ -135,7 +140,7 @@ class UNDIAL(GradDiff):
                 return
 
         def topk(model, batch):
-            logits, targets, mask = self._units(task.family, model, batch)
+            logits, targets, mask = self._units(task.family, model, batch, trim=False)
             logq = adjusted_target_logprobs(logits, targets, self.cfg.beta)
             top_logq, top_idx = logq.topk(min(self.cfg.top_k, logq.shape[-1]), dim=-1)
             tail = (1 - top_logq.exp().sum(-1)).clamp_min(0) * mask
@@ -153,15 +158,18 @@ class UNDIAL(GradDiff):
         if self.target_model is not None:
             with torch.no_grad():
                 ref_logits, _, _ = self._units(self.family, self.target_model, batch)
-            loss = undial_loss(adjusted_target_logprobs(ref_logits, targets, self.cfg.beta), logits, mask)
-        elif self.target is not None and "idx" in self.target.values:
-            width = logits.shape[1]  # the batch's own width (trimmed); the cache holds the set's
-            idx = self.target.get(batch["id"], "idx")[:, :width].to(logits.device).long()
-            logq = self.target.get(batch["id"], "logq")[:, :width].to(logits)
-            loss = undial_topk_loss(idx, logq, logits, mask)
+            q = adjusted_target_logprobs(ref_logits, targets, self.cfg.beta).exp()
+            loss = undial_loss(q, logits, mask)
         else:
             assert self.target is not None, "prepare() was not called"
-            logq = self.target.get(batch["id"])[:, : logits.shape[1]].to(logits)
-            loss = undial_loss(logq, logits, mask)
-        nll = -flat_mean(target_logprobs(logits.detach(), targets), mask)
+            # the cache holds every position of the set's width; this batch's units are [lo, hi)
+            lo = first_unit(batch, self.cfg.positions)
+            units = slice(lo, lo + logits.shape[1])
+            if "idx" in self.target.values:
+                idx = self.target.get(batch["id"], "idx", units).to(logits.device).long()
+                logq = self.target.get(batch["id"], "logq", units).to(logits)
+                loss = undial_topk_loss(idx, logq, logits, mask)
+            else:
+                loss = undial_loss(self.target.get(batch["id"], "loss", units).to(logits), logits, mask)
+        nll = F.cross_entropy(logits.detach()[mask], targets[mask], reduction="sum") / mask.sum().clamp_min(1)
         return loss, {"forget_nll": float(nll)}
