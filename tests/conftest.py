@@ -8,6 +8,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# the tiny-Llama fixtures of the LM tests (tokenizer, forget/retain/test split, the fine-tuned original),
+# one definition for every test module that asks for them; a module may still define its own
+from test_lm_methods import original, split, tokenizer  # noqa: E402, F401
+
 torch.set_num_threads(1)
 
 

@@ -25,23 +25,7 @@ from unlearnkit.registry import get_method
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return lm.make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def split(tokenizer) -> Split:
-    return Split(
-        lm.make_set(tokenizer, lm.FORGET, 0),
-        lm.make_set(tokenizer, lm.RETAIN, 10),
-        lm.make_set(tokenizer, lm.TEST, 100),
-    )
-
-
-@pytest.fixture(scope="module")
-def original(tokenizer, split):
-    return lm.original.__wrapped__(tokenizer, split)  # the same fine-tuned tiny Llama
+# tokenizer, split, original: the tiny-Llama fixtures of tests/conftest.py
 
 
 def prepared(tokenizer, split, model, seed: int = 0, **cfg) -> AltPO:

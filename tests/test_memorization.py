@@ -9,7 +9,6 @@ import pytest
 import test_lm_methods as lm
 import torch
 
-from unlearnkit.data.splits import Split
 from unlearnkit.data.text import answer_ids, prompt_ids
 from unlearnkit.errors import ConfigError
 from unlearnkit.metrics.memorization import exact_memorization, extraction_strength, memorization_scores
@@ -28,12 +27,9 @@ def test_hand_computed_em_and_es_with_both_floors():
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tok = lm.make_tokenizer()
-    split = Split(
-        lm.make_set(tok, lm.FORGET, 0), lm.make_set(tok, lm.RETAIN, 10), lm.make_set(tok, lm.TEST, 100)
-    )
-    return tok, lm.original.__wrapped__(tok, split)
+def setup(tokenizer, original):
+    """(tokenizer, the fine-tuned tiny Llama): the fixtures of tests/conftest.py."""
+    return tokenizer, original
 
 
 def greedy_reproduces(model, prefix: list[int], rest: list[int]) -> bool:

@@ -14,7 +14,6 @@ import torch
 from test_memorization import greedy_reproduces
 from test_qa_mia import min_k, pair_auc
 
-from unlearnkit.data.splits import Split
 from unlearnkit.metrics.generation import text_ids
 from unlearnkit.metrics.lm_mia import text_gradnorm_scores
 from unlearnkit.metrics.memorization import continuation_memorization
@@ -28,12 +27,9 @@ HOLDOUT = [f"{q} {a}" for q, a in lm.TEST + lm.RETAIN[2:]]
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tok = lm.make_tokenizer()
-    split = Split(
-        lm.make_set(tok, lm.FORGET, 0), lm.make_set(tok, lm.RETAIN, 10), lm.make_set(tok, lm.TEST, 100)
-    )
-    return tok, lm.original.__wrapped__(tok, split)
+def setup(tokenizer, original):
+    """(tokenizer, the fine-tuned tiny Llama): the fixtures of tests/conftest.py."""
+    return tokenizer, original
 
 
 def text_logps(model, tok, text: str) -> np.ndarray:

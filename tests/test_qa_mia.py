@@ -10,7 +10,6 @@ import pytest
 import test_lm_methods as lm
 import torch
 
-from unlearnkit.data.splits import Split
 from unlearnkit.data.text import answer_ids, prompt_ids
 from unlearnkit.errors import DataError
 from unlearnkit.metrics.qa_mia import qa_gradnorm_scores, qa_mia, tofu_privleak
@@ -24,12 +23,9 @@ HOLDOUT = [{"question": q, "answer": a} for q, a in lm.TEST + lm.RETAIN[2:]]
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tok = lm.make_tokenizer()
-    split = Split(
-        lm.make_set(tok, lm.FORGET, 0), lm.make_set(tok, lm.RETAIN, 10), lm.make_set(tok, lm.TEST, 100)
-    )
-    return tok, lm.original.__wrapped__(tok, split)
+def setup(tokenizer, original):
+    """(tokenizer, the fine-tuned tiny Llama): the fixtures of tests/conftest.py."""
+    return tokenizer, original
 
 
 def token_logps(model, tok, rec) -> np.ndarray:

@@ -11,7 +11,6 @@ import copy
 import math
 
 import pytest
-import test_lm_methods as lm
 import torch
 from test_lm_methods import (
     answer_len,
@@ -23,7 +22,6 @@ from test_lm_methods import (
     token_mean_nll,
 )
 
-from unlearnkit.data.splits import Split
 from unlearnkit.methods.ceu import CEU, CEUConfig
 from unlearnkit.methods.idknll import IdkNLL, IdkNLLConfig
 from unlearnkit.methods.pdu import PDU, PDUConfig
@@ -35,23 +33,7 @@ from unlearnkit.methods.wga import WGA, WGAConfig
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return lm.make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def split(tokenizer) -> Split:
-    return Split(
-        lm.make_set(tokenizer, lm.FORGET, 0),
-        lm.make_set(tokenizer, lm.RETAIN, 10),
-        lm.make_set(tokenizer, lm.TEST, 100),
-    )
-
-
-@pytest.fixture(scope="module")
-def original(tokenizer, split):
-    return lm.original.__wrapped__(tokenizer, split)  # the same fine-tuned tiny Llama
+# tokenizer, split, original: the tiny-Llama fixtures of tests/conftest.py
 
 
 def units(model, batch, shift: bool = True) -> list[list[tuple[torch.Tensor, int]]]:
