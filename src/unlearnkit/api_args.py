@@ -21,19 +21,10 @@ from unlearnkit.data.user import check_label_range
 from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError
+from unlearnkit.methods.retrain import RECIPE_KEYS
 from unlearnkit.models.hf_vision import HFImageClassifier, is_image_classifier
 
 API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
-RECIPE_KEYS = (
-    "epochs",
-    "lr",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "scheduler",
-    "milestones",
-    "max_grad_norm",
-)
 RUN_FILES = ("receipt.json", "results.json", "model.safetensors")
 
 

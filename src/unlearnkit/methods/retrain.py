@@ -10,6 +10,18 @@ from unlearnkit.families.base import reinitialize
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.registry import register_method
 
+# the training recipe's fields: what retrain takes from the original's, and what the API reports it used
+RECIPE_KEYS = (
+    "epochs",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "scheduler",
+    "milestones",
+    "max_grad_norm",
+)
+
 
 @dataclass
 class RetrainConfig(MethodConfig):
@@ -43,16 +55,7 @@ class Retrain(Method):
     def run(self, task: Task) -> FitResult:
         if self.cfg.use_train_recipe and task.train_spec is not None:
             spec = task.train_spec
-            for k in (
-                "epochs",
-                "lr",
-                "optimizer",
-                "momentum",
-                "weight_decay",
-                "scheduler",
-                "milestones",
-                "max_grad_norm",
-            ):
+            for k in RECIPE_KEYS:
                 setattr(self.cfg, k, getattr(spec, k))
         if task.model_factory is not None:
             fresh = task.model_factory()
