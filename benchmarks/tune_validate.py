@@ -6,10 +6,13 @@ Worlds (all offline): ``digits`` (scikit-learn digits, the MLP the presets were 
 ``signals`` (noisy sine classes, a 1-D CNN with BatchNorm; never used for tuning). For each seed the
 original and the oracle (retrained on the retain set) are trained with the same recipe and initialisation.
 
-    python benchmarks/tune_validate.py [--worlds digits,tabular,signals] [--seeds 3] [--methods ga,rl]
+    python benchmarks/tune_validate.py [--worlds digits,tabular,signals] [--seeds 3] [--first-seed 0]
+                                       [--methods ga,rl]
                                        [--out tune-validate.json]
 
-Prints one Markdown table per world: mean ± std of the Avg. Gap over seeds, per method and setting.
+Prints one Markdown table per world: mean ± std of the Avg. Gap over seeds, per method and setting, and
+tune − default paired by seed. ``--table A.json B.json`` re-prints the tables of saved runs (e.g. seeds run
+in parts with ``--first-seed``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -120,9 +124,16 @@ def train(build, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
 
 
 def main() -> None:
+    if (
+        len(sys.argv) > 2 and sys.argv[1] == "--table"
+    ):  # re-print the tables of saved runs: --table A.json B.json
+        rows = [r for f in sys.argv[2:] for r in json.loads(Path(f).read_text())]
+        table(rows, list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none")))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worlds", default="digits,tabular,signals,gratings")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+seeds-1")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="tune-validate.json")
     args = ap.parse_args()
@@ -141,7 +152,7 @@ def main() -> None:
     methods = args.methods.split(",")
     rows: list[dict[str, Any]] = []
     for wname in args.worlds.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             build, x, y, xt, yt, k = world(wname, seed)
             split = random_split(ExampleSet({"x": x, "y": y}), ExampleSet({"x": xt, "y": yt}), 0.1, seed)
             fam = VisionFamily(num_classes=k)
@@ -198,25 +209,32 @@ def main() -> None:
 
 
 def table(rows: list[dict[str, Any]], methods: list[str]) -> None:
+    """Per world: mean ± std over seeds of each setting, and tune − default paired by seed (mean ± standard
+    error: the seeds share the original, the oracle and the forget set, so the pairs carry less noise)."""
     for wname in dict.fromkeys(r["world"] for r in rows):
         print(f"\n### {wname} (Avg. Gap to retrain, mean ± std over seeds; lower is better)\n")
-        print("| method | paper default | digits preset | tune |")
-        print("|---|---|---|---|")
+        print("| method | paper default | digits preset | tune | tune − default (± s.e.) |")
+        print("|---|---|---|---|---|")
         none = [r["gap"] for r in rows if r["world"] == wname and r["method"] == "none"]
-        print(f"| (no unlearning) | {fmt(none)} | | |")
+        print(f"| (no unlearning) | {fmt(none)} | | | |")
+        wins = 0
         for m in methods:
-            cells = []
-            for setting in ("default", "preset", "tune"):
-                cells.append(
-                    fmt(
-                        [
-                            r["gap"]
-                            for r in rows
-                            if (r["world"], r["method"], r["setting"]) == (wname, m, setting)
-                        ]
-                    )
-                )
+            gap = {
+                setting: {
+                    r["seed"]: r["gap"]
+                    for r in rows
+                    if (r["world"], r["method"], r["setting"]) == (wname, m, setting)
+                }
+                for setting in ("default", "preset", "tune")
+            }
+            cells = [fmt(list(gap[setting].values())) for setting in ("default", "preset", "tune")]
+            diff = [gap["tune"][s] - gap["default"][s] for s in gap["tune"] if s in gap["default"]]
+            diff = [d for d in diff if not np.isnan(d)]
+            se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
+            cells.append(f"{statistics.mean(diff):+.2f} ± {se:.2f}" if diff else "")
+            wins += bool(diff) and statistics.mean(diff) < 0
             print(f"| {m} | " + " | ".join(cells) + " |")
+        print(f"\ntune below the paper default for {wins} of {len(methods)} methods")
 
 
 def fmt(values: list[float]) -> str:
