@@ -29,6 +29,8 @@ Methods and the checkpointing setting are interleaved over ``--repeats`` (load d
 are printed, and each method's ratios to ESD-x under the same setting.
 
     python benchmarks/sd_cost.py [--size small|sd14] [--repeats 2] [--steps 4] [--device auto|cpu|cuda]
+                                 [--sample 16]   # a smaller latent: the sd14 weights at 128 px, for a CPU
+                                 [--methods esd,advunlearn,advunlearn@retain_chunk=1]   # name@option=value
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-METHODS = ("esd", "uce", "fmn", "advunlearn", "advunlearn_fast", "salun")
+METHODS = ("esd", "uce", "fmn", "advunlearn", "advunlearn@retain_chunk=1", "advunlearn_fast", "salun")
 CONCEPT, ANCHOR = "a photo of a cat", "a photo of a dog"
 RETAIN = ("a photo of a dog", "a photo of a car", "a church", "a red apple", "a landscape painting")
 
@@ -76,7 +78,7 @@ def byte_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def build_model(size: str, tok, seed: int = 0):
+def build_model(size: str, tok, seed: int = 0, sample: int | None = None):
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -84,7 +86,7 @@ def build_model(size: str, tok, seed: int = 0):
     from unlearnkit.models.sd import LatentT2IModel
 
     torch.manual_seed(seed)
-    u = UNET[size]
+    u = UNET[size] | ({"sample_size": sample} if sample else {})
     unet = UNet2DConditionModel(in_channels=4, out_channels=4, layers_per_block=2, attention_head_dim=8, **u)
     te = CLIPTextModel(
         CLIPTextConfig(
@@ -103,7 +105,9 @@ def build_model(size: str, tok, seed: int = 0):
     return LatentT2IModel(unet, te, vae, sched, tok)
 
 
-def child(name: str, size: str, steps: int, batch: int, ckpt: bool, device: str) -> dict[str, float]:
+def child(
+    name: str, size: str, steps: int, batch: int, ckpt: bool, device: str, sample: int | None = None
+) -> dict[str, float]:
     import gc
     import resource
     import time
@@ -124,9 +128,12 @@ def child(name: str, size: str, steps: int, batch: int, ckpt: bool, device: str)
     )
     tmp = Path(tempfile.mkdtemp())
     tok = byte_tokenizer(tmp / "tokenizer")
-    model = apply_memory_options(build_model(size, tok), gradient_checkpointing=ckpt).to(dev)
+    model = apply_memory_options(build_model(size, tok, sample=sample), gradient_checkpointing=ckpt).to(dev)
+    name, *options = name.split("@")  # e.g. advunlearn@retain_chunk=1: a method option
     cls = get_method(name)
-    cfg = cls.Config(epochs=1, batch_size=batch)
+    cfg = cls.Config(
+        epochs=1, batch_size=batch, **{k: json.loads(v) for k, v in (o.split("=") for o in options)}
+    )
     n = batch * (steps + 2)
     data = load_prompt_set([CONCEPT] * n, retain_prompts=list(RETAIN) * n, tokenizer=str(tmp / "tokenizer"))
     family = DiffusionFamily(relabel_map={CONCEPT: ANCHOR}, tokenizer=tok, max_length=77)
@@ -179,6 +186,7 @@ def child(name: str, size: str, steps: int, batch: int, ckpt: bool, device: str)
 def _run(args, m: str, ckpt: bool) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", m, "--size", args.size, "--steps", str(args.steps)]
     cmd += ["--batch", str(args.batch), "--device", args.device] + (["--ckpt"] if ckpt else [])
+    cmd += ["--sample", str(args.sample)] if args.sample else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{m} (checkpointing {ckpt}) failed:\n{out.stderr[-3000:]}")
@@ -192,32 +200,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--sample", type=int, default=None, help="latent side (default: the size's; 64 for sd14)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.size, args.steps, args.batch, args.ckpt, args.device)))
+        res = child(args.child, args.size, args.steps, args.batch, args.ckpt, args.device, args.sample)
+        print(json.dumps(res))
         return
     methods = [m for m in args.methods.split(",") if m]
     # UCE has no backward pass; FMN's attention recording refuses gradient checkpointing
-    settings = [(m, c) for c in (False, True) for m in methods if not (c and m in ("uce", "fmn"))]
+    settings = [
+        (m, c) for c in (False, True) for m in methods if not (c and m.split("@")[0] in ("uce", "fmn"))
+    ]
     runs: dict[tuple[str, bool], list[dict]] = {s: [] for s in settings}
     for _ in range(args.repeats):
         for s in settings:
             runs[s].append(_run(args, *s))
-            print(f"  {s[0]:<16} ckpt={s[1]!s:<5} {json.dumps(runs[s][-1])}", file=sys.stderr, flush=True)
+            print(f"  {s[0]:<28} ckpt={s[1]!s:<5} {json.dumps(runs[s][-1])}", file=sys.stderr, flush=True)
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("s_per_it", "growth_mb", "peak_mb")}
            for s, rs in runs.items()}  # fmt: skip
     dev = runs[settings[0]][0]["device"]
-    print(f"SD cost, size {args.size}, {dev}, batch {args.batch}, {args.steps} timed steps, ", end="")
-    print(f"{args.repeats} repeats")
-    print(f"{'method':<16}{'ckpt':>5}{'s/iter':>9}{'mem MB':>9}{'peak MB':>9}", end="")
+    side = args.sample or UNET[args.size]["sample_size"]
+    print(f"SD cost, size {args.size}, latent {side}x{side}, {dev}, batch {args.batch}, ", end="")
+    print(f"{args.steps} timed steps, {args.repeats} repeats")
+    print(f"{'method':<28}{'ckpt':>5}{'s/iter':>9}{'mem MB':>9}{'peak MB':>9}", end="")
     print(f"{'time/ESD':>10}{'mem/ESD':>9}{'peak/ESD':>10}")
     for m, c in settings:
         r, e = med[(m, c)], med[("esd", c)]
         t, g = r["s_per_it"] / e["s_per_it"], r["growth_mb"] / max(e["growth_mb"], 1e-9)
-        row = f"{m:<16}{'on' if c else 'off':>5}{r['s_per_it']:>9.3f}{r['growth_mb']:>9.0f}"
+        row = f"{m:<28}{'on' if c else 'off':>5}{r['s_per_it']:>9.3f}{r['growth_mb']:>9.0f}"
         print(f"{row}{r['peak_mb']:>9.0f}{t:>10.2f}{g:>9.2f}{r['peak_mb'] / e['peak_mb']:>10.2f}")
     for m in methods:
         if (m, True) in med:

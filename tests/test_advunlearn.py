@@ -29,7 +29,7 @@ from unlearnkit.attacks.prompt import (
 )
 from unlearnkit.data.shapes import vocabulary
 from unlearnkit.engine.loop import Engine, EngineConfig, StepContext
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.methods.advunlearn import (
     AdvUnlearn,
     AdvUnlearnConfig,
@@ -217,6 +217,41 @@ def test_text_anchor_ties_retain_caption_states_to_the_original(data, model):
     assert logs["anchor"] == pytest.approx(want, rel=1e-5)
     off, _ = _prepared(data, build_t2i(data, preset="tiny", seed=0), attack_steps=0, text_anchor=0)
     assert len(off._null) == 1  # text_anchor=0: only the empty caption is anchored (as before)
+
+
+def test_retain_chunks_give_the_whole_batch_gradient(data, model):
+    """retain_chunk back-propagates the retain pass in micro-batches: the same loss and gradient."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads, logs = [], []
+    for chunk in (None, 1, 2):
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+        method, batch = _prepared(data, model, attack_steps=0, retain_chunk=chunk)
+        with torch.no_grad():  # move the student off the cached teacher: the retain term gets a gradient
+            for i, p in enumerate(model.text_encoder.encoder.parameters()):
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+        early: list[torch.Tensor] = []
+
+        def backward(term: torch.Tensor, seen: list = early) -> None:
+            seen.append(term)
+            term.backward()
+
+        ctx = StepContext(0, 1, 0, "advunlearn", torch.Generator().manual_seed(3), backward)
+        loss, log = method.loss(batch, ctx)
+        loss.backward()
+        assert len(early) == 1 + (0 if chunk is None else -(-3 // chunk))  # the adversarial term, the chunks
+        logs.append((float(loss.detach()), log["retain"]))
+        grads.append(
+            {n: p.grad.clone() for n, p in model.text_encoder.named_parameters() if p.grad is not None}
+        )
+    assert logs[0][1] > 0 and grads[0]
+    for g, lg in zip(grads[1:], logs[1:], strict=True):
+        assert lg == pytest.approx(logs[0], rel=1e-5)
+        assert g.keys() == grads[0].keys()
+        for n in g:
+            torch.testing.assert_close(g[n], grads[0][n], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ConfigError, match="retain_chunk"):
+        AdvUnlearnConfig(retain_chunk=0).check()
 
 
 def test_teacher_outputs_are_cached_original_encoder(data, model):

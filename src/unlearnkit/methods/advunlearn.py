@@ -17,7 +17,9 @@ adversarial soft prefix (:func:`unlearnkit.attacks.prompt.soft_prompt_attack`):
   the retain captions) are computed once in ``prepare`` and cached — no second model is held at all.
   The adversarial term is back-propagated (``StepContext.backward``) before the retain pass runs, so only
   one UNet graph is alive at a time: peak memory 1.11× ESD-x's (1.35× when both graphs were kept;
-  ``benchmarks/advunlearn_cost.py``), iteration time 2.9×.
+  ``benchmarks/advunlearn_cost.py``), iteration time 2.9×. ``retain_chunk`` splits the retain pass into
+  micro-batches, each back-propagated at once (the same gradient; the retain batch of 5 is otherwise the
+  largest graph of the step).
 - The utility term follows the reference's ``reg`` mode (γ = 0.5 for objects, AdvUnlearn issue #7): retain
   captions, with x_r a retain image noised to a random t (``xt_source="data"``, like our ESD default; the
   reference samples x_r with DDIM). Because the unconditional branch of CFG also goes through TE_φ, the
@@ -133,6 +135,7 @@ class AdvUnlearnConfig(MethodConfig):
     attack_bound: float | None = None
     attack_length: str = "uniform"
     text_anchor: int = 16
+    retain_chunk: int | None = None  # micro-batch of the ε-space retain pass (None: the whole retain batch)
     warmup_steps: int = 0
     start_guidance: float = 3.0  # x_t of a prompt set (no images): DDIM at this guidance ...
     ddim_steps: int = 25  # ... with this many steps, stopped at a random one
@@ -145,6 +148,8 @@ class AdvUnlearnConfig(MethodConfig):
             raise ConfigError(f"attack_init must be 'latest' or 'random', got {self.attack_init!r}")
         if self.text_anchor < 0:
             raise ConfigError(f"text_anchor must be >= 0, got {self.text_anchor}")
+        if self.retain_chunk is not None and (isinstance(self.retain_chunk, bool) or self.retain_chunk < 1):
+            raise ConfigError(f"retain_chunk must be null or an int >= 1, got {self.retain_chunk!r}")
         if self.retain_weight < 0:
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
         if self.attack_length not in ("fixed", "uniform"):
@@ -281,11 +286,8 @@ class AdvUnlearn(Method):
             c_adv = model.encode(ids)
         # back-propagated now: its UNet graph is freed before the retain pass builds its own (peak memory)
         unlearn = ctx.backward(F.mse_loss(unet(x_t, t, encoder_hidden_states=c_adv).sample, target))
-        r_ids = retain["input_ids"]
         x_r, t_r = self._noised(retain, ctx.generator)
-        with torch.no_grad():
-            eps_r0 = unet(x_r, t_r, encoder_hidden_states=self.teacher_context(r_ids)).sample
-        keep = F.mse_loss(unet(x_r, t_r, encoder_hidden_states=model.encode(r_ids)).sample, eps_r0)
+        keep, keep_value = self._keep(x_r, t_r, retain["input_ids"], ctx)
         anchor = self._null
         if cfg.text_anchor:
             caps = self._retain_captions
@@ -293,14 +295,37 @@ class AdvUnlearn(Method):
             anchor = torch.cat([anchor, caps[pick]])
         keep_text = F.mse_loss(model.encode(anchor), self.teacher_context(anchor))
         self.outer_steps += 1
-        loss = unlearn + cfg.retain_weight * (keep + keep_text)
+        loss = unlearn + keep + cfg.retain_weight * keep_text
         logs = {
             "unlearn": float(unlearn.detach()),
-            "retain": float(keep.detach()),
+            "retain": keep_value,
             "anchor": float(keep_text.detach()),
             "adv_tokens": float(n_tok if adversarial else 0),
         }
         return loss, logs
+
+    def _keep(
+        self, x_r: torch.Tensor, t_r: torch.Tensor, r_ids: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, float]:
+        """γ ‖ε_θ(x_r, TE_φ(c_r), t) − ε_θ(x_r, TE_o(c_r), t)‖² (to add to the loss) and the norm's value.
+
+        With ``retain_chunk`` the retain batch goes through the UNet in micro-batches, each weighted by its
+        share of the batch and back-propagated at once (``StepContext.backward``): the same gradient, with
+        one micro-batch's UNet graph alive instead of the whole batch's (at the SD v1.4 size the retain batch
+        of 5 is the largest graph of the step)."""
+        unet, n, w = self.model.unet, len(r_ids), self.cfg.retain_weight
+        size = min(self.cfg.retain_chunk or n, n)
+        total: torch.Tensor | float = 0.0
+        value = 0.0
+        for s in range(0, n, size):
+            x, t, ids = x_r[s : s + size], t_r[s : s + size], r_ids[s : s + size]
+            with torch.no_grad():
+                eps_r0 = unet(x, t, encoder_hidden_states=self.teacher_context(ids)).sample
+            eps_r = unet(x, t, encoder_hidden_states=self.model.encode(ids)).sample
+            term = F.mse_loss(eps_r, eps_r0) * (len(ids) / n)  # equal-sized items: the batch mean's share
+            total = total + (ctx.backward(w * term) if size < n else w * term)
+            value += float(term.detach())
+        return total, value
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase("advunlearn", ("forget", "retain"), self.loss, driver="forget")]
