@@ -122,7 +122,6 @@ def child(
     from unlearnkit.models.sd import apply_memory_options
     from unlearnkit.registry import get_method
 
-    torch.set_num_threads(1)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
     )
@@ -183,13 +182,24 @@ def child(
     }
 
 
-def _run(args, m: str, ckpt: bool) -> dict[str, float]:
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _run(args, m: str, ckpt: bool) -> dict[str, float] | None:
+    """One measurement in a fresh process; None (and its error on stderr) if it failed, e.g. out of memory."""
     cmd = [sys.executable, __file__, "--child", m, "--size", args.size, "--steps", str(args.steps)]
     cmd += ["--batch", str(args.batch), "--device", args.device] + (["--ckpt"] if ckpt else [])
-    cmd += ["--sample", str(args.sample)] if args.sample else []
+    cmd += ["--threads", str(args.threads)] + (["--sample", str(args.sample)] if args.sample else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"{m} (checkpointing {ckpt}) failed:\n{out.stderr[-3000:]}")
+        print(
+            f"{m} (checkpointing {ckpt}) failed, exit {out.returncode}:\n{out.stderr[-2000:]}",
+            file=sys.stderr,
+        )
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -202,38 +212,49 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sample", type=int, default=None, help="latent side (default: the size's; 64 for sd14)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each measurement")
+    ap.add_argument("--ckpt-settings", choices=("both", "off", "on"), default="both")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        torch_threads(args.threads)
         res = child(args.child, args.size, args.steps, args.batch, args.ckpt, args.device, args.sample)
         print(json.dumps(res))
         return
     methods = [m for m in args.methods.split(",") if m]
     # UCE has no backward pass; FMN's attention recording refuses gradient checkpointing
-    settings = [
-        (m, c) for c in (False, True) for m in methods if not (c and m.split("@")[0] in ("uce", "fmn"))
-    ]
+    ckpts = {"both": (False, True), "off": (False,), "on": (True,)}[args.ckpt_settings]
+    settings = [(m, c) for c in ckpts for m in methods if not (c and m.split("@")[0] in ("uce", "fmn"))]
     runs: dict[tuple[str, bool], list[dict]] = {s: [] for s in settings}
     for _ in range(args.repeats):
         for s in settings:
-            runs[s].append(_run(args, *s))
-            print(f"  {s[0]:<28} ckpt={s[1]!s:<5} {json.dumps(runs[s][-1])}", file=sys.stderr, flush=True)
+            res = _run(args, *s)
+            if res is not None:
+                runs[s].append(res)
+            print(f"  {s[0]:<28} ckpt={s[1]!s:<5} {json.dumps(res)}", file=sys.stderr, flush=True)
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("s_per_it", "growth_mb", "peak_mb")}
-           for s, rs in runs.items()}  # fmt: skip
-    dev = runs[settings[0]][0]["device"]
+           for s, rs in runs.items() if rs}  # fmt: skip
+    dev = next((rs[0]["device"] for rs in runs.values() if rs), args.device)
     side = args.sample or UNET[args.size]["sample_size"]
     print(f"SD cost, size {args.size}, latent {side}x{side}, {dev}, batch {args.batch}, ", end="")
     print(f"{args.steps} timed steps, {args.repeats} repeats")
     print(f"{'method':<28}{'ckpt':>5}{'s/iter':>9}{'mem MB':>9}{'peak MB':>9}", end="")
     print(f"{'time/ESD':>10}{'mem/ESD':>9}{'peak/ESD':>10}")
     for m, c in settings:
+        if (m, c) not in med or ("esd", c) not in med:
+            print(
+                f"{m:<28}{'on' if c else 'off':>5}  failed (see above)"
+                if (m, c) not in med
+                else f"{m}: no ESD-x"
+            )
+            continue
         r, e = med[(m, c)], med[("esd", c)]
         t, g = r["s_per_it"] / e["s_per_it"], r["growth_mb"] / max(e["growth_mb"], 1e-9)
         row = f"{m:<28}{'on' if c else 'off':>5}{r['s_per_it']:>9.3f}{r['growth_mb']:>9.0f}"
         print(f"{row}{r['peak_mb']:>9.0f}{t:>10.2f}{g:>9.2f}{r['peak_mb'] / e['peak_mb']:>10.2f}")
     for m in methods:
-        if (m, True) in med:
+        if (m, True) in med and (m, False) in med:
             on, off = med[(m, True)], med[(m, False)]
             print(f"checkpointing, {m}: time {on['s_per_it'] / off['s_per_it']:.2f}x, memory growth "
                   f"{on['growth_mb'] / max(off['growth_mb'], 1e-9):.2f}x")  # fmt: skip
