@@ -19,7 +19,8 @@ adversarial soft prefix (:func:`unlearnkit.attacks.prompt.soft_prompt_attack`):
   one UNet graph is alive at a time: peak memory 1.11× ESD-x's (1.35× when both graphs were kept;
   ``benchmarks/advunlearn_cost.py``), iteration time 2.9×. ``retain_chunk`` splits the retain pass into
   micro-batches, each back-propagated at once (the same gradient; the retain batch of 5 is otherwise the
-  largest graph of the step).
+  largest graph of the step). At the SD v1.4 size, 512 px, on a CPU with ``retain_chunk=1``: 4.04× ESD-x's
+  iteration time, 1.16× its peak memory (``benchmarks/sd_cost.py``).
 - The utility term follows the reference's ``reg`` mode (γ = 0.5 for objects, AdvUnlearn issue #7): retain
   captions, with x_r a retain image noised to a random t (``xt_source="data"``, like our ESD default; the
   reference samples x_r with DDIM). Because the unconditional branch of CFG also goes through TE_φ, the
