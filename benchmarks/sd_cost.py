@@ -30,7 +30,7 @@ are printed, and each method's ratios to ESD-x under the same setting.
 
     python benchmarks/sd_cost.py [--size small|sd14] [--repeats 2] [--steps 4] [--device auto|cpu|cuda]
                                  [--sample 16]   # a smaller latent: the sd14 weights at 128 px, for a CPU
-                                 [--methods esd,advunlearn,advunlearn@retain_chunk=1]   # name@option=value
+                                 [--methods esd,advunlearn,advunlearn@retain_chunk=null]   # name@option=value
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-METHODS = ("esd", "uce", "fmn", "advunlearn", "advunlearn@retain_chunk=1", "advunlearn_fast", "salun")
+METHODS = ("esd", "uce", "fmn", "advunlearn", "advunlearn@retain_chunk=null", "advunlearn_fast", "salun")
 CONCEPT, ANCHOR = "a photo of a cat", "a photo of a dog"
 RETAIN = ("a photo of a dog", "a photo of a car", "a church", "a red apple", "a landscape painting")
 

@@ -16,6 +16,7 @@ from t2i_helpers import red_circle_task as _task
 from t2i_helpers import small_shapes
 from torch import nn
 
+import unlearnkit.methods.advunlearn as advunlearn_module
 from unlearnkit.attacks.prompt import (
     attack_timesteps,
     encode_embeds,
@@ -219,7 +220,7 @@ def test_text_anchor_ties_retain_caption_states_to_the_original(data, model):
     assert len(off._null) == 1  # text_anchor=0: only the empty caption is anchored (as before)
 
 
-def test_retain_chunks_give_the_whole_batch_gradient(data, model):
+def test_retain_chunks_give_the_whole_batch_gradient(data, model, monkeypatch):
     """retain_chunk back-propagates the retain pass in micro-batches: the same loss and gradient."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grads, logs = [], []
@@ -252,6 +253,10 @@ def test_retain_chunks_give_the_whole_batch_gradient(data, model):
             torch.testing.assert_close(g[n], grads[0][n], rtol=1e-4, atol=1e-7)
     with pytest.raises(ConfigError, match="retain_chunk"):
         AdvUnlearnConfig(retain_chunk=0).check()
+    # "auto" (the default): the whole batch on a small UNet, one prompt at a time on an SD-sized one
+    assert _prepared(data, model)[0]._chunk is None
+    monkeypatch.setattr(advunlearn_module, "AUTO_CHUNK_PARAMS", 1000)
+    assert _prepared(data, model)[0]._chunk == 1
 
 
 def test_teacher_outputs_are_cached_original_encoder(data, model):

@@ -19,7 +19,8 @@ adversarial soft prefix (:func:`unlearnkit.attacks.prompt.soft_prompt_attack`):
   one UNet graph is alive at a time: peak memory 1.11× ESD-x's (1.35× when both graphs were kept;
   ``benchmarks/advunlearn_cost.py``), iteration time 2.9×. ``retain_chunk`` splits the retain pass into
   micro-batches, each back-propagated at once (the same gradient; the retain batch of 5 is otherwise the
-  largest graph of the step). At the SD v1.4 size, 512 px, on a CPU with ``retain_chunk=1``: 4.04× ESD-x's
+  largest graph of the step); its default ``"auto"`` does so, one prompt at a time, on an SD-sized UNet.
+  At the SD v1.4 size, 512 px, on a CPU with ``retain_chunk=1``: 4.04× ESD-x's
   iteration time, 1.16× its peak memory (``benchmarks/sd_cost.py``).
 - The utility term follows the reference's ``reg`` mode (γ = 0.5 for objects, AdvUnlearn issue #7): retain
   captions, with x_r a retain image noised to a random t (``xt_source="data"``, like our ESD default; the
@@ -109,6 +110,13 @@ def text_encoder_param_names(model: torch.nn.Module, train_layers: str = "all") 
     return names
 
 
+# retain_chunk="auto" micro-batches the retain pass above this UNet size (SD v1.x: 860M; the worlds: < 1M).
+# Measured with benchmarks/sd_cost.py on a CPU: at the SD v1.4 size (512 px) the whole retain batch of 5
+# takes AdvUnlearn's peak memory well past 1.3x ESD-x's, one prompt at a time 1.16x; on the small config it
+# costs 1.12x the time for no need.
+AUTO_CHUNK_PARAMS = 100_000_000
+
+
 @dataclass
 class AdvUnlearnConfig(MethodConfig):
     """Reference defaults (SD 1.4): 1000 iterations of batch 1, lr 1e-5, η=1, γ=0.3–0.5, retain batch 5,
@@ -136,7 +144,9 @@ class AdvUnlearnConfig(MethodConfig):
     attack_bound: float | None = None
     attack_length: str = "uniform"
     text_anchor: int = 16
-    retain_chunk: int | None = None  # micro-batch of the ε-space retain pass (None: the whole retain batch)
+    # micro-batch of the ε-space retain pass: an int, None (the whole retain batch) or "auto" (1 when the UNet
+    # is Stable-Diffusion sized, over AUTO_CHUNK_PARAMS parameters; the whole batch on smaller models)
+    retain_chunk: int | str | None = "auto"
     warmup_steps: int = 0
     start_guidance: float = 3.0  # x_t of a prompt set (no images): DDIM at this guidance ...
     ddim_steps: int = 25  # ... with this many steps, stopped at a random one
@@ -149,8 +159,9 @@ class AdvUnlearnConfig(MethodConfig):
             raise ConfigError(f"attack_init must be 'latest' or 'random', got {self.attack_init!r}")
         if self.text_anchor < 0:
             raise ConfigError(f"text_anchor must be >= 0, got {self.text_anchor}")
-        if self.retain_chunk is not None and (isinstance(self.retain_chunk, bool) or self.retain_chunk < 1):
-            raise ConfigError(f"retain_chunk must be null or an int >= 1, got {self.retain_chunk!r}")
+        c = self.retain_chunk
+        if not (c is None or c == "auto" or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
+            raise ConfigError(f"retain_chunk must be 'auto', null or an int >= 1, got {c!r}")
         if self.retain_weight < 0:
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
         if self.attack_length not in ("fixed", "uniform"):
@@ -186,6 +197,10 @@ class AdvUnlearn(Method):
         names = set(text_encoder_param_names(model, self.cfg.train_layers))
         self.train_only(model, names)
         model.unet.requires_grad_(False)
+        self._chunk = self.cfg.retain_chunk
+        if self._chunk == "auto":  # batched is faster on a small UNet; at SD size its graph sets the peak
+            big = sum(p.numel() for p in model.unet.parameters()) > AUTO_CHUNK_PARAMS
+            self._chunk = 1 if big else None
         dev = next(model.parameters()).device
         self._null = encode_prompts(model, [""]).to(dev)
         rows = [self._null]
@@ -315,7 +330,7 @@ class AdvUnlearn(Method):
         one micro-batch's UNet graph alive instead of the whole batch's (at the SD v1.4 size the retain batch
         of 5 is the largest graph of the step)."""
         unet, n, w = self.model.unet, len(r_ids), self.cfg.retain_weight
-        size = min(self.cfg.retain_chunk or n, n)
+        size = min(self._chunk or n, n)
         total: torch.Tensor | float = 0.0
         value = 0.0
         for s in range(0, n, size):
