@@ -232,6 +232,14 @@ def test_fmn_and_advunlearn_run_on_a_prompt_set_and_save_images(sd, tmp_path):
     after = load_file(out / "model.safetensors")
     te = {f"text_encoder.{k}": v for k, v in load_sd(sd).text_encoder.state_dict().items()}
     assert _changed(te, after) and not _changed(before, after)
+    # one retain prompt at a time (what retain_chunk="auto" picks on an SD-sized UNet) on the SD layout: the
+    # text encoder alone trains, to the same weights (the gradient's equality: test_advunlearn.py)
+    args = ("eval.judge=none", "method.epochs=1", "method.ddim_steps=2", "method.retain_chunk=1")
+    assert _unlearn("diffusion/advunlearn", sd, tmp_path / "adv1", *args) == 0
+    chunked = load_file(tmp_path / "adv1" / "model.safetensors")
+    assert not _changed(before, chunked) and set(_changed(te, chunked)) == set(_changed(te, after))
+    for k in _changed(te, after):
+        torch.testing.assert_close(chunked[k], after[k], rtol=1e-4, atol=1e-5)
 
 
 def test_latent_ddim_matches_diffusers_ddim_without_clamping(sd):
