@@ -28,11 +28,15 @@ def test_random_forgetting_score_by_hand():
 
 
 def test_class_forgetting_score_by_hand():
-    s = {"UA": 50.0, "RA": 100.0, "TA": 100.0, "TA_forgotten": 20.0}
+    s = {"UA": 50.0, "MIA": 70.0, "RA": 100.0, "TA": 97.0, "TA_forgotten": 20.0}
     s |= {"n_forget": 100, "n_retain": 300, "n_test": 300, "n_test_forgotten": 100}
-    chance_tol = 200 * math.sqrt(0.25 * 0.75 / 100)
-    want = (max(0, 50 - 25 - chance_tol) + 0 + 0 + 0) / 4  # TA_forgotten 20% is below chance: no penalty
+    # a model that never saw the class: accuracy 0 on its training and test examples, MIA-Efficacy 100;
+    # TA fell from 100 to 97: past the spread of 300 test examples at 100% (floored at p(1-p) = 0.25/n)
+    d_ta = 100 - 97 - 200 * math.sqrt((0.25 / 300) / 300)
+    want = ((100 - 50) + (100 - 70) + 20 + 0 + d_ta) / 5
     assert score(s, {"RA": 100.0, "TA": 100.0}, "class", 4) == pytest.approx(want)
+    # at chance (25% of 4 classes) the class is not forgotten yet: a model retrained without it scores 0
+    assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class", 4) > 0
 
 
 @pytest.fixture(scope="module")

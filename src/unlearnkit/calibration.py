@@ -10,13 +10,18 @@ to avoid), so ``tune`` scores each trial with signals that need none:
   (UA ≈ 100 − TA), and the membership attack's verdict on the forget set = its verdict on held-out
   examples (the SVC MIA of the SalUn protocol; on held-out examples it is cross-fitted over two halves
   of the test set). RA and TA should not fall below the original's.
-- **class-wise forgetting**: the class should be at chance or below (forget accuracy and the class's own
-  test accuracy ≤ 100/K), while RA and TA keep the original's level.
+- **class-wise forgetting**: a model that never saw the class never predicts it: accuracy 0 on the
+  class's training and test examples, and the membership attack calls all of them non-members
+  (MIA-Efficacy 100, SalUn's retrained rows), while RA and TA keep the original's level. "Chance or
+  below" is the bound; 0 is the target: a first version took any accuracy up to chance (100/K) as done and
+  stopped at the gentlest trial that reached it, which left the class at chance where the oracle is at 0:
+  on seeds 0–2 of the four worlds of ``benchmarks/tune_validate.py --classwise``, replayed on the same
+  trials, the mean Avg. Gap fell from 6.48 to 4.20 and tune beat the defaults in 31 of 36 cells, not 24.
 
 Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale. The
-forget-side terms of random forgetting are plain distances to their targets; the guards (RA and TA not
-below the original's, the class at or below chance) have a dead zone of two binomial standard deviations
-of the quantity compared (what the held-out set itself spreads), so noise alone is never penalised. (A
+forget-side terms are plain distances to their targets; the guards (RA and TA not below the original's)
+have a dead zone of two binomial standard deviations of the quantity compared (what the held-out set
+itself spreads), so noise alone is never penalised. (A
 dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
 by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
 ``max_trials`` (10) trials, each at half the method's epochs (a fraction of one run): a sweep of the step
@@ -37,9 +42,12 @@ trials were tried on the design worlds and left out: the chosen step at the full
 lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run), and SalUn's mask ratio at 0.1,
 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
 
-The validation at 10 seeds (README, docs/tune-validation.md): tune beats the paper defaults in 32 of 36
-cells over four worlds, all nine methods on the held-out one; the four misses are on *signals*, where the
-oracle's forget error sits 3.3 ± 1.4 points below the held-out prediction this calibration aims at.
+The validation at 10 seeds (README, docs/tune-validation.md): on random forgetting tune beats the paper
+defaults in 32 of 36 cells over four worlds, all nine methods on the held-out one; the four misses are on
+*signals*, whose one draw of data has a test set 5.2 ± 1.4 points harder than unseen training data (the
+oracle's forget error sits below the prediction this calibration aims at); with a fresh draw per seed two
+misses remain (FT, ℓ1-sparse, about one standard error). On class-wise forgetting, 32 of 36, the misses
+again on *signals*, where those defaults already sit within about a point of the oracle.
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
@@ -152,11 +160,10 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str, k: int
     """Distance of a trial's signals ``s`` from what unseen data would show (see the module docstring)."""
     keep_ra = max(0.0, original["RA"] - s["RA"] - _binom_pp(original["RA"], s["n_retain"]))
     keep_ta = max(0.0, original["TA"] - s["TA"] - _binom_pp(original["TA"], s["n_test"]))
-    if protocol == "class":
-        chance = 100.0 / k
-        terms = [max(0.0, (100.0 - s["UA"]) - chance - _binom_pp(chance, s["n_forget"]))]
+    if protocol == "class":  # a model that never saw the class: accuracy 0 on it, MIA-Efficacy 100
+        terms = [100.0 - s["UA"], 100.0 - s["MIA"]]
         if "TA_forgotten" in s:
-            terms.append(max(0.0, s["TA_forgotten"] - chance - _binom_pp(chance, s["n_test_forgotten"])))
+            terms.append(s["TA_forgotten"])
         return float(np.mean(terms + [keep_ra, keep_ta]))
     # fixed targets, from the original model: as a trial damages the model its own TA falls and its
     # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
