@@ -111,6 +111,30 @@ def test_cli_tune(tmp_path, capsys):
     assert "classifiers" in capsys.readouterr().err
 
 
+def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, capsys):
+    import yaml
+
+    from unlearnkit.cli import main
+
+    out = tmp_path / "run"
+    argv = ["unlearn", "--preset", "vision/ga", "--tune", "--max-trials", "2", "train.epochs=3"]
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # stdout stays the run's JSON; the trials went to stderr
+    assert "2 trials" in captured.err and "use: method.lr=" in captured.err
+    chosen = captured.err.split("use: method.lr=")[1].split()[0]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"]["lr"] in (pytest.approx(1e-4), pytest.approx(1e-3))  # a trial's step, not 0.01
+    assert f"{saved['method']['lr']:.4g}" == chosen
+    assert saved["method"]["epochs"] == 2  # half of the preset's 5: the trial's length
+    # the run reproduces the chosen trial (same seed, options and data): its UA as the table printed it
+    star = next(line for line in captured.err.splitlines() if line.startswith("* "))
+    assert float(star.split(" UA ")[1].split()[0]) == pytest.approx(metrics["UA"], abs=0.05)
+    # resuming would tune again (and change the config): refused, with what to do instead
+    assert main([*argv, "--out", str(out), "--resume"]) == 2
+    assert "without --tune" in capsys.readouterr().err
+
+
 def test_rl_and_salun_try_the_concat_form_unless_the_user_fixes_one(world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}

@@ -17,6 +17,7 @@ User errors (bad config, bad data, unknown names, missing files) print one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from unlearnkit.calibration import print_trials, tune_config
 from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.experiment import evaluate_model, make_setup, original_model, resolve_oracle, wants_oracle
 from unlearnkit.experiment.oracle_source import HOW
 from unlearnkit.io import save_weights
@@ -81,8 +82,13 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="resume although the config changed (both configs are recorded in the run folder)",
             )
-        if name == "tune":
-            sp.add_argument("--max-trials", type=int, default=10, help="trial budget (default 10)")
+            sp.add_argument(
+                "--tune",
+                action="store_true",
+                help="calibrate the method's lr and epochs first (as `unlearnkit tune`), then run with them",
+            )
+        if name in ("tune", "unlearn"):
+            sp.add_argument("--max-trials", type=int, default=10, help="tune's trial budget (default 10)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -202,6 +208,8 @@ def _cmd_list(args) -> int:
 
 def _cmd_unlearn(args) -> int:
     cfg = _load_cfg(args)
+    if args.tune:
+        cfg = _tuned(cfg, args)
     res = run_config(
         cfg,
         out=args.out,
@@ -215,6 +223,20 @@ def _cmd_unlearn(args) -> int:
     if args.out and not args.json:
         print(f"run written to {args.out}")
     return 0
+
+
+def _tuned(cfg: dict, args) -> dict:
+    """``unlearn --tune``: the config with the options ``tune`` chose (the run folder records them)."""
+    if args.resume or args.resume_with_changes:
+        raise ConfigError(
+            "--tune with --resume would tune again; resume with the options the first run chose, "
+            "without --tune: --config OUT/config.yaml --resume --out OUT"
+        )
+    res = tune_config(cfg, args.max_trials)
+    if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
+        with contextlib.redirect_stdout(sys.stderr):
+            print_trials(res)
+    return cfg | {"method": dict(cfg["method"]) | res.best}
 
 
 def _cmd_tune(args) -> int:
