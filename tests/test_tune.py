@@ -133,6 +133,8 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     # resuming would tune again (and change the config): refused, with what to do instead
     assert main([*argv, "--out", str(out), "--resume"]) == 2
     assert "without --tune" in capsys.readouterr().err
+    assert main(["unlearn", "--preset", "vision/ga", "--max-trials", "3"]) == 2  # a budget for no tuning
+    assert "add --tune" in capsys.readouterr().err
 
 
 def test_rl_and_salun_try_the_concat_form_unless_the_user_fixes_one(world):

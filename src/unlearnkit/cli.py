@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="calibrate the method's lr and epochs first (as `unlearnkit tune`), then run with them",
             )
         if name in ("tune", "unlearn"):
-            sp.add_argument("--max-trials", type=int, default=10, help="tune's trial budget (default 10)")
+            sp.add_argument("--max-trials", type=int, default=None, help="tune's trial budget (default 10)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -210,6 +210,8 @@ def _cmd_unlearn(args) -> int:
     cfg = _load_cfg(args)
     if args.tune:
         cfg = _tuned(cfg, args)
+    elif args.max_trials is not None:
+        raise ConfigError("--max-trials is tune's budget: add --tune")
     res = run_config(
         cfg,
         out=args.out,
@@ -232,7 +234,7 @@ def _tuned(cfg: dict, args) -> dict:
             "--tune with --resume would tune again; resume with the options the first run chose, "
             "without --tune: --config OUT/config.yaml --resume --out OUT"
         )
-    res = tune_config(cfg, args.max_trials)
+    res = tune_config(cfg, 10 if args.max_trials is None else args.max_trials)
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
             print_trials(res)
@@ -240,7 +242,7 @@ def _tuned(cfg: dict, args) -> dict:
 
 
 def _cmd_tune(args) -> int:
-    res = tune_config(_load_cfg(args), args.max_trials, args.out)
+    res = tune_config(_load_cfg(args), 10 if args.max_trials is None else args.max_trials, args.out)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:
