@@ -133,6 +133,9 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     # resuming would tune again (and change the config): refused, with what to do instead
     assert main([*argv, "--out", str(out), "--resume"]) == 2
     assert "without --tune" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out)]) == 2  # a run is there already: refused before any trial
+    err = capsys.readouterr().err
+    assert "already holds" in err and "trials" not in err
     assert main(["unlearn", "--preset", "vision/ga", "--max-trials", "3"]) == 2  # a budget for no tuning
     assert "add --tune" in capsys.readouterr().err
 

@@ -40,7 +40,7 @@ from unlearnkit.protocols.base import public
 from unlearnkit.report import build_report, make_report
 from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
-from unlearnkit.runs.folder import check_out_file
+from unlearnkit.runs.folder import check_out_file, check_out_folder
 from unlearnkit.selection.runner import select_for_suite
 from unlearnkit.version import __version__
 
@@ -234,6 +234,8 @@ def _tuned(cfg: dict, args) -> dict:
             "--tune with --resume would tune again; resume with the options the first run chose, "
             "without --tune: --config OUT/config.yaml --resume --out OUT"
         )
+    if args.out:  # before minutes of trials: an --out the run could not be written to
+        check_out_folder(args.out, overwrite=args.overwrite)
     res = tune_config(cfg, 10 if args.max_trials is None else args.max_trials)
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
