@@ -44,10 +44,10 @@ lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run), and
 
 The validation at 10 seeds (README, docs/tune-validation.md): on random forgetting tune beats the paper
 defaults in 32 of 36 cells over four worlds, all nine methods on the held-out one; the four misses are on
-*signals*, whose one draw of data has a test set 5.2 ± 1.4 points harder than unseen training data (the
-oracle's forget error sits below the prediction this calibration aims at); with a fresh draw per seed two
-misses remain (FT, ℓ1-sparse, about one standard error). On class-wise forgetting, 32 of 36, the misses
-again on *signals*, where those defaults already sit within about a point of the oracle.
+*signals*, whose one draw of data has a test set 4.7 ± 0.9 points harder than unseen training data (the
+oracle's forget error sits below the prediction this calibration aims at); with a fresh draw per seed one
+miss remains (SalUn, +0.14 ± 1.14). On class-wise forgetting, 32 of 36, the misses again on *signals*,
+where the defaults of FT, RL, SalUn and ℓ1-sparse already sit within about a point of the oracle.
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
