@@ -156,7 +156,7 @@ def signals(model: nn.Module, split: Split, k: int, seed: int = 0) -> dict[str, 
     return out
 
 
-def score(s: dict[str, float], original: dict[str, float], protocol: str, k: int) -> float:
+def score(s: dict[str, float], original: dict[str, float], protocol: str) -> float:
     """Distance of a trial's signals ``s`` from what unseen data would show (see the module docstring)."""
     keep_ra = max(0.0, original["RA"] - s["RA"] - _binom_pp(original["RA"], s["n_retain"]))
     keep_ta = max(0.0, original["TA"] - s["TA"] - _binom_pp(original["TA"], s["n_test"]))
@@ -230,7 +230,7 @@ def tune_split(
         try:
             m.run(task)
             s = signals(task.model, split, k, seed)
-            sc = score(s, original, protocol, k)
+            sc = score(s, original, protocol)
         except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
         trial = Trial(opts, sc, s, time.perf_counter() - t0)
