@@ -3,13 +3,14 @@ with the digits presets, and with the options ``tune`` picks without the oracle 
 
 Worlds (all offline): ``digits`` (scikit-learn digits, the MLP the presets were tuned on), ``tabular``
 (scikit-learn ``make_classification``, standardised features, an MLP; never used for tuning),
-``signals`` (noisy sine classes, a 1-D CNN with BatchNorm; never used for tuning), and ``gratings`` (noisy
-oriented gratings, the 2-D ``cnn``; added after the calibration's design was fixed). For each seed the
-original and the oracle (retrained on the retain set) are trained with the same recipe and initialisation.
-A generated world's data are one fixed draw for all seeds, or with ``--fresh-data`` a new draw per seed, so
-that the chance difference between a fixed test set and the training pool averages out over seeds
-(``heldout_offset.py`` measures it per draw). With ``--classwise`` each seed forgets one whole class
-(class = seed mod K; TA on the other classes, the SalUn protocol), the preset column takes the
+``signals`` (noisy sine classes, a 1-D CNN with BatchNorm; never used for tuning), ``gratings`` (noisy
+oriented gratings, the 2-D ``cnn``; added after the calibration's design was fixed), and
+``gratings-resnet`` (the same data, ``resnet-tiny``: a ResNet with BatchNorm; not in the default list).
+For each seed the original and the oracle (retrained on the retain set) are trained with the same recipe
+and initialisation. A generated world's data are one fixed draw for all seeds, or with ``--fresh-data`` a
+new draw per seed, so that the chance difference between a fixed test set and the training pool averages
+out over seeds (``heldout_offset.py`` measures it per draw). With ``--classwise`` each seed forgets one
+whole class (class = seed mod K; TA on the other classes, the SalUn protocol), the preset column takes the
 ``vision-digits-class`` suite's options, and tune scores trials by the class-wise signals.
 
     python benchmarks/tune_validate.py [--worlds digits,tabular,signals] [--seeds 3] [--first-seed 0]
@@ -83,6 +84,9 @@ def world(
         x = torch.sin(6.28 * (2 + 1.5 * y[:, None]) * t + phase) + 1.6 * torch.randn(n, 64, generator=g)
         x = x.unsqueeze(1)  # noisy enough that the CNN fits its training set better than unseen data
         return (lambda: SignalCNN(k)), x[:1000], y[:1000], x[1000:], y[1000:], k
+    if name == "gratings-resnet":  # the same data, a ResNet with BatchNorm (the SalUn paper's family)
+        _, x, y, xt, yt, k = world("gratings", seed, fresh)
+        return (lambda: get_model("resnet-tiny")((1, 12, 12), k)), x, y, xt, yt, k
     if name == "gratings":  # the held-out world: added after the calibration's design was fixed
         g = torch.Generator().manual_seed(draw(23))
         k, n, side = 5, 1500, 12
@@ -96,7 +100,7 @@ def world(
         x = (x + 1.5 * torch.randn(n, side, side, generator=g)).unsqueeze(1)
         build = lambda: get_model("cnn")((1, side, side), k, width=8)  # noqa: E731
         return build, x[:1000], y[:1000], x[1000:], y[1000:], k
-    raise SystemExit(f"unknown world {name!r}: use digits, tabular, signals or gratings")
+    raise SystemExit(f"unknown world {name!r}: use digits, tabular, signals, gratings or gratings-resnet")
 
 
 class SignalCNN(nn.Module):
