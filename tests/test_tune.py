@@ -158,3 +158,15 @@ def test_rl_and_salun_try_the_concat_form_unless_the_user_fixes_one(world):
     fixed = unlearnkit.tune(model, "rl", schedule="sequential", **data)
     assert all("schedule" not in t.options for t in fixed.trials)  # held fixed: the user chose it
     assert fixed.trials[-1].options["epochs"] == 2  # the usual plan ends at a quarter of the epochs
+
+
+def test_ft_ends_with_the_best_step_at_the_full_epochs(world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
+    res = unlearnkit.tune(model, "ft", **data)
+    *half, last = res.trials
+    assert len(res.trials) == 10 and {t.options["epochs"] for t in half} == {5}  # FT's default: 10 epochs
+    best_half = min(half, key=lambda t: (round(t.score, 6), t.options["lr"]))
+    assert last.options == {"lr": best_half.options["lr"], "epochs": 10}  # the same step, twice as long
+    chosen = next(t for t in res.trials if t.options == res.best)
+    assert chosen.score == min(t.score for t in res.trials)
