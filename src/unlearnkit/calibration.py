@@ -97,7 +97,6 @@ SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)  # four decades around the default: defaul
 REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter decades around the best
 # concat dilutes the forget term in each batch (D_f is a small part of D_f ∪ D_r): it wants a larger step
 OTHER_FORM = (1.0, 10**0.5, 10.0)
-FULL_LENGTH = ("ft", "l1_sparse")  # their last trial runs the full epochs (module docstring)
 
 
 @dataclass
@@ -271,7 +270,7 @@ def tune_split(
         b = best()
         form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         # FT and l1-sparse forget only through training on D_r: the best step at the full length instead
-        run(b.options[knob], full_epochs if base.name in FULL_LENGTH else max(1, short // 2), form)
+        run(b.options[knob], full_epochs if base.retain_only else max(1, short // 2), form)
     chosen = best()
     return TuneResult(spec["name"], protocol, dict(chosen.options), trials, original)
 

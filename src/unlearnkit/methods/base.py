@@ -56,6 +56,8 @@ class Method:
     families: ClassVar[tuple[str, ...]] = ("*",)
     paper: ClassVar[str] = ""
     exact: ClassVar[bool] = False
+    # forgets only through training on D_r (FT, l1-sparse): tune's last trial runs the full epochs
+    retain_only: ClassVar[bool] = False
     Config: ClassVar[type] = MethodConfig
 
     def __init__(self, cfg: MethodConfig | None = None) -> None:

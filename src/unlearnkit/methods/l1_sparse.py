@@ -26,6 +26,7 @@ class L1SparseConfig(MethodConfig):
 class L1Sparse(Method):
     """ℓ1-sparse: min_θ ℓ(θ; D_r) + γ_t‖θ‖₁ over all parameters (Jia et al., NeurIPS 2023)."""
 
+    retain_only = True
     paper = (
         "Jia et al., 'Model Sparsity Can Simplify Machine Unlearning', NeurIPS 2023: "
         "sparsity-aware unlearning, min ℓ(θ; D_r) + γ_t‖θ‖₁"
