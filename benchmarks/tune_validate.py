@@ -146,7 +146,8 @@ def main() -> None:
         len(sys.argv) > 2 and sys.argv[1] == "--table"
     ):  # re-print the tables of saved runs: --table A.json B.json
         rows = [r for f in sys.argv[2:] for r in json.loads(Path(f).read_text())]
-        table(rows, list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none")))
+        present = {r["method"] for r in rows}
+        table(rows, [m for m in METHODS if m in present])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worlds", default="digits,tabular,signals,gratings")
@@ -161,6 +162,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--classwise", action="store_true", help="forget class seed mod K instead of a random 10%%"
+    )
+    ap.add_argument(
+        "--end-only",
+        action="store_true",
+        help="also tune with every_epoch=False (runs scored only at their end; setting 'tune_end')",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -210,10 +216,14 @@ def main() -> None:
                     "preset": load_preset(f"vision/{m}")["method"]
                     | (class_presets.get(m, {}) if args.classwise else {}),
                 }
-                t0 = time.perf_counter()
-                tuned = tune_split(original, {"name": m}, split, k, {"batch_size": 64}, seed)
-                settings["tune"] = {"name": m} | tuned.best
-                tune_s = time.perf_counter() - t0
+                tunings = {}
+                for setting, every in [("tune", True)] + [("tune_end", False)] * args.end_only:
+                    t0 = time.perf_counter()
+                    tuned = tune_split(
+                        original, {"name": m}, split, k, {"batch_size": 64}, seed, every_epoch=every
+                    )
+                    settings[setting] = {"name": m} | tuned.best
+                    tunings[setting] = (tuned, time.perf_counter() - t0)
                 for setting, spec in settings.items():
                     work = copy.deepcopy(original)
                     eng = Engine(EngineConfig(progress=False, batch_size=64, seed=seed), None)
@@ -224,6 +234,7 @@ def main() -> None:
                         gap = avg_gap(met, oracle)
                     except Exception as exc:  # a diverged setting is a result too
                         met, gap = {"error": str(exc).splitlines()[0]}, float("nan")
+                    tuned, tune_s = tunings.get(setting, (None, None))
                     rows.append(
                         {
                             "world": wname,
@@ -235,12 +246,13 @@ def main() -> None:
                             "spec": spec,
                             "gap": gap,
                             "metrics": met,
-                            "tune_seconds": tune_s if setting == "tune" else None,
-                            "trials": [t.__dict__ for t in tuned.trials] if setting == "tune" else None,
-                            "tune_original": tuned.original if setting == "tune" else None,
+                            "tune_seconds": tune_s,
+                            "trials": [t.__dict__ for t in tuned.trials] if tuned else None,
+                            "tune_original": tuned.original if tuned else None,
                         }
                     )
-                print(wname, seed, m, {r["setting"]: round(r["gap"], 2) for r in rows[-3:]}, flush=True)
+                done = rows[-len(settings) :]
+                print(wname, seed, m, {r["setting"]: round(r["gap"], 2) for r in done}, flush=True)
             Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
     table(rows, methods)
 

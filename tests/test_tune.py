@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sqlite3
@@ -11,7 +12,9 @@ import torch
 from test_batchnorm import _signals, _trained_signal_net
 
 import unlearnkit
-from unlearnkit.calibration import score
+from unlearnkit.api_args import checked_split
+from unlearnkit.calibration import Trial, choice_key, score
+from unlearnkit.experiment import build_method
 
 
 def test_random_forgetting_score_by_hand():
@@ -39,6 +42,24 @@ def test_class_forgetting_score_by_hand():
     assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class") > 0
 
 
+def test_equal_scores_go_to_the_least_damage_then_the_gentlest_step():
+    original = {"RA": 100.0, "TA": 95.0}
+
+    def trial(lr, epochs, ra, ta, sc=0.0):
+        return Trial({"lr": lr, "epochs": epochs}, sc, {"RA": ra, "TA": ta}, 0.0)
+
+    gentle = trial(0.01, 3, 99.8, 93.0)  # loses 0.2 + 2.0 points: inside the dead zone, score 0 too
+    kept = trial(0.01, 5, 100.0, 94.5)  # loses 0.5: two more epochs let the retain term win back TA
+    pick = min([gentle, kept], key=lambda t: choice_key(t, original, "lr"))
+    assert pick is kept and choice_key(kept, original, "lr") == (0.0, 0.5, 0.05)
+    twin = trial(0.001, 5, 100.0, 94.5)  # the same damage: the gentler step
+    assert min([kept, twin], key=lambda t: choice_key(t, original, "lr")) is twin
+    assert (
+        min([trial(1.0, 1, 50, 50, sc=-1.0), kept], key=lambda t: choice_key(t, original, "lr")).score == -1
+    )
+    assert choice_key(Trial({"lr": 1.0}, math.inf, {"error": "NaN"}, 0.0), original, "lr")[1] == math.inf
+
+
 @pytest.fixture(scope="module")
 def world():
     model, x, y = _trained_signal_net()
@@ -50,7 +71,7 @@ def test_class_wise_tuning_finds_a_step_that_forgets(tmp_path, world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
     res = unlearnkit.tune(model, "salun", batch_size=16, out=tmp_path / "t", **data)
-    assert res.protocol == "class" and len(res.trials) <= 10
+    assert res.protocol == "class" and res.runs <= 10
     default = next(t for t in res.trials if t.options["lr"] == pytest.approx(0.013))
     chosen = next(t for t in res.trials if t.options == res.best)
     # the method's default step barely forgets here; the tuned one takes the class to chance or below
@@ -74,7 +95,10 @@ def test_budget_and_bad_arguments(world):
     res = unlearnkit.tune(
         model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=3, batch_size=32
     )
-    assert len(res.trials) == 3 and [t.options["epochs"] for t in res.trials] == [2, 2, 2]
+    # three runs of GA's 5 epochs at half length, each scored after epoch 1 too (GA is prefix-consistent)
+    assert res.runs == 3 and [t.options["epochs"] for t in res.trials] == [1, 2] * 3
+    assert [t.run for t in res.trials] == [0, 0, 1, 1, 2, 2]
+    assert [t.options["lr"] for t in res.trials] == pytest.approx([1e-6, 1e-6, 1e-5, 1e-5, 1e-4, 1e-4])
     with pytest.raises(ValueError, match="max_trials= must be an int >= 1"):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=0)
     with pytest.raises(ValueError, match="is exact: it has nothing to tune"):
@@ -88,6 +112,7 @@ def test_unlearn_with_tune_runs_the_chosen_options(world):
     res = unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, **data)
     tuned = unlearnkit.tune(model, "salun", batch_size=16, **data)
     assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
+    assert res.info["tune"]["runs"] == tuned.runs <= 10 < len(tuned.trials)
     chosen = next(t for t in tuned.trials if t.options == tuned.best)
     assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial
 
@@ -99,7 +124,9 @@ def test_cli_tune(tmp_path, capsys):
     argv = ["tune", "--preset", "vision/ga", "--max-trials", "2", "train.epochs=3", "--out", str(out)]
     assert main(argv) == 0
     saved = json.loads((out / "tune.json").read_text())
-    assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-3])  # ×0.01, ×0.1 of 0.01
+    # two runs at ×0.01 and ×0.1 of 0.01, each scored after epochs 1 and 2 of its 2 (half the preset's 5)
+    assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
+    assert [t["options"]["epochs"] for t in saved["trials"]] == [1, 2, 1, 2] and saved["runs"] == 2
     assert f"method.lr={saved['best']['lr']:.4g}" in capsys.readouterr().out
     for bad, phrase in (
         (["--max-trials", "0"], "--max-trials must be >= 1"),
@@ -121,12 +148,12 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     assert main([*argv, "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)  # stdout stays the run's JSON; the trials went to stderr
-    assert "2 trials" in captured.err and "use: method.lr=" in captured.err
+    assert "4 trials from 2 runs" in captured.err and "use: method.lr=" in captured.err
     chosen = captured.err.split("use: method.lr=")[1].split()[0]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["method"]["lr"] in (pytest.approx(1e-4), pytest.approx(1e-3))  # a trial's step, not 0.01
     assert f"{saved['method']['lr']:.4g}" == chosen
-    assert saved["method"]["epochs"] == 2  # half of the preset's 5: the trial's length
+    assert saved["method"]["epochs"] in (1, 2)  # a trial's length: 1 or 2 of the runs at half the preset's 5
     # the run reproduces the chosen trial (same seed, options and data): its UA as the table printed it
     star = next(line for line in captured.err.splitlines() if line.startswith("* "))
     assert float(star.split(" UA ")[1].split()[0]) == pytest.approx(metrics["UA"], abs=0.05)
@@ -140,33 +167,142 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     assert "add --tune" in capsys.readouterr().err
 
 
+def _ends(res):
+    """The trial that ends each run (its other trials are the states after earlier epochs)."""
+    return [next(t for t in reversed(res.trials) if t.run == r) for r in range(res.runs)]
+
+
 def test_rl_and_salun_try_the_concat_form_unless_the_user_fixes_one(world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
     res = unlearnkit.tune(model, "rl", **data)
-    sweep, other, refine = res.trials[:5], res.trials[5:8], res.trials[8:]
-    assert len(res.trials) == 10 and all("schedule" not in t.options for t in sweep)
-    centre = min(sweep, key=lambda t: (round(t.score, 6), t.options["lr"])).options["lr"]
+    ends = _ends(res)
+    sweep, other, refine = ends[:5], ends[5:8], ends[8:]
+    assert res.runs == 10 and all("schedule" not in t.options for t in sweep)
+    key = lambda t: choice_key(t, res.original, "lr")  # noqa: E731
+    centre = min((t for t in res.trials if t.run < 5), key=key).options["lr"]
     assert [t.options["schedule"] for t in other] == ["concat"] * 3
     assert [t.options["lr"] for t in other] == pytest.approx([centre, centre * 10**0.5, centre * 10])
-    best_of_eight = min(res.trials[:8], key=lambda t: (round(t.score, 6), t.options["lr"]))
+    best_of_eight = min((t for t in res.trials if t.run < 8), key=key)
     assert [t.options["lr"] for t in refine] == pytest.approx(
         [best_of_eight.options["lr"] * 10**-0.25, best_of_eight.options["lr"] * 10**0.25]
     )
     assert all(t.options.get("schedule") == best_of_eight.options.get("schedule") for t in refine)
-    assert {t.options["epochs"] for t in res.trials} == {5}  # no quarter-epoch trial: the budget went here
+    assert {t.options["epochs"] for t in ends} == {5}  # no longer run: the budget went to concat
+    assert [t.options["epochs"] for t in res.trials if t.run == 0] == [1, 2, 3, 4, 5]
     fixed = unlearnkit.tune(model, "rl", schedule="sequential", **data)
     assert all("schedule" not in t.options for t in fixed.trials)  # held fixed: the user chose it
-    assert fixed.trials[-1].options["epochs"] == 2  # the usual plan ends at a quarter of the epochs
+    # the plan ends with the best step at the full 10 epochs (its shorter states scored on the way)
+    assert _ends(fixed)[-1].options["epochs"] == 10
+    assert fixed.best == min(fixed.trials, key=lambda t: choice_key(t, fixed.original, "lr")).options
+    end_only = unlearnkit.tune(model, "rl", schedule="sequential", every_epoch=False, **data)
+    # scored at the end of each run only, the plan ends at a quarter of the epochs
+    assert len(end_only.trials) == end_only.runs == 10 and end_only.trials[-1].options["epochs"] == 2
 
 
 def test_ft_ends_with_the_best_step_at_the_full_epochs(world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
-    res = unlearnkit.tune(model, "ft", **data)
+    res = unlearnkit.tune(model, "ft", every_epoch=False, **data)
     *half, last = res.trials
     assert len(res.trials) == 10 and {t.options["epochs"] for t in half} == {5}  # FT's default: 10 epochs
-    best_half = min(half, key=lambda t: (round(t.score, 6), t.options["lr"]))
+    best_half = min(half, key=lambda t: choice_key(t, res.original, "lr"))
     assert last.options == {"lr": best_half.options["lr"], "epochs": 10}  # the same step, twice as long
     chosen = next(t for t in res.trials if t.options == res.best)
     assert chosen.score == min(t.score for t in res.trials)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "ft"},
+        {"name": "ga", "lr": 1e-3},
+        {"name": "rl"},
+        {"name": "rl", "schedule": "concat"},
+        {"name": "salun"},
+        {"name": "boundary_shrink", "lr": 1e-3},
+    ],
+    ids=lambda s: "-".join(map(str, s.values())),
+)
+def test_the_state_after_each_epoch_is_a_shorter_run(world, spec):
+    """What lets tune score every epoch: a 2-epoch run equals epoch 2 of a 3-epoch one, and scoring it
+    (eval mode, BatchNorm running stats, the MIA's SVC) changes nothing in the run."""
+    from unlearnkit.calibration import signals
+
+    model, x, y, xt, yt = world
+    split, k = checked_split(model, None, None, (xt, yt), (x, y), 3, None)
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def hook(desc, done, current):
+        assert not current.training
+        signals(current, split, k)  # what tune computes at each epoch
+        states[done] = {n: v.detach().clone() for n, v in current.state_dict().items()}
+
+    three, seen = _fit(model, split, k, spec | {"epochs": 3}, hook), dict(states)
+    assert sorted(seen) == [1, 2, 3] and build_method(spec).prefix_consistent
+    plain, two = _fit(model, split, k, spec | {"epochs": 3}), _fit(model, split, k, spec | {"epochs": 2})
+    for name, value in three.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[name]), name  # the hook changed nothing
+        assert torch.equal(seen[2][name], two.state_dict()[name]), name  # epoch 2 of 3 = 2 epochs
+    assert not torch.equal(seen[2]["conv.weight"], seen[3]["conv.weight"])  # and the epochs do train
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "l1_sparse"},
+        {"name": "scrub"},
+        {"name": "boundary_expand"},
+        {"name": "ft", "scheduler": "cosine"},
+    ],
+    ids=lambda s: "-".join(map(str, s.values())),
+)
+def test_methods_whose_run_depends_on_its_length_are_scored_at_the_end_only(world, spec):
+    method = build_method(spec)
+    assert not method.prefix_consistent
+    if spec["name"] in (
+        "l1_sparse",
+        "ft",
+    ):  # the penalty and the step decay over cfg.epochs: a real difference
+        model, x, y, xt, yt = world
+        split, k = checked_split(model, None, None, (xt, yt), (x, y), 3, None)
+        states = {}
+        _fit(
+            model, split, k, spec | {"epochs": 3}, lambda d, e, m: states.setdefault(e, m.conv.weight.clone())
+        )
+        assert not torch.equal(states[2], _fit(model, split, k, spec | {"epochs": 2}).conv.weight)
+    if spec["name"] == "l1_sparse":  # so tune scores its runs at their end only
+        model, x, y, xt, yt = world
+        data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
+        res = unlearnkit.tune(model, "l1_sparse", max_trials=2, **data)
+        assert res.runs == len(res.trials) == 2 and {t.options["epochs"] for t in res.trials} == {5}
+
+
+def _fit(model, split, k, spec, hook=None):
+    from unlearnkit.engine.loop import Engine, EngineConfig
+    from unlearnkit.families.vision import VisionFamily
+    from unlearnkit.methods.base import Task
+
+    engine = Engine(EngineConfig(progress=False, batch_size=32, seed=0), None)
+    engine.epoch_end = hook
+    task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine, 0)
+    build_method(spec).run(task)
+    return task.model
+
+
+def test_trial_table_shows_each_runs_end_and_best_epoch(capsys):
+    from unlearnkit.calibration import TuneResult, print_trials
+
+    def trial(lr, epochs, sc, run):
+        return Trial({"lr": lr, "epochs": epochs, "schedule": "concat"}, sc, {"UA": sc}, 0.0, run)
+
+    runs = [trial(0.01, 1, 9.0, 0), trial(0.01, 2, 3.0, 0), trial(0.01, 3, 4.0, 0)]  # epoch 2 beats the end
+    runs += [trial(0.1, 1, 8.0, 1), trial(0.1, 2, 7.0, 1), trial(0.1, 3, 6.0, 1)]  # the end is its best
+    res = TuneResult("rl", "random", dict(runs[1].options), runs, {"UA": 1.0})
+    print_trials(res)
+    out = capsys.readouterr().out.splitlines()
+    assert "6 trials from 2 runs" in out[0]
+    rows = [line for line in out[1:] if "score" in line]
+    assert [r.split("epochs=")[1].split()[0] for r in rows] == ["2", "3", "3"]
+    assert rows[0].startswith("* ") and "schedule=concat" in rows[0]  # a string option, printed as is
+    assert "(3 more" in out[-2] and out[-1] == "use: method.lr=0.01 method.epochs=2 method.schedule=concat"

@@ -122,7 +122,12 @@ def unlearn(
         tuned = tune_split(base, spec, split, k, eng | (engine or {}), seed)
         spec = spec | tuned.best
         m = build_method(spec, family)
-        info["tune"] = {"best": tuned.best, "protocol": tuned.protocol, "trials": len(tuned.trials)}
+        info["tune"] = {
+            "best": tuned.best,
+            "protocol": tuned.protocol,
+            "trials": len(tuned.trials),
+            "runs": tuned.runs,
+        }
     fam = VisionFamily(num_classes=k)
     ecfg = build_dataclass(
         EngineConfig, {"progress": False} | eng | (engine or {}) | {"seed": seed}, "engine"

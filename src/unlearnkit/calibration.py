@@ -24,27 +24,43 @@ have a dead zone of two binomial standard deviations of the quantity compared (w
 itself spreads), so noise alone is never penalised. (A
 dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
 by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
-``max_trials`` (10) trials, each at half the method's epochs (a fraction of one run): a sweep of the step
-size over four decades (×0.01 … ×100 around the method's default, or the preset's), then half- and
+``max_trials`` (10) training runs, each at half the method's epochs (a fraction of one run): a sweep of the
+step size over four decades (×0.01 … ×100 around the method's default, or the preset's), then half- and
 quarter-decade steps around the best, then the best at a quarter of the epochs; for FT and ℓ1-sparse,
 which forget only through training on D_r, the best step at the full epochs instead (half-length trials
 cannot reach what their 10 epochs do: on the ResNet world the best half-length trial judged by the oracle
 was worse than the default; this trial took their mean gap from 5.63 and 5.65 to 4.84 and 4.89 there, and
-on tabular from 4.99 and 4.43 to 4.04 and 4.07, for three quarters of a run more). For IU, a single step,
-``alpha`` is swept instead. RL and SalUn have two published forms (methods/rl.py: the authors' stated
-sequential schedule, the reference code's CIFAR-100 ``concat``); unless the user fixes ``schedule``, the
-sweep runs the sequential form and three trials run ``concat`` at ×1, ×√10 and ×10 the sweep's best step
-(concat dilutes the forget term in each batch), then two quarter-decade steps refine the best of either;
-this replaces the half-decade and quarter-epoch trials. On the design worlds of
-``benchmarks/tune_validate.py`` the concat trials took SalUn's Avg. Gap from 2.01 to 1.73 (digits) and
-from 4.79 to 4.12 (signals), as concat had won the digits preset's grid; on the held-out world they were
-neutral (README). Other selection rules, replayed on every trial's true gap over four worlds, did no
-better than the plain minimum (mean gap 3.96 over 108 tunings): plain RA/TA distances without the dead
-zone (3.97), RA/TA weighted ×2 (4.11), and the median, gentlest, strongest or least damaging trial within
-the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53. Two more
-trials were tried on the design worlds and left out: the chosen step at the full epochs, kept when it scored
-lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run), and SalUn's mask ratio at 0.1,
-0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
+on tabular from 4.99 and 4.43 to 4.04 and 4.07, for three quarters of a run more).
+Every epoch is a trial where the method allows it: when the first e epochs of a run are an e-epoch run
+(``Method.prefix_consistent``: FT, GA, RL, SalUn and boundary shrink with a constant schedule; not
+ℓ1-sparse, whose penalty decays over the run's length, SCRUB's step schedule, or boundary expand, which
+prunes its extra head at the end) each run is also scored after each of its epochs, through the engine's
+``epoch_end`` hook, for the cost of the scoring alone; the chosen ``epochs`` then reproduce that state
+exactly. Their last run is the best step at the full epochs (the half-length runs have already shown the
+quarter-length states). Ties, which this makes common in class-wise forgetting (many states at accuracy 0
+and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost measured without the dead zone,
+then to the gentlest step (step size × epochs). Measured with ``benchmarks/tune_validate.py --end-only``
+(docs/tune-validation.md), 10 seeds on four worlds, the five methods concerned: scoring every epoch took
+the mean Avg. Gap from 3.57 to 3.42 on random forgetting and from 2.57 to 2.08 class-wise; the tie rule,
+replayed on the same trials, from 2.08 to 2.01 class-wise (on the ResNet world, class-wise, where the
+gentlest tie left RL and SalUn with 1–3 points of TA missing, from 2.62 to 2.47) and changed nothing on
+random forgetting (3.42). ``every_epoch=False`` gives the plan scored at the end of each run.
+
+For IU, a single step, ``alpha`` is swept instead. RL and SalUn have two published forms (methods/rl.py: the
+authors' stated sequential schedule, the reference code's CIFAR-100 ``concat``); unless the user fixes
+``schedule``, the sweep runs the sequential form and three trials run ``concat`` at ×1, ×√10 and ×10 the
+sweep's best step (concat dilutes the forget term in each batch), then two quarter-decade steps refine the
+best of either; this replaces the half-decade and quarter-epoch trials. On the design worlds of
+``benchmarks/tune_validate.py`` the concat trials took SalUn's Avg. Gap from 2.01 to 1.73 (digits) and from
+4.79 to 4.12 (signals), as concat had won the digits preset's grid; on the held-out world they were neutral
+(README). Other selection rules, replayed on every trial's true gap over four worlds (before epoch scoring),
+did no better than the plain minimum (mean gap 3.96 over 108 tunings): plain RA/TA distances without the
+dead zone (3.97), RA/TA weighted ×2 (4.11), and the median, gentlest, strongest or least damaging trial
+within the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53. Two
+more trials were tried on the design worlds and left out at the time: the chosen step at the full epochs,
+kept when it scored lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run; it is now the
+last run of the methods scored every epoch, where it also yields every shorter state), and SalUn's mask
+ratio at 0.1, 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
 
 The validation at 10 seeds (README, docs/tune-validation.md): on random forgetting tune beats the paper
 defaults in 32 of 36 cells over four worlds, all nine methods on the held-out one; the four misses are on
@@ -105,6 +121,7 @@ class Trial:
     score: float
     signals: dict[str, float]
     seconds: float
+    run: int = 0  # which training run it comes from (one run is scored after each of its epochs)
 
 
 @dataclass
@@ -117,8 +134,13 @@ class TuneResult:
     trials: list[Trial] = field(default_factory=list)
     original: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def runs(self) -> int:
+        """Training runs spent (the budget); one run may give several trials, one per epoch."""
+        return len({t.run for t in self.trials})
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"runs": self.runs}
 
 
 def _binom_pp(p_percent: float, n: int) -> float:
@@ -179,6 +201,20 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str) -> flo
     return float(np.mean([d_ua, d_mia, keep_ra, keep_ta]))
 
 
+def damage(s: dict[str, float], original: dict[str, float]) -> float:
+    """Points of RA and TA lost against the original, without the score's dead zone (inf if diverged)."""
+    if "RA" not in s:
+        return math.inf
+    return max(0.0, original["RA"] - s["RA"]) + max(0.0, original["TA"] - s["TA"])
+
+
+def choice_key(t: Trial, original: dict[str, float], knob: str) -> tuple[float, float, float]:
+    """Order of preference: the lowest score; among equal scores the least RA/TA lost (inside the
+    dead zone, where the score cannot see it); then the gentlest step (step size × epochs)."""
+    gentle = t.options[knob] * t.options.get("epochs", 1)
+    return round(t.score, 6), round(damage(t.signals, original), 6), gentle
+
+
 def _knob(method: Any) -> str:
     return "alpha" if method.name == "iu" else "lr"
 
@@ -200,8 +236,14 @@ def tune_split(
     engine: dict[str, Any] | None = None,
     seed: int = 0,
     max_trials: int = 10,
+    every_epoch: bool = True,
 ) -> TuneResult:
-    """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc."""
+    """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
+
+    ``max_trials`` bounds the training runs. With ``every_epoch`` (default), a method whose first e
+    epochs are an e-epoch run (``Method.prefix_consistent``) is also scored after each epoch of each run,
+    and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
+    end, with the last run at a quarter of the epochs (the plan before epoch scoring)."""
 
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
@@ -219,6 +261,8 @@ def tune_split(
     ecfg_values = {"progress": False} | (engine or {}) | {"seed": seed}
     original = signals(model, split, k, seed)
     trials: list[Trial] = []
+    runs = [0]  # training runs so far (the budget); a run scored after each epoch adds several trials
+    by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
 
     def run(value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
         opts = {knob: float(value)} | ({"epochs": epochs} if full_epochs else {}) | (form or {})
@@ -226,27 +270,33 @@ def tune_split(
         if existing is not None:
             return existing
         m = build_method(spec | opts)
-        task = Task(
-            VisionFamily(num_classes=k),
-            copy.deepcopy(model),
-            split,
-            Engine(build_dataclass(EngineConfig, ecfg_values, "engine"), None),
-            seed,
-        )
-        t0 = time.perf_counter()
+        engine_ = Engine(build_dataclass(EngineConfig, ecfg_values, "engine"), None)
+        task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
+        run_no, t0 = runs[0], time.perf_counter()
+        runs[0] += 1
+
+        def at_epoch(desc: str, done: int, current: nn.Module) -> None:
+            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
+            eo = opts | {"epochs": done}
+            if done < epochs and not any(t.options == eo for t in trials):
+                s = signals(current, split, k, seed)
+                trials.append(Trial(eo, score(s, original, protocol), s, time.perf_counter() - t0, run_no))
+
+        if by_epoch:
+            engine_.epoch_end = at_epoch
         try:
             m.run(task)
             s = signals(task.model, split, k, seed)
             sc = score(s, original, protocol)
         except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
-        trial = Trial(opts, sc, s, time.perf_counter() - t0)
+        trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
         trials.append(trial)
         return trial
 
     def best() -> Trial:
         done = [t for t in trials if math.isfinite(t.score)] or trials
-        return min(done, key=lambda t: (round(t.score, 6), t.options[knob] * t.options.get("epochs", 1)))
+        return min(done, key=lambda t: choice_key(t, original, knob))
 
     plan = [(base_value * f, short) for f in SWEEP]
     for value, epochs in plan[:max_trials]:
@@ -255,7 +305,7 @@ def tune_split(
     if other is not None:  # the other form over the upper half of the sweep's best, then refine either
         centre = best().options[knob]
         for f in OTHER_FORM:
-            if len(trials) < max_trials:
+            if runs[0] < max_trials:
                 run(centre * f, short, other)
         refine = REFINE[1:]
     else:
@@ -264,13 +314,17 @@ def tune_split(
         b = best()
         form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         for f in factors:
-            if len(trials) < max_trials:
+            if runs[0] < max_trials:
                 run(b.options[knob] * f, short, form)
-    if full_epochs and short > 1 and len(trials) < max_trials:
+    if full_epochs and short >= 1 and runs[0] < max_trials:
         b = best()
         form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
-        # FT and l1-sparse forget only through training on D_r: the best step at the full length instead
-        run(b.options[knob], full_epochs if base.retain_only else max(1, short // 2), form)
+        # FT and l1-sparse forget only through training on D_r: the best step at the full length; so
+        # for methods scored every epoch, whose quarter-length state the half-length runs have shown
+        if base.retain_only or by_epoch:
+            run(b.options[knob], full_epochs, form)
+        elif short > 1:
+            run(b.options[knob], max(1, short // 2), form)
     chosen = best()
     return TuneResult(spec["name"], protocol, dict(chosen.options), trials, original)
 
@@ -289,6 +343,7 @@ def tune(
     engine: dict[str, Any] | None = None,
     seed: int = 0,
     max_trials: int = 10,
+    every_epoch: bool = True,
     out: str | Path | None = None,
     **method_options: Any,
 ) -> TuneResult:
@@ -296,15 +351,17 @@ def tune(
     ``best``, the options to pass on: ``unlearnkit.unlearn(model, method, ..., **result.best)``.
 
     Data arguments as in :func:`unlearnkit.unlearn`; ``method_options`` are held fixed (e.g.
-    ``mask_ratio``); ``preset`` gives the starting point of the sweep. ``out`` writes ``tune.json`` and
-    indexes every trial in the run store. The input model is never modified."""
+    ``mask_ratio``); ``preset`` gives the starting point of the sweep. ``max_trials`` bounds the
+    training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
+    (:func:`tune_split`). ``out`` writes ``tune.json`` and indexes every trial in the run store. The
+    input model is never modified."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
         check_out(out, overwrite=True)
     spec, eng = method_spec(method, preset, None, method_options)
     split, k = checked_split(model, forget, retain, test, train_set, forget_class, num_classes)
-    result = tune_split(model, spec, split, k, eng | (engine or {}), seed, max_trials)
+    result = tune_split(model, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch)
     if out is not None:
         write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
     return result
@@ -333,19 +390,35 @@ def tune_config(cfg: dict[str, Any], max_trials: int = 10, out: str | Path | Non
     return res
 
 
+def _fmt(value: Any, digits: int) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
 def print_trials(res: TuneResult) -> None:
-    """The trials as a table, the chosen one marked, and the overrides that use it."""
+    """The trials as a table, the chosen one marked, and the overrides that use it. Of a run scored
+    after every epoch, the rows are its end and its best earlier epoch (all are in ``tune.json``)."""
     keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten")
     print(
-        f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials; original: "
+        f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
     )
-    for t in res.trials:
-        mark = "*" if t.options == res.best else " "
-        opts = " ".join(f"{k}={v:.3g}" for k, v in t.options.items())
-        sig = " ".join(f"{k} {t.signals[k]:.1f}" for k in keys if k in t.signals)
-        print(f"{mark} {opts:<28} score {t.score:7.2f}  {sig}")
-    print("use: " + " ".join(f"method.{k}={v:.4g}" for k, v in res.best.items()))
+    shown = 0
+    for r in dict.fromkeys(t.run for t in res.trials):
+        of_run = [t for t in res.trials if t.run == r]
+        *earlier, end = of_run
+        rows = [t for t in earlier if t.options == res.best]  # the chosen one, and the run's best
+        if earlier and min(t.score for t in earlier) < end.score:
+            rows.append(min(earlier, key=lambda t: t.score))
+        unique = {id(t): t for t in [*rows, end]}.values()
+        for t in sorted(unique, key=lambda t: t.options.get("epochs", 0)):
+            mark = "*" if t.options == res.best else " "
+            opts = " ".join(f"{k}={_fmt(v, 3)}" for k, v in t.options.items())
+            sig = " ".join(f"{k} {t.signals[k]:.1f}" for k in keys if k in t.signals)
+            print(f"{mark} {opts:<38} score {t.score:7.2f}  {sig}")
+            shown += 1
+    if shown < len(res.trials):
+        print(f"  ({len(res.trials) - shown} more: the other epochs of the runs, in tune.json)")
+    print("use: " + " ".join(f"method.{k}={_fmt(v, 4)}" for k, v in res.best.items()))
 
 
 def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> None:

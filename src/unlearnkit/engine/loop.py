@@ -239,6 +239,10 @@ class Engine:
             torch.set_num_threads(self.cfg.threads)
         self._accelerator = None
         self.tracking = Tracking(self.cfg.tracker, self.cfg.tracker_dir, self.run_dir)
+        # called after every epoch of :meth:`fit` as ``epoch_end(desc, epochs_done, model)``, the model in
+        # eval mode (tune scores each epoch of a trial with it); it must not train the model or draw from
+        # torch's global generator, so the run goes on exactly as without it
+        self.epoch_end: Callable[[str, int, nn.Module], None] | None = None
 
     @property
     def accelerator(self):
@@ -589,6 +593,10 @@ class _Fit:
                 due = self.checkpointing and self.every and (epoch + 1) % self.every == 0
                 if due and self.last_saved != self.step_no:
                     self.checkpoint(epoch + 1, 0, None)
+                if self.engine.epoch_end is not None:
+                    self.model.eval()
+                    self.engine.epoch_end(self.desc, epoch + 1, self.raw_model)
+                    self.model.train()
             self.confirm()  # the run ended well: its last checkpoint is good
         finally:
             self.bar.close()

@@ -58,6 +58,9 @@ class Method:
     exact: ClassVar[bool] = False
     # forgets only through training on D_r (FT, l1-sparse): tune's last trial runs the full epochs
     retain_only: ClassVar[bool] = False
+    # nothing in the update depends on ``cfg.epochs`` (no decay over the run, no head pruned at the end):
+    # with a constant schedule, the first e epochs of a run are an e-epoch run (tune scores every epoch)
+    epochwise: ClassVar[bool] = False
     Config: ClassVar[type] = MethodConfig
 
     def __init__(self, cfg: MethodConfig | None = None) -> None:
@@ -92,6 +95,11 @@ class Method:
         self._grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
         for n, p in model.named_parameters():
             p.requires_grad_(n in names)
+
+    @property
+    def prefix_consistent(self) -> bool:
+        """Whether the model after epoch e of this run equals an e-epoch run's (same seed, same device)."""
+        return self.epochwise and self.cfg.scheduler == "constant"
 
     # -- shared machinery ----------------------------------------------------------------------
     @property

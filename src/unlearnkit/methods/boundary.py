@@ -77,6 +77,7 @@ class BoundaryShrink(Method):
     """
 
     paper = PAPER + "; Boundary Shrink, min_θ E_{D_f} CE(f_θ(x), y_nbi)"
+    epochwise = True
     families = ("vision",)
     Config = BoundaryShrinkConfig
 

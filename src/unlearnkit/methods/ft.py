@@ -22,6 +22,7 @@ class FT(Method):
     """FT: minimise ℓ(θ; D_r) starting from θ_o (Warnecke et al., 2023; baseline in SalUn Table 1)."""
 
     retain_only = True
+    epochwise = True
     paper = "Warnecke et al., NDSS 2023; min_θ E_{D_r}[ℓ(θ; x, y)] from θ_o"
     Config = FTConfig
 

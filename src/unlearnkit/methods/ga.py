@@ -22,6 +22,7 @@ class GA(Method):
     """GA: minimise −ℓ(θ; D_f), i.e. ascend the forget loss (Thudi et al., 2022)."""
 
     paper = "Thudi et al., EuroS&P 2022; min_θ −E_{D_f}[ℓ(θ; x, y)]"
+    epochwise = True
     Config = GAConfig
 
     def streams(self, task: Task):

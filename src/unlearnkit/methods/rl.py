@@ -40,6 +40,7 @@ class RL(Method):
     """RL: min E_{D_f, y'≠y}[ℓ(θ; x, y')] + α E_{D_r}[ℓ(θ; x, y)] (Golatkar et al. 2020; SalUn Eq. 6)."""
 
     paper = "Golatkar et al., CVPR 2020; objective of Fan et al., ICLR 2024, Eq. 6"
+    epochwise = True
     Config = RLConfig
 
     def streams(self, task: Task):
