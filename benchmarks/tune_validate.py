@@ -146,6 +146,12 @@ def main() -> None:
         len(sys.argv) > 2 and sys.argv[1] == "--table"
     ):  # re-print the tables of saved runs: --table A.json B.json
         rows = [r for f in sys.argv[2:] for r in json.loads(Path(f).read_text())]
+        # runs of other methods on the same seeds repeat the "none" row: keep one per seed
+        keys = [
+            (r["world"], r["seed"], r.get("protocol"), r.get("fresh_data"), r["method"], r["setting"])
+            for r in rows
+        ]
+        rows = list({k: r for k, r in reversed(list(zip(keys, rows, strict=True)))}.values())[::-1]
         present = {r["method"] for r in rows}
         table(rows, [m for m in METHODS if m in present])
         return

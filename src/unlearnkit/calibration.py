@@ -62,15 +62,15 @@ kept when it scored lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost 
 last run of the methods scored every epoch, where it also yields every shorter state), and SalUn's mask
 ratio at 0.1, 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
 
-The validation at 10 seeds (README, docs/tune-validation.md): on random forgetting tune beats the paper
-defaults in 32 of 36 cells over four worlds, all nine methods on the held-out one; the four misses are on
-*signals*, whose one draw of data has a test set 4.7 ± 0.9 points harder than unseen training data (the
-oracle's forget error sits below the prediction this calibration aims at); with a fresh draw per seed one
-miss remains (SalUn, +0.14 ± 1.14). On class-wise forgetting, 33 of 36, the misses again on *signals*,
-where the defaults of RL, SalUn and ℓ1-sparse already sit within about a point of the oracle. On a
-ResNet with BatchNorm (``gratings-resnet``, 5 seeds) FT and ℓ1-sparse missed because no half-length
-trial reached what 10 epochs of their default do; with their last trial at the full length FT passes there
-and ℓ1-sparse misses by +0.48 ± 0.52.
+The validation at 10 seeds (README, docs/tune-validation.md; rerun with every epoch scored): on random
+forgetting tune beats the paper defaults in 33 of 36 cells over four worlds, all nine methods on the
+held-out one; the three misses (RL, SalUn, ℓ1-sparse) are on *signals*, whose one draw of data has a test
+set 4.7 ± 0.9 points harder than unseen training data (the oracle's forget error sits below the prediction
+this calibration aims at); with a fresh draw per seed (before epoch scoring) one miss remained (SalUn,
++0.14 ± 1.14). On class-wise forgetting, 34 of 36: ℓ1-sparse on *signals* and SCRUB on *tabular*, where
+the defaults already sit within about a point of the oracle. On a ResNet with BatchNorm
+(``gratings-resnet``, 5 seeds) 7 of 9 random (GA and IU tie with doing nothing, +0.03 and +0.02) and 8 of
+9 class-wise (boundary expand misses); SalUn within one std of the best method on both.
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
