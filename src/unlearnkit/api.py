@@ -98,7 +98,8 @@ def unlearn(
     epochs, lr, optimizer, momentum, weight_decay, scheduler, milestones); ``method="retrain"`` retrains
     with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
     unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
-    (``unlearnkit.tune``, ≤ 10 short trials) and runs with the chosen options (``result.info["tune"]``).
+    (``unlearnkit.tune``, ≤ 10 short runs, scored after each epoch where the method allows) and runs with
+    the chosen options (``result.info["tune"]``).
     A Hugging Face ``*ForImageClassification`` model is unlearned through its logits and returned as such
     (``out=`` also gets ``hf_model/``, a ``save_pretrained`` folder); ``image_processor=`` preprocesses
     raw images for it (see :func:`unlearnkit.api_args.adapt_model`).

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                 help="calibrate the method's lr and epochs first (as `unlearnkit tune`), then run with them",
             )
         if name in ("tune", "unlearn"):
-            sp.add_argument("--max-trials", type=int, default=None, help="tune's trial budget (default 10)")
+            sp.add_argument(
+                "--max-trials", type=int, default=None, help="tune's budget of training runs (default 10)"
+            )
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
