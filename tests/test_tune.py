@@ -101,6 +101,8 @@ def test_budget_and_bad_arguments(world):
     assert [t.options["lr"] for t in res.trials] == pytest.approx([1e-6, 1e-6, 1e-5, 1e-5, 1e-4, 1e-4])
     with pytest.raises(ValueError, match="max_trials= must be an int >= 1"):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=0)
+    with pytest.raises(ValueError, match="every_epoch= must be True or False, got 'no'"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), every_epoch="no")
     with pytest.raises(ValueError, match="is exact: it has nothing to tune"):
         unlearnkit.tune(model, "retrain", train_set=(x, y), forget_class=3, test=(xt, yt))
     assert torch.equal(model.conv.weight, _trained_signal_net()[0].conv.weight)  # input never touched

@@ -247,6 +247,8 @@ def tune_split(
 
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
+    if not isinstance(every_epoch, bool):
+        raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
     try:
         base = build_method(spec)
     except ConfigError as exc:
@@ -261,7 +263,7 @@ def tune_split(
     ecfg_values = {"progress": False} | (engine or {}) | {"seed": seed}
     original = signals(model, split, k, seed)
     trials: list[Trial] = []
-    runs = [0]  # training runs so far (the budget); a run scored after each epoch adds several trials
+    spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
     by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
 
     def run(value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
@@ -269,11 +271,12 @@ def tune_split(
         existing = next((t for t in trials if t.options == opts), None)
         if existing is not None:
             return existing
+        nonlocal spent
         m = build_method(spec | opts)
         engine_ = Engine(build_dataclass(EngineConfig, ecfg_values, "engine"), None)
         task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
-        run_no, t0 = runs[0], time.perf_counter()
-        runs[0] += 1
+        run_no, t0 = spent, time.perf_counter()
+        spent += 1
 
         def at_epoch(desc: str, done: int, current: nn.Module) -> None:
             # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
@@ -305,7 +308,7 @@ def tune_split(
     if other is not None:  # the other form over the upper half of the sweep's best, then refine either
         centre = best().options[knob]
         for f in OTHER_FORM:
-            if runs[0] < max_trials:
+            if spent < max_trials:
                 run(centre * f, short, other)
         refine = REFINE[1:]
     else:
@@ -314,9 +317,9 @@ def tune_split(
         b = best()
         form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         for f in factors:
-            if runs[0] < max_trials:
+            if spent < max_trials:
                 run(b.options[knob] * f, short, form)
-    if full_epochs and short >= 1 and runs[0] < max_trials:
+    if full_epochs and short >= 1 and spent < max_trials:
         b = best()
         form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         # FT and l1-sparse forget only through training on D_r: the best step at the full length; so
