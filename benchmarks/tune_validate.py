@@ -261,6 +261,22 @@ def main() -> None:
                 print(wname, seed, m, {r["setting"]: round(r["gap"], 2) for r in done}, flush=True)
             Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
     table(rows, methods)
+    if args.end_only:
+        cost_ratio(rows, methods)
+
+
+def cost_ratio(rows: list[dict[str, Any]], methods: list[str]) -> None:
+    """tune's wall time scored every epoch over scored at the end of each run, median per method (the two
+    tunings of a seed run back to back in this process)."""
+    secs: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r.get("tune_seconds"):
+            secs.setdefault((r["world"], r["seed"], r["method"]), {})[r["setting"]] = r["tune_seconds"]
+    print("\ntune time, every epoch scored / end only (median over worlds and seeds):")
+    for m in methods:
+        ratios = [d["tune"] / d["tune_end"] for k, d in secs.items() if k[2] == m and len(d) == 2]
+        if ratios:
+            print(f"  {m}: {statistics.median(ratios):.2f}")
 
 
 def table(rows: list[dict[str, Any]], methods: list[str]) -> None:

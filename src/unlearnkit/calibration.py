@@ -35,16 +35,20 @@ Every epoch is a trial where the method allows it: when the first e epochs of a 
 (``Method.prefix_consistent``: FT, GA, RL, SalUn and boundary shrink with a constant schedule; not
 ℓ1-sparse, whose penalty decays over the run's length, SCRUB's step schedule, or boundary expand, which
 prunes its extra head at the end) each run is also scored after each of its epochs, through the engine's
-``epoch_end`` hook, for the cost of the scoring alone; the chosen ``epochs`` then reproduce that state
-exactly. Their last run is the best step at the full epochs (the half-length runs have already shown the
-quarter-length states). Ties, which this makes common in class-wise forgetting (many states at accuracy 0
-and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost measured without the dead zone,
-then to the gentlest step (step size × epochs). Measured with ``benchmarks/tune_validate.py --end-only``
-(docs/tune-validation.md), 10 seeds on four worlds, the five methods concerned: scoring every epoch took
-the mean Avg. Gap from 3.57 to 3.42 on random forgetting and from 2.57 to 2.08 class-wise; the tie rule,
-replayed on the same trials, from 2.08 to 2.01 class-wise (on the ResNet world, class-wise, where the
-gentlest tie left RL and SalUn with 1–3 points of TA missing, from 2.62 to 2.47) and changed nothing on
-random forgetting (3.42). ``every_epoch=False`` gives the plan scored at the end of each run.
+``epoch_end`` hook, with no extra training; the chosen ``epochs`` then reproduce that state exactly. The
+scoring is not free (a forward pass over the forget, retain and test sets and three SVC fits per epoch):
+with the full-length last run, tune takes a median 1.6–1.9× the wall time of the end-scored plan for FT, GA,
+RL and SalUn and 2.6–3.1× for boundary shrink, whose epochs touch only the forget set (``tune_validate.py
+--end-only`` prints the ratio). Their last run is the best step at the full epochs (the half-length runs
+have already shown the quarter-length states). Ties, which this makes common in class-wise forgetting (many
+states at accuracy 0 and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost measured
+without the dead zone, then to the gentlest step (step size × epochs). Measured with
+``benchmarks/tune_validate.py --end-only`` (docs/tune-validation.md), 10 seeds on four worlds, the five
+methods concerned: scoring every epoch took the mean Avg. Gap from 3.57 to 3.42 on random forgetting and
+from 2.57 to 2.08 class-wise; the tie rule, replayed on the same trials, from 2.08 to 2.01 class-wise (on
+the ResNet world, class-wise, where the gentlest tie left RL and SalUn with 1–3 points of TA missing, from
+2.62 to 2.47) and changed nothing on random forgetting (3.42). ``every_epoch=False`` gives the plan scored
+at the end of each run.
 
 For IU, a single step, ``alpha`` is swept instead. RL and SalUn have two published forms (methods/rl.py: the
 authors' stated sequential schedule, the reference code's CIFAR-100 ``concat``); unless the user fixes
@@ -279,7 +283,8 @@ def tune_split(
         spent += 1
 
         def at_epoch(desc: str, done: int, current: nn.Module) -> None:
-            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
+            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): one more trial
+            # without more training
             eo = opts | {"epochs": done}
             if done < epochs and not any(t.options == eo for t in trials):
                 s = signals(current, split, k, seed)
