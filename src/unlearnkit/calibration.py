@@ -232,6 +232,13 @@ def _other_form(method: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _check_budget(max_trials: Any, every_epoch: Any) -> None:
+    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
+        raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
+    if not isinstance(every_epoch, bool):
+        raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
+
+
 def tune_split(
     model: nn.Module,
     spec: dict[str, Any],
@@ -249,10 +256,7 @@ def tune_split(
     and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
     end, with the last run at a quarter of the epochs (the plan before epoch scoring)."""
 
-    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-        raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
-    if not isinstance(every_epoch, bool):
-        raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
+    _check_budget(max_trials, every_epoch)
     try:
         base = build_method(spec)
     except ConfigError as exc:
