@@ -42,6 +42,40 @@ def test_class_forgetting_score_by_hand():
     assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class") > 0
 
 
+def test_class_wise_guards_aim_at_the_original_over_the_remaining_classes():
+    """A model that never saw class 0 cannot mistake the others for it: the RA/TA a class-wise trial must
+    keep are the original's with class 0's logit removed, not its plain accuracies."""
+    from unlearnkit.calibration import damage, signals
+    from unlearnkit.data.examples import ExampleSet
+    from unlearnkit.data.splits import class_split
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(60, 3, generator=g)  # nn.Identity: the inputs are the logits
+    y = torch.arange(60) % 3
+    logits[y == 0, 0] += 2.0  # the class to forget, mostly right
+    logits[y == 1, 0] += 1.0  # class 1 often taken for class 0
+    split = class_split(
+        ExampleSet({"x": logits[:45], "y": y[:45]}), ExampleSet({"x": logits[45:], "y": y[45:]}), 0
+    )
+    s = signals(torch.nn.Identity(), split, 3)
+    for key, part in (("RA", split.retain), ("TA", split.test)):
+        x, lab = part.columns["x"].numpy(), part.labels.numpy()
+        assert s[key] == pytest.approx(100 * (x.argmax(1) == lab).mean())
+        assert s[f"{key}_rest"] == pytest.approx(100 * (x[:, 1:].argmax(1) + 1 == lab).mean())
+    assert s["RA_rest"] > s["RA"] + 10  # the confusions with class 0 are gone
+    assert "RA_rest" not in signals(torch.nn.Identity(), split, 3, targets=False)
+    trial = s | {"UA": 100.0, "MIA": 100.0, "TA_forgotten": 0.0}  # forgotten, and RA/TA as before
+    plain = {key: s[key] for key in ("RA", "TA")}
+    assert score(trial, plain, "class") == 0.0
+    ra, ta = s["RA_rest"] - s["RA"], s["TA_rest"] - s["TA"]
+    assert damage(trial, s) == pytest.approx(ra + ta)
+    want = (
+        max(0, ra - 200 * math.sqrt((s["RA_rest"] / 100) * (1 - s["RA_rest"] / 100) / 30))
+        + max(0, ta - 200 * math.sqrt(max((s["TA_rest"] / 100) * (1 - s["TA_rest"] / 100), 0.25 / 10) / 10))
+    ) / 5
+    assert score(trial, s, "class") == pytest.approx(want) and want > 0
+
+
 def test_equal_scores_go_to_the_least_damage_then_the_gentlest_step():
     original = {"RA": 100.0, "TA": 95.0}
 
@@ -130,6 +164,9 @@ def test_cli_tune(tmp_path, capsys):
     assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
     assert [t["options"]["epochs"] for t in saved["trials"]] == [1, 2, 1, 2] and saved["runs"] == 2
     assert f"method.lr={saved['best']['lr']:.4g}" in capsys.readouterr().out
+    assert main([*argv[:-1], str(tmp_path / "end"), "--end-only"]) == 0  # one trial per run
+    saved = json.loads((tmp_path / "end" / "tune.json").read_text())
+    assert [t["options"]["epochs"] for t in saved["trials"]] == [2, 2] and saved["runs"] == 2
     for bad, phrase in (
         (["--max-trials", "0"], "--max-trials must be >= 1"),
         (["method.name=retrain"], "method.name='retrain' is exact"),
@@ -167,6 +204,8 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     assert "already holds" in err and "trials" not in err
     assert main(["unlearn", "--preset", "vision/ga", "--max-trials", "3"]) == 2  # a budget for no tuning
     assert "add --tune" in capsys.readouterr().err
+    assert main(["unlearn", "--preset", "vision/ga", "--end-only"]) == 2
+    assert "--end-only is tune's: add --tune" in capsys.readouterr().err
 
 
 def _ends(res):
@@ -214,6 +253,26 @@ def test_ft_ends_with_the_best_step_at_the_full_epochs(world):
     assert chosen.score == min(t.score for t in res.trials)
 
 
+def test_trials_skip_the_held_out_verdict_they_never_score(world):
+    """The held-out MIA verdict is a target read from the original; a trial computing its own (two SVC
+    fits) would score the same, so tune leaves it out."""
+    from unlearnkit.calibration import signals
+
+    model, x, y, xt, yt = world
+    split, k = checked_split(model, (x[:20], y[:20]), (x[20:], y[20:]), (xt, yt), None, None, None)
+    full, lean = signals(model, split, k, seed=1), signals(model, split, k, seed=1, targets=False)
+    assert set(full) - set(lean) == {"MIA_heldout", "n_heldout"}
+    assert all(lean[key] == full[key] for key in lean)
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        damaged.head.bias[0] += 3.0  # a trial's state: its own held-out verdict moves ...
+    t_full, t_lean = signals(damaged, split, k, seed=1), signals(damaged, split, k, seed=1, targets=False)
+    assert t_full["MIA_heldout"] != full["MIA_heldout"]
+    assert score(t_lean, full, "random") == score(t_full, full, "random")  # ... and is not scored
+    res = unlearnkit.tune(model, "ga", (x[:20], y[:20]), (x[20:], y[20:]), (xt, yt), max_trials=2, epochs=2)
+    assert "MIA_heldout" in res.original and all("MIA_heldout" not in t.signals for t in res.trials)
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -223,6 +282,7 @@ def test_ft_ends_with_the_best_step_at_the_full_epochs(world):
         {"name": "rl", "schedule": "concat"},
         {"name": "salun"},
         {"name": "boundary_shrink", "lr": 1e-3},
+        {"name": "boundary_expand", "lr": 1e-3},
     ],
     ids=lambda s: "-".join(map(str, s.values())),
 )
@@ -254,7 +314,6 @@ def test_the_state_after_each_epoch_is_a_shorter_run(world, spec):
     [
         {"name": "l1_sparse"},
         {"name": "scrub"},
-        {"name": "boundary_expand"},
         {"name": "ft", "scheduler": "cosine"},
     ],
     ids=lambda s: "-".join(map(str, s.values())),
@@ -286,9 +345,11 @@ def _fit(model, split, k, spec, hook=None):
     from unlearnkit.methods.base import Task
 
     engine = Engine(EngineConfig(progress=False, batch_size=32, seed=0), None)
-    engine.epoch_end = hook
+    method = build_method(spec)
+    if hook is not None:  # the hook sees the state as the run would end now (boundary expand: pruned)
+        engine.epoch_end = lambda desc, done, current: hook(desc, done, method.finished(current))
     task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine, 0)
-    build_method(spec).run(task)
+    method.run(task)
     return task.model
 
 

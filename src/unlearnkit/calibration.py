@@ -154,45 +154,59 @@ def _binom_pp(p_percent: float, n: int) -> float:
 
 
 @torch.no_grad()
-def signals(model: nn.Module, split: Split, k: int, seed: int = 0) -> dict[str, float]:
+def signals(model: nn.Module, split: Split, k: int, seed: int = 0, targets: bool = True) -> dict[str, float]:
     """UA, RA, TA (percent), MIA on the forget set and on held-out examples, set sizes; TA_forgotten for a
     class-wise split. ``MIA`` is the reported MIA-Efficacy (shadow non-members: the test set);
     ``MIA_heldout`` is the same attack's verdict on held-out data, cross-fitted over two random halves of
-    the test set (shadow on one half, verdict on the other, and back)."""
+    the test set (shadow on one half, verdict on the other, and back). For a class-wise split,
+    ``RA_rest``/``TA_rest`` are RA/TA with the forgotten classes' logits removed (the argmax over the
+    remaining classes). These are targets, read from the original model only: ``targets=False`` skips them
+    for the trials (``score`` never reads a trial's own; the held-out verdict costs two SVC fits)."""
 
     fam = VisionFamily(num_classes=k)
     lf = fam.predict_logits(model, split.forget)
     lr = fam.predict_logits(model, split.retain)
     lt = fam.predict_logits(model, split.test)
     yf, yr, yt = split.forget.labels, split.retain.labels, split.test.labels
-    perm = torch.as_tensor(np.random.RandomState(seed).permutation(len(yt)))
-    a, b = perm[: len(yt) // 2], perm[len(yt) // 2 :]
     out = {
         "UA": 100.0 - accuracy(lf, yf),
         "RA": accuracy(lr, yr),
         "TA": accuracy(lt, yt),
         "MIA": mia_efficacy(lr, yr, lt, yt, lf, yf),  # as reported (evaluate_classifier)
-        "MIA_heldout": 0.5  # cross-fitted: shadow on one half of the test set, verdict on the other
-        * (
-            mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b])
-            + mia_efficacy(lr, yr, lt[b], yt[b], lt[a], yt[a])
-        ),
         "n_forget": len(yf),
         "n_retain": len(yr),
         "n_test": len(yt),
-        "n_heldout": len(b),
     }
+    if targets:  # cross-fitted: shadow on one half of the test set, verdict on the other, and back
+        perm = torch.as_tensor(np.random.RandomState(seed).permutation(len(yt)))
+        a, b = perm[: len(yt) // 2], perm[len(yt) // 2 :]
+        out["MIA_heldout"] = 0.5 * (
+            mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b])
+            + mia_efficacy(lr, yr, lt[b], yt[b], lt[a], yt[a])
+        )
+        out["n_heldout"] = len(b)
     if split.test_forgotten is not None and len(split.test_forgotten):
         tf = split.test_forgotten
         out["TA_forgotten"] = accuracy(fam.predict_logits(model, tf), tf.labels)
         out["n_test_forgotten"] = len(tf)
+        if targets:  # what a model that never saw the classes would predict among the others
+            gone = split.forget.labels.unique().long()
+            out["RA_rest"] = accuracy(lr.index_fill(1, gone, -math.inf), yr)
+            out["TA_rest"] = accuracy(lt.index_fill(1, gone, -math.inf), yt)
     return out
+
+
+def _kept(original: dict[str, float]) -> tuple[float, float]:
+    """The RA and TA a trial should keep: the original's, or for class-wise forgetting its accuracy over
+    the remaining classes (``RA_rest``/``TA_rest``)."""
+    return original.get("RA_rest", original["RA"]), original.get("TA_rest", original["TA"])
 
 
 def score(s: dict[str, float], original: dict[str, float], protocol: str) -> float:
     """Distance of a trial's signals ``s`` from what unseen data would show (see the module docstring)."""
-    keep_ra = max(0.0, original["RA"] - s["RA"] - _binom_pp(original["RA"], s["n_retain"]))
-    keep_ta = max(0.0, original["TA"] - s["TA"] - _binom_pp(original["TA"], s["n_test"]))
+    ra, ta = _kept(original)
+    keep_ra = max(0.0, ra - s["RA"] - _binom_pp(ra, s["n_retain"]))
+    keep_ta = max(0.0, ta - s["TA"] - _binom_pp(ta, s["n_test"]))
     if protocol == "class":  # a model that never saw the class: accuracy 0 on it, MIA-Efficacy 100
         terms = [100.0 - s["UA"], 100.0 - s["MIA"]]
         if "TA_forgotten" in s:
@@ -206,10 +220,12 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str) -> flo
 
 
 def damage(s: dict[str, float], original: dict[str, float]) -> float:
-    """Points of RA and TA lost against the original, without the score's dead zone (inf if diverged)."""
+    """Points of RA and TA lost against what the score guards (``_kept``), without its dead zone (inf if
+    diverged)."""
     if "RA" not in s:
         return math.inf
-    return max(0.0, original["RA"] - s["RA"]) + max(0.0, original["TA"] - s["TA"])
+    ra, ta = _kept(original)
+    return max(0.0, ra - s["RA"]) + max(0.0, ta - s["TA"])
 
 
 def choice_key(t: Trial, original: dict[str, float], knob: str) -> tuple[float, float, float]:
@@ -291,14 +307,14 @@ def tune_split(
             # without more training
             eo = opts | {"epochs": done}
             if done < epochs and not any(t.options == eo for t in trials):
-                s = signals(current, split, k, seed)
+                s = signals(m.finished(current), split, k, seed, targets=False)
                 trials.append(Trial(eo, score(s, original, protocol), s, time.perf_counter() - t0, run_no))
 
         if by_epoch:
             engine_.epoch_end = at_epoch
         try:
             m.run(task)
-            s = signals(task.model, split, k, seed)
+            s = signals(task.model, split, k, seed, targets=False)
             sc = score(s, original, protocol)
         except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
@@ -379,8 +395,11 @@ def tune(
     return result
 
 
-def tune_config(cfg: dict[str, Any], max_trials: int = 10, out: str | Path | None = None) -> TuneResult:
-    """``unlearnkit tune``: calibrate the config's method on its data and original model (no oracle)."""
+def tune_config(
+    cfg: dict[str, Any], max_trials: int = 10, out: str | Path | None = None, every_epoch: bool = True
+) -> TuneResult:
+    """``unlearnkit tune``: calibrate the config's method on its data and original model (no oracle);
+    ``every_epoch=False`` is ``--end-only``."""
 
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ConfigError(f"--max-trials must be >= 1, got {max_trials}")
@@ -393,7 +412,14 @@ def tune_config(cfg: dict[str, Any], max_trials: int = 10, out: str | Path | Non
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
         res = tune_split(
-            model, dict(setup.cfg["method"]), setup.split, k, setup.cfg["engine"], setup.seed, max_trials
+            model,
+            dict(setup.cfg["method"]),
+            setup.split,
+            k,
+            setup.cfg["engine"],
+            setup.seed,
+            max_trials,
+            every_epoch,
         )
     except ArgumentError as exc:  # phrased for the API: name the config key instead
         raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
@@ -409,7 +435,7 @@ def _fmt(value: Any, digits: int) -> str:
 def print_trials(res: TuneResult) -> None:
     """The trials as a table, the chosen one marked, and the overrides that use it. Of a run scored
     after every epoch, the rows are its end and its best earlier epoch (all are in ``tune.json``)."""
-    keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten")
+    keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten", "RA_rest", "TA_rest")
     print(
         f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)

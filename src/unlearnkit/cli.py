@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--max-trials", type=int, default=None, help="tune's budget of training runs (default 10)"
             )
+            sp.add_argument(
+                "--end-only",
+                action="store_true",
+                help="tune scores each run at its end only, not after every epoch (cheaper, fewer trials)",
+            )
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -212,8 +217,9 @@ def _cmd_unlearn(args) -> int:
     cfg = _load_cfg(args)
     if args.tune:
         cfg = _tuned(cfg, args)
-    elif args.max_trials is not None:
-        raise ConfigError("--max-trials is tune's budget: add --tune")
+    elif args.max_trials is not None or args.end_only:
+        flag = "--max-trials is tune's budget" if args.max_trials is not None else "--end-only is tune's"
+        raise ConfigError(f"{flag}: add --tune")
     res = run_config(
         cfg,
         out=args.out,
@@ -238,7 +244,7 @@ def _tuned(cfg: dict, args) -> dict:
         )
     if args.out:  # before minutes of trials: an --out the run could not be written to
         check_out_folder(args.out, overwrite=args.overwrite)
-    res = tune_config(cfg, 10 if args.max_trials is None else args.max_trials)
+    res = tune_config(cfg, 10 if args.max_trials is None else args.max_trials, every_epoch=not args.end_only)
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
             print_trials(res)
@@ -246,7 +252,8 @@ def _tuned(cfg: dict, args) -> dict:
 
 
 def _cmd_tune(args) -> int:
-    res = tune_config(_load_cfg(args), 10 if args.max_trials is None else args.max_trials, args.out)
+    trials = 10 if args.max_trials is None else args.max_trials
+    res = tune_config(_load_cfg(args), trials, args.out, every_epoch=not args.end_only)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:

@@ -58,8 +58,8 @@ class Method:
     exact: ClassVar[bool] = False
     # forgets only through training on D_r (FT, l1-sparse): tune's last trial runs the full epochs
     retain_only: ClassVar[bool] = False
-    # nothing in the update depends on ``cfg.epochs`` (no decay over the run, no head pruned at the end):
-    # with a constant schedule, the first e epochs of a run are an e-epoch run (tune scores every epoch)
+    # nothing in the update depends on ``cfg.epochs`` (no decay over the run): with a constant schedule,
+    # the first e epochs of a run, passed through ``finished``, are an e-epoch run (tune scores every epoch)
     epochwise: ClassVar[bool] = False
     Config: ClassVar[type] = MethodConfig
 
@@ -80,6 +80,11 @@ class Method:
 
     def finalize(self, task: Task) -> None:
         """Work done once after a successful loop (e.g. pruning an added head)."""
+
+    def finished(self, model: nn.Module) -> nn.Module:
+        """The model as :meth:`finalize` would leave it if the run ended now, without touching ``model``
+        (what tune scores after each epoch); the model itself where ``finalize`` changes no weights."""
+        return model
 
     def cleanup(self, task: Task) -> None:
         """Undo what the run changed temporarily, after ``finalize`` or after a failure (also one inside

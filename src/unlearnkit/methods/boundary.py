@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -187,6 +188,7 @@ class BoundaryExpand(Method):
     """
 
     paper = PAPER + "; Boundary Expanding, min_θ E_{D_f} CE(f_θ(x), K) with a shadow class K, then pruned"
+    epochwise = True  # the pruning at the end is a function of the weights: ``finished`` applies it
     families = ("vision",)
     Config = BoundaryExpandConfig
 
@@ -257,11 +259,21 @@ class BoundaryExpand(Method):
         return [Phase("forget", ("forget",), self.loss)]
 
     def finalize(self, task: Task) -> None:
-        k = self.num_classes
-        task.family.num_classes = k
-        if not self.cfg.prune_shadow:
-            return
-        head = _get_module(task.model, self.head_name)
+        task.family.num_classes = self.num_classes
+        if self.cfg.prune_shadow:
+            _set_module(task.model, self.head_name, self._pruned_head(task.model))
+
+    def finished(self, model: nn.Module) -> nn.Module:
+        """A copy with the shadow neuron pruned (``prune_shadow``), as :meth:`finalize` would leave it."""
+        if not self.cfg.prune_shadow or self.head_name is None:
+            return model
+        done = copy.deepcopy(model)
+        _set_module(done, self.head_name, self._pruned_head(model))
+        return done
+
+    def _pruned_head(self, model: nn.Module) -> nn.Linear:
+        """The first K rows of the (K+1)-way head of ``model``, as a new K-way head."""
+        k, head = self.num_classes, _get_module(model, self.head_name)
         pruned = nn.Linear(
             head.in_features,
             k,
@@ -277,7 +289,7 @@ class BoundaryExpand(Method):
         if head.bias is not None:
             pruned.bias.requires_grad_(head.bias.requires_grad)
         pruned.train(head.training)
-        _set_module(task.model, self.head_name, pruned)
+        return pruned
 
 
 # -- helpers -----------------------------------------------------------------------------------------
