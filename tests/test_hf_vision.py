@@ -138,6 +138,31 @@ def test_api_unlearns_an_in_memory_pretrained_model(zoo, tmp_path):
     assert again["UA"] == pytest.approx(res.metrics["UA"]) and again["TA"] == pytest.approx(res.metrics["TA"])
 
 
+def test_tune_takes_a_pretrained_model_and_its_processor_as_unlearn_does(zoo):
+    """``unlearnkit.tune`` on an in-memory HF ResNet (BatchNorm) and raw images: its trials see what
+    ``evaluate`` and ``unlearn`` see, and ``unlearn(**best)`` reproduces the chosen trial."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder, _ = zoo["resnet"]
+    model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
+    proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y, xt, yt = digits(600)
+    raw = (x * 255).round().to(torch.uint8)
+    data = {"train_set": (raw, y), "test": (xt, yt), "forget_class": FORGET_CLASS, "image_processor": proc}
+    res = unlearnkit.tune(model, "rl", max_trials=3, epochs=2, batch_size=64, **data)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # input untouched
+    first = unlearnkit.evaluate(model, **data)
+    assert res.original["TA"] == pytest.approx(first["TA"]) and res.original["UA"] == pytest.approx(
+        first["UA"]
+    )
+    chosen = next(t for t in res.trials if t.options == res.best)
+    run = unlearnkit.unlearn(model, "rl", batch_size=64, **res.best, **data)
+    assert run.metrics["UA"] == pytest.approx(chosen.signals["UA"])
+    assert run.metrics["TA"] == pytest.approx(chosen.signals["TA"])
+    assert chosen.signals["UA"] > first["UA"] + 20  # and the chosen step does forget the class
+
+
 def test_the_processor_runs_as_its_own_call_would():
     _, proc = build("vit")  # 16×16, mean = std = 0.5: pixel_values = (x - 0.5) / 0.5
     x = torch.rand(6, 3, 16, 16)

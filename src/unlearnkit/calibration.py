@@ -110,7 +110,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearnkit.api_args import check_out, checked_split, method_spec
+from unlearnkit.api_args import adapt_model, check_out, checked_split, method_spec
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
@@ -383,6 +383,7 @@ def tune(
     max_trials: int = 10,
     every_epoch: bool = True,
     out: str | Path | None = None,
+    image_processor: Any = None,
     **method_options: Any,
 ) -> TuneResult:
     """Calibrate ``method`` for ``model`` and the data without a retrained model; returns the trials and
@@ -391,15 +392,17 @@ def tune(
     Data arguments as in :func:`unlearnkit.unlearn`; ``method_options`` are held fixed (e.g.
     ``mask_ratio``); ``preset`` gives the starting point of the sweep. ``max_trials`` bounds the
     training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
-    (:func:`tune_split`). ``out`` writes ``tune.json`` and indexes every trial in the run store. The
-    input model is never modified."""
+    (:func:`tune_split`). ``out`` writes ``tune.json`` and indexes every trial in the run store. A Hugging
+    Face ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
+    takes them. The input model is never modified."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
         check_out(out, overwrite=True)
     spec, eng = method_spec(method, preset, None, method_options)
-    split, k = checked_split(model, forget, retain, test, train_set, forget_class, num_classes)
-    result = tune_split(model, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch)
+    base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
+    split, k = checked_split(base, forget, retain, test, train_set, forget_class, num_classes, prepare)
+    result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch)
     if out is not None:
         write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
     return result
