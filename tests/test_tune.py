@@ -142,6 +142,19 @@ def test_budget_and_bad_arguments(world):
     assert torch.equal(model.conv.weight, _trained_signal_net()[0].conv.weight)  # input never touched
 
 
+def test_options_are_held_fixed_as_in_unlearn(tmp_path, world):
+    model, x, y, xt, yt = world
+    data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32, "max_trials": 1}
+    data["lr"] = 3.0  # the sweep's centre: its first run, at 0.03, moves the model
+    unlearnkit.tune(model, "salun", options={"mask_ratio": 0.2}, out=tmp_path / "a", **data)
+    unlearnkit.tune(model, "salun", mask_ratio=0.2, out=tmp_path / "b", **data)
+    a, b = (json.loads((tmp_path / d / "tune.json").read_text()) for d in "ab")
+    assert a["config"]["method"]["mask_ratio"] == 0.2
+    assert [t["signals"] for t in a["trials"]] == [t["signals"] for t in b["trials"]]
+    plain = unlearnkit.tune(model, "salun", **data)  # the default mask (0.5) moves other weights
+    assert plain.trials[-1].signals != a["trials"][-1]["signals"]
+
+
 def test_unlearn_with_tune_runs_the_chosen_options(world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}

@@ -378,6 +378,7 @@ def tune(
     forget_class: int | None = None,
     preset: str | None = None,
     num_classes: int | None = None,
+    options: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
     seed: int = 0,
     max_trials: int = 10,
@@ -389,8 +390,9 @@ def tune(
     """Calibrate ``method`` for ``model`` and the data without a retrained model; returns the trials and
     ``best``, the options to pass on: ``unlearnkit.unlearn(model, method, ..., **result.best)``.
 
-    Data arguments as in :func:`unlearnkit.unlearn`; ``method_options`` are held fixed (e.g.
-    ``mask_ratio``); ``preset`` gives the starting point of the sweep. ``max_trials`` bounds the
+    Data arguments as in :func:`unlearnkit.unlearn`; ``options`` and ``method_options`` (keyword
+    arguments) are held fixed (e.g. ``mask_ratio``), as in :func:`unlearnkit.unlearn`; ``preset`` (or
+    ``lr``/``alpha`` among them) gives the starting point of the sweep. ``max_trials`` bounds the
     training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
     (:func:`tune_split`). ``out`` writes ``tune.json`` and indexes every trial in the run store. A Hugging
     Face ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
@@ -399,7 +401,7 @@ def tune(
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
         check_out(out, overwrite=True)
-    spec, eng = method_spec(method, preset, None, method_options)
+    spec, eng = method_spec(method, preset, options, method_options)
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     split, k = checked_split(base, forget, retain, test, train_set, forget_class, num_classes, prepare)
     result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch)
