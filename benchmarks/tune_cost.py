@@ -9,7 +9,7 @@ For each world (the generated worlds of ``tune_validate.py``, seed 0, random 10%
   fits per scoring), as tune did before it read that verdict from the original model only.
 
 Printed per method and world: the three times, ``every / end``, ``every / old`` and the share of the
-``every`` time spent in scoring (``calibration.signals``). ``every`` and ``old`` must choose the same
+``every`` time spent in scoring (``tuning.signals``). ``every`` and ``old`` must choose the same
 options with the same scores (a trial's own held-out verdict is never scored); the script checks it.
 
     python benchmarks/tune_cost.py [--worlds tabular,signals,gratings] [--methods ga,ft,rl,salun,...]
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    import unlearnkit.calibration as cal
+    import unlearnkit.tuning as cal
     from unlearnkit.data.examples import ExampleSet
     from unlearnkit.data.splits import class_split, random_split
 

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("protocols",),
     ("experiment",),
     ("runs",),
-    ("selection",),
+    ("selection", "tuning"),
     ("bench",),
     ("report",),
     ("api_args", "calibration"),

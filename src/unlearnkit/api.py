@@ -26,7 +26,6 @@ from unlearnkit.api_args import (
     method_spec,
     recipe,
 )
-from unlearnkit.calibration import tune_split
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
@@ -52,6 +51,7 @@ from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
 from unlearnkit.runs.folder import RunFolder
 from unlearnkit.runs.record import write_run
+from unlearnkit.tuning import tune_split
 
 
 @dataclass

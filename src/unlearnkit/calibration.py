@@ -1,370 +1,48 @@
-"""Oracle-free calibration: pick a method's step size and length for the user's model and data.
-
-The papers tune against the retrained model: SalUn and Unlearn-WorstCase grid-search the learning rate
-(about [1e-4, 1e-1], 10 epochs) on the random forget set for the smallest Avg. Gap to retraining
-(classification.md §1.5, WorstCase issue #4). A user has no retrained model (retraining is what they came
-to avoid), so ``tune`` scores each trial with signals that need none:
-
-- **random forgetting**: a retrained model has never seen the forget set, so the forget set should look
-  like held-out data. Targets, fixed from the original model: forget accuracy = its test accuracy
-  (UA ≈ 100 − TA), and the membership attack's verdict on the forget set = its verdict on held-out
-  examples (the SVC MIA of the SalUn protocol; on held-out examples it is cross-fitted over two halves
-  of the test set). RA and TA should not fall below the original's.
-- **class-wise forgetting**: a model that never saw the class never predicts it: accuracy 0 on the
-  class's training and test examples, and the membership attack calls all of them non-members
-  (MIA-Efficacy 100, SalUn's retrained rows). Nor can it mistake the other classes for it, so RA and TA
-  should keep the original's accuracy *over the remaining classes* (its argmax with the forgotten classes'
-  logits removed, ``RA_rest``/``TA_rest``), not just its plain RA and TA: on the gratings of
-  ``benchmarks/tune_validate.py --classwise`` (seeds 3–12) the oracle's TA is 2.9 ± 0.5 points above the
-  original's and 0.2 ± 0.5 above ``TA_rest`` (RA: 2.3 and 0.4). Guarding the plain values let a trial
-  keep the confusions the oracle has lost. Over the eight methods whose plan did not change otherwise,
-  five worlds (ResNet included), 360 tunings, the mean Avg. Gap went 2.00 → 1.98, most on gratings
-  (SalUn 0.86 → 0.72; docs/tune-validation.md). "Chance or below" is the bound; 0 is the target: a
-  first version took any accuracy up to chance (100/K) as done and stopped at the gentlest trial that
-  reached it, which left the class at chance where the oracle is at 0:
-  on seeds 0–2 of the four worlds of ``benchmarks/tune_validate.py --classwise``, replayed on the same
-  trials, the mean Avg. Gap fell from 6.48 to 4.20 and tune beat the defaults in 31 of 36 cells, not 24.
-
-Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale. The
-forget-side terms are plain distances to their targets; the guards (RA and TA not below what they keep)
-have a dead zone of two binomial standard deviations of the quantity compared (what the held-out set
-itself spreads), so noise alone is never penalised. (A
-dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
-by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
-``max_trials`` (10) training runs, each at half the method's epochs (a fraction of one run): a sweep of the
-step size over four decades (×0.01 … ×100 around the method's default, or the preset's), then half- and
-quarter-decade steps around the best, then the best at a quarter of the epochs; for FT and ℓ1-sparse,
-which forget only through training on D_r, the best step at the full epochs instead (half-length trials
-cannot reach what their 10 epochs do: on the ResNet world the best half-length trial judged by the oracle
-was worse than the default; this trial took their mean gap from 5.63 and 5.65 to 4.84 and 4.89 there, and
-on tabular from 4.99 and 4.43 to 4.04 and 4.07, for three quarters of a run more).
-Every epoch is a trial where the method allows it: when the first e epochs of a run, passed through
-``Method.finished`` (boundary expand's pruning of its shadow neuron), are an e-epoch run
-(``Method.prefix_consistent``: FT, GA, RL, SalUn and both boundary methods with a constant schedule; not
-ℓ1-sparse, whose penalty decays over the run's length, or SCRUB's step schedule) each run is also scored
-after each of its epochs, through the engine's ``epoch_end`` hook, with no extra training; the chosen
-``epochs`` then reproduce that state exactly. The scoring is not free (a forward pass over the forget,
-retain and test sets and one SVC fit per epoch; a trial skips the held-out verdict, a target read from the
-original only): with the full-length last run, tune takes 1.3–1.9× the wall time of the end-scored plan for
-FT, GA, RL and SalUn and 2.0–3.2× for the boundary methods, whose epochs touch only the forget set
-(``benchmarks/tune_cost.py``). Their last run is the best step at the full epochs (the half-length runs
-have already shown the quarter-length states). Ties, which this makes common in class-wise forgetting (many
-states at accuracy 0 and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost measured
-without the dead zone, then to the gentlest step (step size × epochs). Measured with
-``benchmarks/tune_validate.py --end-only`` (docs/tune-validation.md), 10 seeds on four worlds, the five
-methods then concerned: scoring every epoch took the mean Avg. Gap from 3.57 to 3.42 on random forgetting and
-from 2.57 to 2.08 class-wise; the tie rule, replayed on the same trials, from 2.08 to 2.01 class-wise (on
-the ResNet world, class-wise, where the gentlest tie left RL and SalUn with 1–3 points of TA missing, from
-2.62 to 2.47) and changed nothing on random forgetting (3.42). Boundary expand joined later (random
-4.68 → 4.57 over four worlds, class-wise 11.21 → 10.34, and on the ResNet class-wise 14.58 → 11.36, a miss
-turned into a win). ``every_epoch=False`` (CLI ``--end-only``) gives the plan scored at the end of each run.
-
-For IU, a single step, ``alpha`` is swept instead. RL and SalUn have two published forms (methods/rl.py: the
-authors' stated sequential schedule, the reference code's CIFAR-100 ``concat``); unless the user fixes
-``schedule``, the sweep runs the sequential form and three trials run ``concat`` at ×1, ×√10 and ×10 the
-sweep's best step (concat dilutes the forget term in each batch), then two quarter-decade steps refine the
-best of either; this replaces the half-decade and quarter-epoch trials. On the design worlds of
-``benchmarks/tune_validate.py`` the concat trials took SalUn's Avg. Gap from 2.01 to 1.73 (digits) and from
-4.79 to 4.12 (signals), as concat had won the digits preset's grid; on the held-out world they were neutral
-(README). Other selection rules, replayed on every trial's true gap over four worlds (before epoch scoring),
-did no better than the plain minimum (mean gap 3.96 over 108 tunings): plain RA/TA distances without the
-dead zone (3.97), RA/TA weighted ×2 (4.11), and the median, gentlest, strongest or least damaging trial
-within the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53. Two
-more trials were tried on the design worlds and left out at the time: the chosen step at the full epochs,
-kept when it scored lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run; it is now the
-last run of the methods scored every epoch, where it also yields every shorter state), and SalUn's mask
-ratio at 0.1, 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
-
-The validation at 10 seeds (README, docs/tune-validation.md; rerun with every epoch scored): on random
-forgetting tune beats the paper defaults in 33 of 36 cells over four worlds, all nine methods on the
-held-out one; the three misses (RL, SalUn, ℓ1-sparse) are on *signals*, whose one draw of data has a test
-set 4.7 ± 0.9 points harder than unseen training data (the oracle's forget error sits below the prediction
-this calibration aims at); with a fresh draw per seed one miss remains (ℓ1-sparse, +0.65 ± 0.88; SalUn
-is ahead by 1.31 ± 1.06). On class-wise forgetting, 34 of 36: ℓ1-sparse on *signals* and SCRUB on
-*tabular*, where the defaults already sit within about a point of the oracle; SalUn within one std of
-the best method on three worlds, not on gratings (0.72 ± 0.27 vs FT's 0.42 ± 0.21). On a ResNet with BatchNorm
-(``gratings-resnet``, 5 seeds) 7 of 9 random (GA and IU tie with doing nothing, +0.03 and +0.02) and 9 of
-9 class-wise; SalUn within one std of the best method on both.
-
-How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
-fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
-retrained model; this searches a small adaptive grid against held-out data, at half the epochs, with the
-mask ratio held at its value (the user may pass one). It is validated against the oracle where one is
-known (``benchmarks/tune_validate.py``), not guaranteed to match it: with ~100 forget examples the
-forget-side signals carry a few points of binomial noise, and the lowest-scoring of ten trials is
-sometimes a lucky one.
-"""
+"""``unlearnkit tune``: the API (:func:`tune`), the CLI (:func:`tune_config`), the trial table and
+``tune.json``, over the oracle-free scoring and plan of :mod:`unlearnkit.tuning` (whose docstring is the
+design and its validation)."""
 
 from __future__ import annotations
 
-import copy
-import math
 import sqlite3
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from unlearnkit.api_args import adapt_model, check_out, checked_split, method_spec
-from unlearnkit.config import build_dataclass
-from unlearnkit.data.splits import Split
-from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
-from unlearnkit.experiment import build_method, make_setup, original_model
-from unlearnkit.families.vision import VisionFamily
+from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.io import write_json
-from unlearnkit.methods.base import Task
-from unlearnkit.metrics.mia import mia_efficacy
-from unlearnkit.metrics.vision import accuracy
 from unlearnkit.runs.store import open_store, store_path
+from unlearnkit.tuning import (
+    Trial,
+    TuneResult,
+    check_tunable,
+    choice_key,
+    damage,
+    score,
+    signals,
+    tune_setup,
+    tune_split,
+)
 
-SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)  # four decades around the default: defaults are often 100× off
-REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter decades around the best
-# concat dilutes the forget term in each batch (D_f is a small part of D_f ∪ D_r): it wants a larger step
-OTHER_FORM = (1.0, 10**0.5, 10.0)
-
-
-@dataclass
-class Trial:
-    options: dict[str, Any]
-    score: float
-    signals: dict[str, float]
-    seconds: float
-    run: int = 0  # which training run it comes from (one run is scored after each of its epochs)
-
-
-@dataclass
-class TuneResult:
-    """``best``: the options to pass to ``unlearn`` (``unlearn(..., **result.best)``)."""
-
-    method: str
-    protocol: str
-    best: dict[str, Any]
-    trials: list[Trial] = field(default_factory=list)
-    original: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def runs(self) -> int:
-        """Training runs spent (the budget); one run may give several trials, one per epoch."""
-        return len({t.run for t in self.trials})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"runs": self.runs}
-
-
-def _binom_pp(p_percent: float, n: int) -> float:
-    """Two binomial standard deviations, in percentage points, of a rate ``p`` measured on ``n`` items."""
-    p = min(max(p_percent / 100.0, 0.0), 1.0)
-    return 200.0 * math.sqrt(max(p * (1 - p), 0.25 / max(n, 1)) / max(n, 1))
-
-
-@torch.no_grad()
-def signals(model: nn.Module, split: Split, k: int, seed: int = 0, targets: bool = True) -> dict[str, float]:
-    """UA, RA, TA (percent), MIA on the forget set and on held-out examples, set sizes; TA_forgotten for a
-    class-wise split. ``MIA`` is the reported MIA-Efficacy (shadow non-members: the test set);
-    ``MIA_heldout`` is the same attack's verdict on held-out data, cross-fitted over two random halves of
-    the test set (shadow on one half, verdict on the other, and back). For a class-wise split,
-    ``RA_rest``/``TA_rest`` are RA/TA with the forgotten classes' logits removed (the argmax over the
-    remaining classes). These are targets, read from the original model only: ``targets=False`` skips them
-    for the trials (``score`` never reads a trial's own; the held-out verdict costs two SVC fits)."""
-
-    fam = VisionFamily(num_classes=k)
-    lf = fam.predict_logits(model, split.forget)
-    lr = fam.predict_logits(model, split.retain)
-    lt = fam.predict_logits(model, split.test)
-    yf, yr, yt = split.forget.labels, split.retain.labels, split.test.labels
-    out = {
-        "UA": 100.0 - accuracy(lf, yf),
-        "RA": accuracy(lr, yr),
-        "TA": accuracy(lt, yt),
-        "MIA": mia_efficacy(lr, yr, lt, yt, lf, yf),  # as reported (evaluate_classifier)
-        "n_forget": len(yf),
-        "n_retain": len(yr),
-        "n_test": len(yt),
-    }
-    if targets:  # cross-fitted: shadow on one half of the test set, verdict on the other, and back
-        perm = torch.as_tensor(np.random.RandomState(seed).permutation(len(yt)))
-        a, b = perm[: len(yt) // 2], perm[len(yt) // 2 :]
-        out["MIA_heldout"] = 0.5 * (
-            mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b])
-            + mia_efficacy(lr, yr, lt[b], yt[b], lt[a], yt[a])
-        )
-        out["n_heldout"] = len(b)
-    if split.test_forgotten is not None and len(split.test_forgotten):
-        tf = split.test_forgotten
-        out["TA_forgotten"] = accuracy(fam.predict_logits(model, tf), tf.labels)
-        out["n_test_forgotten"] = len(tf)
-        if targets:  # what a model that never saw the classes would predict among the others
-            gone = split.forget.labels.unique().long()
-            out["RA_rest"] = accuracy(lr.index_fill(1, gone, -math.inf), yr)
-            out["TA_rest"] = accuracy(lt.index_fill(1, gone, -math.inf), yt)
-    return out
-
-
-def _kept(original: dict[str, float]) -> tuple[float, float]:
-    """The RA and TA a trial should keep: the original's, or for class-wise forgetting its accuracy over
-    the remaining classes (``RA_rest``/``TA_rest``)."""
-    return original.get("RA_rest", original["RA"]), original.get("TA_rest", original["TA"])
-
-
-def score(s: dict[str, float], original: dict[str, float], protocol: str) -> float:
-    """Distance of a trial's signals ``s`` from what unseen data would show (see the module docstring)."""
-    ra, ta = _kept(original)
-    keep_ra = max(0.0, ra - s["RA"] - _binom_pp(ra, s["n_retain"]))
-    keep_ta = max(0.0, ta - s["TA"] - _binom_pp(ta, s["n_test"]))
-    if protocol == "class":  # a model that never saw the class: accuracy 0 on it, MIA-Efficacy 100
-        terms = [100.0 - s["UA"], 100.0 - s["MIA"]]
-        if "TA_forgotten" in s:
-            terms.append(s["TA_forgotten"])
-        return float(np.mean(terms + [keep_ra, keep_ta]))
-    # fixed targets, from the original model: as a trial damages the model its own TA falls and its
-    # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
-    d_ua = abs(s["UA"] - (100.0 - original["TA"]))
-    d_mia = abs(s["MIA"] - original["MIA_heldout"])
-    return float(np.mean([d_ua, d_mia, keep_ra, keep_ta]))
-
-
-def damage(s: dict[str, float], original: dict[str, float]) -> float:
-    """Points of RA and TA lost against what the score guards (``_kept``), without its dead zone (inf if
-    diverged)."""
-    if "RA" not in s:
-        return math.inf
-    ra, ta = _kept(original)
-    return max(0.0, ra - s["RA"]) + max(0.0, ta - s["TA"])
-
-
-def choice_key(t: Trial, original: dict[str, float], knob: str) -> tuple[float, float, float]:
-    """Order of preference: the lowest score; among equal scores the least RA/TA lost (inside the
-    dead zone, where the score cannot see it); then the gentlest step (step size × epochs)."""
-    gentle = t.options[knob] * t.options.get("epochs", 1)
-    return round(t.score, 6), round(damage(t.signals, original), 6), gentle
-
-
-def _knob(method: Any) -> str:
-    return "alpha" if method.name == "iu" else "lr"
-
-
-def _other_form(method: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The method's other published form, tried unless the user fixed one: RL and SalUn in the reference
-    code's CIFAR-100 ``concat`` schedule (relabelled D_f shuffled into D_r) next to the authors' stated
-    sequential one (methods/rl.py)."""
-    if method.name in ("rl", "salun") and "schedule" not in spec and method.cfg.schedule == "sequential":
-        return {"schedule": "concat"}
-    return None
-
-
-def _check_budget(max_trials: Any, every_epoch: Any) -> None:
-    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-        raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
-    if not isinstance(every_epoch, bool):
-        raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
-
-
-def tune_split(
-    model: nn.Module,
-    spec: dict[str, Any],
-    split: Split,
-    k: int,
-    engine: dict[str, Any] | None = None,
-    seed: int = 0,
-    max_trials: int = 10,
-    every_epoch: bool = True,
-) -> TuneResult:
-    """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
-
-    ``max_trials`` bounds the training runs. With ``every_epoch`` (default), a method whose first e
-    epochs are an e-epoch run (``Method.prefix_consistent``) is also scored after each epoch of each run,
-    and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
-    end, with the last run at a quarter of the epochs (the plan before epoch scoring)."""
-
-    _check_budget(max_trials, every_epoch)
-    try:
-        base = build_method(spec)
-    except ConfigError as exc:
-        raise ArgumentError(str(exc)) from exc
-    if base.exact:
-        raise ArgumentError(f"method={spec['name']!r} is exact: it has nothing to tune")
-    knob = _knob(base)
-    base_value = float(getattr(base.cfg, knob))
-    full_epochs = int(base.cfg.epochs)
-    short = max(1, full_epochs // 2) if full_epochs else 0
-    protocol = "class" if split.test_forgotten is not None else "random"
-    ecfg_values = {"progress": False} | (engine or {}) | {"seed": seed}
-    original = signals(model, split, k, seed)
-    trials: list[Trial] = []
-    spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
-    by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
-
-    def run(value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
-        opts = {knob: float(value)} | ({"epochs": epochs} if full_epochs else {}) | (form or {})
-        existing = next((t for t in trials if t.options == opts), None)
-        if existing is not None:
-            return existing
-        nonlocal spent
-        m = build_method(spec | opts)
-        engine_ = Engine(build_dataclass(EngineConfig, ecfg_values, "engine"), None)
-        task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
-        run_no, t0 = spent, time.perf_counter()
-        spent += 1
-
-        def at_epoch(desc: str, done: int, current: nn.Module) -> None:
-            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): one more trial
-            # without more training
-            eo = opts | {"epochs": done}
-            if done < epochs and not any(t.options == eo for t in trials):
-                s = signals(m.finished(current), split, k, seed, targets=False)
-                trials.append(Trial(eo, score(s, original, protocol), s, time.perf_counter() - t0, run_no))
-
-        if by_epoch:
-            engine_.epoch_end = at_epoch
-        try:
-            m.run(task)
-            s = signals(task.model, split, k, seed, targets=False)
-            sc = score(s, original, protocol)
-        except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
-            s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
-        trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
-        trials.append(trial)
-        return trial
-
-    def best() -> Trial:
-        done = [t for t in trials if math.isfinite(t.score)] or trials
-        return min(done, key=lambda t: choice_key(t, original, knob))
-
-    plan = [(base_value * f, short) for f in SWEEP]
-    for value, epochs in plan[:max_trials]:
-        run(value, epochs)
-    other = _other_form(base, spec)
-    if other is not None:  # the other form over the upper half of the sweep's best, then refine either
-        centre = best().options[knob]
-        for f in OTHER_FORM:
-            if spent < max_trials:
-                run(centre * f, short, other)
-        refine = REFINE[1:]
-    else:
-        refine = REFINE
-    for factors in refine:
-        b = best()
-        form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
-        for f in factors:
-            if spent < max_trials:
-                run(b.options[knob] * f, short, form)
-    if full_epochs and short >= 1 and spent < max_trials:
-        b = best()
-        form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
-        # FT and l1-sparse forget only through training on D_r: the best step at the full length; so
-        # for methods scored every epoch, whose quarter-length state the half-length runs have shown
-        if base.retain_only or by_epoch:
-            run(b.options[knob], full_epochs, form)
-        elif short > 1:
-            run(b.options[knob], max(1, short // 2), form)
-    chosen = best()
-    return TuneResult(spec["name"], protocol, dict(chosen.options), trials, original)
+__all__ = [
+    "Trial",
+    "TuneResult",
+    "check_tunable",
+    "choice_key",
+    "damage",
+    "print_trials",
+    "score",
+    "signals",
+    "tune",
+    "tune_config",
+    "tune_setup",
+    "tune_split",
+    "write_tune",
+]
 
 
 def tune(
@@ -419,25 +97,9 @@ def tune_config(
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ConfigError(f"--max-trials must be >= 1, got {max_trials}")
     setup = make_setup(cfg)
-    if setup.protocol.name != "classification":  # its signals are forget accuracy and the MIA score
-        raise UnlearnkitError(
-            f"tune calibrates classifiers (the classification protocol) for now, not {setup.protocol.name!r}"
-        )
+    check_tunable(setup)
     model = original_model(setup).model
-    k = int(setup.family.num_classes or setup.data.num_classes)
-    try:
-        res = tune_split(
-            model,
-            dict(setup.cfg["method"]),
-            setup.split,
-            k,
-            setup.cfg["engine"],
-            setup.seed,
-            max_trials,
-            every_epoch,
-        )
-    except ArgumentError as exc:  # phrased for the API: name the config key instead
-        raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
+    res = tune_setup(setup, model, dict(setup.cfg["method"]), max_trials, every_epoch)
     if out is not None:
         write_tune(out, res, setup.cfg)
     return res

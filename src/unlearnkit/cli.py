@@ -5,7 +5,7 @@
     unlearnkit unlearn --preset vision/salun [--out DIR] [--resume] [key=value ...]
     unlearnkit train   --preset vision/salun --out FILE.safetensors [--resume] [key=value ...]
     unlearnkit evaluate --preset vision/salun model.path=FILE [key=value ...]
-    unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [--fresh] [key=value ...]
+    unlearnkit bench vision-digits --seeds 3 --out DIR [--methods a,b] [--fresh] [--tune] [key=value ...]
     unlearnkit runs list|show ID|compare ID ID... [--store PATH|DIR] [--json]   the run store
     unlearnkit select worstcase --suite vision-digits --size 10% --out FILE [key=value ...]
     unlearnkit report DIR [--out DIR2] [--title T]   report.md + self-contained report.html
@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument(
         "--fresh", action="store_true", help="recompute every row (ignore rows stored in DIR/runs.sqlite)"
+    )
+    b.add_argument(
+        "--tune",
+        action="store_true",
+        help="run each method with the lr and epochs `unlearnkit tune` picks per seed, without the oracle",
     )
     b.add_argument("overrides", nargs="*", help="key=value overrides of the suite config")
 
@@ -325,6 +330,7 @@ def _cmd_bench(args) -> int:
         progress=not args.quiet,
         fresh=args.fresh,
         report=build_report,
+        tune=args.tune,
     )
     out = Path(args.out)
     if res.get("kind") == "composite":  # several suites: each part's table, then where the report is

@@ -32,6 +32,7 @@ class SuiteRequest:
     runner: RowRunner = field(default_factory=RowRunner)
     run_suite: Callable[..., dict[str, Any]] | None = None  # for kinds made of other suites
     report: Callable[[Path], dict[str, Path]] | None = None  # writes a report of a folder of suites
+    tune: bool = False  # plain suites: each method's lr and epochs from ``tune`` (no oracle), per seed
 
     @property
     def n_seeds(self) -> int:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from unlearnkit.bench.kinds import SuiteRequest, register_kind
-from unlearnkit.bench.loop import Lazy, Outcome, RowResult, SuiteRunner
+from unlearnkit.bench.loop import Lazy, Outcome, RowResult, SuiteRunner, resolved
 from unlearnkit.bench.plots import tradeoff_plot
 from unlearnkit.bench.results import markdown_table, public, select_methods, suite_result, write_results
-from unlearnkit.bench.rows import ORACLE, RowRunner, receipt, seed_inputs
+from unlearnkit.bench.rows import ORACLE, REFERENCE, RowRunner, receipt, seed_inputs
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.experiment import DEFAULTS, Setup
 from unlearnkit.experiment.oracle_source import parse_section, stats_document
 from unlearnkit.io import weights_sha256, write_json
 from unlearnkit.registry import get_protocol
+from unlearnkit.tuning import check_tunable
 
 SUITE_ONLY = ("suite", "keys", "caption", "note", "attack", "kind", "plot")
 
@@ -39,13 +40,15 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     opts = {k: cfg.pop(k) for k in SUITE_ONLY if k in cfg}
     suite_name = opts.get("suite", req.name)
     cfg["engine"] = dict(cfg.get("engine") or {}) | {"progress": False}
+    if req.tune:  # before any training: tune scores the classification protocol only
+        check_tunable(req.runner.make_setup(resolved(cfg, 0)))
     seeds = req.n_seeds
     rows: list[dict[str, Any]] = []
     first: Lazy[Setup] | None = None
     total = seeds * len(specs)
     with SuiteRunner(req.out, suite_name, family, total, req.fresh, req.progress) as loop:
         for seed in range(seeds):
-            seed_rows, setup = _plain_seed(loop, req.runner, cfg, seed, specs, opts.get("attack"))
+            seed_rows, setup = _plain_seed(loop, req.runner, cfg, seed, specs, opts.get("attack"), req.tune)
             rows += seed_rows
             first = first or setup
         assert first is not None
@@ -54,11 +57,9 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     caption = opts.get("caption")
     if opts.get("note"):  # appended to the suite's (or else the protocol's) caption
         caption = f"{caption or get_protocol(protocol).caption} {opts['note']}"
-    result = suite_result(
-        suite_name, "plain", protocol, seeds, cfg, specs, keys, caption, rows,
-        **({"plot": opts["plot"]} if opts.get("plot") else {}),
-    )  # fmt: skip
-    write_results(req.out, result, markdown_table(result))
+    extra = ({"plot": opts["plot"]} if opts.get("plot") else {}) | ({"tune": True} if req.tune else {})
+    result = suite_result(suite_name, "plain", protocol, seeds, cfg, specs, keys, caption, rows, **extra)
+    write_results(req.out, result, markdown_table(result) + tuned_text(rows))
     tradeoff_plot(result, req.out / "tradeoff.png")
     return result
 
@@ -70,14 +71,17 @@ def _plain_seed(
     seed: int,
     specs: dict[str, dict],
     attack: dict[str, Any] | None,
+    tune: bool = False,
 ) -> tuple[list[dict[str, Any]], Lazy[Setup]]:
     """One seed of a plain suite: each method's row (the oracle first, as the suite lists it), reused from
-    the store where finished; the setup and the original model are built only if some row must run."""
+    the store where finished; the setup and the original model are built only if some row must run. With
+    ``tune``, each method runs with the options ``unlearnkit tune`` picks (no oracle), recorded in its row."""
     scfg, setup, original = seed_inputs(loop, runner, cfg, seed)
     oracle: dict[str, Any] | None = None
     oracle_key: str | None = None
     rows = []
     for mname, spec in specs.items():
+        tuned = tune and mname not in (ORACLE, REFERENCE)
         identity = {
             "suite": loop.suite,
             "kind": "plain",
@@ -85,21 +89,44 @@ def _plain_seed(
             "method": spec,
             "attack": None if mname == ORACLE else attack,
             "oracle": None if mname == ORACLE else oracle_key,
-        }
+        } | ({"tune": True} if tuned else {})  # without --tune, the keys of earlier stores
 
-        def compute(mname: str = mname, spec: dict = spec, oracle: dict | None = oracle) -> Outcome:
+        def compute(
+            mname: str = mname, spec: dict = spec, oracle: dict | None = oracle, tuned: bool = tuned
+        ) -> Outcome:
             orig, before = original()
+            fields: dict[str, Any] = {}
+            if tuned:  # calibrated on this seed's original and data, without the oracle
+                loop.say(f"seed {seed}: tuning {mname}")
+                fields["tuned"] = runner.tune(setup(), orig.model, spec)
+                spec = spec | fields["tuned"]
             metrics, model, history = runner.run_row(setup(), orig, mname, spec, oracle, attack)
             after = None if model is None else weights_sha256(model)  # None: an oracle.stats oracle
             rec = receipt(setup(), None if mname == ORACLE else before, after)
-            return Outcome(metrics, receipt=rec, history=history)
+            return Outcome(metrics, fields, receipt=rec, history=history)
 
         res = loop.row(identity, mname, seed, compute)
         if mname == ORACLE:
             oracle, oracle_key = res.metrics, res.key
             _export_oracle(loop, seed, res, scfg)
-        rows.append({"method": mname, "seed": seed, "metrics": public(res.metrics)})
+        row = {"method": mname, "seed": seed, "metrics": public(res.metrics)}
+        rows.append(row | ({"tuned": res.fields["tuned"]} if "tuned" in res.fields else {}))
     return rows, setup
+
+
+def tuned_text(rows: list[dict[str, Any]]) -> str:
+    """Under the table of a ``--tune`` suite: the options each method ran with, per seed."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        if "tuned" in r:
+            opts = " ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["tuned"].items()
+            )
+            by.setdefault(r["method"], []).append(f"seed {r['seed']}: {opts}")
+    if not by:
+        return ""
+    lines = [f"- {m}: " + "; ".join(v) for m, v in by.items()]
+    return "\nOptions chosen by `unlearnkit tune` (no oracle) for each seed:\n\n" + "\n".join(lines) + "\n"
 
 
 def _export_oracle(loop: SuiteRunner, seed: int, res: RowResult, scfg: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from unlearnkit.io import weights_sha256
 from unlearnkit.methods.base import Method
 from unlearnkit.selection.runner import run_selection
 from unlearnkit.selection.worstcase import SelectionResult, WorstCaseConfig
+from unlearnkit.tuning import tune_setup
 
 ORACLE = "retrain"  # the suite row that is the retrained oracle
 REFERENCE = "original"  # the suite row that is the model before unlearning
@@ -57,6 +58,11 @@ class RowRunner:
         original: Original | None = None,
     ) -> dict[str, Any]:
         return evaluate_model(setup, model, oracle, original)
+
+    def tune(self, setup: Setup, original: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+        """The options ``unlearnkit tune`` chooses for ``spec`` from ``original``, without the oracle
+        (``bench --tune``; :func:`unlearnkit.tuning.tune_setup`)."""
+        return tune_setup(setup, original, spec).best
 
     def select(
         self,

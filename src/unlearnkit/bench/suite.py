@@ -56,13 +56,16 @@ def run_suite(
     fresh: bool = False,
     runner: RowRunner | None = None,
     report: Callable[[Path], dict[str, Path]] | None = None,
+    tune: bool = False,
 ) -> dict[str, Any]:
     """Run suite ``name`` over seeds ``0..seeds-1`` into ``out``; rows already in ``out``'s run store (same
     configuration) are reused unless ``fresh``, so rerunning a killed command resumes it.
 
     ``seeds=None`` means 1, or for a composite suite (``kind: composite``, e.g. ``quick``) each part's own
     seed count; ``runner`` computes the rows (default :class:`RowRunner`); ``report`` writes a composite
-    suite's report (``unlearnkit.report.build_report``)."""
+    suite's report (``unlearnkit.report.build_report``). ``tune`` (plain suites of classifiers) runs each
+    method with the lr and epochs ``unlearnkit tune`` picks for that seed's original and data, without the
+    oracle; the rows record them."""
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -74,6 +77,11 @@ def run_suite(
     kind = get_kind(raw.get("kind"))
     cfg = raw if kind.parts else load_suite(name, overrides)
     kind = kind if kind.parts else get_kind(cfg.get("kind"))
+    if tune and kind.name != "plain":
+        raise ConfigError(
+            f"--tune calibrates the methods of a plain suite (e.g. vision-digits); {name!r} is a "
+            f"{kind.name} suite"
+        )
     request = SuiteRequest(
         name,
         cfg,
@@ -86,5 +94,6 @@ def run_suite(
         runner or RowRunner(),
         run_suite,
         report,
+        tune,
     )
     return kind.run(request)

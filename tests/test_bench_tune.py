@@ -1,0 +1,70 @@
+"""``bench --tune``: each method of a plain suite runs with the options ``unlearnkit tune`` picks for that
+seed's original and data (no oracle); rows record them, the store keeps tuned and untuned rows apart."""
+
+import json
+
+import pytest
+
+from unlearnkit.bench.loop import resolved
+from unlearnkit.bench.rows import RowRunner
+from unlearnkit.bench.suite import run_suite
+from unlearnkit.cli import main
+from unlearnkit.errors import ConfigError
+from unlearnkit.experiment import build_method, evaluate_model, make_setup, original_model, run_method
+
+FAST = ["train.epochs=8"]
+
+
+class Counting(RowRunner):
+    def __init__(self) -> None:
+        self.tuned: list[dict] = []
+        self.ran: list[dict] = []
+
+    def tune(self, setup, original, spec):
+        best = super().tune(setup, original, spec)
+        self.tuned.append(spec | best)
+        return best
+
+    def run_method(self, setup, original, method):
+        self.ran.append({"name": method.name, "lr": method.cfg.lr, "epochs": method.cfg.epochs})
+        return super().run_method(setup, original, method)
+
+
+def test_bench_tune_runs_each_method_with_its_tuned_options(tmp_path, capsys):
+    out = tmp_path / "tuned"
+    argv = ["bench", "vision-digits", "--seeds", "1", "--methods", "ga,rl", "--quiet", "--tune", *FAST]
+    assert main([*argv, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["tune"] is True
+    rows = {r["method"]: r for r in res["rows"]}
+    assert "tuned" not in rows["retrain"]  # the oracle is exact: nothing to tune
+    for m in ("ga", "rl"):
+        assert set(rows[m]["tuned"]) >= {"lr", "epochs"}
+    md = (out / "results.md").read_text()
+    assert (
+        "Options chosen by `unlearnkit tune`" in md
+        and f"rl: seed 0: lr={rows['rl']['tuned']['lr']:.3g}" in md
+    )
+    # the row is the method run with the suite's options and the tuned ones, from the same original
+    setup = make_setup(resolved(res["config"], 0))
+    original = original_model(setup).model
+    spec = res["methods"]["rl"] | rows["rl"]["tuned"]
+    model, _, _ = run_method(setup, original, build_method(spec))
+    direct = evaluate_model(setup, model)
+    for k in ("UA", "RA", "TA", "MIA"):
+        assert rows["rl"]["metrics"][k] == pytest.approx(direct[k])
+    # the same command again: every row comes from the store, nothing is tuned or trained anew
+    counting = Counting()
+    run_suite("vision-digits", 1, out, ["ga", "rl"], FAST, progress=False, runner=counting, tune=True)
+    assert counting.tuned == [] and counting.ran == []
+    # without --tune the rows are the suite's own settings: computed apart, not read from the tuned rows
+    run_suite("vision-digits", 1, out, ["ga", "rl"], FAST, progress=False, runner=counting)
+    assert counting.tuned == [] and [r["name"] for r in counting.ran] == ["ga", "rl"]
+    assert counting.ran[1]["lr"] == pytest.approx(res["methods"]["rl"]["lr"])
+
+
+def test_bench_tune_is_for_plain_suites_of_classifiers(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="plain suite"):
+        run_suite("worstcase-digits", 1, tmp_path / "w", tune=True)
+    code = main(["bench", "tofu-synthetic", "--tune", "--quiet", "--out", str(tmp_path / "t")])
+    assert code == 2 and "classif" in capsys.readouterr().err
