@@ -39,7 +39,10 @@ def test_bench_tune_runs_each_method_with_its_tuned_options(tmp_path, capsys):
     rows = {r["method"]: r for r in res["rows"]}
     assert "tuned" not in rows["retrain"]  # the oracle is exact: nothing to tune
     for m in ("ga", "rl"):
-        assert set(rows[m]["tuned"]) >= {"lr", "epochs"}
+        assert (
+            set(rows[m]["tuned"]) >= {"lr", "epochs"} and rows[m]["tune_seconds"] > rows[m]["metrics"]["RTE"]
+        )
+    assert "listed in results.md" in capsys.readouterr().out
     md = (out / "results.md").read_text()
     assert (
         "Options chosen by `unlearnkit tune`" in md

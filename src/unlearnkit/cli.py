@@ -341,6 +341,8 @@ def _cmd_bench(args) -> int:
         print(f"report written to {rep.get('html', out / 'report.html')} and {rep.get('markdown', '')}")
         return 0
     print_table(res)
+    if res.get("tune"):  # the options each method ran with are listed in results.md
+        print("each method ran with the options `unlearnkit tune` chose per seed: listed in results.md")
     print(f"results written to {out / 'results.json'} and results.md")
     return 0
 

@@ -8,6 +8,7 @@ per method and ``DIR/tradeoff.png`` the protocol's trade-off (``bench/plots.py``
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from unlearnkit.bench.kinds import SuiteRequest, register_kind
@@ -98,7 +99,9 @@ def _plain_seed(
             fields: dict[str, Any] = {}
             if tuned:  # calibrated on this seed's original and data, without the oracle
                 loop.say(f"seed {seed}: tuning {mname}")
+                t0 = time.perf_counter()
                 fields["tuned"] = runner.tune(setup(), orig.model, spec)
+                fields["tune_seconds"] = time.perf_counter() - t0  # not in RTE: the run's own time
                 spec = spec | fields["tuned"]
             metrics, model, history = runner.run_row(setup(), orig, mname, spec, oracle, attack)
             after = None if model is None else weights_sha256(model)  # None: an oracle.stats oracle
@@ -110,23 +113,30 @@ def _plain_seed(
             oracle, oracle_key = res.metrics, res.key
             _export_oracle(loop, seed, res, scfg)
         row = {"method": mname, "seed": seed, "metrics": public(res.metrics)}
-        rows.append(row | ({"tuned": res.fields["tuned"]} if "tuned" in res.fields else {}))
+        rows.append(row | {k: res.fields[k] for k in ("tuned", "tune_seconds") if k in res.fields})
     return rows, setup
 
 
 def tuned_text(rows: list[dict[str, Any]]) -> str:
-    """Under the table of a ``--tune`` suite: the options each method ran with, per seed."""
+    """Under the table of a ``--tune`` suite: the options each method ran with per seed, and the time its
+    tuning took (RTE is the unlearning run's alone)."""
     by: dict[str, list[str]] = {}
+    secs: dict[str, list[float]] = {}
     for r in rows:
         if "tuned" in r:
             opts = " ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["tuned"].items()
             )
             by.setdefault(r["method"], []).append(f"seed {r['seed']}: {opts}")
+            secs.setdefault(r["method"], []).append(float(r.get("tune_seconds", 0.0)))
     if not by:
         return ""
-    lines = [f"- {m}: " + "; ".join(v) for m, v in by.items()]
-    return "\nOptions chosen by `unlearnkit tune` (no oracle) for each seed:\n\n" + "\n".join(lines) + "\n"
+    lines = [
+        f"- {m}: " + "; ".join(v) + f" (tuning {sum(secs[m]) / len(secs[m]):.1f} s per seed)"
+        for m, v in by.items()
+    ]
+    head = "Options chosen by `unlearnkit tune` (no oracle) for each seed; RTE is the run's time alone:"
+    return f"\n{head}\n\n" + "\n".join(lines) + "\n"
 
 
 def _export_oracle(loop: SuiteRunner, seed: int, res: RowResult, scfg: dict[str, Any]) -> None:
