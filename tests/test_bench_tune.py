@@ -11,6 +11,7 @@ from unlearnkit.bench.suite import run_suite
 from unlearnkit.cli import main
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment import build_method, evaluate_model, make_setup, original_model, run_method
+from unlearnkit.report import build_report
 
 FAST = ["train.epochs=8"]
 
@@ -48,6 +49,8 @@ def test_bench_tune_runs_each_method_with_its_tuned_options(tmp_path, capsys):
         "Options chosen by `unlearnkit tune`" in md
         and f"rl: seed 0: lr={rows['rl']['tuned']['lr']:.3g}" in md
     )
+    report = build_report(out, tmp_path / "report")
+    assert "chosen per seed by `unlearnkit tune`, without the oracle" in report["markdown"].read_text()
     # the row is the method run with the suite's options and the tuned ones, from the same original
     setup = make_setup(resolved(res["config"], 0))
     original = original_model(setup).model

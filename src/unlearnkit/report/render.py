@@ -106,6 +106,8 @@ def _about(suite: SuiteResult) -> str:
         parts.append(f"mode {suite.data.get('mode')}, {len(suite.data.get('requests') or [])} requests")
     parts.append(f"{suite.seeds} seed{'s' if suite.seeds != 1 else ''}")
     parts.append(f"methods: {', '.join(suite.methods)}")
+    if suite.data.get("tune"):  # bench --tune: the rows carry the options each method ran with
+        parts.append("each method's lr and epochs chosen per seed by `unlearnkit tune`, without the oracle")
     return " · ".join(str(p) for p in parts)
 
 
