@@ -406,6 +406,15 @@ API_CASES = [
         "forget= holds classes other than forget_class=1",
     ),
     ("not-data", lambda x, y: {"forget": "x.csv"}, "unlearn", TypeError, "cannot use str as forget="),
+    ("unknown-method-option", lambda x, y: {"bogus": 1}, "unlearn", ValueError, "unknown option bogus=: "),
+    (
+        "method-option-type",
+        lambda x, y: {"lr": "fast"},
+        "tune",
+        ValueError,
+        "lr= must be a number, got 'fast'",
+    ),
+    ("tune-unknown-option", lambda x, y: {"optons": {}}, "tune", ValueError, "unknown option optons=: "),
     (
         "indices-out-of-range",
         lambda x, y: {"train_set": (x, y), "forget": [0, 40], "retain": None},
@@ -424,8 +433,8 @@ def test_api_bad_input_names_the_argument(case, make, fn, exc, phrase):
     model, x, y = _api_world()
     before = weights_sha256(model)
     kwargs = {"forget": (x[:5], y[:5]), "retain": (x[5:], y[5:]), "test": (x, y)} | make(x, y)
-    call = unlearnkit.unlearn if fn == "unlearn" else unlearnkit.evaluate
-    extra = {"method": "ft", "epochs": 1} if fn == "unlearn" else {}
+    call = {"unlearn": unlearnkit.unlearn, "tune": unlearnkit.tune, "evaluate": unlearnkit.evaluate}[fn]
+    extra = {"method": "ft", "epochs": 1} if fn in ("unlearn", "tune") else {}
     with pytest.raises(exc) as info:
         call(model, **extra, **kwargs)
     msg = str(info.value)

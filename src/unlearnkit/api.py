@@ -31,7 +31,7 @@ from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
 from unlearnkit.engine.optim import OptimSpec
-from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError, api_phrased
 from unlearnkit.experiment import (
     build_method,
     evaluate_model,
@@ -114,7 +114,7 @@ def unlearn(
     try:
         m = build_method(spec, family)
     except ConfigError as exc:
-        raise ArgumentError(str(exc)) from exc
+        raise ArgumentError(api_phrased(str(exc))) from exc
     train_spec, info = recipe(m, spec, train)
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     work = copy.deepcopy(base)

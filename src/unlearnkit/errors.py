@@ -8,6 +8,7 @@ these without a traceback and exits with status 2; everything else is a bug and 
 from __future__ import annotations
 
 import difflib
+import re
 
 
 class UnlearnkitError(Exception):
@@ -37,3 +38,12 @@ class ArgumentError(UnlearnkitError, ValueError):
 
 class ArgumentTypeError(UnlearnkitError, TypeError):
     """An API argument of the wrong type; the message names the argument and the accepted types."""
+
+
+_METHOD_KEY = re.compile(r"\bmethod(?:\(\w+\))?\.(\w+)")
+
+
+def api_phrased(message: str) -> str:
+    """A method config message phrased for the Python API, where options are keyword arguments:
+    ``method(ga).lr`` and ``method.lr`` become ``lr=``, ``method.name`` becomes ``method=``."""
+    return _METHOD_KEY.sub(lambda m: "method=" if m.group(1) == "name" else f"{m.group(1)}=", message)

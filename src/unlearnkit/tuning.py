@@ -113,7 +113,7 @@ from torch import nn
 from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.loop import DivergenceError, Engine, EngineConfig
-from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
+from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError, api_phrased
 from unlearnkit.experiment import build_method
 from unlearnkit.families.vision import VisionFamily
 from unlearnkit.methods.base import Task
@@ -283,7 +283,7 @@ def tune_split(
     try:
         base = build_method(spec)
     except ConfigError as exc:
-        raise ArgumentError(str(exc)) from exc
+        raise ArgumentError(api_phrased(str(exc))) from exc
     if base.exact:
         raise ArgumentError(f"method={spec['name']!r} is exact: it has nothing to tune")
     knob = _knob(base)
