@@ -183,6 +183,7 @@ def test_cli_tune(tmp_path, capsys):
     for bad, phrase in (
         (["--max-trials", "0"], "--max-trials must be >= 1"),
         (["method.name=retrain"], "method.name='retrain' is exact"),
+        (["method.lrr=0.1"], "unknown option method(ga).lrr"),  # config keys in the CLI, not lrr=
     ):
         assert main(["tune", "--preset", "vision/ga", "train.epochs=3", *bad]) == 2
         assert phrase in capsys.readouterr().err

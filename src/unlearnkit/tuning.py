@@ -378,6 +378,7 @@ def tune_setup(
     """Tune ``spec`` for ``model`` on an experiment setup's split, engine and seed (``unlearnkit tune``,
     ``bench --tune``); errors name config keys."""
     check_tunable(setup)
+    build_method(spec)  # a bad option: the config's message (method(ga).lrr), before tune_split's API one
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
         return tune_split(
