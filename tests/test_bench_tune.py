@@ -74,3 +74,16 @@ def test_bench_tune_is_for_plain_suites_of_classifiers(tmp_path, capsys):
         run_suite("worstcase-digits", 1, tmp_path / "w", tune=True)
     code = main(["bench", "tofu-synthetic", "--tune", "--quiet", "--out", str(tmp_path / "t")])
     assert code == 2 and "classif" in capsys.readouterr().err
+
+
+def test_a_suite_method_option_is_set_through_methods_not_method(tmp_path):
+    """``methods.ga.lr=`` overlays one option on the preset's GA; ``method.lr=``, which a suite would
+    silently ignore, is refused with the key to use."""
+    from unlearnkit.config import load_preset
+    from unlearnkit.experiment.suites import load_suite
+
+    ga = load_suite("vision-digits", ["methods.ga.lr=0.5"])["methods"]["ga"]
+    assert ga == load_preset("vision/ga")["method"] | {"name": "ga", "lr": 0.5}
+    with pytest.raises(ConfigError, match="set methods.NAME.KEY=VALUE, e.g. methods.ga.lr=0.01"):
+        run_suite("vision-digits", 1, tmp_path / "s", ["ga"], ["method.lr=0.5"], progress=False)
+    assert not (tmp_path / "s").exists()

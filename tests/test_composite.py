@@ -75,7 +75,7 @@ NOTE = 'Budget: one seed, so 1 row = "everything": read the 3-seed table.'
 def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composite, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["bench", str(tiny_composite), "--out", str(out), "--quiet", "--methods", "ga"]
-    assert main(args + ["method.epochs=1", "classwise:seed=1"]) == 0
+    assert main(args + ["methods.ga.epochs=1", "classwise:seed=1"]) == 0
     summary = json.loads((out / "composite.json").read_text())
     assert list(summary["parts"]) == ["random", "classwise"]
     assert summary["parts"]["random"]["methods"] == ["ga"]
@@ -112,7 +112,7 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composi
         def run_row(self, *a, **k):
             raise AssertionError("a stored row was recomputed")
 
-    overrides = ["method.epochs=1", "classwise:seed=1"]
+    overrides = ["methods.ga.epochs=1", "classwise:seed=1"]
     res = run_suite(str(tiny_composite), None, out, ["ga"], overrides, progress=False, runner=NoTraining())
     assert list(res["parts"]) == ["random", "classwise"] and "report" not in res  # no report= given
     assert json.loads((out / "random" / "results.json").read_text())["rows"] == before

@@ -117,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run each method with the lr and epochs `unlearnkit tune` picks per seed, without the oracle",
     )
-    b.add_argument("overrides", nargs="*", help="key=value overrides of the suite config")
+    b.add_argument(
+        "overrides", nargs="*", help="key=value overrides of the suite config (a method: methods.ga.lr=0.01)"
+    )
 
     rp = sub.add_parser("report", help="Markdown + self-contained HTML report of suite results")
     rp.add_argument("dir", help="a suite output folder (bench --out) or a folder of them")

@@ -18,9 +18,21 @@ def suite_preset(name: str) -> str:
 
 def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Suite ``name`` with ``overrides``; each ``methods:`` entry becomes a method spec with its ``name``
-    (a string value names the preset whose ``method:`` section to use)."""
-    cfg = load_preset(suite_preset(name))
-    cfg = apply_overrides(cfg, overrides or [])
+    (a string value names the preset whose ``method:`` section to use). The specs are resolved before the
+    overrides apply, so ``methods.ga.lr=0.01`` changes one option of the preset's GA; a ``method.*``
+    override, which a suite would ignore, is refused."""
+    overrides = list(overrides or [])
+    ignored = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "method"]
+    if ignored:
+        raise ConfigError(
+            f"a suite runs the methods under its 'methods:', not 'method:' ({ignored[0]!r} would change "
+            "nothing): set methods.NAME.KEY=VALUE, e.g. methods.ga.lr=0.01"
+        )
+    cfg = _resolve_methods(name, load_preset(suite_preset(name)))
+    return _resolve_methods(name, apply_overrides(cfg, overrides))
+
+
+def _resolve_methods(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
         raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
     for key, spec in list(cfg["methods"].items()):
