@@ -28,12 +28,14 @@ def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
             f"a suite runs the methods under its 'methods:', not 'method:' ({ignored[0]!r} would change "
             "nothing): set methods.NAME.KEY=VALUE, e.g. methods.ga.lr=0.01"
         )
-    cfg = _resolve_methods(name, load_preset(suite_preset(name)))
+    cfg = _resolve_methods(name, load_preset(suite_preset(name)), required=False)
     return _resolve_methods(name, apply_overrides(cfg, overrides))
 
 
-def _resolve_methods(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+def _resolve_methods(name: str, cfg: dict[str, Any], required: bool = True) -> dict[str, Any]:
     if not isinstance(cfg.get("methods"), dict) or not cfg["methods"]:
+        if not required:  # overrides may still give them
+            return cfg
         raise ConfigError(f"suite {name!r} must list its methods under 'methods:'")
     for key, spec in list(cfg["methods"].items()):
         if isinstance(spec, str):  # the name of a preset whose method section to use
