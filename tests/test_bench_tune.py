@@ -87,3 +87,23 @@ def test_a_suite_method_option_is_set_through_methods_not_method(tmp_path):
     with pytest.raises(ConfigError, match="set methods.NAME.KEY=VALUE, e.g. methods.ga.lr=0.01"):
         run_suite("vision-digits", 1, tmp_path / "s", ["ga"], ["method.lr=0.5"], progress=False)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("seed=5", "--seeds N"),
+        ("out=elsewhere", "--out DIR"),
+        ("eval.oracle=false", "oracle.stats=FILE"),
+        ("classwise:seed=1", "--seeds N"),
+    ],
+)
+def test_a_key_the_suite_run_sets_itself_is_refused(tmp_path, capsys, override, hint):
+    """``seed``, ``out`` and ``eval.oracle`` are set by the suite run (--seeds, --out, its retrain row): an
+    override of one, also a composite part's, used to be accepted and change nothing; it is refused
+    before any output exists, with the option to use."""
+    out = tmp_path / "s"
+    assert main(["bench", "quick", "--quiet", "--out", str(out), override]) == 2
+    err = capsys.readouterr().err
+    assert f"{override!r} would change nothing" in err and hint in err
+    assert not out.exists()

@@ -75,7 +75,7 @@ NOTE = 'Budget: one seed, so 1 row = "everything": read the 3-seed table.'
 def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composite, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["bench", str(tiny_composite), "--out", str(out), "--quiet", "--methods", "ga"]
-    assert main(args + ["methods.ga.epochs=1", "classwise:seed=1"]) == 0
+    assert main(args + ["methods.ga.epochs=1", "classwise:methods.ga.lr=0.02"]) == 0
     summary = json.loads((out / "composite.json").read_text())
     assert list(summary["parts"]) == ["random", "classwise"]
     assert summary["parts"]["random"]["methods"] == ["ga"]
@@ -83,8 +83,8 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composi
     assert sorted({r["method"] for r in rows}) == ["ga", "retrain"]  # --methods kept ga (+ the oracle)
     class_rows = json.loads((out / "classwise" / "results.json").read_text())["rows"]
     assert {r["seed"] for r in class_rows} == {0}  # one seed by default
-    assert "seed=1" in summary["parts"]["classwise"]["overrides"]
-    assert "seed=1" not in summary["parts"]["random"]["overrides"]
+    assert "methods.ga.lr=0.02" in summary["parts"]["classwise"]["overrides"]
+    assert "methods.ga.lr=0.02" not in summary["parts"]["random"]["overrides"]
     # One store for the whole run, holding the rows of both parts.
     from unlearnkit.runs.store import open_store
 
@@ -112,7 +112,7 @@ def test_composite_runs_parts_filters_methods_and_writes_the_report(tiny_composi
         def run_row(self, *a, **k):
             raise AssertionError("a stored row was recomputed")
 
-    overrides = ["methods.ga.epochs=1", "classwise:seed=1"]
+    overrides = ["methods.ga.epochs=1", "classwise:methods.ga.lr=0.02"]
     res = run_suite(str(tiny_composite), None, out, ["ga"], overrides, progress=False, runner=NoTraining())
     assert list(res["parts"]) == ["random", "classwise"] and "report" not in res  # no report= given
     assert json.loads((out / "random" / "results.json").read_text())["rows"] == before

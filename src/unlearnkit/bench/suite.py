@@ -46,6 +46,26 @@ __all__ = [
 ]
 
 
+# config keys a suite run sets itself: an override of one would change nothing, so it is refused
+SET_BY_BENCH = {
+    "seed": "a suite runs seeds 0..N-1: pass --seeds N",
+    "out": "a suite writes where --out DIR says",
+    "eval.oracle": (
+        "a suite always runs its retrain row, the oracle every method is compared with; oracle.* keys "
+        "say where it comes from (e.g. oracle.stats=FILE)"
+    ),
+}
+
+
+def check_bench_overrides(overrides: list[str]) -> None:
+    """A one-line ConfigError for an override of a key the suite run sets itself (``SET_BY_BENCH``),
+    also as a composite suite's ``PART:key=value``, before any part runs."""
+    for o in overrides:
+        key = o.split("=", 1)[0].strip().rsplit(":", 1)[-1]
+        if key in SET_BY_BENCH:
+            raise ConfigError(f"{o!r} would change nothing: {SET_BY_BENCH[key]}")
+
+
 def run_suite(
     name: str,
     seeds: int | None,
@@ -73,6 +93,7 @@ def run_suite(
             "suites run in one process (their rows, store and report are written by one writer); launch "
             "single runs with several processes instead: accelerate launch ... -m unlearnkit.cli unlearn"
         )
+    check_bench_overrides(list(overrides or []))
     raw = load_preset(suite_preset(name))
     kind = get_kind(raw.get("kind"))
     cfg = raw if kind.parts else load_suite(name, overrides)
