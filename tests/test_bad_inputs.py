@@ -33,6 +33,14 @@ CASES = [
     ("unknown-model-option", ["unlearn", "--preset", "vision/ga", "model.widht=3"], "has no option 'widht'"),
     ("unknown-dataset-option", ["unlearn", "--preset", "text/ga", "data.n_author=3"], "did you mean"),
     ("unknown-suite", ["bench", "vision-digit", "--out", "{tmp}/o"], "did you mean"),
+    # a suite given to a single run (which ran SalUn, its default method, and ignored the suite's methods)
+    ("suite-as-run", ["unlearn", "--preset", "suites/vision-digits"], "is a suite (it has 'suite')"),
+    (
+        "suite-key-in-run",
+        ["unlearn", "--preset", "vision/ga", "methods.ga.lr=0.5"],
+        "'methods' is a suite's key (unlearnkit bench); a single run's method is set with method.KEY=VALUE",
+    ),
+    ("bench-seed", ["bench", "vision-digits", "seed=3", "--out", "{tmp}/o"], "pass --seeds N"),
     ("zero-seeds", ["bench", "vision-digits", "--seeds", "0", "--out", "{tmp}/o"], "--seeds must be >= 1"),
     (
         "size-over-100",
@@ -406,6 +414,13 @@ API_CASES = [
         "forget= holds classes other than forget_class=1",
     ),
     ("not-data", lambda x, y: {"forget": "x.csv"}, "unlearn", TypeError, "cannot use str as forget="),
+    (
+        "suite-preset",
+        lambda x, y: {"preset": "suites/vision-digits"},
+        "unlearn",
+        ValueError,
+        "preset='suites/vision-digits' is a suite (it has 'suite'): pass one method's preset",
+    ),
     ("unknown-method-option", lambda x, y: {"bogus": 1}, "unlearn", ValueError, "unknown option bogus=: "),
     (
         "method-option-type",

@@ -21,6 +21,7 @@ from unlearnkit.data.user import check_label_range
 from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError
+from unlearnkit.experiment.config import SUITE_KEYS
 from unlearnkit.methods.retrain import RECIPE_KEYS
 from unlearnkit.models.hf_vision import HFImageClassifier, is_image_classifier
 
@@ -121,6 +122,12 @@ def method_spec(method, preset, options, method_options) -> tuple[dict[str, Any]
             cfg = load_preset(preset)
         except ConfigError as exc:
             raise ArgumentError(f"preset=: {exc}") from exc
+        suite_keys = [k for k in SUITE_KEYS if k in cfg]
+        if suite_keys:  # its methods: would be ignored, and the run would be SalUn's
+            raise ArgumentError(
+                f"preset={preset!r} is a suite (it has {suite_keys[0]!r}): pass one method's preset, "
+                "e.g. preset='vision/ga', or run the suite with unlearnkit.bench.run_suite"
+            )
         if cfg.get("family", "vision") not in API_FAMILIES:
             raise ArgumentError(
                 f"preset={preset!r} is for the {cfg['family']!r} family; unlearn() runs {API_FAMILIES}"

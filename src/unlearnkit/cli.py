@@ -33,6 +33,7 @@ from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.experiment import evaluate_model, make_setup, original_model, resolve_oracle, wants_oracle
+from unlearnkit.experiment.config import check_single_run
 from unlearnkit.experiment.oracle_source import HOW
 from unlearnkit.io import save_weights
 from unlearnkit.models.generate import generate_folder
@@ -167,8 +168,13 @@ def _version() -> str:
 
 
 def _load_cfg(args) -> dict:
-    cfg = load_preset(args.config or args.preset)
-    return apply_overrides(cfg, args.overrides)
+    """A single run's config: the preset (or ``--config`` file) with the overrides; suite keys refused."""
+    source = args.config or args.preset
+    cfg = load_preset(source)
+    check_single_run(cfg, f"--{'config' if args.config else 'preset'} {source}")
+    cfg = apply_overrides(cfg, args.overrides)
+    check_single_run(cfg, None)
+    return cfg
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
