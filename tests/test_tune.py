@@ -135,6 +135,8 @@ def test_budget_and_bad_arguments(world):
     assert [t.options["lr"] for t in res.trials] == pytest.approx([1e-6, 1e-6, 1e-5, 1e-5, 1e-4, 1e-4])
     with pytest.raises(ValueError, match="max_trials= must be an int >= 1"):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_trials=0)
+    with pytest.raises(ValueError, match=r"max_shadow= must be None \(all\) or an int >= 1, got 0"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), max_shadow=0)
     with pytest.raises(ValueError, match="every_epoch= must be True or False, got 'no'"):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, test=(xt, yt), every_epoch="no")
     with pytest.raises(ValueError, match="is exact: it has nothing to tune"):
@@ -180,8 +182,13 @@ def test_cli_tune(tmp_path, capsys):
     assert main([*argv[:-1], str(tmp_path / "end"), "--end-only"]) == 0  # one trial per run
     saved = json.loads((tmp_path / "end" / "tune.json").read_text())
     assert [t["options"]["epochs"] for t in saved["trials"]] == [2, 2] and saved["runs"] == 2
+    # the membership attack of the scoring on 200 of digits' 360 test examples (and 200 retain)
+    assert main([*argv[:-1], str(tmp_path / "cut"), "--max-shadow", "200"]) == 0
+    assert json.loads((tmp_path / "cut" / "tune.json").read_text())["shadow"] == [200, 360]
+    assert "membership attack fit on 200 of the 360 test examples" in capsys.readouterr().out
     for bad, phrase in (
         (["--max-trials", "0"], "--max-trials must be >= 1"),
+        (["--max-shadow", "-1"], "--max-shadow must be >= 0 (0: every example), got -1"),
         (["method.name=retrain"], "method.name='retrain' is exact"),
         (["method.lrr=0.1"], "unknown option method(ga).lrr"),  # config keys in the CLI, not lrr=
     ):
@@ -220,6 +227,8 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     assert "add --tune" in capsys.readouterr().err
     assert main(["unlearn", "--preset", "vision/ga", "--end-only"]) == 2
     assert "--end-only is tune's: add --tune" in capsys.readouterr().err
+    assert main(["unlearn", "--preset", "vision/ga", "--max-shadow", "500"]) == 2
+    assert "--max-shadow is tune's: add --tune" in capsys.readouterr().err
 
 
 def _ends(res):
@@ -351,6 +360,49 @@ def test_methods_whose_run_depends_on_its_length_are_scored_at_the_end_only(worl
         data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt), "batch_size": 32}
         res = unlearnkit.tune(model, "l1_sparse", max_trials=2, **data)
         assert res.runs == len(res.trials) == 2 and {t.options["epochs"] for t in res.trials} == {5}
+
+
+def test_the_scoring_membership_attack_fits_on_at_most_max_shadow_examples(world):
+    """``max_shadow`` caps the membership attack's shadow sets in tune's scoring (its SVC's fit grows about
+    quadratically with them): non-members a fixed random subset of the test set, as many retain examples
+    as members; accuracies still use every example. Not binding, it is the reported protocol."""
+    import numpy as np
+    from sklearn.svm import SVC
+
+    from unlearnkit.calibration import signals
+
+    model, x, y, xt, yt = world
+    data = ((x[:20], y[:20]), (x[20:], y[20:]), (xt, yt))
+    split, k = checked_split(model, *data, None, None, None)
+    whole = signals(model, split, k, seed=0)
+    assert signals(model, split, k, 0, max_shadow=60) == whole  # 60 test examples: not binding
+    cut = signals(model, split, k, 0, max_shadow=20)
+    assert all(cut[key] == whole[key] for key in ("UA", "RA", "TA", "n_retain", "n_test"))
+
+    def p_true(inputs, labels):  # the attack's feature: the softmax probability of the true label
+        with torch.no_grad():
+            return torch.softmax(model(inputs).double(), 1).gather(1, labels[:, None]).numpy()
+
+    def efficacy(members, nonmembers, target):  # percent of target predicted non-member
+        svc = SVC(C=3, gamma="auto", kernel="rbf").fit(
+            np.concatenate([members, nonmembers]), np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+        )
+        return 100.0 * (1 - svc.predict(target).mean())
+
+    perm = np.random.RandomState(0).permutation(60)
+    f, r, t = p_true(*data[0]), p_true(*data[1]), p_true(*data[2])
+    assert cut["MIA"] == pytest.approx(efficacy(r[:20], t[np.sort(perm[:20])], f))
+    a, b = perm[:30], perm[30:]  # the held-out verdict: shadow on 20 of one half, verdict on the other
+    held = 0.5 * (efficacy(r[:20], t[a[:20]], t[b]) + efficacy(r[:20], t[b[:20]], t[a]))
+    assert cut["MIA_heldout"] == pytest.approx(held)
+    # tune scores every trial with the same cut, and the chosen one is reproduced with it
+    opts = {"max_trials": 2, "epochs": 2, "batch_size": 32, "lr": 1.0}  # trials at lr 0.01 and 0.1
+    res = unlearnkit.tune(model, "ft", *data, max_shadow=20, **opts)
+    assert res.shadow == [20, 60] and res.original["MIA_heldout"] == cut["MIA_heldout"]
+    chosen = next(t for t in res.trials if t.options == res.best)
+    fitted = _fit(model, split, k, {"name": "ft"} | res.best)
+    assert signals(fitted, split, k, 0, False, 20) == chosen.signals
+    assert unlearnkit.tune(model, "ft", *data, **opts).shadow == [60, 60]  # the default, 5,000: not binding
 
 
 def _fit(model, split, k, spec, hook=None):

@@ -17,6 +17,7 @@ from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.io import write_json
 from unlearnkit.runs.store import open_store, store_path
 from unlearnkit.tuning import (
+    MAX_SHADOW,
     Trial,
     TuneResult,
     check_tunable,
@@ -29,6 +30,7 @@ from unlearnkit.tuning import (
 )
 
 __all__ = [
+    "MAX_SHADOW",
     "Trial",
     "TuneResult",
     "check_tunable",
@@ -61,6 +63,7 @@ def tune(
     seed: int = 0,
     max_trials: int = 10,
     every_epoch: bool = True,
+    max_shadow: int | None = MAX_SHADOW,
     out: str | Path | None = None,
     image_processor: Any = None,
     **method_options: Any,
@@ -72,8 +75,10 @@ def tune(
     arguments) are held fixed (e.g. ``mask_ratio``), as in :func:`unlearnkit.unlearn`; ``preset`` (or
     ``lr``/``alpha`` among them) gives the starting point of the sweep. ``max_trials`` bounds the
     training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
-    (:func:`tune_split`). ``out`` writes ``tune.json`` and indexes every trial in the run store. A Hugging
-    Face ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
+    (:func:`tune_split`); ``max_shadow`` caps the membership attack's shadow sets in the scoring (a
+    fixed random subset of the test set and as many retain examples; None: all, as reported). ``out``
+    writes ``tune.json`` and indexes every trial in the run store. A Hugging Face
+    ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
     takes them. The input model is never modified."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
@@ -82,14 +87,18 @@ def tune(
     spec, eng = method_spec(method, preset, options, method_options)
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     split, k = checked_split(base, forget, retain, test, train_set, forget_class, num_classes, prepare)
-    result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch)
+    result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch, max_shadow)
     if out is not None:
         write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
     return result
 
 
 def tune_config(
-    cfg: dict[str, Any], max_trials: int = 10, out: str | Path | None = None, every_epoch: bool = True
+    cfg: dict[str, Any],
+    max_trials: int = 10,
+    out: str | Path | None = None,
+    every_epoch: bool = True,
+    max_shadow: int | None = MAX_SHADOW,
 ) -> TuneResult:
     """``unlearnkit tune``: calibrate the config's method on its data and original model (no oracle);
     ``every_epoch=False`` is ``--end-only``."""
@@ -99,7 +108,7 @@ def tune_config(
     setup = make_setup(cfg)
     check_tunable(setup)
     model = original_model(setup).model
-    res = tune_setup(setup, model, dict(setup.cfg["method"]), max_trials, every_epoch)
+    res = tune_setup(setup, model, dict(setup.cfg["method"]), max_trials, every_epoch, max_shadow)
     if out is not None:
         write_tune(out, res, setup.cfg)
     return res
@@ -117,6 +126,11 @@ def print_trials(res: TuneResult) -> None:
         f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
     )
+    if res.shadow and res.shadow[0] < res.shadow[1]:
+        print(
+            f"membership attack fit on {res.shadow[0]} of the {res.shadow[1]} test examples and as many "
+            "retain examples (--max-shadow, max_shadow=)"
+        )
     shown = 0
     for r in dict.fromkeys(t.run for t in res.trials):
         of_run = [t for t in res.trials if t.run == r]

@@ -27,7 +27,7 @@ from pathlib import Path
 from unlearnkit import registry
 from unlearnkit.api import run_config
 from unlearnkit.bench.suite import print_table, run_suite
-from unlearnkit.calibration import print_trials, tune_config
+from unlearnkit.calibration import MAX_SHADOW, print_trials, tune_config
 from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="tune scores each run at its end only, not after every epoch (cheaper, fewer trials)",
             )
+            sp.add_argument("--max-shadow", type=int, help="tune's MIA shadow sets at most (5000; 0: all)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method.lr=0.02 seed=1")
 
     b = sub.add_parser("bench", help="run a benchmark suite over seeds")
@@ -230,8 +231,9 @@ def _cmd_unlearn(args) -> int:
     cfg = _load_cfg(args)
     if args.tune:
         cfg = _tuned(cfg, args)
-    elif args.max_trials is not None or args.end_only:
+    elif args.max_trials is not None or args.end_only or args.max_shadow is not None:
         flag = "--max-trials is tune's budget" if args.max_trials is not None else "--end-only is tune's"
+        flag = "--max-shadow is tune's" if args.max_shadow is not None else flag
         raise ConfigError(f"{flag}: add --tune")
     res = run_config(
         cfg,
@@ -257,16 +259,28 @@ def _tuned(cfg: dict, args) -> dict:
         )
     if args.out:  # before minutes of trials: an --out the run could not be written to
         check_out_folder(args.out, overwrite=args.overwrite)
-    res = tune_config(cfg, 10 if args.max_trials is None else args.max_trials, every_epoch=not args.end_only)
+    trials = 10 if args.max_trials is None else args.max_trials
+    res = tune_config(cfg, trials, every_epoch=not args.end_only, max_shadow=_max_shadow(args))
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
             print_trials(res)
     return cfg | {"method": dict(cfg["method"]) | res.best}
 
 
+def _max_shadow(args) -> int | None:
+    """``--max-shadow``: the default when absent, 0 for every example."""
+    if args.max_shadow is None:
+        return MAX_SHADOW
+    if args.max_shadow < 0:
+        raise ConfigError(f"--max-shadow must be >= 0 (0: every example), got {args.max_shadow}")
+    return None if args.max_shadow == 0 else args.max_shadow
+
+
 def _cmd_tune(args) -> int:
     trials = 10 if args.max_trials is None else args.max_trials
-    res = tune_config(_load_cfg(args), trials, args.out, every_epoch=not args.end_only)
+    res = tune_config(
+        _load_cfg(args), trials, args.out, every_epoch=not args.end_only, max_shadow=_max_shadow(args)
+    )
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:

@@ -51,8 +51,13 @@ retain and test sets and one SVC fit per epoch; a trial skips the held-out verdi
 original only): with the full-length last run, tune takes 1.3–1.9× the wall time of the end-scored plan for
 FT, GA, RL and SalUn and 2.0–3.2× for the boundary methods, whose epochs touch only the forget set
 (``benchmarks/tune_cost.py``). Their last run is the best step at the full epochs (the half-length runs
-have already shown the quarter-length states). Ties, which this makes common in class-wise forgetting (many
-states at accuracy 0 and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost measured
+have already shown the quarter-length states). The attack's SVC, whose fit grows about quadratically with
+its shadow sets, fits on at most ``MAX_SHADOW`` (5,000) test examples and as many retain examples: at
+CIFAR-10's 10,000 a trial's scoring takes 3.8 s instead of 10.6 s (``benchmarks/tune_scoring.py``). The
+validation worlds' test sets (360–500) are a tenth of the cap. Cutting the scored retain and test sets
+themselves to 300 examples raised those worlds' mean gap from 3.58 to 3.95 (180 tunings), so RA, TA and
+the forget set are always scored whole. Ties, which epoch scoring makes common in class-wise forgetting
+(many states at accuracy 0 and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost, measured
 without the dead zone, then to the gentlest step (step size × epochs). Measured with
 ``benchmarks/tune_validate.py --end-only`` (docs/tune-validation.md), 10 seeds on four worlds, the five
 methods then concerned: scoring every epoch took the mean Avg. Gap from 3.57 to 3.42 on random forgetting and
@@ -120,6 +125,11 @@ from unlearnkit.methods.base import Task
 from unlearnkit.metrics.mia import mia_efficacy
 from unlearnkit.metrics.vision import accuracy
 
+# the membership attack's shadow sets in tune's scoring: at most this many non-members (a fixed random subset
+# of the test set) and as many members. Its SVC's fit grows about quadratically with them (1-D features, one
+# core: 10,000 of each 8 s, 5,000 3 s, ``benchmarks/tune_scoring.py``) and runs after every epoch of every
+# run; the validation worlds' sets are smaller, so it changes nothing there
+MAX_SHADOW = 5000
 SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)  # four decades around the default: defaults are often 100× off
 REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter decades around the best
 # concat dilutes the forget term in each batch (D_f is a small part of D_f ∪ D_r): it wants a larger step
@@ -144,6 +154,8 @@ class TuneResult:
     best: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
     original: dict[str, float] = field(default_factory=dict)
+    # the membership attack's shadow non-members, of the test examples (``max_shadow``): [n, of]
+    shadow: list[int] = field(default_factory=list)
 
     @property
     def runs(self) -> int:
@@ -161,9 +173,17 @@ def _binom_pp(p_percent: float, n: int) -> float:
 
 
 @torch.no_grad()
-def signals(model: nn.Module, split: Split, k: int, seed: int = 0, targets: bool = True) -> dict[str, float]:
+def signals(
+    model: nn.Module,
+    split: Split,
+    k: int,
+    seed: int = 0,
+    targets: bool = True,
+    max_shadow: int | None = None,
+) -> dict[str, float]:
     """UA, RA, TA (percent), MIA on the forget set and on held-out examples, set sizes; TA_forgotten for a
-    class-wise split. ``MIA`` is the reported MIA-Efficacy (shadow non-members: the test set);
+    class-wise split. ``MIA`` is the reported MIA-Efficacy (shadow non-members: the test set, or a fixed
+    random ``max_shadow`` of it, and as many retain examples as members);
     ``MIA_heldout`` is the same attack's verdict on held-out data, cross-fitted over two random halves of
     the test set (shadow on one half, verdict on the other, and back). For a class-wise split,
     ``RA_rest``/``TA_rest`` are RA/TA with the forgotten classes' logits removed (the argmax over the
@@ -175,21 +195,24 @@ def signals(model: nn.Module, split: Split, k: int, seed: int = 0, targets: bool
     lr = fam.predict_logits(model, split.retain)
     lt = fam.predict_logits(model, split.test)
     yf, yr, yt = split.forget.labels, split.retain.labels, split.test.labels
+    perm = torch.as_tensor(np.random.RandomState(seed).permutation(len(yt)))
+    shadow = perm if max_shadow is None else perm[:max_shadow]  # all: the reported protocol
+    shadow = shadow.sort().values if len(shadow) < len(yt) else torch.arange(len(yt))
     out = {
         "UA": 100.0 - accuracy(lf, yf),
         "RA": accuracy(lr, yr),
         "TA": accuracy(lt, yt),
-        "MIA": mia_efficacy(lr, yr, lt, yt, lf, yf),  # as reported (evaluate_classifier)
+        "MIA": mia_efficacy(lr, yr, lt[shadow], yt[shadow], lf, yf),  # all: as reported (evaluate_classifier)
         "n_forget": len(yf),
         "n_retain": len(yr),
         "n_test": len(yt),
     }
     if targets:  # cross-fitted: shadow on one half of the test set, verdict on the other, and back
-        perm = torch.as_tensor(np.random.RandomState(seed).permutation(len(yt)))
         a, b = perm[: len(yt) // 2], perm[len(yt) // 2 :]
+        sa, sb = (a, b) if max_shadow is None else (a[:max_shadow], b[:max_shadow])
         out["MIA_heldout"] = 0.5 * (
-            mia_efficacy(lr, yr, lt[a], yt[a], lt[b], yt[b])
-            + mia_efficacy(lr, yr, lt[b], yt[b], lt[a], yt[a])
+            mia_efficacy(lr, yr, lt[sa], yt[sa], lt[b], yt[b])
+            + mia_efficacy(lr, yr, lt[sb], yt[sb], lt[a], yt[a])
         )
         out["n_heldout"] = len(b)
     if split.test_forgotten is not None and len(split.test_forgotten):
@@ -255,9 +278,13 @@ def _other_form(method: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _check_budget(max_trials: Any, every_epoch: Any) -> None:
+def _check_budget(max_trials: Any, every_epoch: Any, max_shadow: Any = None) -> None:
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ArgumentError(f"max_trials= must be an int >= 1, got {max_trials!r}")
+    if max_shadow is not None and (
+        isinstance(max_shadow, bool) or not isinstance(max_shadow, int) or max_shadow < 1
+    ):
+        raise ArgumentError(f"max_shadow= must be None (all) or an int >= 1, got {max_shadow!r}")
     if not isinstance(every_epoch, bool):
         raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
 
@@ -271,15 +298,15 @@ def tune_split(
     seed: int = 0,
     max_trials: int = 10,
     every_epoch: bool = True,
+    max_shadow: int | None = MAX_SHADOW,
 ) -> TuneResult:
     """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
 
     ``max_trials`` bounds the training runs. With ``every_epoch`` (default), a method whose first e
     epochs are an e-epoch run (``Method.prefix_consistent``) is also scored after each epoch of each run,
     and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
-    end, with the last run at a quarter of the epochs (the plan before epoch scoring)."""
-
-    _check_budget(max_trials, every_epoch)
+    end (the plan before epoch scoring). ``max_shadow``: the attack's shadow sets at most (None: all)."""
+    _check_budget(max_trials, every_epoch, max_shadow)
     try:
         base = build_method(spec)
     except ConfigError as exc:
@@ -292,7 +319,7 @@ def tune_split(
     short = max(1, full_epochs // 2) if full_epochs else 0
     protocol = "class" if split.test_forgotten is not None else "random"
     ecfg_values = {"progress": False} | (engine or {}) | {"seed": seed}
-    original = signals(model, split, k, seed)
+    original = signals(model, split, k, seed, max_shadow=max_shadow)
     trials: list[Trial] = []
     spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
     by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
@@ -314,14 +341,14 @@ def tune_split(
             # without more training
             eo = opts | {"epochs": done}
             if done < epochs and not any(t.options == eo for t in trials):
-                s = signals(m.finished(current), split, k, seed, targets=False)
+                s = signals(m.finished(current), split, k, seed, False, max_shadow)
                 trials.append(Trial(eo, score(s, original, protocol), s, time.perf_counter() - t0, run_no))
 
         if by_epoch:
             engine_.epoch_end = at_epoch
         try:
             m.run(task)
-            s = signals(task.model, split, k, seed, targets=False)
+            s = signals(task.model, split, k, seed, False, max_shadow)
             sc = score(s, original, protocol)
         except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
@@ -360,8 +387,8 @@ def tune_split(
             run(b.options[knob], full_epochs, form)
         elif short > 1:
             run(b.options[knob], max(1, short // 2), form)
-    chosen = best()
-    return TuneResult(spec["name"], protocol, dict(chosen.options), trials, original)
+    shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
+    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow)
 
 
 def check_tunable(setup: Any) -> None:
@@ -373,7 +400,12 @@ def check_tunable(setup: Any) -> None:
 
 
 def tune_setup(
-    setup: Any, model: nn.Module, spec: dict[str, Any], max_trials: int = 10, every_epoch: bool = True
+    setup: Any,
+    model: nn.Module,
+    spec: dict[str, Any],
+    max_trials: int = 10,
+    every_epoch: bool = True,
+    max_shadow: int | None = MAX_SHADOW,
 ) -> TuneResult:
     """Tune ``spec`` for ``model`` on an experiment setup's split, engine and seed (``unlearnkit tune``,
     ``bench --tune``); errors name config keys."""
@@ -382,7 +414,7 @@ def tune_setup(
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
         return tune_split(
-            model, spec, setup.split, k, setup.cfg["engine"], setup.seed, max_trials, every_epoch
+            model, spec, setup.split, k, setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow
         )
     except ArgumentError as exc:  # phrased for the API: name the config key instead
         raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
