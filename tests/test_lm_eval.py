@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -175,6 +176,27 @@ def test_harness_scores_equal_direct_loglikelihoods(world, capsys):
     assert set(got) == {"lm_eval/tinymc/acc", "lm_eval/tinymc/n"}
     assert got["lm_eval/tinymc/n"] == 3
     assert got["lm_eval/tinymc/acc"] == pytest.approx(direct_mc(model, tok, mc_docs()[:3])[0])
+
+
+def test_no_git_noise_outside_a_repository(world, tmp_path, monkeypatch, capfd):
+    """lm-eval records the working directory's git commit; outside a repository its ``git describe``
+    printed git's "fatal: not a git repository" on stderr. Inside one, the commit is still recorded."""
+    _, model_dir, tasks = world
+    tok, model = _load(model_dir)
+    harness = Harness(LmEvalConfig(tasks=["tinymc"], include_path=str(tasks), limit=2))
+    monkeypatch.chdir(tmp_path)
+    harness.evaluate(model, tok)
+    assert "not a git repository" not in capfd.readouterr().err
+    assert harness.document()["git_hash"] is None
+    import lm_eval.evaluator
+
+    assert lm_eval.evaluator.get_git_commit_hash.__module__ == "lm_eval.loggers.utils"  # restored
+    subprocess.run(["git", "init", "-q"], check=True)
+    who = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", *who, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    harness.evaluate(model, tok)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    assert harness.document()["git_hash"] == head.strip()
 
 
 def test_wmdp_protocol_runs_the_harness_and_agrees_with_its_wmdp_template(world, tmp_path):

@@ -22,6 +22,7 @@ import contextlib
 import difflib
 import json
 import random
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ class Harness:
 
         cfg = self.cfg
         # lm-eval prints progress notes; stdout stays for our own output (`unlearnkit evaluate --json`)
-        with eval_mode(model), _kept_rng(), contextlib.redirect_stdout(sys.stderr):
+        with eval_mode(model), _kept_rng(), _quiet_git(), contextlib.redirect_stdout(sys.stderr):
             lm = HFLM(
                 pretrained=model,
                 tokenizer=tokenizer,
@@ -156,6 +157,32 @@ class Harness:
 
     def document(self) -> dict[str, Any] | None:
         return self.last
+
+
+def _git_hash() -> str | None:
+    """lm-eval's record of the working directory's git commit (``git describe --always``), with git's own
+    stderr discarded: outside a repository it printed "fatal: not a git repository" on ours."""
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, check=True)  # noqa: S607
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.decode().strip() or None
+
+
+@contextlib.contextmanager
+def _quiet_git():
+    """``lm_eval.evaluator.get_git_commit_hash`` replaced by :func:`_git_hash` while the harness runs."""
+    import lm_eval.evaluator as evaluator
+
+    if not hasattr(evaluator, "get_git_commit_hash"):  # another lm-eval version: leave it
+        yield
+        return
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = _git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
 
 
 def flatten(results: dict[str, Any], metrics: list[str] | None = None) -> dict[str, float]:
