@@ -25,6 +25,8 @@ CASES = [
     ("unknown-section", ["unlearn", "--preset", "vision/ga", "optim.lr=0.1"], "unknown config section"),
     ("bad-type", ["unlearn", "--preset", "vision/ga", "method.epochs=abc"], "must be an integer"),
     ("negative-lr", ["unlearn", "--preset", "vision/ga", "method.lr=-1"], ">= 0"),
+    ("iu-negative-alpha", ["unlearn", "--preset", "vision/iu", "method.alpha=-1"], "alpha must be > 0"),
+    ("forget-1.0", ["unlearn", "--preset", "vision/ga", "split.forget=1.0"], "forget size 1.0 is ambiguous"),
     (
         "batch-size-zero",
         ["unlearn", "--preset", "vision/ga", "engine.batch_size=0"],
@@ -266,6 +268,25 @@ def _hashes(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "phrase"),
+    [
+        ("iu", "alpha", "method.alpha must be > 0"),  # the step would go towards the forget set
+        ("rl", "alpha", "method.alpha must be >= 0"),  # a loss weight: negative would ascend the term
+        ("scrub", "gamma", "method.gamma must be >= 0"),
+        ("scrub", "alpha", "method.alpha must be >= 0"),
+        ("l1_sparse", "alpha", "method.alpha must be >= 0"),  # γ: negative would reward large weights
+    ],
+)
+def test_a_negative_weight_is_refused(method, option, phrase):
+    from unlearnkit.errors import ConfigError
+    from unlearnkit.experiment import build_method
+
+    with pytest.raises(ConfigError, match=phrase):
+        build_method({"name": method, option: -0.5})
+    assert getattr(build_method({"name": method, option: 0.5}).cfg, option) == 0.5  # a positive one runs
 
 
 def test_at_least_fifteen_distinct_bad_inputs():

@@ -97,6 +97,8 @@ def random_split(train: ExampleSet, test: ExampleSet, fraction: float | int, see
     n = len(train)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise DataError(f"forget size must be a fraction in (0, 1) or a count, got {fraction!r}")
+    if fraction == 1.0 and isinstance(fraction, float):  # 100% (no retain set) or one example?
+        raise DataError("forget size 1.0 is ambiguous: a fraction lies in (0, 1), e.g. 0.1; one example is 1")
     if isinstance(fraction, float) and fraction.is_integer() and fraction >= 1:
         fraction = int(fraction)
     if isinstance(fraction, int):

@@ -65,6 +65,8 @@ class IUConfig(MethodConfig):
             )
         if not self.damping > 0:
             raise ConfigError(f"method.damping must be > 0, got {self.damping}")
+        if not self.alpha > 0:  # a negative scale would step towards the forget set, not away from it
+            raise ConfigError(f"method.alpha must be > 0, got {self.alpha}")
         if self.num_samples < 1:
             raise ConfigError(f"method.num_samples must be >= 1, got {self.num_samples}")
         if self.chunk_size < 1:

@@ -33,6 +33,8 @@ class RLConfig(MethodConfig):
         super().check()
         if self.schedule not in ("joint", "sequential", "concat"):
             raise ConfigError(f"schedule must be joint, sequential or concat, got {self.schedule!r}")
+        if not self.alpha >= 0:  # the retain term's weight: a negative one would ascend it
+            raise ConfigError(f"method.alpha must be >= 0, got {self.alpha}")
 
 
 @register_method("rl")
