@@ -35,6 +35,12 @@ class OptimSpec:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not self.lr >= 0 or math.isinf(self.lr):
             raise ConfigError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:  # SGD's; 1 or more never forgets a gradient and diverges
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
 
 
 class SignSGD(torch.optim.Optimizer):

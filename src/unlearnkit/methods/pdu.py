@@ -64,6 +64,8 @@ class PDUConfig(GradDiffConfig):
             )
         if self.alpha < 0 or self.dual_lr < 0 or self.dual_warmup_epochs < 0:
             raise ConfigError("method.alpha (λ₀), dual_lr and dual_warmup_epochs must be >= 0")
+        if not self.epsilon >= 0:  # a bound on the retain NLL, which is never negative
+            raise ConfigError(f"method.epsilon must be >= 0 (a bound on the retain NLL), got {self.epsilon}")
 
 
 def logit_margin_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,10 @@ class RMUConfig(MethodConfig):
                 re.compile(self.trainable)
             except re.error as exc:
                 raise ConfigError(f"method.trainable is not a valid regex: {exc}") from exc
+        # c scales the random control vector; the forget and retain weights turn ascent on a term if < 0
+        for name in ("steering_coeff", "gamma", "alpha", "cache_mb"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"method.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class _Stop(Exception):
