@@ -51,15 +51,22 @@ def test_hash_accepts_zero_dim_tensors_and_keeps_old_hashes():
     assert state_dict_sha256({"s": torch.tensor(1.5)}) != state_dict_sha256({"s": torch.tensor(2.5)})
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet-tiny", "resnet18"])
-def test_cli_unlearns_batchnorm_models(tmp_path, name):
+@pytest.mark.parametrize(
+    ("name", "override"),
+    [
+        ("cnn", "model.name=cnn"),  # over the preset's MLP: its hidden/depth options are dropped
+        ("resnet-tiny", "model.name=resnet-tiny"),
+        ("resnet18", "model={name: resnet18}"),
+    ],
+)
+def test_cli_unlearns_batchnorm_models(tmp_path, name, override):
     out = tmp_path / "run"
     code = main(
         [
             "unlearn",
             "--preset",
             "vision/ga",
-            f"model={{name: {name}}}",
+            override,
             "train.epochs=1",
             "method.epochs=1",
             "--out",

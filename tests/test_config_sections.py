@@ -55,3 +55,32 @@ def test_class_split_from_a_random_preset_forgets_the_named_class():
     setup = make_setup(cfg)
     assert set(setup.split.forget.labels.tolist()) == {3}
     assert 3 not in set(setup.split.test.labels.tolist())
+
+
+def test_a_new_model_or_dataset_name_resets_its_section():
+    """``model.name=`` and ``data.name=`` pick a builder or loader with options of its own: a change of
+    name resets the section (as ``split.kind=`` does), the same name keeps it, and the reset goes first
+    whatever the order on the command line. ``method.name=`` keeps the method's shared options."""
+    from unlearnkit.config import apply_overrides
+
+    cfg = {
+        "model": {"name": "mlp", "hidden": 128, "depth": 2},
+        "data": {"name": "tofu-synthetic", "forget": "forget10"},
+        "method": {"name": "ga", "lr": 0.1, "epochs": 5},
+    }
+    assert apply_overrides(cfg, ["model.name=resnet-tiny"])["model"] == {"name": "resnet-tiny"}
+    assert apply_overrides(cfg, ["model.stem=imagenet", "model.name=resnet18"])["model"] == {
+        "name": "resnet18",
+        "stem": "imagenet",
+    }
+    assert apply_overrides(cfg, ["model.name=mlp", "model.hidden=64"])["model"] == {
+        "name": "mlp",
+        "hidden": 64,
+        "depth": 2,
+    }
+    assert apply_overrides(cfg, ["data.name=tofu", "data.source=DIR"])["data"] == {
+        "name": "tofu",
+        "source": "DIR",
+    }
+    assert apply_overrides(cfg, ["method.name=ft"])["method"] == {"name": "ft", "lr": 0.1, "epochs": 5}
+    assert cfg["model"] == {"name": "mlp", "hidden": 128, "depth": 2}  # the input is not modified

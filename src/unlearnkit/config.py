@@ -92,13 +92,26 @@ def _same_kind(base: dict, over: dict) -> bool:
     return "kind" not in over or "kind" not in base or base["kind"] == over["kind"]
 
 
+NAMED_SECTIONS = ("model", "data")  # sections whose ``name`` picks a builder or loader with its own options
+
+
+def _resets(key: str) -> bool:
+    """Whether an override of ``key`` that changes its value resets its section (see apply_overrides)."""
+    parts = key.strip().split(".")
+    if len(parts) > 1 and parts[-1] == "kind":
+        return True
+    return len(parts) == 2 and parts[0] in NAMED_SECTIONS and parts[1] == "name"
+
+
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` strings; values are parsed as YAML (``0.1``, ``true``, ``[1, 2]``).
 
     ``sec.kind=...`` overrides go first: one that changes the kind of a section resets that section to the
-    new kind alone (``split.kind=class split.classes=3`` over a random split drops ``split.forget``)."""
+    new kind alone (``split.kind=class split.classes=3`` over a random split drops ``split.forget``). So do
+    ``model.name=`` and ``data.name=``, whose options belong to the builder or loader they name:
+    ``model.name=resnet-tiny`` over the vision presets' MLP drops its ``hidden`` and ``depth``."""
     out = copy.deepcopy(cfg)
-    kinds = [o for o in overrides if o.split("=", 1)[0].endswith(".kind")]
+    kinds = [o for o in overrides if _resets(o.split("=", 1)[0])]
     for item in kinds + [o for o in overrides if o not in kinds]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. method.lr=0.01)")
@@ -116,7 +129,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"cannot set {key!r}: {part!r} is a value, not a section")
             node = nxt
-        if parts[-1] == "kind" and len(parts) > 1 and node.get("kind", value) != value:
+        if _resets(key) and node.get(parts[-1], value) != value:
             node.clear()
         node[parts[-1]] = value
     return out
