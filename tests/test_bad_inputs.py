@@ -33,6 +33,11 @@ CASES = [
         "batch_size must be >= 1",
     ),
     ("unknown-model-option", ["unlearn", "--preset", "vision/ga", "model.widht=3"], "has no option 'widht'"),
+    # each of these four ended in a bare torch/numpy exception
+    ("negative-width", ["unlearn", "--preset", "vision/ga", "model.hidden=-3"], "needs hidden >= 1"),
+    ("eval-batch-zero", ["unlearn", "--preset", "vision/ga", "engine.eval_batch_size=0"], ">= 1, got 0"),
+    ("negative-seed", ["unlearn", "--preset", "vision/ga", "seed=-5"], "seed must lie in 0..4294967295"),
+    ("zero-threads", ["unlearn", "--preset", "vision/ga", "engine.threads=0"], "engine.threads must be >= 1"),
     ("unknown-dataset-option", ["unlearn", "--preset", "text/ga", "data.n_author=3"], "did you mean"),
     ("unknown-suite", ["bench", "vision-digit", "--out", "{tmp}/o"], "did you mean"),
     # a suite given to a single run (which ran SalUn, its default method, and ignored the suite's methods)

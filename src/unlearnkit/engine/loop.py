@@ -145,6 +145,10 @@ class EngineConfig:
         check_tracker(self.tracker)
         if self.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"engine.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.threads is not None and self.threads < 1:  # 0 used to be ignored silently
+            raise ConfigError(f"engine.threads must be >= 1 (null: torch's own setting), got {self.threads}")
         if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
             raise ConfigError(f"engine.grad_accum must be an integer >= 1, got {self.grad_accum!r}")
         c = self.collapse_factor

@@ -61,6 +61,8 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     seed = cfg["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**32:  # numpy's generators take 0 .. 2**32 - 1
+        raise ConfigError(f"seed must lie in 0..{2**32 - 1}, got {seed}")
     if not isinstance(cfg["family_options"], dict):
         raise ConfigError(
             "family_options must be a mapping (e.g. {relabel_map: {'a red circle': 'a red square'}})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from unlearnkit.errors import ConfigError
 from unlearnkit.registry import register_model
 
 
@@ -12,6 +13,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
+        if width < 1:
+            raise ConfigError(f"model 'cnn' needs width >= 1, got {width}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
