@@ -92,6 +92,16 @@ class ErasureEval(EvalConfig):
     images_dir: str | None = None
 
     def check(self) -> None:
+        for name in ("per_prompt", "steps"):  # 0 ended in a ZeroDivisionError or an empty torch.cat
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"eval.{name} must be an integer >= 1, got {v!r}")
+        if not self.guidance >= 0:
+            raise ConfigError(
+                f"eval.guidance must be >= 0 (classifier-free guidance scale), got {self.guidance}"
+            )
+        if not 0 <= self.judge_threshold <= 1:
+            raise ConfigError(f"eval.judge_threshold must lie in [0, 1], got {self.judge_threshold}")
         if self.judge not in JUDGES:
             raise ConfigError(f"unknown eval.judge={self.judge!r}: {did_you_mean(self.judge, list(JUDGES))}")
         if self.judge == "clip" and not self.clip_model:

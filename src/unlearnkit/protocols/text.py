@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from unlearnkit.attacks.relearn import relearn
+from unlearnkit.errors import ConfigError
 from unlearnkit.metrics import tofu
 from unlearnkit.metrics.harness import LmEvalConfig
 from unlearnkit.metrics.memorization import memorization_scores
@@ -53,6 +54,12 @@ class _TextProtocol(HarnessProtocol):
         raise NotImplementedError
 
 
+def _at_least_one(**values: int) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"eval.{name} must be an integer >= 1, got {v!r}")
+
+
 @dataclass
 class TofuEval(EvalConfig):
     """``max_new_tokens``: greedy answer length for ROUGE (TOFU's 200, open-unlearning's
@@ -62,6 +69,9 @@ class TofuEval(EvalConfig):
     batch_size: int = 32
     max_new_tokens: int = 200
     lm_eval: LmEvalConfig | None = None
+
+    def check(self) -> None:  # before training: these were refused only when the model was evaluated
+        _at_least_one(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
 
 
 @register_protocol("tofu")
@@ -175,6 +185,9 @@ class MuseEval(EvalConfig):
     batch_size: int = 32
     verbmem_max_new_tokens: int = 128
     lm_eval: LmEvalConfig | None = None
+
+    def check(self) -> None:
+        _at_least_one(batch_size=self.batch_size, verbmem_max_new_tokens=self.verbmem_max_new_tokens)
 
 
 @register_protocol("muse")
