@@ -39,7 +39,11 @@ CASES = [
     ("negative-seed", ["unlearn", "--preset", "vision/ga", "seed=-5"], "seed must lie in 0..4294967295"),
     ("zero-threads", ["unlearn", "--preset", "vision/ga", "engine.threads=0"], "engine.threads must be >= 1"),
     # refused after training (text) or ending in a ZeroDivisionError (diffusion): now up front
-    ("zero-new-tokens", ["unlearn", "--preset", "text/ga", "eval.max_new_tokens=0"], "max_new_tokens must be an"),
+    (
+        "zero-new-tokens",
+        ["unlearn", "--preset", "text/ga", "eval.max_new_tokens=0"],
+        "eval.max_new_tokens must be an integer >= 1",
+    ),
     ("zero-sampling-steps", ["unlearn", "--preset", "diffusion/esd", "eval.steps=0"], "eval.steps must be"),
     ("unknown-dataset-option", ["unlearn", "--preset", "text/ga", "data.n_author=3"], "did you mean"),
     ("unknown-suite", ["bench", "vision-digit", "--out", "{tmp}/o"], "did you mean"),
