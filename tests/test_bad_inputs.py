@@ -475,6 +475,21 @@ API_CASES = [
         "lr= must be a number, got 'fast'",
     ),
     ("tune-unknown-option", lambda x, y: {"optons": {}}, "tune", ValueError, "unknown option optons=: "),
+    ("negative-seed", lambda x, y: {"seed": -1}, "tune", ValueError, "seed= must be an int in 0..4294967295"),
+    (
+        "engine-key",
+        lambda x, y: {"engine": {"bogus": 1}},
+        "unlearn",
+        ValueError,
+        "unknown option engine['bogus']",
+    ),
+    (
+        "engine-value",
+        lambda x, y: {"engine": {"batch_size": 0}},
+        "tune",
+        ValueError,
+        "engine['batch_size'] must be >= 1",
+    ),
     (
         "indices-out-of-range",
         lambda x, y: {"train_set": (x, y), "forget": [0, 40], "retain": None},
@@ -501,6 +516,15 @@ def test_api_bad_input_names_the_argument(case, make, fn, exc, phrase):
     assert phrase in msg and "\n" not in msg, msg
     assert "model.num_classes" not in msg and "method." not in msg  # no CLI keys in API errors
     assert weights_sha256(model) == before
+
+
+@pytest.mark.parametrize("fn", ["unlearn", "tune"])
+def test_api_unknown_method_names_the_argument(fn):
+    import unlearnkit
+
+    model, x, y = _api_world()
+    with pytest.raises(ValueError, match=r"unknown method='gaa': did you mean 'ga'"):
+        getattr(unlearnkit, fn)(model, "gaa", (x[:5], y[:5]), (x[5:], y[5:]), (x, y))
 
 
 def test_api_out_is_not_silently_overwritten(tmp_path):

@@ -22,11 +22,12 @@ from unlearnkit.api_args import (
     RECIPE_KEYS,
     adapt_model,
     check_out,
+    check_seed,
     checked_split,
+    engine_config,
     method_spec,
     recipe,
 )
-from unlearnkit.config import build_dataclass
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
@@ -110,7 +111,9 @@ def unlearn(
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     check_out(out, overwrite)
+    check_seed(seed)
     spec, eng = method_spec(method, preset, options, method_options)
+    ecfg = engine_config({"progress": False} | eng | (engine or {}) | {"seed": seed})  # before any work
     try:
         m = build_method(spec, family)
     except ConfigError as exc:
@@ -130,9 +133,6 @@ def unlearn(
             "runs": tuned.runs,
         }
     fam = VisionFamily(num_classes=k)
-    ecfg = build_dataclass(
-        EngineConfig, {"progress": False} | eng | (engine or {}) | {"seed": seed}, "engine"
-    )
     require_device(ecfg.device)
     cfg = {"family": family, "seed": seed, "method": spec}
     if preset is not None:

@@ -5,6 +5,7 @@ Shared by :mod:`unlearnkit.api` and :mod:`unlearnkit.calibration`."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,11 +20,13 @@ from unlearnkit.data.image_processor import with_processor
 from unlearnkit.data.splits import Split
 from unlearnkit.data.user import check_label_range
 from unlearnkit.data.user_split import user_split
+from unlearnkit.engine.loop import EngineConfig
 from unlearnkit.engine.optim import OptimSpec
-from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError
+from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, DataError, did_you_mean
 from unlearnkit.experiment.config import SUITE_KEYS
 from unlearnkit.methods.retrain import RECIPE_KEYS
 from unlearnkit.models.hf_vision import HFImageClassifier, is_image_classifier
+from unlearnkit.registry import list_names
 
 API_FAMILIES = ("vision",)  # unlearn() and evaluate() take (x, y) data; other families: run_config()
 RUN_FILES = ("receipt.json", "results.json", "model.safetensors")
@@ -140,7 +143,23 @@ def method_spec(method, preset, options, method_options) -> tuple[dict[str, Any]
                 f"method={method!r} differs from preset={preset!r}'s {spec['name']!r}; pass one"
             )
     spec = spec | {"name": method or spec.get("name") or "salun"} | (options or {}) | method_options
+    names = list_names("method")
+    if not isinstance(spec["name"], str) or spec["name"] not in names:  # the registry's error is a CLI one
+        raise ArgumentError(f"unknown method={spec['name']!r}: {did_you_mean(str(spec['name']), names)}")
     return spec, engine
+
+
+def engine_config(values: dict[str, Any]) -> EngineConfig:
+    """The engine settings of an API call, errors naming ``engine=``'s keys (``engine['batch_size']``)."""
+    try:
+        return build_dataclass(EngineConfig, values, "engine")
+    except ConfigError as exc:
+        raise ArgumentError(re.sub(r"engine\.(\w+)", r"engine['\1']", str(exc))) from exc
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ArgumentError(f"seed= must be an int in 0..{2**32 - 1}, got {seed!r}")
 
 
 def recipe(m: Any, spec: dict[str, Any], train: Any) -> tuple[OptimSpec | None, dict[str, Any]]:

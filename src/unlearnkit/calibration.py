@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from unlearnkit.api_args import adapt_model, check_out, checked_split, method_spec
+from unlearnkit.api_args import adapt_model, check_out, check_seed, checked_split, engine_config, method_spec
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
 from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.io import write_json
@@ -84,7 +84,9 @@ def tune(
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
         check_out(out, overwrite=True)
+    check_seed(seed)
     spec, eng = method_spec(method, preset, options, method_options)
+    engine_config(eng | (engine or {}))  # a bad engine= key before any work
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     split, k = checked_split(base, forget, retain, test, train_set, forget_class, num_classes, prepare)
     result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch, max_shadow)

@@ -318,7 +318,7 @@ def tune_split(
     full_epochs = int(base.cfg.epochs)
     short = max(1, full_epochs // 2) if full_epochs else 0
     protocol = "class" if split.test_forgotten is not None else "random"
-    ecfg_values = {"progress": False} | (engine or {}) | {"seed": seed}
+    ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
     original = signals(model, split, k, seed, max_shadow=max_shadow)
     trials: list[Trial] = []
     spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
@@ -331,7 +331,7 @@ def tune_split(
             return existing
         nonlocal spent
         m = build_method(spec | opts)
-        engine_ = Engine(build_dataclass(EngineConfig, ecfg_values, "engine"), None)
+        engine_ = Engine(copy.deepcopy(ecfg), None)
         task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
         run_no, t0 = spent, time.perf_counter()
         spent += 1
