@@ -178,7 +178,15 @@ def test_cli_tune(tmp_path, capsys):
     # two runs at ×0.01 and ×0.1 of 0.01, each scored after epochs 1 and 2 of its 2 (half the preset's 5)
     assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
     assert [t["options"]["epochs"] for t in saved["trials"]] == [1, 2, 1, 2] and saved["runs"] == 2
-    assert f"method.lr={saved['best']['lr']:.4g}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"method.lr={saved['best']['lr']:.4g}" in printed.out
+    # progress: a line per training run on stderr, with the run's options and the best so far
+    runs = [line for line in printed.err.splitlines() if line.startswith("tune ga: run ")]
+    assert [line.split(" (")[0] for line in runs] == [
+        "tune ga: run 1 of at most 2",
+        "tune ga: run 2 of at most 2",
+    ]
+    assert "(lr=0.0001 epochs=2) score" in runs[0] and "; best " in runs[1]
     assert main([*argv[:-1], str(tmp_path / "end"), "--end-only"]) == 0  # one trial per run
     saved = json.loads((tmp_path / "end" / "tune.json").read_text())
     assert [t["options"]["epochs"] for t in saved["trials"]] == [2, 2] and saved["runs"] == 2

@@ -260,7 +260,8 @@ def _tuned(cfg: dict, args) -> dict:
     if args.out:  # before minutes of trials: an --out the run could not be written to
         check_out_folder(args.out, overwrite=args.overwrite)
     trials = 10 if args.max_trials is None else args.max_trials
-    res = tune_config(cfg, trials, every_epoch=not args.end_only, max_shadow=_max_shadow(args))
+    opts = {"every_epoch": not args.end_only, "max_shadow": _max_shadow(args), "progress": is_main_process()}
+    res = tune_config(cfg, trials, **opts)  # progress: a line per run on stderr (stdout keeps the metrics)
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
             print_trials(res)
@@ -278,9 +279,8 @@ def _max_shadow(args) -> int | None:
 
 def _cmd_tune(args) -> int:
     trials = 10 if args.max_trials is None else args.max_trials
-    res = tune_config(
-        _load_cfg(args), trials, args.out, every_epoch=not args.end_only, max_shadow=_max_shadow(args)
-    )
+    opts = {"every_epoch": not args.end_only, "max_shadow": _max_shadow(args), "progress": True}
+    res = tune_config(_load_cfg(args), trials, args.out, **opts)  # progress: a line per run on stderr
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:

@@ -106,8 +106,10 @@ sometimes a lucky one.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -265,6 +267,12 @@ def choice_key(t: Trial, original: dict[str, float], knob: str) -> tuple[float, 
     return round(t.score, 6), round(damage(t.signals, original), 6), gentle
 
 
+def _best(trials: list[Trial], original: dict[str, float], knob: str) -> Trial:
+    """The chosen trial: the first by :func:`choice_key` among those that did not diverge."""
+    done = [t for t in trials if math.isfinite(t.score)] or trials
+    return min(done, key=lambda t: choice_key(t, original, knob))
+
+
 def _knob(method: Any) -> str:
     return "alpha" if method.name == "iu" else "lr"
 
@@ -299,13 +307,15 @@ def tune_split(
     max_trials: int = 10,
     every_epoch: bool = True,
     max_shadow: int | None = MAX_SHADOW,
+    on_run: Callable[[int, int, Trial, Trial], None] | None = None,
 ) -> TuneResult:
     """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
 
     ``max_trials`` bounds the training runs. With ``every_epoch`` (default), a method whose first e
     epochs are an e-epoch run (``Method.prefix_consistent``) is also scored after each epoch of each run,
     and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
-    end (the plan before epoch scoring). ``max_shadow``: the attack's shadow sets at most (None: all)."""
+    end (the plan before epoch scoring). ``max_shadow``: the attack's shadow sets at most (None: all).
+    ``on_run(runs done, max_trials, the run's last trial, the best so far)`` after each run (progress)."""
     _check_budget(max_trials, every_epoch, max_shadow)
     try:
         base = build_method(spec)
@@ -337,8 +347,7 @@ def tune_split(
         spent += 1
 
         def at_epoch(desc: str, done: int, current: nn.Module) -> None:
-            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): one more trial
-            # without more training
+            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
             eo = opts | {"epochs": done}
             if done < epochs and not any(t.options == eo for t in trials):
                 s = signals(m.finished(current), split, k, seed, False, max_shadow)
@@ -354,12 +363,11 @@ def tune_split(
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
         trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
         trials.append(trial)
+        if on_run is not None:
+            on_run(spent, max_trials, trial, best())
         return trial
 
-    def best() -> Trial:
-        done = [t for t in trials if math.isfinite(t.score)] or trials
-        return min(done, key=lambda t: choice_key(t, original, knob))
-
+    best = functools.partial(_best, trials, original, knob)
     plan = [(base_value * f, short) for f in SWEEP]
     for value, epochs in plan[:max_trials]:
         run(value, epochs)
@@ -406,6 +414,7 @@ def tune_setup(
     max_trials: int = 10,
     every_epoch: bool = True,
     max_shadow: int | None = MAX_SHADOW,
+    on_run: Callable[[int, int, Trial, Trial], None] | None = None,
 ) -> TuneResult:
     """Tune ``spec`` for ``model`` on an experiment setup's split, engine and seed (``unlearnkit tune``,
     ``bench --tune``); errors name config keys."""
@@ -413,8 +422,7 @@ def tune_setup(
     build_method(spec)  # a bad option: the config's message (method(ga).lrr), before tune_split's API one
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
-        return tune_split(
-            model, spec, setup.split, k, setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow
-        )
+        args = (setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow, on_run)
+        return tune_split(model, spec, setup.split, k, *args)
     except ArgumentError as exc:  # phrased for the API: name the config key instead
         raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
