@@ -52,7 +52,12 @@ CASES = [
     (
         "suite-key-in-run",
         ["unlearn", "--preset", "vision/ga", "methods.ga.lr=0.5"],
-        "'methods' is a suite's key (unlearnkit bench); a single run's method is set with method.KEY=VALUE",
+        "a single run; a single run's method is set with method.KEY=VALUE",
+    ),
+    (
+        "attack-in-run",  # was "unknown config section 'attack': did you mean 'data'?"
+        ["unlearn", "--preset", "text/npo", "attack.relearn.steps=5"],
+        "'attack' is a suite's key: it takes effect in unlearnkit bench SUITE, not in a single run",
     ),
     ("bench-seed", ["bench", "vision-digits", "seed=3", "--out", "{tmp}/o"], "pass --seeds N"),
     ("zero-seeds", ["bench", "vision-digits", "--seeds", "0", "--out", "{tmp}/o"], "--seeds must be >= 1"),

@@ -36,10 +36,11 @@ DEFAULTS: dict[str, Any] = {
 # ``oracle`` has no default (configs without it resolve as before): see experiment/oracle_source.py
 TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description", "oracle"}
 SECTIONS = ("data", "split", "model", "train", "method", "engine", "eval")
-SUITE_KEYS = ("suite", "methods", "kind", "parts")  # a suite's own keys, which a single run never reads
+# a suite's own keys, which a single run never reads (``attack``: the relearning attack of a suite's rows)
+SUITE_KEYS = ("suite", "methods", "kind", "parts", "attack", "plot", "requests", "mode", "caption", "keys")
 
 
-def check_single_run(cfg: dict[str, Any], source: str) -> None:
+def check_single_run(cfg: dict[str, Any], source: str | None) -> None:
     """Refuse a suite's keys in a single run's config (``unlearn``, ``tune``, ``train``, ``evaluate``):
     the run would ignore them and use ``method:``, by default SalUn. ``source``: where the config came
     from, for the message (``--preset NAME``, or None for an override)."""
@@ -47,9 +48,10 @@ def check_single_run(cfg: dict[str, Any], source: str) -> None:
     if not found:
         return
     if source is None:
+        hint = "; a single run's method is set with method.KEY=VALUE, e.g. method.lr=0.01"
         raise ConfigError(
-            f"{found[0]!r} is a suite's key (unlearnkit bench); a single run's method is set with "
-            "method.KEY=VALUE, e.g. method.lr=0.01"
+            f"{found[0]!r} is a suite's key: it takes effect in unlearnkit bench SUITE, not in a single run"
+            + (hint if found[0] == "methods" else "")
         )
     raise ConfigError(
         f"{source} is a suite (it has {found[0]!r}): run it with unlearnkit bench, or one of its methods "
