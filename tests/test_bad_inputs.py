@@ -54,11 +54,10 @@ CASES = [
         ["unlearn", "--preset", "vision/ga", "methods.ga.lr=0.5"],
         "a single run; a single run's method is set with method.KEY=VALUE",
     ),
-    (
-        "attack-in-run",  # was "unknown config section 'attack': did you mean 'data'?"
-        ["unlearn", "--preset", "text/npo", "attack.relearn.steps=5"],
-        "'attack' is a suite's key: it takes effect in unlearnkit bench SUITE, not in a single run",
-    ),
+    # the relearning attack: its options before any training (a typo was a TypeError after every row)
+    ("relearn-typo", ["bench", "tofu-synthetic", "attack.relearn.stepz=5", "--out", "{tmp}/o"], "'steps'"),
+    ("relearn-steps", ["unlearn", "--preset", "text/npo", "attack.relearn.steps=0"], "steps and batch_size"),
+    ("relearn-classifier", ["unlearn", "--preset", "vision/ga", "attack.relearn.steps=3"], "no relearning"),
     ("bench-seed", ["bench", "vision-digits", "seed=3", "--out", "{tmp}/o"], "pass --seeds N"),
     ("zero-seeds", ["bench", "vision-digits", "--seeds", "0", "--out", "{tmp}/o"], "--seeds must be >= 1"),
     (

@@ -87,6 +87,10 @@ def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
             "method.epochs=2",
             "method.lr=1e-3",
             "eval.max_new_tokens=8",
+            # the relearning attack on a single run (it was a suite's only); 1e-2 is a string to YAML
+            "attack.relearn.steps=3",
+            "attack.relearn.lr=1e-2",
+            "attack.relearn.count=4",
             "--out",
             str(out),
             "--json",
@@ -95,7 +99,11 @@ def test_unlearn_cli_with_local_model_and_local_tofu_folder(tmp_path):
     assert code == 0
     assert file_sha256(weights) == digest  # the input model is untouched
     results = json.loads((out / "results.json").read_text())
-    assert {"forget_rouge", "forget_truth_ratio", "model_utility"} <= set(results["metrics"])
+    m = results["metrics"]
+    assert {"forget_rouge", "forget_truth_ratio", "model_utility"} <= set(m)
+    relearned = {k.removesuffix("_relearned") for k in m if k.endswith("_relearned")}
+    assert {"forget_prob", "forget_truth_ratio", "forget_rouge", "forget_exact_memorization"} <= relearned
+    assert m["forget_prob_relearned"] != m["forget_prob"]  # three steps at lr 1e-2 moved the copy
     receipt = json.loads((out / "receipt.json").read_text())
     assert receipt["weights_before_sha256"] != receipt["weights_after_sha256"]
     reloaded = LlamaForCausalLM.from_pretrained(out / "hf_model")

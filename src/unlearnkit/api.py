@@ -34,6 +34,7 @@ from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ArgumentError, ArgumentTypeError, ConfigError, UnlearnkitError, api_phrased
 from unlearnkit.experiment import (
+    attack_metrics,
     build_method,
     evaluate_model,
     export_oracle,
@@ -295,6 +296,7 @@ def run_config(
             if out and is_main_process():  # reusable as oracle.stats=FILE
                 export_oracle(folder.work / STATS_FILE, setup, found)
         metrics = public(evaluate_model(setup, model, oracle, orig))
+        metrics |= public(attack_metrics(setup, model, oracle))  # attack.relearn: *_relearned
         metrics["RTE"] = seconds
         result["metrics"] = metrics
         engine.log_final(metrics)  # engine.tracker: the final metrics beside the step losses

@@ -32,7 +32,14 @@ from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
 from unlearnkit.errors import ConfigError, UnlearnkitError
-from unlearnkit.experiment import evaluate_model, make_setup, original_model, resolve_oracle, wants_oracle
+from unlearnkit.experiment import (
+    attack_metrics,
+    evaluate_model,
+    make_setup,
+    original_model,
+    resolve_oracle,
+    wants_oracle,
+)
 from unlearnkit.experiment.config import check_single_run
 from unlearnkit.experiment.oracle_source import HOW
 from unlearnkit.io import save_weights
@@ -315,6 +322,7 @@ def _cmd_evaluate(args) -> int:
     original = original_model(setup)
     oracle = resolve_oracle(setup, original) if wants_oracle(setup) else None
     metrics = evaluate_model(setup, original.model, oracle.flat if oracle else None, original=original)
+    metrics |= attack_metrics(setup, original.model, oracle.flat if oracle else None)  # attack.relearn
     if is_main_process():
         _print_metrics(metrics, args.json)
         gap = setup.protocol.gap_key

@@ -15,16 +15,66 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
+from unlearnkit.config import build_dataclass
 from unlearnkit.data.examples import ExampleSet
 from unlearnkit.engine.loop import Engine, EngineConfig, Phase
 from unlearnkit.engine.optim import OptimSpec
 from unlearnkit.errors import ConfigError
 from unlearnkit.families.base import Family, Task
+
+
+@dataclass
+class RelearnOptions:
+    """``attack.relearn``: :func:`relearn`'s options, as a config section."""
+
+    fraction: float | None = None
+    count: int | None = None
+    steps: int = 10
+    lr: float = 1e-5
+    batch_size: int = 4
+    seed: int = 0
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"attack.relearn needs steps and batch_size >= 1, got {self.steps}, {self.batch_size}"
+            )
+        if self.count is not None and self.fraction is not None:
+            raise ConfigError("attack.relearn: pass either fraction or count, not both")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"attack.relearn.fraction must lie in (0, 1], got {self.fraction}")
+        if self.count is not None and self.count < 1:
+            raise ConfigError(f"attack.relearn.count must be >= 1, got {self.count}")
+        OptimSpec(epochs=1, lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay).check()
+
+
+def check_attack(section: Any) -> dict[str, Any] | None:
+    """An ``attack:`` section (``{relearn: {steps: 10, lr: 1e-3, ...}}``) validated before any training and
+    returned with its values typed (``lr=1e-3`` from the command line is a string to YAML): the only
+    attack is ``relearn``, with :func:`relearn`'s options in range. (A typo used to end in a TypeError after
+    every row had been trained.)"""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"attack must be a mapping like {{relearn: {{steps: 10}}}}, got {section!r}")
+    unknown = [k for k in section if k != "relearn"]
+    if unknown:
+        raise ConfigError(f"unknown attack {unknown[0]!r}: the attack is relearn (attack.relearn.steps=10)")
+    spec = section.get("relearn")
+    if spec is None:
+        return dict(section)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"attack.relearn must be a mapping of options, got {spec!r}")
+    opts = build_dataclass(RelearnOptions, spec, "attack.relearn")
+    return {"relearn": {k: getattr(opts, k) for k in spec}}
 
 
 def relearn_subset(

@@ -20,6 +20,7 @@ from unlearnkit.engine.loop import is_main_process
 from unlearnkit.experiment import DEFAULTS, Setup
 from unlearnkit.experiment.oracle_source import parse_section, stats_document
 from unlearnkit.io import weights_sha256, write_json
+from unlearnkit.protocols.base import check_relearnable
 from unlearnkit.registry import get_protocol
 from unlearnkit.tuning import check_tunable
 
@@ -41,8 +42,13 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     opts = {k: cfg.pop(k) for k in SUITE_ONLY if k in cfg}
     suite_name = opts.get("suite", req.name)
     cfg["engine"] = dict(cfg.get("engine") or {}) | {"progress": False}
-    if req.tune:  # before any training: tune scores the classification protocol only
-        check_tunable(req.runner.make_setup(resolved(cfg, 0)))
+    relearn = (opts.get("attack") or {}).get("relearn") is not None
+    if req.tune or relearn:  # before any training: tune scores classifiers; not every protocol relearns
+        first_setup = req.runner.make_setup(resolved(cfg, 0))
+        if req.tune:
+            check_tunable(first_setup)
+        if relearn:
+            check_relearnable(first_setup.protocol)
     seeds = req.n_seeds
     rows: list[dict[str, Any]] = []
     first: Lazy[Setup] | None = None

@@ -9,10 +9,11 @@ It replaces the former ``pipeline`` module; nothing here tests a family's name: 
 from unlearnkit.experiment.cache import cache_key, oracle_model, original_model
 from unlearnkit.experiment.config import DEFAULTS, TOP_KEYS, resolve
 from unlearnkit.experiment.oracle import Oracle, export_oracle, resolve_oracle, wants_oracle
-from unlearnkit.experiment.run import build_method, evaluate_model, run_method, train_original
+from unlearnkit.experiment.run import attack_metrics, build_method, evaluate_model, run_method, train_original
 from unlearnkit.experiment.setup import Setup, make_setup
 
 __all__ = [
+    "attack_metrics",
     "DEFAULTS",
     "Oracle",
     "TOP_KEYS",

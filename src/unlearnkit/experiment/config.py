@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from unlearnkit.attacks.relearn import check_attack
 from unlearnkit.config import merge
 from unlearnkit.errors import ConfigError, did_you_mean
 from unlearnkit.experiment.oracle_source import parse_section
@@ -34,10 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "family_options": {},
 }
 # ``oracle`` has no default (configs without it resolve as before): see experiment/oracle_source.py
-TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description", "oracle"}
+TOP_KEYS = set(DEFAULTS) | {"suite", "methods", "description", "oracle", "attack"}
 SECTIONS = ("data", "split", "model", "train", "method", "engine", "eval")
-# a suite's own keys, which a single run never reads (``attack``: the relearning attack of a suite's rows)
-SUITE_KEYS = ("suite", "methods", "kind", "parts", "attack", "plot", "requests", "mode", "caption", "keys")
+# a suite's own keys, which a single run never reads
+SUITE_KEYS = ("suite", "methods", "kind", "parts", "plot", "requests", "mode", "caption", "keys")
 
 
 def check_single_run(cfg: dict[str, Any], source: str | None) -> None:
@@ -71,4 +72,6 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(out[sec], dict):
             raise ConfigError(f"config section {sec!r} must be a mapping, got {out[sec]!r}")
     parse_section(out.get("oracle"))  # an unknown oracle.* key or two sources fail here, before any work
+    if out.get("attack") is not None:  # attack.relearn.*: its options checked and typed, before any training
+        out["attack"] = check_attack(out["attack"])
     return out

@@ -129,6 +129,15 @@ def run_method(
     return task.model, seconds, fit
 
 
+def attack_metrics(setup: Setup, model: nn.Module, oracle: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config's ``attack.relearn`` on ``model`` (a fine-tuned copy; the model is not touched): the
+    forget metrics after it, ``*_relearned``; {} without an attack."""
+    spec = (setup.cfg.get("attack") or {}).get("relearn")
+    if spec is None:
+        return {}
+    return broadcast_object(setup.protocol.relearn(setup, model, oracle, dict(spec)))
+
+
 def evaluate_model(
     setup: Setup,
     model: nn.Module,

@@ -21,6 +21,7 @@ from unlearnkit.experiment.oracle_source import OracleSource, check_source, pars
 from unlearnkit.families.base import Family
 from unlearnkit.models.lora import check_lora_spec
 from unlearnkit.protocols import Protocol, protocol_for
+from unlearnkit.protocols.base import check_relearnable
 from unlearnkit.registry import get_family
 
 
@@ -84,5 +85,7 @@ def make_setup(cfg: dict[str, Any]) -> Setup:
     oracle = parse_section(cfg.get("oracle"))
     setup = Setup(cfg, family, data, split, engine_cfg, train_spec, seed, protocol, oracle)
     protocol.check_setup(setup)  # e.g. the erasure judge knows the concept: fail before any training
+    if (cfg.get("attack") or {}).get("relearn") is not None:
+        check_relearnable(protocol)
     check_source(oracle, setup)  # the oracle's architecture, vocabulary or forget set: also before training
     return setup

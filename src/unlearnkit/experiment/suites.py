@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from unlearnkit.attacks.relearn import check_attack
 from unlearnkit.config import apply_overrides, load_preset
 from unlearnkit.errors import ConfigError
 
@@ -29,7 +30,10 @@ def load_suite(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
             "nothing): set methods.NAME.KEY=VALUE, e.g. methods.ga.lr=0.01"
         )
     cfg = _resolve_methods(name, load_preset(suite_preset(name)), required=False)
-    return _resolve_methods(name, apply_overrides(cfg, overrides))
+    cfg = _resolve_methods(name, apply_overrides(cfg, overrides))
+    if cfg.get("attack") is not None:  # a typo in attack.relearn.* failed after every row had trained
+        cfg["attack"] = check_attack(cfg["attack"])
+    return cfg
 
 
 def _resolve_methods(name: str, cfg: dict[str, Any], required: bool = True) -> dict[str, Any]:

@@ -89,6 +89,12 @@ class Protocol:
         raise ConfigError(f"the {self.name} protocol has no relearning attack: remove attack.relearn")
 
 
+def check_relearnable(protocol: Protocol) -> None:
+    """A one-line ConfigError, before any training, for ``attack.relearn`` on a protocol without it."""
+    if type(protocol).relearn is Protocol.relearn:
+        raise ConfigError(f"the {protocol.name} protocol has no relearning attack: remove attack.relearn")
+
+
 def protocol_for(name: str, section: dict[str, Any] | None = None) -> Protocol:
     """The registered protocol ``name`` with its ``eval:`` section validated."""
     return get_protocol(name).from_section(section)
