@@ -59,6 +59,7 @@ CASES = [
     ("relearn-steps", ["unlearn", "--preset", "text/npo", "attack.relearn.steps=0"], "steps and batch_size"),
     ("relearn-classifier", ["unlearn", "--preset", "vision/ga", "attack.relearn.steps=3"], "no relearning"),
     ("bench-seed", ["bench", "vision-digits", "seed=3", "--out", "{tmp}/o"], "pass --seeds N"),
+    ("select-out", ["select", "worstcase", "--size", "10", "--out", "{tmp}/s.json", "out=x"], "--out FILE"),
     ("zero-seeds", ["bench", "vision-digits", "--seeds", "0", "--out", "{tmp}/o"], "--seeds must be >= 1"),
     (
         "size-over-100",

@@ -126,6 +126,9 @@ def select_for_suite(
     granularity: str = "example",
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
+    for o in overrides or []:  # the ids file is --out's; an out= override used to change nothing
+        if o.split("=", 1)[0].strip() == "out":
+            raise ConfigError(f"{o!r} would change nothing: select writes the ids to --out FILE")
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)
     cfg, methods, sel = split_suite_config(loaded, granularity)
