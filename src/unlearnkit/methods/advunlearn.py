@@ -150,6 +150,7 @@ class AdvUnlearnConfig(MethodConfig):
     warmup_steps: int = 0
     start_guidance: float = 3.0  # x_t of a prompt set (no images): DDIM at this guidance ...
     ddim_steps: int = 25  # ... with this many steps, stopped at a random one
+    non_negative = ("eta", "start_guidance", "attack_lr")  # η: ESD's guidance away from the concept
 
     def check(self) -> None:
         super().check()
@@ -166,8 +167,6 @@ class AdvUnlearnConfig(MethodConfig):
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
         if self.retain_batch_size < 1 or self.ddim_steps < 1 or self.warmup_steps < 0:
             raise ConfigError("retain_batch_size and ddim_steps must be >= 1, warmup_steps >= 0")
-        if not (self.eta >= 0 and self.start_guidance >= 0 and self.attack_lr >= 0):
-            raise ConfigError("eta (ESD's guidance), start_guidance and attack_lr must be >= 0")
         if self.attack_length not in ("fixed", "uniform"):
             raise ConfigError(f"attack_length must be 'fixed' or 'uniform', got {self.attack_length!r}")
 

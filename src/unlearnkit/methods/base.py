@@ -38,9 +38,16 @@ class MethodConfig(OptimSpec):
     forget_batch_size: int | None = None
     mask_ratio: float | None = None
     mask_path: str | None = None
+    # options that must be >= 0, checked for every method: loss weights (a negative one turns descent on
+    # its term into ascent), scales and sizes; a subclass lists its own (with its base's, if any)
+    non_negative: ClassVar[tuple[str, ...]] = ()
 
     def check(self) -> None:
         super().check()
+        for name in self.non_negative:
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"method.{name} must be >= 0, got {value}")
         if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"mask_ratio must lie in (0, 1], got {self.mask_ratio}")
         for name in ("batch_size", "forget_batch_size"):

@@ -76,6 +76,7 @@ class ESDConfig(MethodConfig):
     xt_source: str = "data"
     start_guidance: float = 3.0
     ddim_steps: int = 25
+    non_negative = ("eta", "start_guidance")  # η < 0 would guide the target *towards* the concept
 
     def check(self) -> None:
         super().check()
@@ -85,9 +86,6 @@ class ESDConfig(MethodConfig):
             raise ConfigError(f"xt_source must be 'data' or 'sample', got {self.xt_source!r}")
         if self.ddim_steps < 1:
             raise ConfigError(f"ddim_steps must be >= 1, got {self.ddim_steps}")
-        # η < 0 would guide the target *towards* the concept; guidance < 0 samples away from the prompt
-        if not self.eta >= 0 or not self.start_guidance >= 0:
-            raise ConfigError(f"eta and start_guidance must be >= 0, got {self.eta}, {self.start_guidance}")
 
 
 @register_method("esd")

@@ -57,6 +57,7 @@ class GradDiffConfig(MethodConfig):
     retain_loss: str = "nll"
     kl_reference: str = "auto"
     kl_cache_mb: float = 512.0
+    non_negative = ("gamma", "alpha", "kl_cache_mb")  # the forget and retain weights, a cache size
 
     def check(self) -> None:
         super().check()
@@ -66,10 +67,6 @@ class GradDiffConfig(MethodConfig):
             raise ConfigError(
                 f"method.kl_reference must be one of {KL_REFERENCES}, got {self.kl_reference!r}"
             )
-        # the forget and retain weights: a negative one turns descent on its term into ascent
-        for name in ("gamma", "alpha", "kl_cache_mb"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"method.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def output_log_probs(family: Family, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

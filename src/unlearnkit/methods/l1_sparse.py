@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from unlearnkit.engine.loop import Phase, StepContext
-from unlearnkit.errors import ConfigError
 from unlearnkit.methods.base import Method, MethodConfig, Task
 from unlearnkit.registry import register_method
 
@@ -21,13 +20,7 @@ class L1SparseConfig(MethodConfig):
     lr: float = 0.01
     alpha: float = 5e-4
     no_l1_epochs: int = 0
-
-    def check(self) -> None:
-        super().check()
-        if not self.alpha >= 0:  # γ: a negative one would reward large weights
-            raise ConfigError(f"method.alpha must be >= 0, got {self.alpha}")
-        if self.no_l1_epochs < 0:
-            raise ConfigError(f"method.no_l1_epochs must be >= 0, got {self.no_l1_epochs}")
+    non_negative = ("alpha", "no_l1_epochs")  # γ < 0 would reward large weights
 
 
 @register_method("l1_sparse")

@@ -51,6 +51,7 @@ class PDUConfig(GradDiffConfig):
     dual_warmup_epochs: int = 5
     dual_update: str = "step"
     label_positions: str = "next_token"
+    non_negative = (*GradDiffConfig.non_negative, "epsilon")  # ε bounds the retain NLL, never negative
 
     def check(self) -> None:
         super().check()
@@ -64,8 +65,6 @@ class PDUConfig(GradDiffConfig):
             )
         if self.alpha < 0 or self.dual_lr < 0 or self.dual_warmup_epochs < 0:
             raise ConfigError("method.alpha (λ₀), dual_lr and dual_warmup_epochs must be >= 0")
-        if not self.epsilon >= 0:  # a bound on the retain NLL, which is never negative
-            raise ConfigError(f"method.epsilon must be >= 0 (a bound on the retain NLL), got {self.epsilon}")
 
 
 def logit_margin_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -27,14 +27,13 @@ class RLConfig(MethodConfig):
     epochs: int = 10
     lr: float = 0.01
     alpha: float = 1.0
+    non_negative = ("alpha",)  # the retain term's weight
     schedule: str = "sequential"
 
     def check(self) -> None:
         super().check()
         if self.schedule not in ("joint", "sequential", "concat"):
             raise ConfigError(f"schedule must be joint, sequential or concat, got {self.schedule!r}")
-        if not self.alpha >= 0:  # the retain term's weight: a negative one would ascend it
-            raise ConfigError(f"method.alpha must be >= 0, got {self.alpha}")
 
 
 @register_method("rl")

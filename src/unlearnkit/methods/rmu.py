@@ -69,6 +69,7 @@ class RMUConfig(MethodConfig):
     positions: str = "answer"
     retain_reference: str = "auto"
     cache_mb: float = 512.0
+    non_negative = ("steering_coeff", "gamma", "alpha", "cache_mb")  # c scales the control vector
 
     def check(self) -> None:
         super().check()
@@ -83,10 +84,6 @@ class RMUConfig(MethodConfig):
                 re.compile(self.trainable)
             except re.error as exc:
                 raise ConfigError(f"method.trainable is not a valid regex: {exc}") from exc
-        # c scales the random control vector; the forget and retain weights turn ascent on a term if < 0
-        for name in ("steering_coeff", "gamma", "alpha", "cache_mb"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"method.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class _Stop(Exception):

@@ -45,6 +45,7 @@ class SCRUBConfig(MethodConfig):
     alpha: float = 0.5
     kd_T: float = 2.0
     msteps: int = 3
+    non_negative = ("gamma", "alpha")  # the retain terms' weights
 
     def check(self) -> None:
         super().check()
@@ -52,9 +53,6 @@ class SCRUBConfig(MethodConfig):
             raise ConfigError(f"method.kd_T must be > 0, got {self.kd_T}")
         if self.msteps < 0:
             raise ConfigError(f"method.msteps must be >= 0, got {self.msteps}")
-        for name in ("gamma", "alpha"):  # weights of the retain terms: a negative one would ascend them
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"method.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:

@@ -58,6 +58,7 @@ class UNDIALConfig(GradDiffConfig):
     reference: str = "auto"
     top_k: int = 128
     cache_mb: float = 512.0
+    non_negative = (*GradDiffConfig.non_negative, "beta", "cache_mb")  # β lowers the target's logit
 
     def check(self) -> None:
         super().check()
@@ -67,8 +68,6 @@ class UNDIALConfig(GradDiffConfig):
             raise ConfigError(f"method.reference must be one of {REFERENCES}, got {self.reference!r}")
         if self.top_k < 1:
             raise ConfigError(f"method.top_k must be >= 1, got {self.top_k}")
-        if not self.beta >= 0 or not self.cache_mb >= 0:  # β lowers the target token's logit
-            raise ConfigError(f"method.beta and cache_mb must be >= 0, got {self.beta} and {self.cache_mb}")
 
 
 def adjusted_target_logprobs(ref_logits: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
