@@ -150,23 +150,23 @@ class AdvUnlearnConfig(MethodConfig):
     warmup_steps: int = 0
     start_guidance: float = 3.0  # x_t of a prompt set (no images): DDIM at this guidance ...
     ddim_steps: int = 25  # ... with this many steps, stopped at a random one
-    non_negative = ("eta", "start_guidance", "attack_lr")  # η: ESD's guidance away from the concept
+    # η: ESD's guidance away from the concept; the rest are counts, a step size and a loss weight
+    non_negative = (
+        *("eta", "start_guidance", "attack_lr", "attack_steps"),
+        *("text_anchor", "retain_weight", "warmup_steps"),
+    )
 
     def check(self) -> None:
         super().check()
-        if self.attack_steps < 0 or self.attack_tokens < 1:
-            raise ConfigError("attack_steps must be >= 0 and attack_tokens >= 1")
+        if self.attack_tokens < 1:
+            raise ConfigError(f"method.attack_tokens must be >= 1, got {self.attack_tokens}")
         if self.attack_init not in ("latest", "random"):
             raise ConfigError(f"attack_init must be 'latest' or 'random', got {self.attack_init!r}")
-        if self.text_anchor < 0:
-            raise ConfigError(f"text_anchor must be >= 0, got {self.text_anchor}")
         c = self.retain_chunk
         if not (c is None or c == "auto" or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
             raise ConfigError(f"retain_chunk must be 'auto', null or an int >= 1, got {c!r}")
-        if self.retain_weight < 0:
-            raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
-        if self.retain_batch_size < 1 or self.ddim_steps < 1 or self.warmup_steps < 0:
-            raise ConfigError("retain_batch_size and ddim_steps must be >= 1, warmup_steps >= 0")
+        if self.retain_batch_size < 1 or self.ddim_steps < 1:
+            raise ConfigError("method.retain_batch_size and ddim_steps must be >= 1")
         if self.attack_length not in ("fixed", "uniform"):
             raise ConfigError(f"attack_length must be 'fixed' or 'uniform', got {self.attack_length!r}")
 

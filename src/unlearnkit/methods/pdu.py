@@ -51,7 +51,8 @@ class PDUConfig(GradDiffConfig):
     dual_warmup_epochs: int = 5
     dual_update: str = "step"
     label_positions: str = "next_token"
-    non_negative = (*GradDiffConfig.non_negative, "epsilon")  # ε bounds the retain NLL, never negative
+    # ε bounds the retain NLL, never negative; alpha (λ₀, the initial multiplier) comes from GradDiff's
+    non_negative = (*GradDiffConfig.non_negative, "epsilon", "dual_lr", "dual_warmup_epochs")
 
     def check(self) -> None:
         super().check()
@@ -63,8 +64,6 @@ class PDUConfig(GradDiffConfig):
             raise ConfigError(
                 f"method.label_positions must be 'next_token' or 'label', got {self.label_positions!r}"
             )
-        if self.alpha < 0 or self.dual_lr < 0 or self.dual_warmup_epochs < 0:
-            raise ConfigError("method.alpha (λ₀), dual_lr and dual_warmup_epochs must be >= 0")
 
 
 def logit_margin_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,14 +45,12 @@ class SCRUBConfig(MethodConfig):
     alpha: float = 0.5
     kd_T: float = 2.0
     msteps: int = 3
-    non_negative = ("gamma", "alpha")  # the retain terms' weights
+    non_negative = ("gamma", "alpha", "msteps")  # the retain terms' weights; max-step epochs
 
     def check(self) -> None:
         super().check()
         if not self.kd_T > 0:
             raise ConfigError(f"method.kd_T must be > 0, got {self.kd_T}")
-        if self.msteps < 0:
-            raise ConfigError(f"method.msteps must be >= 0, got {self.msteps}")
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
