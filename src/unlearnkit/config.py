@@ -92,6 +92,15 @@ def _same_kind(base: dict, over: dict) -> bool:
     return "kind" not in over or "kind" not in base or base["kind"] == over["kind"]
 
 
+def refuse_ignored(overrides: list[str], ignored: dict[str, str]) -> None:
+    """A one-line ConfigError for an override of a key the command sets itself, which would change
+    nothing (``ignored``: key -> what sets it instead); a composite part's ``PART:key=value`` too."""
+    for o in overrides:
+        key = o.split("=", 1)[0].strip().rsplit(":", 1)[-1]
+        if key in ignored:
+            raise ConfigError(f"{o!r} would change nothing: {ignored[key]}")
+
+
 NAMED_SECTIONS = ("model", "data")  # sections whose ``name`` picks a builder or loader with its own options
 
 

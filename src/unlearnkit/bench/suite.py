@@ -31,7 +31,7 @@ from unlearnkit.bench.results import (
 )
 from unlearnkit.bench.rows import RowRunner
 from unlearnkit.bench.tables import print_table
-from unlearnkit.config import load_preset
+from unlearnkit.config import load_preset, refuse_ignored
 from unlearnkit.errors import ConfigError
 
 __all__ = [
@@ -55,15 +55,6 @@ SET_BY_BENCH = {
         "say where it comes from (e.g. oracle.stats=FILE)"
     ),
 }
-
-
-def check_bench_overrides(overrides: list[str]) -> None:
-    """A one-line ConfigError for an override of a key the suite run sets itself (``SET_BY_BENCH``),
-    also as a composite suite's ``PART:key=value``, before any part runs."""
-    for o in overrides:
-        key = o.split("=", 1)[0].strip().rsplit(":", 1)[-1]
-        if key in SET_BY_BENCH:
-            raise ConfigError(f"{o!r} would change nothing: {SET_BY_BENCH[key]}")
 
 
 def run_suite(
@@ -93,7 +84,7 @@ def run_suite(
             "suites run in one process (their rows, store and report are written by one writer); launch "
             "single runs with several processes instead: accelerate launch ... -m unlearnkit.cli unlearn"
         )
-    check_bench_overrides(list(overrides or []))
+    refuse_ignored(list(overrides or []), SET_BY_BENCH)  # also a composite part's, before any part runs
     raw = load_preset(suite_preset(name))
     kind = get_kind(raw.get("kind"))
     cfg = raw if kind.parts else load_suite(name, overrides)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.config import build_dataclass
+from unlearnkit.config import build_dataclass, refuse_ignored
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.experiment.suites import load_suite
@@ -126,9 +126,7 @@ def select_for_suite(
     granularity: str = "example",
 ) -> dict[str, Any]:  # fmt: skip
     """Load ``suite`` (+ overrides), train or load its original model, select, and write ``out``."""
-    for o in overrides or []:  # the ids file is --out's; an out= override used to change nothing
-        if o.split("=", 1)[0].strip() == "out":
-            raise ConfigError(f"{o!r} would change nothing: select writes the ids to --out FILE")
+    refuse_ignored(list(overrides or []), {"out": "select writes the ids to --out FILE"})
     loaded = load_suite(suite, overrides)
     name = loaded.get("suite", suite)
     cfg, methods, sel = split_suite_config(loaded, granularity)
