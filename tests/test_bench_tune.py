@@ -20,6 +20,11 @@ class Counting(RowRunner):
     def __init__(self) -> None:
         self.tuned: list[dict] = []
         self.ran: list[dict] = []
+        self.setups = 0
+
+    def make_setup(self, cfg):
+        self.setups += 1
+        return super().make_setup(cfg)
 
     def tune(self, setup, original, spec):
         best = super().tune(setup, original, spec)
@@ -67,6 +72,13 @@ def test_bench_tune_runs_each_method_with_its_tuned_options(tmp_path, capsys):
     run_suite("vision-digits", 1, out, ["ga", "rl"], FAST, progress=False, runner=counting)
     assert counting.tuned == [] and [r["name"] for r in counting.ran] == ["ga", "rl"]
     assert counting.ran[1]["lr"] == pytest.approx(res["methods"]["rl"]["lr"])
+
+
+def test_bench_tune_builds_each_seeds_setup_once(tmp_path):
+    """Seed 0's setup, built up front to refuse a suite tune cannot score, is the one its rows use."""
+    counting = Counting()
+    run_suite("vision-digits", 2, tmp_path / "o", ["ga"], FAST, progress=False, runner=counting, tune=True)
+    assert counting.setups == 2 and len(counting.tuned) == 2
 
 
 def test_bench_tune_is_for_plain_suites_of_classifiers(tmp_path, capsys):

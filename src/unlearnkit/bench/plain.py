@@ -43,6 +43,7 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     suite_name = opts.get("suite", req.name)
     cfg["engine"] = dict(cfg.get("engine") or {}) | {"progress": False}
     relearn = (opts.get("attack") or {}).get("relearn") is not None
+    first_setup = None  # seed 0's, when built up front for these checks (its rows reuse it)
     if req.tune or relearn:  # before any training: tune scores classifiers; not every protocol relearns
         first_setup = req.runner.make_setup(resolved(cfg, 0))
         if req.tune:
@@ -55,7 +56,10 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
     total = seeds * len(specs)
     with SuiteRunner(req.out, suite_name, family, total, req.fresh, req.progress) as loop:
         for seed in range(seeds):
-            seed_rows, setup = _plain_seed(loop, req.runner, cfg, seed, specs, opts.get("attack"), req.tune)
+            ready = first_setup if seed == 0 else None
+            seed_rows, setup = _plain_seed(
+                loop, req.runner, cfg, seed, specs, opts.get("attack"), req.tune, ready
+            )
             rows += seed_rows
             first = first or setup
         assert first is not None
@@ -79,11 +83,12 @@ def _plain_seed(
     specs: dict[str, dict],
     attack: dict[str, Any] | None,
     tune: bool = False,
+    ready: Setup | None = None,
 ) -> tuple[list[dict[str, Any]], Lazy[Setup]]:
     """One seed of a plain suite: each method's row (the oracle first, as the suite lists it), reused from
     the store where finished; the setup and the original model are built only if some row must run. With
     ``tune``, each method runs with the options ``unlearnkit tune`` picks (no oracle), recorded in its row."""
-    scfg, setup, original = seed_inputs(loop, runner, cfg, seed)
+    scfg, setup, original = seed_inputs(loop, runner, cfg, seed, ready)
     oracle: dict[str, Any] | None = None
     oracle_key: str | None = None
     rows = []

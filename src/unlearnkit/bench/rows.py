@@ -121,13 +121,14 @@ def receipt(setup: Setup, before: str | None, after: str | None) -> dict[str, An
 
 
 def seed_inputs(
-    loop: Any, runner: RowRunner, cfg: dict[str, Any], seed: int
+    loop: Any, runner: RowRunner, cfg: dict[str, Any], seed: int, ready: Setup | None = None
 ) -> tuple[dict[str, Any], Lazy[Setup], Lazy[tuple[Original, str]]]:
     """(resolved config, lazy setup, lazy (original, its weights sha256)) of one suite seed: nothing is
     built unless a row of this seed has to run (rows found in the store need neither). ``loop`` is the
-    :class:`~unlearnkit.bench.loop.SuiteRunner` that shows what runs."""
+    :class:`~unlearnkit.bench.loop.SuiteRunner` that shows what runs; ``ready``: this seed's setup, if
+    the suite already built it (its up-front checks)."""
     scfg = resolved(cfg, seed)
-    setup: Lazy[Setup] = Lazy(lambda: runner.make_setup(scfg))
+    setup: Lazy[Setup] = Lazy(lambda: ready if ready is not None else runner.make_setup(scfg))
 
     def load_original() -> tuple[Original, str]:
         loop.say(f"seed {seed}: original model")
