@@ -127,16 +127,20 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _options(t: Trial) -> str:
+    """A trial's options as ``lr=0.0013 epochs=7``."""
+    return " ".join(f"{k}={_fmt(v, 3)}" for k, v in t.options.items())
+
+
 def run_printer(method: str, stream: Any = None) -> Callable[[int, int, Trial, Trial], None]:
     """``tune``'s progress: one flushed line per training run (on stderr by default), e.g. ``tune salun:
     run 3 of at most 10 (lr=0.0013 epochs=7) score 0.80; best 0.45 (lr=0.0022 epochs=2); 12.3 s``."""
     t0 = time.perf_counter()
 
     def show(done: int, budget: int, trial: Trial, best: Trial) -> None:
-        opts = lambda t: " ".join(f"{k}={_fmt(v, 3)}" for k, v in t.options.items())  # noqa: E731
         print(
-            f"tune {method}: run {done} of at most {budget} ({opts(trial)}) score {trial.score:.2f}; "
-            f"best {best.score:.2f} ({opts(best)}); {duration(time.perf_counter() - t0)}",
+            f"tune {method}: run {done} of at most {budget} ({_options(trial)}) score {trial.score:.2f}; "
+            f"best {best.score:.2f} ({_options(best)}); {duration(time.perf_counter() - t0)}",
             file=stream if stream is not None else sys.stderr,
             flush=True,
         )
@@ -167,7 +171,7 @@ def print_trials(res: TuneResult) -> None:
         unique = {id(t): t for t in [*rows, end]}.values()
         for t in sorted(unique, key=lambda t: t.options.get("epochs", 0)):
             mark = "*" if t.options == res.best else " "
-            opts = " ".join(f"{k}={_fmt(v, 3)}" for k, v in t.options.items())
+            opts = _options(t)
             sig = " ".join(f"{k} {t.signals[k]:.1f}" for k in keys if k in t.signals)
             print(f"{mark} {opts:<38} score {t.score:7.2f}  {sig}")
             shown += 1
