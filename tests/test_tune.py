@@ -24,7 +24,8 @@ def test_random_forgetting_score_by_hand():
     d_ua = abs(30 - (100 - 90))  # target: the forget set scores like the original's test set
     d_mia = abs(80 - 50)  # target: the MIA's verdict on held-out data, for the original model
     d_ra = 100 - 95 - 200 * math.sqrt((0.25 / 1000) / 1000)  # RA fell; floor of the spread at 100%
-    assert score(s, original, "random") == pytest.approx((d_ua + d_mia + d_ra + 0.0) / 4)
+    # the guards (RA, TA kept) count 1.5×: measured on larger sets than the forget-side terms
+    assert score(s, original, "random") == pytest.approx((d_ua + d_mia + 1.5 * (d_ra + 0.0)) / 4)
     # a fall of RA/TA within the spread of the sets is not penalised
     calm = s | {"UA": 10.0, "MIA": 50.0, "RA": 99.95, "TA": 88.0}
     assert score(calm, original, "random") == 0.0
@@ -36,7 +37,7 @@ def test_class_forgetting_score_by_hand():
     # a model that never saw the class: accuracy 0 on its training and test examples, MIA-Efficacy 100;
     # TA fell from 100 to 97: past the spread of 300 test examples at 100% (floored at p(1-p) = 0.25/n)
     d_ta = 100 - 97 - 200 * math.sqrt((0.25 / 300) / 300)
-    want = ((100 - 50) + (100 - 70) + 20 + 0 + d_ta) / 5
+    want = ((100 - 50) + (100 - 70) + 20 + 1.5 * (0 + d_ta)) / 5
     assert score(s, {"RA": 100.0, "TA": 100.0}, "class") == pytest.approx(want)
     # at chance (25% of 4 classes) the class is not forgotten yet: a model retrained without it scores 0
     assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class") > 0
@@ -70,9 +71,15 @@ def test_class_wise_guards_aim_at_the_original_over_the_remaining_classes():
     ra, ta = s["RA_rest"] - s["RA"], s["TA_rest"] - s["TA"]
     assert damage(trial, s) == pytest.approx(ra + ta)
     want = (
-        max(0, ra - 200 * math.sqrt((s["RA_rest"] / 100) * (1 - s["RA_rest"] / 100) / 30))
-        + max(0, ta - 200 * math.sqrt(max((s["TA_rest"] / 100) * (1 - s["TA_rest"] / 100), 0.25 / 10) / 10))
-    ) / 5
+        1.5
+        * (
+            max(0, ra - 200 * math.sqrt((s["RA_rest"] / 100) * (1 - s["RA_rest"] / 100) / 30))
+            + max(
+                0, ta - 200 * math.sqrt(max((s["TA_rest"] / 100) * (1 - s["TA_rest"] / 100), 0.25 / 10) / 10)
+            )
+        )
+        / 5
+    )
     assert score(trial, s, "class") == pytest.approx(want) and want > 0
 
 

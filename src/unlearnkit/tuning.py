@@ -28,10 +28,18 @@ to avoid), so ``tune`` scores each trial with signals that need none:
   on seeds 0–2 of the four worlds of ``benchmarks/tune_validate.py --classwise``, replayed on the same
   trials, the mean Avg. Gap fell from 6.48 to 4.20 and tune beat the defaults in 31 of 36 cells, not 24.
 
-Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale. The
-forget-side terms are plain distances to their targets; the guards (RA and TA not below what they keep)
-have a dead zone of two binomial standard deviations of the quantity compared (what the held-out set
-itself spreads), so noise alone is never penalised. (A
+Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale, with the
+guards (RA and TA not below what they keep) counted ``GUARD_WEIGHT`` (1.5) times. The forget-side terms
+are plain distances to their targets; the guards have a dead zone of two binomial standard deviations of
+the quantity compared (what the held-out set itself spreads), so noise alone is never penalised. The
+weight: RA and TA are measured on sets 5–10 times the forget set's size, while the forget-side targets
+carry the forget set's binomial noise and the test set's own offset from unseen data, so a trial that
+buys a few points of UA with many points of RA is more often a lucky draw than what the oracle does.
+Replayed on the stored trials of ``benchmarks/tune_validate.py`` (every trial's true gap is known there),
+1.5 gave the lowest mean gap on the first half of the seeds (random 3.58 → 3.50, class-wise 3.25 → 3.22;
+1.25, 1.75, 2 and 2.5 did less, and so did weighting UA over the MIA term or the reverse), and it held on
+the other half (3.54 → 3.45, 2.59 → 2.52), on fresh draws of *signals* (4.16 → 4.06) and on the ResNet
+world (random 4.55 → 4.53, class-wise 3.02 → 2.94). (A
 dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
 by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
 ``max_trials`` (10) training runs, each at half the method's epochs (a fraction of one run): a sweep of the
@@ -83,16 +91,18 @@ kept when it scored lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost 
 last run of the methods scored every epoch, where it also yields every shorter state), and SalUn's mask
 ratio at 0.1, 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
 
-The validation at 10 seeds (README, docs/tune-validation.md; rerun with every epoch scored): on random
-forgetting tune beats the paper defaults in 33 of 36 cells over four worlds, all nine methods on the
-held-out one; the three misses (RL, SalUn, ℓ1-sparse) are on *signals*, whose one draw of data has a test
-set 4.7 ± 0.9 points harder than unseen training data (the oracle's forget error sits below the prediction
-this calibration aims at); with a fresh draw per seed one miss remains (ℓ1-sparse, +0.65 ± 0.88; SalUn
-is ahead by 1.31 ± 1.06). On class-wise forgetting, 34 of 36: ℓ1-sparse on *signals* and SCRUB on
-*tabular*, where the defaults already sit within about a point of the oracle; SalUn within one std of
-the best method on three worlds, not on gratings (0.72 ± 0.27 vs FT's 0.42 ± 0.21). On a ResNet with BatchNorm
-(``gratings-resnet``, 5 seeds) 7 of 9 random (GA and IU tie with doing nothing, +0.03 and +0.02) and 9 of
-9 class-wise; SalUn within one std of the best method on both.
+The validation at 10 seeds (README, docs/tune-validation.md; rerun on 2026-12-07 with every epoch scored,
+and the guards weighted): on random forgetting tune beats the paper
+defaults in 35 of 36 cells over four worlds, all nine methods on the held-out one; the one miss (SalUn,
++0.79 ± 0.95) is on *signals*, whose one draw of data has a test set 4.7 ± 0.9 points harder than unseen
+training data (the oracle's forget error sits below the prediction this calibration aims at); with a
+fresh draw per seed one miss remains (ℓ1-sparse, +0.57 ± 0.90; SalUn is ahead by 1.34 ± 1.06). On
+class-wise forgetting, 34 of 36: ℓ1-sparse on *signals* (+0.12 ± 0.25) and SCRUB on *tabular*
+(+0.02 ± 0.08), where the defaults already sit within about a point of the oracle; SalUn within one std
+of the best method on every world but class-wise gratings, where it is 0.20 behind FT (0.62 ± 0.19 vs
+0.42 ± 0.21: within FT's std, not its own). On a ResNet with BatchNorm (``gratings-resnet``, 5 seeds) 7
+of 9 random (GA and IU tie with doing nothing, +0.03 and +0.02) and 9 of 9 class-wise; SalUn within one
+std of the best method on both.
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
@@ -136,6 +146,10 @@ SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)  # four decades around the default: defaul
 REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter decades around the best
 # concat dilutes the forget term in each batch (D_f is a small part of D_f ∪ D_r): it wants a larger step
 OTHER_FORM = (1.0, 10**0.5, 10.0)
+# the guards (RA and TA kept) count 1.5× the forget-side terms: they are measured on sets 5–10× the forget
+# set's size, and the forget-side targets carry its binomial noise and the held-out set's offset (chosen by
+# replaying the stored trials of half the validation seeds; see the module docstring)
+GUARD_WEIGHT = 1.5
 
 
 @dataclass
@@ -243,12 +257,11 @@ def score(s: dict[str, float], original: dict[str, float], protocol: str) -> flo
         terms = [100.0 - s["UA"], 100.0 - s["MIA"]]
         if "TA_forgotten" in s:
             terms.append(s["TA_forgotten"])
-        return float(np.mean(terms + [keep_ra, keep_ta]))
-    # fixed targets, from the original model: as a trial damages the model its own TA falls and its
-    # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
-    d_ua = abs(s["UA"] - (100.0 - original["TA"]))
-    d_mia = abs(s["MIA"] - original["MIA_heldout"])
-    return float(np.mean([d_ua, d_mia, keep_ra, keep_ta]))
+    else:
+        # fixed targets, from the original model: as a trial damages the model its own TA falls and its
+        # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
+        terms = [abs(s["UA"] - (100.0 - original["TA"])), abs(s["MIA"] - original["MIA_heldout"])]
+    return float((sum(terms) + GUARD_WEIGHT * (keep_ra + keep_ta)) / (len(terms) + 2))
 
 
 def damage(s: dict[str, float], original: dict[str, float]) -> float:
@@ -271,6 +284,11 @@ def _best(trials: list[Trial], original: dict[str, float], knob: str) -> Trial:
     """The chosen trial: the first by :func:`choice_key` among those that did not diverge."""
     done = [t for t in trials if math.isfinite(t.score)] or trials
     return min(done, key=lambda t: choice_key(t, original, knob))
+
+
+def _form(t: Trial, knob: str) -> dict[str, Any]:
+    """A trial's options other than the step and the length (e.g. ``schedule``), kept by the runs after it."""
+    return {key: v for key, v in t.options.items() if key not in (knob, "epochs")}
 
 
 def _knob(method: Any) -> str:
@@ -382,19 +400,17 @@ def tune_split(
         refine = REFINE
     for factors in refine:
         b = best()
-        form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         for f in factors:
             if spent < max_trials:
-                run(b.options[knob] * f, short, form)
+                run(b.options[knob] * f, short, _form(b, knob))
     if full_epochs and short >= 1 and spent < max_trials:
         b = best()
-        form = {key: v for key, v in b.options.items() if key not in (knob, "epochs")}
         # FT and l1-sparse forget only through training on D_r: the best step at the full length; so
         # for methods scored every epoch, whose quarter-length state the half-length runs have shown
         if base.retain_only or by_epoch:
-            run(b.options[knob], full_epochs, form)
+            run(b.options[knob], full_epochs, _form(b, knob))
         elif short > 1:
-            run(b.options[knob], max(1, short // 2), form)
+            run(b.options[knob], max(1, short // 2), _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
     return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow)
 
