@@ -101,6 +101,29 @@ def test_equal_scores_go_to_the_least_damage_then_the_gentlest_step():
     assert choice_key(Trial({"lr": 1.0}, math.inf, {"error": "NaN"}, 0.0), original, "lr")[1] == math.inf
 
 
+def test_ft_and_l1_lengthen_the_best_step_that_moved_the_forget_set():
+    """FT and l1-sparse forget only through training on D_r; at half length a step that forgets also dips
+    RA, so the best half-length trial can be one that does nothing. Their refinement and full-length run
+    start from the best trial that moved the forget set; other methods' from the best trial."""
+    from unlearnkit.tuning import _centre, _moved
+
+    original = {"UA": 0.0, "RA": 100.0, "TA": 92.0}
+
+    def trial(lr, ua, sc):
+        return Trial({"lr": lr, "epochs": 5}, sc, {"UA": ua, "RA": 95.0, "TA": 90.0, "n_forget": 100}, 0.0)
+
+    still = trial(1e-4, 0.0, 6.0)  # does nothing: no RA lost, the forget set untouched
+    noise = trial(1e-3, 1.0, 5.5)  # one example of 100: within two binomial stds of UA 0 (1 point)
+    moved = trial(3e-2, 11.0, 6.5)  # forgets, but RA dips at half length
+    worse = trial(1e-1, 30.0, 9.0)
+    diverged = Trial({"lr": 1.0, "epochs": 5}, math.inf, {"error": "NaN"}, 0.0)
+    trials = [still, noise, moved, worse, diverged]
+    assert [_moved(t, original) for t in trials] == [False, False, True, True, False]
+    assert _centre(trials, original, "lr", retain_only=True) is moved
+    assert _centre(trials, original, "lr", retain_only=False) is noise
+    assert _centre([still, noise, diverged], original, "lr", retain_only=True) is noise  # none moved
+
+
 @pytest.fixture(scope="module")
 def world():
     model, x, y = _trained_signal_net()
