@@ -124,6 +124,33 @@ def test_ft_and_l1_lengthen_the_best_step_that_moved_the_forget_set():
     assert _centre([still, noise, diverged], original, "lr", retain_only=True) is noise  # none moved
 
 
+def test_ga_bisects_its_cliff():
+    """GA ascends the forget loss with nothing that holds RA: one quarter-decade step can take the
+    class from 30% forgotten to collapsed. When the best trial and a neighbouring step straddle the target
+    (one forgets less but keeps RA/TA, the other the reverse), the last run tries the step between them."""
+    from unlearnkit.tuning import _bracket, _last_run
+
+    original = {"UA": 0.0, "RA": 100.0, "TA": 95.0}
+    sizes = {"n_forget": 100, "n_retain": 900, "n_test": 450, "n_test_forgotten": 50}
+
+    def trial(lr, ua, ra, ta):
+        s = {"UA": ua, "MIA": ua, "TA_forgotten": 100.0 - ua, "RA": ra, "TA": ta} | sizes
+        return Trial({"lr": lr, "epochs": 2}, score(s, original, "class"), s, 0.0)
+
+    gentle = trial(0.01, 30.0, 99.5, 95.0)  # forgets 30%, keeps RA/TA
+    cliff = trial(0.0316, 100.0, 53.0, 50.0)  # forgotten, and collapsed
+    beyond = trial(0.1, 100.0, 20.0, 20.0)  # forgotten too, more damage: not across the target
+    trials = [gentle, cliff, beyond]
+    assert min(trials, key=lambda t: t.score) is cliff  # the score prefers the collapse to 30%
+    mid = _bracket(trials, cliff, original, "lr", "class")
+    assert mid == pytest.approx(math.sqrt(0.01 * 0.0316))
+    assert _bracket([cliff, beyond], cliff, original, "lr", "class") is None
+    ga, ft = build_method({"name": "ga"}), build_method({"name": "ft"})
+    assert _last_run(ga, trials, cliff, original, "lr", "class", by_epoch=True) == (mid, 2)
+    # FT trains on D_r: its last run is the best step at the full length, as before
+    assert _last_run(ft, trials, cliff, original, "lr", "class", by_epoch=True) == (0.0316, ft.cfg.epochs)
+
+
 @pytest.fixture(scope="module")
 def world():
     model, x, y = _trained_signal_net()

@@ -65,6 +65,10 @@ class Method:
     exact: ClassVar[bool] = False
     # forgets only through training on D_r (FT, l1-sparse): tune's last trial runs the full epochs
     retain_only: ClassVar[bool] = False
+    # ascends the forget loss with nothing to bound it or hold RA (GA): one small step more can take the
+    # model from not forgetting to collapsed (tune bisects that cliff). Boundary shrink/expand also train
+    # on D_f alone but descend a bounded loss toward other labels: bisecting there lost 1.1 points class-wise
+    ascent_cliff: ClassVar[bool] = False
     # nothing in the update depends on ``cfg.epochs`` (no decay over the run): with a constant schedule,
     # the first e epochs of a run, passed through ``finished``, are an e-epoch run (tune scores every epoch)
     epochwise: ClassVar[bool] = False

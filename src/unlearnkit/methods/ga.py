@@ -23,6 +23,7 @@ class GA(Method):
 
     paper = "Thudi et al., EuroS&P 2022; min_θ −E_{D_f}[ℓ(θ; x, y)]"
     epochwise = True
+    ascent_cliff = True
     Config = GAConfig
 
     def streams(self, task: Task):
