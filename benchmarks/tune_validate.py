@@ -9,12 +9,16 @@ oriented gratings, the 2-D ``cnn``; added after the calibration's design was fix
 For each seed the original and the oracle (retrained on the retain set) are trained with the same recipe
 and initialisation. A generated world's data are one fixed draw for all seeds, or with ``--fresh-data`` a
 new draw per seed, so that the chance difference between a fixed test set and the training pool averages
-out over seeds (``heldout_offset.py`` measures it per draw). With ``--classwise`` each seed forgets one
-whole class (class = seed mod K; TA on the other classes, the SalUn protocol), the preset column takes the
-``vision-digits-class`` suite's options, and tune scores trials by the class-wise signals.
+out over seeds (``heldout_offset.py`` measures it per draw). With ``--classwise`` each seed forgets one whole
+class (class = seed mod K; TA on the other classes, the SalUn protocol), the preset column takes the
+``vision-digits-class`` suite's options, and tune scores trials by the class-wise signals. With ``--heldout
+half`` tune scores against a random half of the test set (``tune(heldout=...)``, a validation split) and every
+metric is reported on the other half; ``--heldout same-half`` is its control (the same sizes, tuned on the
+reporting half itself, as the default tunes on the whole test set it reports on).
 
     python benchmarks/tune_validate.py [--worlds digits,tabular,signals] [--seeds 3] [--first-seed 0]
                                        [--methods ga,rl] [--fresh-data] [--classwise]
+                                       [--heldout test|half|same-half]
                                        [--out tune-validate.json]
 
 Prints one Markdown table per world: mean ± std of the Avg. Gap over seeds, per method and setting, and
@@ -148,7 +152,15 @@ def main() -> None:
         rows = [r for f in sys.argv[2:] for r in json.loads(Path(f).read_text())]
         # runs of other methods on the same seeds repeat the "none" row: keep one per seed
         keys = [
-            (r["world"], r["seed"], r.get("protocol"), r.get("fresh_data"), r["method"], r["setting"])
+            (
+                r["world"],
+                r["seed"],
+                r.get("protocol"),
+                r.get("fresh_data"),
+                r.get("heldout"),
+                r["method"],
+                r["setting"],
+            )
             for r in rows
         ]
         rows = list({k: r for k, r in reversed(list(zip(keys, rows, strict=True)))}.values())[::-1]
@@ -168,6 +180,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--classwise", action="store_true", help="forget class seed mod K instead of a random 10%%"
+    )
+    ap.add_argument(
+        "--heldout",
+        choices=["test", "half", "same-half"],
+        default="test",
+        help="what tune scores against: the test set (default); 'half': a random half of it (a validation "
+        "split), every metric reported on the other half; 'same-half': the reporting half itself (the "
+        "control: the same sizes, tuned on the examples it is scored on)",
     )
     ap.add_argument(
         "--end-only",
@@ -194,10 +214,23 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             build, x, y, xt, yt, k = world(wname, seed, args.fresh_data)
             train_set, test_set = ExampleSet({"x": x, "y": y}), ExampleSet({"x": xt, "y": yt})
+            val_set = test_set
+            if args.heldout != "test":  # a validation half for tune, the other half for every metric
+                perm = torch.as_tensor(np.random.RandomState(10_000 + seed).permutation(len(yt)))
+                val_set = ExampleSet({"x": xt[perm[: len(yt) // 2]], "y": yt[perm[: len(yt) // 2]]})
+                test_set = ExampleSet({"x": xt[perm[len(yt) // 2 :]], "y": yt[perm[len(yt) // 2 :]]})
+                if args.heldout == "same-half":
+                    val_set = test_set
             if args.classwise:
-                split = class_split(train_set, test_set, seed % k)
+                split, scored = (
+                    class_split(train_set, test_set, seed % k),
+                    class_split(train_set, val_set, seed % k),
+                )
             else:
-                split = random_split(train_set, test_set, 0.1, seed)
+                split, scored = (
+                    random_split(train_set, test_set, 0.1, seed),
+                    random_split(train_set, val_set, 0.1, seed),
+                )
             fam = VisionFamily(num_classes=k)
             original = train(build, split.train.columns["x"], split.train.columns["y"], seed)
             oracle_m = train(build, split.retain.columns["x"], split.retain.columns["y"], seed)
@@ -208,6 +241,7 @@ def main() -> None:
                     "world": wname,
                     "seed": seed,
                     "fresh_data": args.fresh_data,
+                    "heldout": args.heldout,
                     "protocol": split.kind,
                     "method": "none",
                     "setting": "-",
@@ -226,7 +260,7 @@ def main() -> None:
                 for setting, every in [("tune", True)] + [("tune_end", False)] * args.end_only:
                     t0 = time.perf_counter()
                     tuned = tune_split(
-                        original, {"name": m}, split, k, {"batch_size": 64}, seed, every_epoch=every
+                        original, {"name": m}, scored, k, {"batch_size": 64}, seed, every_epoch=every
                     )
                     settings[setting] = {"name": m} | tuned.best
                     tunings[setting] = (tuned, time.perf_counter() - t0)
@@ -246,6 +280,7 @@ def main() -> None:
                             "world": wname,
                             "seed": seed,
                             "fresh_data": args.fresh_data,
+                            "heldout": args.heldout,
                             "protocol": split.kind,
                             "method": m,
                             "setting": setting,

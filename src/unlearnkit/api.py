@@ -27,6 +27,7 @@ from unlearnkit.api_args import (
     engine_config,
     method_spec,
     recipe,
+    tuning_split,
 )
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
@@ -87,6 +88,7 @@ def unlearn(
     train: dict[str, Any] | OptimSpec | None = None,
     overwrite: bool = False,
     tune: bool = False,
+    heldout: Any = None,
     image_processor: Any = None,
     **method_options: Any,
 ) -> UnlearnResult:
@@ -101,7 +103,8 @@ def unlearn(
     with it, and ``result.info`` says which recipe it used. ``out`` is refused when it already holds a run,
     unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
     (``unlearnkit.tune``, ≤ 10 short runs, scored after each epoch where the method allows) and runs with
-    the chosen options (``result.info["tune"]``).
+    the chosen options (``result.info["tune"]``), scored against ``test=`` or, with ``heldout=``, against
+    that validation set instead, so that the reported TA and MIA use examples the calibration never saw.
     A Hugging Face ``*ForImageClassification`` model is unlearned through its logits and returned as such
     (``out=`` also gets ``hf_model/``, a ``save_pretrained`` folder); ``image_processor=`` preprocesses
     raw images for it (see :func:`unlearnkit.api_args.adapt_model`).
@@ -113,6 +116,8 @@ def unlearn(
         raise ArgumentTypeError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     check_out(out, overwrite)
     check_seed(seed)
+    if heldout is not None and not tune:
+        raise ArgumentError("heldout= is what tune scores against: pass tune=True, or leave heldout= out")
     spec, eng = method_spec(method, preset, options, method_options)
     ecfg = engine_config({"progress": False} | eng | (engine or {}) | {"seed": seed})  # before any work
     try:
@@ -124,7 +129,11 @@ def unlearn(
     work = copy.deepcopy(base)
     split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes, prepare)
     if tune:
-        tuned = tune_split(base, spec, split, k, eng | (engine or {}), seed)
+        scored = split
+        if heldout is not None:
+            args = (forget, retain, None, heldout, train_set, forget_class, num_classes, prepare)
+            scored, _ = tuning_split(work, *args)
+        tuned = tune_split(base, spec, scored, k, eng | (engine or {}), seed)
         spec = spec | tuned.best
         m = build_method(spec, family)
         info["tune"] = {
@@ -132,6 +141,7 @@ def unlearn(
             "protocol": tuned.protocol,
             "trials": len(tuned.trials),
             "runs": tuned.runs,
+            "scored_on": "heldout" if heldout is not None else "test",
         }
     fam = VisionFamily(num_classes=k)
     require_device(ecfg.device)

@@ -18,7 +18,7 @@ from torch import nn
 from unlearnkit.config import build_dataclass, load_preset
 from unlearnkit.data.image_processor import with_processor
 from unlearnkit.data.splits import Split
-from unlearnkit.data.user import check_label_range
+from unlearnkit.data.user import check_label_range, identical_rows
 from unlearnkit.data.user_split import user_split
 from unlearnkit.engine.loop import EngineConfig
 from unlearnkit.engine.optim import OptimSpec
@@ -98,22 +98,56 @@ def adapt_model(model: nn.Module, image_processor: Any = None) -> tuple[nn.Modul
 
 
 def checked_split(
-    model, forget, retain, test, train_set, forget_class, num_classes, prepare=None
+    model, forget, retain, test, train_set, forget_class, num_classes, prepare=None, test_arg="test"
 ) -> tuple[Split, int]:
-    split = user_split(forget, retain, test, train_set, forget_class)
+    """The split of an API call and K; ``test_arg`` names the argument that gave the test set."""
+    split = user_split(forget, retain, test, train_set, forget_class, test_arg)
+    if test_arg != "test":
+        _never_trained_on(split, test_arg, "train_set" if train_set is not None else None)
     if prepare is not None:
         split = prepare(split)
     k = probe_classes(model, split, num_classes)
     where = f"num_classes={k}" if num_classes is not None else f"model= returns {k} logits"
     src = "train_set" if train_set is not None else None
-    sets = [(src or "forget", split.forget), (src or "retain", split.retain), ("test", split.test)]
+    sets = [(src or "forget", split.forget), (src or "retain", split.retain), (test_arg, split.test)]
     if split.test_forgotten is not None:
-        sets.append(("test", split.test_forgotten))
+        sets.append((test_arg, split.test_forgotten))
     for arg, s in sets:
         check_label_range(s.labels, k, arg, where)
     if forget_class is not None and not 0 <= forget_class < k:
         raise ArgumentError(f"forget_class={forget_class} is not a class of the model (0..{k - 1})")
     return split, k
+
+
+def tuning_split(
+    model, forget, retain, test, heldout, train_set, forget_class, num_classes, prepare=None
+) -> tuple[Split, int]:
+    """The split ``tune`` scores and K: the test set, or ``heldout=`` in its place (a validation set the
+    model never trained on, kept apart from the test set so that the TA and MIA reported afterwards come
+    from examples the calibration never looked at)."""
+    if heldout is None:
+        return checked_split(model, forget, retain, test, train_set, forget_class, num_classes, prepare)
+    return checked_split(
+        model, forget, retain, heldout, train_set, forget_class, num_classes, prepare, "heldout"
+    )
+
+
+def _never_trained_on(split: Split, arg: str, src: str | None) -> None:
+    """Held-out examples must be unseen: refuse ``arg``'s examples that equal a training example (the same
+    input bytes and label) of the forget or retain set."""
+    held = [split.test] + ([split.test_forgotten] if split.test_forgotten is not None else [])
+    for name, s in ((src or "forget", split.forget), (src or "retain", split.retain)):
+        for h in held:
+            if "x" not in h.columns or h.columns["x"].shape[1:] != s.columns["x"].shape[1:] or not len(h):
+                continue
+            same = identical_rows(h, s)
+            if same:
+                j = int(s.ids[same[0][1]]) if src else same[0][1]  # train_set=: the ids are its rows
+                raise ArgumentError(
+                    f"{arg}= shares {len(same)} example(s) with {name}= (the same input and label, e.g. "
+                    f"{name}[{j}]): held-out examples must be ones the model never trained on; "
+                    f"remove them from {arg}="
+                )
 
 
 def method_spec(method, preset, options, method_options) -> tuple[dict[str, Any], dict[str, Any]]:

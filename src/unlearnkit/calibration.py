@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from unlearnkit.api_args import adapt_model, check_out, check_seed, checked_split, engine_config, method_spec
+from unlearnkit.api_args import adapt_model, check_out, check_seed, engine_config, method_spec, tuning_split
 from unlearnkit.bench.progress import duration
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
 from unlearnkit.experiment import make_setup, original_model
@@ -59,6 +59,7 @@ def tune(
     test: Any = None,
     *,
     train_set: Any = None,
+    heldout: Any = None,
     forget_class: int | None = None,
     preset: str | None = None,
     num_classes: int | None = None,
@@ -75,15 +76,18 @@ def tune(
     """Calibrate ``method`` for ``model`` and the data without a retrained model; returns the trials and
     ``best``, the options to pass on: ``unlearnkit.unlearn(model, method, ..., **result.best)``.
 
-    Data arguments as in :func:`unlearnkit.unlearn`; ``options`` and ``method_options`` (keyword
-    arguments) are held fixed (e.g. ``mask_ratio``), as in :func:`unlearnkit.unlearn`; ``preset`` (or
-    ``lr``/``alpha`` among them) gives the starting point of the sweep. ``max_trials`` bounds the
+    Data arguments as in :func:`unlearnkit.unlearn`. The held-out examples the trials are scored against
+    (the targets, TA kept, the membership attack's non-members) are ``test=``, or ``heldout=`` when given
+    (then ``test=`` may be left out): a validation set that the model never trained on, to keep the test set
+    for reporting; examples equal to a training example are refused. ``options`` and ``method_options``
+    (keyword arguments) are held fixed (e.g. ``mask_ratio``), as in :func:`unlearnkit.unlearn`; ``preset``
+    (or ``lr``/``alpha`` among them) gives the starting point of the sweep. ``max_trials`` bounds the
     training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
-    (:func:`tune_split`); ``max_shadow`` caps the membership attack's shadow sets in the scoring (a
-    fixed random subset of the test set and as many retain examples; None: all, as reported). ``out``
-    writes ``tune.json`` and indexes every trial in the run store. A Hugging Face
-    ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
-    takes them. The input model is never modified."""
+    (:func:`tune_split`); ``max_shadow`` caps the membership attack's shadow sets in the scoring (a fixed
+    random subset of the held-out set and as many retain examples; None: all, as reported). ``out`` writes
+    ``tune.json`` and indexes every trial in the run store. A Hugging Face ``*ForImageClassification`` model
+    and ``image_processor=`` are taken as :func:`unlearnkit.unlearn` takes them. The input model is never
+    modified."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
@@ -92,10 +96,12 @@ def tune(
     spec, eng = method_spec(method, preset, options, method_options)
     engine_config(eng | (engine or {}))  # a bad engine= key before any work
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
-    split, k = checked_split(base, forget, retain, test, train_set, forget_class, num_classes, prepare)
+    data = (forget, retain, test, heldout, train_set, forget_class, num_classes, prepare)
+    split, k = tuning_split(base, *data)
     result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch, max_shadow)
     if out is not None:
-        write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
+        scored = {"scored_on": "heldout" if heldout is not None else "test"}
+        write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset} | scored)
     return result
 
 

@@ -31,11 +31,15 @@ def user_split(
     test: Any,
     train_set: Any = None,
     forget_class: int | None = None,
+    test_arg: str = "test",
 ) -> Split:
-    """The Split for ``unlearn``/``evaluate``; every error is an ArgumentError naming the API argument."""
+    """The Split for ``unlearn``/``evaluate``; every error is an ArgumentError naming the API argument.
+    ``test_arg``: the argument that gave ``test`` (``heldout`` for ``tune``'s own held-out set)."""
     if test is None:
-        raise ArgumentError("test= is missing: TA and the MIA need held-out examples (pass test=(x, y))")
-    t, _ = to_example_set(test, "test")
+        raise ArgumentError(
+            f"{test_arg}= is missing: TA and the MIA need held-out examples (pass {test_arg}=(x, y))"
+        )
+    t, _ = to_example_set(test, test_arg)
     if forget_class is not None and (isinstance(forget_class, bool) or not isinstance(forget_class, int)):
         raise ArgumentTypeError(f"forget_class= must be an int class index, got {forget_class!r}")
     if train_set is not None:
@@ -61,7 +65,11 @@ def user_split(
             test_forgotten=t.take(tmask.nonzero().squeeze(1)),
         )
     except DataError as exc:
-        raise ArgumentError(str(exc)) from exc
+        msg = str(exc)
+        if test_arg != "test":
+            rest = " (without forget_class=)" if forget_class is not None else ""
+            msg = msg.replace("the test set", f"{test_arg}={rest}")
+        raise ArgumentError(msg) from exc
 
 
 def _from_pair(forget: Any, retain: Any) -> tuple[ExampleSet, ExampleSet]:

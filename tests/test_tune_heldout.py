@@ -1,0 +1,74 @@
+"""``heldout=``: tune scores against a validation set, and the test set is left for the report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_batchnorm import _signals, _trained_signal_net
+
+import unlearnkit
+
+FORGET = list(range(0, 120, 6))  # 20 of the 120 training rows, every class
+
+
+@pytest.fixture(scope="module")
+def world():
+    model, x, y = _trained_signal_net()
+    xt, yt = _signals(15, 1)
+    xh, yh = _signals(10, 2)  # a validation draw, apart from the test set
+    return model, x, y, xt, yt, xh, yh
+
+
+def _acc(model, x, y) -> float:
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_tune_scores_against_heldout_instead_of_the_test_set(world):
+    model, x, y, xt, yt, xh, yh = world
+    data = {"train_set": (x, y), "forget": FORGET, "max_trials": 1, "batch_size": 32}
+    on_test = unlearnkit.tune(model, "ga", test=(xt, yt), **data)
+    on_heldout = unlearnkit.tune(model, "ga", heldout=(xh, yh), **data)  # test= may be left out
+    both = unlearnkit.tune(model, "ga", test=(xt, yt), heldout=(xh, yh), **data)
+    # the targets and guards come from the held-out set: the original's TA there, its size
+    assert on_heldout.original["n_test"] == len(yh) and on_test.original["n_test"] == len(yt)
+    assert on_heldout.original["TA"] == pytest.approx(_acc(model, xh, yh))
+    assert on_test.original["TA"] == pytest.approx(_acc(model, xt, yt))
+    assert on_heldout.original["TA"] != on_test.original["TA"]
+    assert both.original == on_heldout.original  # heldout= wins over test=
+    assert [t.signals for t in both.trials] == [t.signals for t in on_heldout.trials]
+    assert [t.signals["TA"] for t in on_heldout.trials] != [t.signals["TA"] for t in on_test.trials]
+
+
+def test_unlearn_tunes_on_heldout_and_reports_on_the_test_set(world):
+    model, x, y, xt, yt, xh, yh = world
+    data = {"train_set": (x, y), "forget_class": 3, "batch_size": 32}
+    res = unlearnkit.unlearn(model, "ga", test=(xt, yt), heldout=(xh, yh), tune=True, **data)
+    tuned = unlearnkit.tune(model, "ga", heldout=(xh, yh), **data)
+    assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["scored_on"] == "heldout"
+    # the reported TA is on the test set without the class (the SalUn protocol), not on heldout=
+    keep = yt != 3
+    assert res.metrics["TA"] == pytest.approx(_acc(res.model, xt[keep], yt[keep]))
+    assert res.metrics["TA_forgotten"] == pytest.approx(_acc(res.model, xt[~keep], yt[~keep]))
+    chosen = next(t for t in tuned.trials if t.options == tuned.best)
+    assert chosen.signals["n_test"] == int((yh != 3).sum())  # the trials were scored on heldout=
+    assert res.metrics["UA"] == chosen.signals["UA"]  # the same state as the chosen trial
+
+
+def test_heldout_must_be_unseen_and_goes_with_tune(world):
+    model, x, y, xt, yt, xh, yh = world
+    seen = (torch.cat([xh, x[5:6]]), torch.cat([yh, y[5:6]]))  # one training row among the held-out ones
+    with pytest.raises(ValueError, match=r"heldout= shares 1 example\(s\) with train_set= .*train_set\[5\]"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget=FORGET, heldout=seen)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[FORGET] = False
+    pair = {"forget": (x[FORGET], y[FORGET]), "retain": (x[keep], y[keep])}
+    with pytest.raises(ValueError, match=r"heldout= shares 1 example\(s\) with retain= .*retain\[4\]"):
+        unlearnkit.tune(model, "ga", heldout=seen, **pair)
+    with pytest.raises(ValueError, match="heldout= is what tune scores against: pass tune=True"):
+        unlearnkit.unlearn(model, "ga", test=(xt, yt), heldout=(xh, yh), **pair)
+    only_3 = (xh[yh == 3], yh[yh == 3])
+    with pytest.raises(ValueError, match=r"heldout= \(without forget_class=\) is empty"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, heldout=only_3)
+    with pytest.raises(ValueError, match="heldout= has labels in"):
+        unlearnkit.tune(model, "ga", train_set=(x, y), forget=FORGET, heldout=(xh, yh + 4))
