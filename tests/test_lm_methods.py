@@ -279,6 +279,8 @@ def test_simnpo_loss_is_length_normalised_with_both_margin_forms(tokenizer, spli
     assert total.item() == pytest.approx(0.125 * sim + token_mean_nll(model, rb), rel=1e-5)
     with pytest.raises(ConfigError, match="margin_form"):
         SimNPOConfig(margin_form="paperr").check()
+    with pytest.raises(ConfigError, match=r"method.margin must be >= 0, got -0.5"):
+        SimNPOConfig(margin=-0.5).check()
 
 
 def test_simnpo_runs_on_a_classifier_with_unit_length():

@@ -46,6 +46,9 @@ class SimNPOConfig(GradDiffConfig):
     alpha: float = 1.0
     margin: float = 0.0
     margin_form: str = "paper"
+    # the paper's reward margin γ ≥ 0 (as SimPO's): a negative one adds to β·NLL/|y| inside the sigmoid,
+    # so the forget loss saturates, and its gradient vanishes, before the forget answers' likelihood falls
+    non_negative = (*GradDiffConfig.non_negative, "margin")
 
     def check(self) -> None:
         super().check()
