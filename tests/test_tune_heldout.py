@@ -72,3 +72,37 @@ def test_heldout_must_be_unseen_and_goes_with_tune(world):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget_class=3, heldout=only_3)
     with pytest.raises(ValueError, match="heldout= has labels in"):
         unlearnkit.tune(model, "ga", train_set=(x, y), forget=FORGET, heldout=(xh, yh + 4))
+
+
+def test_config_split_heldout_is_carved_from_the_test_set_and_scored_by_tune(tmp_path, capsys):
+    import json
+
+    from unlearnkit.cli import main
+    from unlearnkit.config import load_preset
+    from unlearnkit.experiment import make_setup
+    from unlearnkit.tuning import scored_split
+
+    cfg = load_preset("vision/ga")
+    plain = make_setup(cfg)
+    setup = make_setup(cfg | {"split": {"kind": "random", "forget": 0.1, "heldout": 0.25}})
+    held, test, whole = setup.split.heldout, setup.split.test, plain.split.test
+    # a quarter of digits' 360 test examples, apart from the rest, which every metric then uses
+    assert (len(held), len(test)) == (90, 270) and not set(held.ids.tolist()) & set(test.ids.tolist())
+    assert sorted(held.ids.tolist() + test.ids.tolist()) == sorted(whole.ids.tolist())
+    assert setup.split.forget_ids == plain.split.forget_ids  # the forget set does not move
+    assert scored_split(setup.split).test is held and scored_split(plain.split) is plain.split
+    # class-wise: the held-out examples of the class become the scored test_forgotten
+    cls = make_setup(cfg | {"split": {"kind": "class", "classes": 3, "heldout": 90}}).split
+    scored = scored_split(cls)
+    assert set(scored.test_forgotten.labels.tolist()) == {3} and 3 not in scored.test.labels.tolist()
+    assert (
+        len(scored.test) + len(scored.test_forgotten) == 90 and len(cls.test) + len(cls.test_forgotten) == 270
+    )
+    out = tmp_path / "t"
+    argv = ["tune", "--preset", "vision/ga", "--max-trials", "1", "train.epochs=3", "split.heldout=0.25"]
+    assert main([*argv, "--out", str(out)]) == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["original"]["n_test"] == 90 and saved["config"]["split"]["heldout"] == 0.25
+    for bad in ("split.heldout=1.5", "split.heldout=0", "split.heldout=360", "split.heldout=half"):
+        assert main(["tune", "--preset", "vision/ga", bad]) == 2
+        assert "split.heldout must be a fraction in (0, 1) or a count in 1..359" in capsys.readouterr().err

@@ -32,6 +32,9 @@ class Split:
     kind: str = "custom"
     info: dict[str, Any] = field(default_factory=dict)
     test_forgotten: ExampleSet | None = None
+    # a validation set carved from the test set (``split.heldout``): ``tune`` scores on it, every reported
+    # metric uses ``test`` (the rest), so the calibration never sees the reported examples
+    heldout: ExampleSet | None = None
 
     def __post_init__(self) -> None:
         validate_split(self.forget, self.retain, self.test)
@@ -265,6 +268,23 @@ def _complement(forget: str, retain_ids: dict) -> str | None:
         if cand in retain_ids:
             return cand
     return next(iter(retain_ids), None)
+
+
+def carve_heldout(test: ExampleSet, size: Any, seed: int) -> tuple[ExampleSet, ExampleSet]:
+    """(validation set, the rest of the test set): ``split.heldout``, a fraction in (0, 1) or a count of
+    the test examples, drawn at random with the run's seed."""
+    n = len(test)
+    ok_type = isinstance(size, (int, float)) and not isinstance(size, bool)
+    k = (size if isinstance(size, int) else int(round(size * n))) if ok_type else None
+    if k is None or (isinstance(size, float) and not 0 < size < 1) or not 1 <= k < n:
+        raise ConfigError(
+            f"split.heldout must be a fraction in (0, 1) or a count in 1..{n - 1} of the {n} test examples "
+            f"(the validation set tune scores on; the rest is reported), got {size!r}"
+        )
+    pos = np.sort(np.random.RandomState(seed).choice(n, size=k, replace=False))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.as_tensor(pos, dtype=torch.long)] = True
+    return test.take(mask.nonzero().squeeze(1)), test.take((~mask).nonzero().squeeze(1))
 
 
 def make_split(train: ExampleSet, test: ExampleSet, spec: dict[str, Any], seed: int) -> Split:

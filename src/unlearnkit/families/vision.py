@@ -14,7 +14,14 @@ from unlearnkit.config import call_with_options
 from unlearnkit.data.base import LoadedData
 from unlearnkit.data.examples import Batch, ExampleSet
 from unlearnkit.data.image_processor import with_processor
-from unlearnkit.data.splits import validate_labels
+from unlearnkit.data.splits import (
+    SPLIT_OPTIONS,
+    Split,
+    carve_heldout,
+    check_split_options,
+    make_split,
+    validate_labels,
+)
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.families.base import Family
 from unlearnkit.models.hf_vision import (
@@ -51,6 +58,20 @@ class VisionFamily(Family):
     """
 
     default_dataset = "digits"
+    # ``split.heldout``: a validation part of the test set that tune scores on (classifiers only)
+    split_kinds = {k: (*v, "heldout") if k != "benchmark" else v for k, v in SPLIT_OPTIONS.items()}
+
+    def make_split(self, data: LoadedData, spec: dict[str, Any], seed: int) -> tuple[Split, LoadedData]:
+        """The generic kinds, and with ``split.heldout`` a validation set carved from the test set first:
+        ``Split.heldout`` (what tune scores on), the rest being the test set every metric uses."""
+        if "heldout" not in spec:
+            return super().make_split(data, spec, seed)
+        check_split_options(spec, self.split_kinds)
+        held, rest = carve_heldout(data.test, spec["heldout"], seed)
+        rest_spec = {k: v for k, v in spec.items() if k != "heldout"}
+        split = make_split(data.train, rest, rest_spec, seed)
+        info = split.info | {"heldout": {"count": len(held), "of": len(data.test)}}
+        return replace(split, heldout=held, info=info), data
 
     # None: methods that need the input range (boundary_shrink's clamp) take it from the data; it used to
     # be a fixed (0, 1), wrong for standardised inputs. A subclass for a known range may set (lo, hi).
