@@ -119,7 +119,8 @@ validation split (``tune(heldout=...)``; ``benchmarks/tune_validate.py --heldout
 seed's test set scored, the other reported) 30 of 36 random cells, mean gap 4.24 (defaults 5.36), against
 33 of 36 and 3.95 for the same sizes tuned on the reporting half: about 0.3 points of the tables' gain come
 from tuning on the reported examples, and a half of a few hundred examples moves the forget-side target by
-several points (docs/tune-validation.md).
+several points. Class-wise 30 of 36 and 4.01 against 33 of 36 and 3.41: there the reported MIA comes from
+an attack fit on other non-members than the trials' (docs/tune-validation.md).
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
