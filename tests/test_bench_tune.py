@@ -54,6 +54,7 @@ def test_bench_tune_runs_each_method_with_its_tuned_options(tmp_path, capsys):
         "Options chosen by `unlearnkit tune`" in md
         and f"rl: seed 0: lr={rows['rl']['tuned']['lr']:.3g}" in md
     )
+    assert "scored on the same test set the table reports" in md  # no split.heldout: it says so
     report = build_report(out, tmp_path / "report")
     assert "chosen per seed by `unlearnkit tune`, without the oracle" in report["markdown"].read_text()
     # the row is the method run with the suite's options and the tuned ones, from the same original
@@ -119,3 +120,22 @@ def test_a_key_the_suite_run_sets_itself_is_refused(tmp_path, capsys, override, 
     err = capsys.readouterr().err
     assert f"{override!r} would change nothing" in err and hint in err
     assert not out.exists()
+
+
+def test_bench_tune_on_split_heldout_reports_on_the_rest(tmp_path):
+    out = tmp_path / "clean"
+    argv = ["bench", "vision-digits", "--seeds", "1", "--methods", "ga", "--quiet", "--tune", *FAST]
+    assert main([*argv, "split.heldout=0.5", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    setup = make_setup(resolved(res["config"], 0))
+    assert (len(setup.split.test), len(setup.split.heldout)) == (180, 180)
+    # the row is GA with the tuned options measured on the 180 reported examples (split.test, the rest)
+    row = next(r for r in res["rows"] if r["method"] == "ga")
+    model, _, _ = run_method(
+        setup, original_model(setup).model, build_method(res["methods"]["ga"] | row["tuned"])
+    )
+    direct = evaluate_model(setup, model)
+    assert all(row["metrics"][k] == pytest.approx(direct[k]) for k in ("UA", "RA", "TA", "MIA"))
+    assert round(direct["TA"] * 180 / 100, 6).is_integer()  # a count out of 180, the rest of the test set
+    md = (out / "results.md").read_text()
+    assert "scored on `split.heldout` (0.5 of the test set); every metric above uses the rest" in md

@@ -70,7 +70,8 @@ def run_plain_suite(req: SuiteRequest) -> dict[str, Any]:
         caption = f"{caption or get_protocol(protocol).caption} {opts['note']}"
     extra = ({"plot": opts["plot"]} if opts.get("plot") else {}) | ({"tune": True} if req.tune else {})
     result = suite_result(suite_name, "plain", protocol, seeds, cfg, specs, keys, caption, rows, **extra)
-    write_results(req.out, result, markdown_table(result) + tuned_text(rows))
+    held = (cfg.get("split") or {}).get("heldout")
+    write_results(req.out, result, markdown_table(result) + tuned_text(rows, held))
     tradeoff_plot(result, req.out / "tradeoff.png")
     return result
 
@@ -128,9 +129,10 @@ def _plain_seed(
     return rows, setup
 
 
-def tuned_text(rows: list[dict[str, Any]]) -> str:
-    """Under the table of a ``--tune`` suite: the options each method ran with per seed, and the time its
-    tuning took (RTE is the unlearning run's alone)."""
+def tuned_text(rows: list[dict[str, Any]], heldout: Any = None) -> str:
+    """Under the table of a ``--tune`` suite: the options each method ran with per seed, the time its
+    tuning took (RTE is the unlearning run's alone), and which examples the trials were scored on
+    (``split.heldout``, apart from the reported ones, or the reported test set itself)."""
     by: dict[str, list[str]] = {}
     secs: dict[str, list[float]] = {}
     for r in rows:
@@ -147,7 +149,14 @@ def tuned_text(rows: list[dict[str, Any]]) -> str:
         for m, v in by.items()
     ]
     head = "Options chosen by `unlearnkit tune` (no oracle) for each seed; RTE is the run's time alone:"
-    return f"\n{head}\n\n" + "\n".join(lines) + "\n"
+    scored = (
+        f"The trials were scored on `split.heldout` ({heldout} of the test set); every metric above uses the "
+        "rest of it."
+        if heldout is not None
+        else "The trials were scored on the same test set the table reports (TA, MIA): pass "
+        "`split.heldout=0.5` to keep a validation part apart."
+    )
+    return f"\n{head}\n\n" + "\n".join(lines) + f"\n\n{scored}\n"
 
 
 def _export_oracle(loop: SuiteRunner, seed: int, res: RowResult, scfg: dict[str, Any]) -> None:
