@@ -161,6 +161,10 @@ def test_tune_takes_a_pretrained_model_and_its_processor_as_unlearn_does(zoo):
     assert run.metrics["UA"] == pytest.approx(chosen.signals["UA"])
     assert run.metrics["TA"] == pytest.approx(chosen.signals["TA"])
     assert chosen.signals["UA"] > first["UA"] + 20  # and the chosen step does forget the class
+    # heldout= goes through the same processor: the test set passed as heldout= gives the same targets
+    held = {k: v for k, v in data.items() if k != "test"} | {"heldout": (xt, yt)}
+    on_held = unlearnkit.tune(model, "rl", max_trials=1, epochs=2, batch_size=64, **held)
+    assert on_held.original == pytest.approx(res.original)
 
 
 def test_the_processor_runs_as_its_own_call_would():
