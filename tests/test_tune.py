@@ -217,7 +217,8 @@ def test_options_are_held_fixed_as_in_unlearn(tmp_path, world):
 def test_unlearn_with_tune_runs_the_chosen_options(world):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
-    res = unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, **data)
+    with pytest.warns(UserWarning, match="tune scored its trials on the test set"):  # no heldout=
+        res = unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, **data)
     tuned = unlearnkit.tune(model, "salun", batch_size=16, **data)
     assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
     assert res.info["tune"]["runs"] == tuned.runs <= 10 < len(tuned.trials)
@@ -274,6 +275,9 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)  # stdout stays the run's JSON; the trials went to stderr
     assert "4 trials from 2 runs" in captured.err and "use: method.lr=" in captured.err
+    # no validation split: the trials were scored on the test set the metrics are reported on, and it says so
+    assert "note: tune scored its trials on the test set that the metrics are reported on" in captured.err
+    assert "split.heldout=0.5 keeps half of it apart for the trials" in captured.err
     chosen = captured.err.split("use: method.lr=")[1].split()[0]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["method"]["lr"] in (pytest.approx(1e-4), pytest.approx(1e-3))  # a trial's step, not 0.01
@@ -288,6 +292,8 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     assert main([*argv, "--out", str(out)]) == 2  # a run is there already: refused before any trial
     err = capsys.readouterr().err
     assert "already holds" in err and "trials" not in err
+    held = [*argv, "split.heldout=0.5", "--out", str(tmp_path / "held")]
+    assert main(held) == 0 and "note: tune scored" not in capsys.readouterr().err
     assert main(["unlearn", "--preset", "vision/ga", "--max-trials", "3"]) == 2  # a budget for no tuning
     assert "add --tune" in capsys.readouterr().err
     assert main(["unlearn", "--preset", "vision/ga", "--end-only"]) == 2

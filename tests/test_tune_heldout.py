@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_batchnorm import _signals, _trained_signal_net
@@ -43,7 +45,14 @@ def test_tune_scores_against_heldout_instead_of_the_test_set(world):
 def test_unlearn_tunes_on_heldout_and_reports_on_the_test_set(world):
     model, x, y, xt, yt, xh, yh = world
     data = {"train_set": (x, y), "forget_class": 3, "batch_size": 32}
-    res = unlearnkit.unlearn(model, "ga", test=(xt, yt), heldout=(xh, yh), tune=True, **data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with a validation set: nothing to warn about
+        res = unlearnkit.unlearn(model, "ga", test=(xt, yt), heldout=(xh, yh), tune=True, **data)
+    # without one, tune scores on the test set the metrics are reported on: said, not refused
+    said = r"reported on, so TA and MIA are optimistic .*; pass heldout= \(a validation set\)"
+    with pytest.warns(UserWarning, match=said):
+        on_test = unlearnkit.unlearn(model, "ga", test=(xt, yt), tune=True, **data)
+    assert on_test.info["tune"]["scored_on"] == "test"
     tuned = unlearnkit.tune(model, "ga", heldout=(xh, yh), **data)
     assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["scored_on"] == "heldout"
     # the reported TA is on the test set without the class (the SalUn protocol), not on heldout=

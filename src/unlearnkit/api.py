@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
 from unlearnkit.runs.folder import RunFolder
 from unlearnkit.runs.record import write_run
-from unlearnkit.tuning import tune_split
+from unlearnkit.tuning import ON_TEST, tune_split
 
 
 @dataclass
@@ -104,7 +105,8 @@ def unlearn(
     unless ``overwrite=True``. ``tune=True`` first calibrates the step size and epochs without an oracle
     (``unlearnkit.tune``, ≤ 10 short runs, scored after each epoch where the method allows) and runs with
     the chosen options (``result.info["tune"]``), scored against ``test=`` or, with ``heldout=``, against
-    that validation set instead, so that the reported TA and MIA use examples the calibration never saw.
+    that validation set instead, so that the reported TA and MIA use examples the calibration never saw
+    (without it, a ``UserWarning`` says that they do not).
     A Hugging Face ``*ForImageClassification`` model is unlearned through its logits and returned as such
     (``out=`` also gets ``hf_model/``, a ``save_pretrained`` folder); ``image_processor=`` preprocesses
     raw images for it (see :func:`unlearnkit.api_args.adapt_model`).
@@ -130,6 +132,9 @@ def unlearn(
     split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes, prepare)
     if tune:
         scored = split
+        if heldout is None:
+            fix = "pass heldout= (a validation set) to keep them apart"
+            warnings.warn(ON_TEST.format(fix=fix), UserWarning, stacklevel=2)
         if heldout is not None:
             args = (forget, retain, None, heldout, train_set, forget_class, num_classes, prepare)
             scored, _ = tuning_split(work, *args)

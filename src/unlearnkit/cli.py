@@ -50,6 +50,7 @@ from unlearnkit.runs.cli_runs import add_parser as add_runs_parser
 from unlearnkit.runs.cli_runs import run
 from unlearnkit.runs.folder import check_out_file, check_out_folder
 from unlearnkit.selection.runner import select_for_suite
+from unlearnkit.tuning import ON_TEST
 from unlearnkit.version import __version__
 
 
@@ -272,6 +273,9 @@ def _tuned(cfg: dict, args) -> dict:
     if is_main_process():  # the trials to stderr: stdout keeps the run's metrics (and --json clean)
         with contextlib.redirect_stdout(sys.stderr):
             print_trials(res)
+            if (cfg.get("split") or {}).get("heldout") is None:
+                fix = "split.heldout=0.5 keeps half of it apart for the trials"
+                print("note: " + ON_TEST.format(fix=fix))
     return cfg | {"method": dict(cfg["method"]) | res.best}
 
 
