@@ -135,7 +135,7 @@ def unlearn(
         if heldout is None:
             fix = "pass heldout= (a validation set) to keep them apart"
             warnings.warn(ON_TEST.format(fix=fix), UserWarning, stacklevel=2)
-        if heldout is not None:
+        else:
             args = (forget, retain, None, heldout, train_set, forget_class, num_classes, prepare)
             scored, _ = tuning_split(work, *args)
         tuned = tune_split(base, spec, scored, k, eng | (engine or {}), seed)

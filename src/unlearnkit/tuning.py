@@ -122,8 +122,8 @@ from tuning on the reported examples, and a half of a few hundred examples moves
 several points. Class-wise 30 of 36 and 4.01 against 33 of 36 and 3.41: there the reported MIA comes from
 an attack fit on other non-members than the trials', and in 13 of 360 tunings it calls the forgotten class
 members where the trials' attack did not (its verdict below every shadow example's confidence is an
-extrapolation); scoring the mean verdict of 8 bootstrap attacks, or the class's probability on its own
-examples, did not help (docs/tune-validation.md).
+extrapolation); scoring the mean verdict of 8 bootstrap attacks, the class's probability on its own
+examples, or a guard on RA − TA did not help (docs/tune-validation.md).
 
 How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
 fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
