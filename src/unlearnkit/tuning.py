@@ -1,137 +1,70 @@
 """Oracle-free calibration: pick a method's step size and length for the user's model and data.
 
 (The scoring and the plan; ``unlearnkit.calibration`` is the API and CLI over them: ``tune``,
-``tune_config``, the trial table and ``tune.json``.)
+``tune_config``, the trial table and ``tune.json``.) Every rule below was chosen and measured against the
+retrained model with ``benchmarks/tune_validate.py``; the numbers, and what was tried and not kept, are in
+docs/tune-validation.md.
 
 The papers tune against the retrained model: SalUn and Unlearn-WorstCase grid-search the learning rate
-(about [1e-4, 1e-1], 10 epochs) on the random forget set for the smallest Avg. Gap to retraining
-(classification.md §1.5, WorstCase issue #4). A user has no retrained model (retraining is what they came
-to avoid), so ``tune`` scores each trial with signals that need none:
+(about [1e-4, 1e-1], 10 epochs; SalUn's mask ratio 0.1–0.9) on the random forget set for the smallest Avg.
+Gap to retraining (classification.md §1.5, WorstCase issue #4). A user has no retrained model (retraining
+is what they came to avoid), so ``tune`` scores each trial with signals that need none:
 
 - **random forgetting**: a retrained model has never seen the forget set, so the forget set should look
-  like held-out data. Targets, fixed from the original model: forget accuracy = its test accuracy
-  (UA ≈ 100 − TA), and the membership attack's verdict on the forget set = its verdict on held-out
-  examples (the SVC MIA of the SalUn protocol; on held-out examples it is cross-fitted over two halves
-  of the test set). RA and TA should not fall below the original's.
+  like held-out data. Targets, fixed from the original model (a trial's own would drift with the damage
+  it does): forget accuracy = its test accuracy (UA ≈ 100 − TA), and the membership attack's verdict on
+  the forget set = its verdict on held-out examples (the SVC MIA of the SalUn protocol; on held-out
+  examples it is cross-fitted over two halves of the test set). RA and TA should not fall below the
+  original's.
 - **class-wise forgetting**: a model that never saw the class never predicts it: accuracy 0 on the
-  class's training and test examples, and the membership attack calls all of them non-members
-  (MIA-Efficacy 100, SalUn's retrained rows). Nor can it mistake the other classes for it, so RA and TA
-  should keep the original's accuracy *over the remaining classes* (its argmax with the forgotten classes'
-  logits removed, ``RA_rest``/``TA_rest``), not just its plain RA and TA: on the gratings of
-  ``benchmarks/tune_validate.py --classwise`` (seeds 3–12) the oracle's TA is 2.9 ± 0.5 points above the
-  original's and 0.2 ± 0.5 above ``TA_rest`` (RA: 2.3 and 0.4). Guarding the plain values let a trial
-  keep the confusions the oracle has lost. Over the eight methods whose plan did not change otherwise,
-  five worlds (ResNet included), 360 tunings, the mean Avg. Gap went 2.00 → 1.98, most on gratings
-  (SalUn 0.86 → 0.72; docs/tune-validation.md). "Chance or below" is the bound; 0 is the target: a
-  first version took any accuracy up to chance (100/K) as done and stopped at the gentlest trial that
-  reached it, which left the class at chance where the oracle is at 0:
-  on seeds 0–2 of the four worlds of ``benchmarks/tune_validate.py --classwise``, replayed on the same
-  trials, the mean Avg. Gap fell from 6.48 to 4.20 and tune beat the defaults in 31 of 36 cells, not 24.
+  class's training and test examples (0, not "chance or below": a target at chance stopped at the gentlest
+  trial that reached it), and the attack calls all of them non-members (MIA-Efficacy 100, SalUn's retrained
+  rows). Nor can it mistake the other classes for it, so RA and TA should keep the original's accuracy *over
+  the remaining classes* (its argmax with the forgotten classes' logits removed, ``RA_rest``/``TA_rest``).
 
 Each term is a distance in percentage points; the score is their mean, on the Avg. Gap's scale, with the
-guards (RA and TA not below what they keep) counted ``GUARD_WEIGHT`` (1.5) times. The forget-side terms
-are plain distances to their targets; the guards have a dead zone of two binomial standard deviations of
-the quantity compared (what the held-out set itself spreads), so noise alone is never penalised. The
-weight: RA and TA are measured on sets 5–10 times the forget set's size, while the forget-side targets
-carry the forget set's binomial noise and the test set's own offset from unseen data, so a trial that
-buys a few points of UA with many points of RA is more often a lucky draw than what the oracle does.
-Replayed on the stored trials of ``benchmarks/tune_validate.py`` (every trial's true gap is known there),
-1.5 gave the lowest mean gap on the first half of the seeds (random 3.58 → 3.50, class-wise 3.25 → 3.22;
-1.25, 1.75, 2 and 2.5 did less, and so did weighting UA over the MIA term or the reverse), and it held on
-the other half (3.54 → 3.45, 2.59 → 2.52), on fresh draws of *signals* (4.16 → 4.06) and on the ResNet
-world (random 4.55 → 4.53, class-wise 3.02 → 2.94). (A
-dead zone on the forget-side terms too was tried: on digits, where unseen data differs from training data
-by only ~3 points of accuracy, it let "do nothing" win every time.) The budget is bounded: at most
-``max_trials`` (10) training runs, each at half the method's epochs (a fraction of one run): a sweep of the
-step size over four decades (×0.01 … ×100 around the method's default, or the preset's), then half- and
-quarter-decade steps around the best, then the best at a quarter of the epochs; for FT and ℓ1-sparse,
-which forget only through training on D_r, the best step at the full epochs instead (half-length trials
-cannot reach what their 10 epochs do: on the ResNet world the best half-length trial judged by the oracle
-was worse than the default; this trial took their mean gap from 5.63 and 5.65 to 4.84 and 4.89 there, and
-on tabular from 4.99 and 4.43 to 4.04 and 4.07, for three quarters of a run more). For these two, the
-refinement and the full-length run start from the best trial that moved the forget set (UA above the
-original's by more than two binomial standard deviations), if any did: mid-run their RA dips and comes
-back, so the best half-length trial can be a step that does nothing, whose full-length run does nothing
-too. With the guards weighted 1.5× that happened on three of five ResNet seeds (ℓ1-sparse 3.08 → 4.88,
-a miss); this rule brought it back to 3.21 (docs/tune-validation.md).
-GA, which ascends the forget loss with nothing to bound it or hold RA, has a cliff: on class-wise digits
-one quarter-decade step took the class from 30% forgotten to collapsed (RA 54%). When its best trial and a
-neighbouring step straddle the target (one forgets less but keeps RA/TA, the other the reverse) its last
-run tries the step halfway between them (geometrically) instead of the full length: class-wise, 10 seeds
-on four worlds, GA's mean gap 6.79 → 4.93 (digits 15.80 → 8.34), random 4.22 → 4.27. The same rule for
-boundary shrink and expand, which train on D_f alone too but descend a bounded loss, lost (expand on
-*signals* class-wise +1.13 ± 0.41), so it is GA's alone (``Method.ascent_cliff``).
+guards (RA and TA not below what they keep) counted ``GUARD_WEIGHT`` (1.5) times and a dead zone of two
+binomial standard deviations of the quantity compared (what the held-out set itself spreads), so noise
+alone is never penalised. RA and TA are measured on sets 5–10 times the forget set's size, so a trial that
+buys a few points of UA with many points of RA is more often a lucky draw than what retraining does.
+
+The plan, at most ``max_trials`` (10) training runs, each at half the method's epochs (a fraction of one
+run): a sweep of the step size over four decades (×0.01 … ×100 around the method's default, or the
+preset's), then half- and quarter-decade steps around the best, then the best at a quarter of the epochs.
+Per method:
+
+- **FT and ℓ1-sparse** forget only through training on D_r, and mid-run their RA dips and comes back, so
+  half-length trials understate them: their last run is the best step at the full epochs, and the
+  refinement and that run start from the best trial that moved the forget set (UA above the original's by
+  more than two binomial standard deviations), if any did.
+- **RL and SalUn** have two published forms (methods/rl.py): unless the user fixes ``schedule`` the sweep
+  runs the authors' sequential form, three trials run the reference code's ``concat`` at ×1, ×√10 and ×10
+  the sweep's best step (concat dilutes the forget term in each batch), then two quarter-decade steps refine
+  the best of either.
+- **GA** ascends the forget loss with nothing to bound it and has a cliff (one quarter-decade step from
+  30% forgotten to collapsed): when its best trial and a neighbouring step straddle the target, its last
+  run tries the step halfway between them (``Method.ascent_cliff``).
+- **IU**, a single step: ``alpha`` is swept instead.
+
 Every epoch is a trial where the method allows it: when the first e epochs of a run, passed through
-``Method.finished`` (boundary expand's pruning of its shadow neuron), are an e-epoch run
-(``Method.prefix_consistent``: FT, GA, RL, SalUn and both boundary methods with a constant schedule; not
-ℓ1-sparse, whose penalty decays over the run's length, or SCRUB's step schedule) each run is also scored
-after each of its epochs, through the engine's ``epoch_end`` hook, with no extra training; the chosen
-``epochs`` then reproduce that state exactly. The scoring is not free (a forward pass over the forget,
-retain and test sets and one SVC fit per epoch; a trial skips the held-out verdict, a target read from the
-original only): with the full-length last run, tune takes 1.3–1.9× the wall time of the end-scored plan for
-FT, GA, RL and SalUn and 2.0–3.2× for the boundary methods, whose epochs touch only the forget set
-(``benchmarks/tune_cost.py``). Their last run is the best step at the full epochs (the half-length runs
-have already shown the quarter-length states). The attack's SVC, whose fit grows about quadratically with
-its shadow sets, fits on at most ``MAX_SHADOW`` (5,000) test examples and as many retain examples: at
-CIFAR-10's 10,000 a trial's scoring takes 3.8 s instead of 10.6 s (``benchmarks/tune_scoring.py``). The
-validation worlds' test sets (360–500) are a tenth of the cap. Cutting the scored retain and test sets
-themselves to 300 examples raised those worlds' mean gap from 3.58 to 3.95 (180 tunings), so RA, TA and
-the forget set are always scored whole. Ties, which epoch scoring makes common in class-wise forgetting
-(many states at accuracy 0 and MIA 100 with RA/TA inside the dead zone), go to the least RA/TA lost, measured
-without the dead zone, then to the gentlest step (step size × epochs). Measured with
-``benchmarks/tune_validate.py --end-only`` (docs/tune-validation.md), 10 seeds on four worlds, the five
-methods then concerned: scoring every epoch took the mean Avg. Gap from 3.57 to 3.42 on random forgetting and
-from 2.57 to 2.08 class-wise; the tie rule, replayed on the same trials, from 2.08 to 2.01 class-wise (on
-the ResNet world, class-wise, where the gentlest tie left RL and SalUn with 1–3 points of TA missing, from
-2.62 to 2.47) and changed nothing on random forgetting (3.42). Boundary expand joined later (random
-4.68 → 4.57 over four worlds, class-wise 11.21 → 10.34, and on the ResNet class-wise 14.58 → 11.36, a miss
-turned into a win). ``every_epoch=False`` (CLI ``--end-only``) gives the plan scored at the end of each run.
+``Method.finished``, are an e-epoch run (``Method.prefix_consistent``: FT, GA, RL, SalUn and both boundary
+methods with a constant schedule; not ℓ1-sparse, whose penalty decays over the run's length, or SCRUB's
+step schedule), each run is also scored after each of its epochs through the engine's ``epoch_end`` hook,
+and the chosen ``epochs`` reproduce that state exactly; their last run is the best step at the full epochs.
+It costs 1.3–3.2× the wall time of the end-scored plan (``benchmarks/tune_cost.py``); ``every_epoch=False``
+(CLI ``--end-only``) gives that plan. Ties, which epoch scoring makes common in class-wise forgetting, go to
+the least RA/TA lost, measured without the dead zone, then to the gentlest step (step size × epochs). The
+attack's SVC, whose fit grows about quadratically with its shadow sets, fits on at most ``MAX_SHADOW``
+(5,000) test examples and as many retain examples (``benchmarks/tune_scoring.py``); RA, TA and the forget
+set are always scored whole.
 
-For IU, a single step, ``alpha`` is swept instead. RL and SalUn have two published forms (methods/rl.py: the
-authors' stated sequential schedule, the reference code's CIFAR-100 ``concat``); unless the user fixes
-``schedule``, the sweep runs the sequential form and three trials run ``concat`` at ×1, ×√10 and ×10 the
-sweep's best step (concat dilutes the forget term in each batch), then two quarter-decade steps refine the
-best of either; this replaces the half-decade and quarter-epoch trials. On the design worlds of
-``benchmarks/tune_validate.py`` the concat trials took SalUn's Avg. Gap from 2.01 to 1.73 (digits) and from
-4.79 to 4.12 (signals), as concat had won the digits preset's grid; on the held-out world they were neutral
-(README). Other selection rules, replayed on every trial's true gap over four worlds (before epoch scoring),
-did no better than the plain minimum (mean gap 3.96 over 108 tunings): plain RA/TA distances without the
-dead zone (3.97), RA/TA weighted ×2 (4.11), and the median, gentlest, strongest or least damaging trial
-within the score's noise band of the best (4.35–4.95); the best trial by the oracle would give 3.53. Two
-more trials were tried on the design worlds and left out at the time: the chosen step at the full epochs,
-kept when it scored lower (mean gap 4.12 → 4.03 over 72 tunings, for the cost of a whole run; it is now the
-last run of the methods scored every epoch, where it also yields every shorter state), and SalUn's mask
-ratio at 0.1, 0.3 and 0.9 at the chosen step (3.29 → 3.39 over 9 tunings: no gain).
-
-The validation at 10 seeds (README, docs/tune-validation.md; rerun on 2026-12-07 with every epoch scored,
-the guards weighted and the anchor of FT and ℓ1-sparse): on random forgetting tune beats the paper
-defaults in 35 of 36 cells over four worlds, all nine methods on the held-out one; the one miss (SalUn,
-+0.79 ± 0.95) is on *signals*, whose one draw of data has a test set 4.7 ± 0.9 points harder than unseen
-training data (the oracle's forget error sits below the prediction this calibration aims at); with a
-fresh draw per seed one miss remains (ℓ1-sparse, +0.25 ± 0.83; SalUn is ahead by 1.34 ± 1.06). On
-class-wise forgetting, 34 of 36: ℓ1-sparse on *signals* (+0.12 ± 0.25) and SCRUB on *tabular*
-(+0.02 ± 0.08), where the defaults already sit within about a point of the oracle; SalUn within one std
-of the best method on every world but class-wise gratings, where it is 0.20 behind FT (0.62 ± 0.19 vs
-0.42 ± 0.21: within FT's std, not its own). On a ResNet with BatchNorm (``gratings-resnet``, 5 seeds) 7
-of 9 random (GA and IU tie with doing nothing, +0.03 and +0.02) and 9 of 9 class-wise; SalUn within one
-std of the best method on both. Those tables tune on the test set they report on; with a clean
-validation split (``tune(heldout=...)``; ``benchmarks/tune_validate.py --heldout half``: one half of each
-seed's test set scored, the other reported) 30 of 36 random cells, mean gap 4.24 (defaults 5.36), against
-33 of 36 and 3.95 for the same sizes tuned on the reporting half: about 0.3 points of the tables' gain come
-from tuning on the reported examples, and a half of a few hundred examples moves the forget-side target by
-several points. Class-wise 30 of 36 and 4.01 against 33 of 36 and 3.41: there the reported MIA comes from
-an attack fit on other non-members than the trials', and in 13 of 360 tunings it calls the forgotten class
-members where the trials' attack did not (its verdict below every shadow example's confidence is an
-extrapolation); scoring the mean verdict of 8 bootstrap attacks, the class's probability on its own
-examples, or a guard on RA − TA did not help (docs/tune-validation.md).
-
-How this differs from the papers' protocols (classification.md §1.5): SalUn and WorstCase grid-search a
-fixed grid (10 epochs, lr in [1e-4, 1e-1], SalUn's mask ratio 0.1–0.9) for the smallest Avg. Gap to the
-retrained model; this searches a small adaptive grid against held-out data, at half the epochs, with the
-mask ratio held at its value (the user may pass one). It is validated against the oracle where one is
-known (``benchmarks/tune_validate.py``), not guaranteed to match it: with ~100 forget examples the
-forget-side signals carry a few points of binomial noise, and the lowest-scoring of ten trials is
-sometimes a lucky one.
+How this differs from the papers' protocols: they grid-search a fixed grid for the smallest gap to the
+retrained model; this searches a small adaptive grid against held-out data, at half the epochs, with
+SalUn's mask ratio held at its value (the user may pass one). It is validated against the oracle where one
+is known, not guaranteed to match it: with ~100 forget examples the forget-side signals carry a few points
+of binomial noise, and the lowest-scoring of ten trials is sometimes a lucky one. Scored on the test set
+that the metrics are then reported on, TA and MIA are optimistic; ``heldout=`` (a validation set) keeps
+them apart, at the cost measured in docs/tune-validation.md ("Tuned on a validation split").
 """
 
 from __future__ import annotations
