@@ -43,6 +43,32 @@ def test_class_forgetting_score_by_hand():
     assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class") > 0
 
 
+def test_targets_state_what_the_score_aims_at():
+    from unlearnkit.calibration import targets
+
+    original = {"UA": 0.0, "RA": 99.0, "TA": 80.0, "MIA_heldout": 24.0, "n_retain": 900, "n_test": 400}
+    t = targets(original, "random")
+    spread_ta = 200 * math.sqrt(0.8 * 0.2 / 400)  # two binomial std of TA on 400 examples: 4.0
+    assert t == pytest.approx(
+        {
+            "UA": 20.0,  # 100 - TA: the forget set should miss as often as unseen examples
+            "UA_spread": spread_ta,
+            "MIA": 24.0,
+            "RA_min": 99.0 - 200 * math.sqrt(0.99 * 0.01 / 900),
+            "TA_min": 80.0 - spread_ta,
+        }
+    )
+    # each target scores 0, and a trial just inside the floors is not penalised
+    trial = original | {"UA": 20.0, "MIA": 24.0, "RA": t["RA_min"] + 1e-9, "TA": t["TA_min"] + 1e-9}
+    assert score(trial, original, "random") == 0.0
+    assert score(trial | {"RA": t["RA_min"] - 1.0}, original, "random") == pytest.approx(1.5 * 1.0 / 4)
+    # class-wise: fixed targets, and the floors from the accuracy over the remaining classes
+    cls = original | {"RA_rest": 99.5, "TA_rest": 82.0, "TA_forgotten": 90.0}
+    c = targets(cls, "class")
+    assert (c["UA"], c["MIA"], c["TA_forgotten"]) == (100.0, 100.0, 0.0) and "UA_spread" not in c
+    assert c["TA_min"] == pytest.approx(82.0 - 200 * math.sqrt(0.82 * 0.18 / 400))
+
+
 def test_class_wise_guards_aim_at_the_original_over_the_remaining_classes():
     """A model that never saw class 0 cannot mistake the others for it: the RA/TA a class-wise trial must
     keep are the original's with class 0's logit removed, not its plain accuracies."""
@@ -175,6 +201,7 @@ def test_class_wise_tuning_finds_a_step_that_forgets(tmp_path, world):
     # tune.json and the run store hold every trial, the chosen one marked
     saved = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert saved["best"] == res.best and len(saved["trials"]) == len(res.trials)
+    assert saved["targets"]["UA"] == 100.0 and saved["targets"]["TA_min"] < res.original["TA_rest"]
     with sqlite3.connect(tmp_path / "runs.sqlite") as db:
         rows = db.execute("SELECT kind, fields FROM runs").fetchall()
     assert len(rows) == len(res.trials) and {r[0] for r in rows} == {"tune"}
@@ -238,6 +265,10 @@ def test_cli_tune(tmp_path, capsys):
     assert [t["options"]["epochs"] for t in saved["trials"]] == [1, 2, 1, 2] and saved["runs"] == 2
     printed = capsys.readouterr()
     assert f"method.lr={saved['best']['lr']:.4g}" in printed.out
+    # what the score aims at, from the original: UA = 100 - TA, with the held-out set's spread
+    t, o = saved["targets"], saved["original"]
+    assert t["UA"] == pytest.approx(100 - o["TA"]) and t["MIA"] == o["MIA_heldout"] and t["UA_spread"] > 0
+    assert f"aims at: UA {t['UA']:.1f} ± {t['UA_spread']:.1f}, MIA {t['MIA']:.1f}; RA >= " in printed.out
     # progress: a line per training run on stderr, with the run's options and the best so far
     runs = [line for line in printed.err.splitlines() if line.startswith("tune ga: run ")]
     assert [line.split(" (")[0] for line in runs] == [

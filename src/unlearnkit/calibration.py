@@ -29,6 +29,7 @@ from unlearnkit.tuning import (
     damage,
     score,
     signals,
+    targets,
     tune_setup,
     tune_split,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "print_trials",
     "score",
     "signals",
+    "targets",
     "tune",
     "tune_config",
     "tune_setup",
@@ -154,6 +156,16 @@ def run_printer(method: str, stream: Any = None) -> Callable[[int, int, Trial, T
     return show
 
 
+def _aims(t: dict[str, float]) -> str:
+    """One line: what the score aims at, and the floors of RA and TA (``tuning.targets``)."""
+    ua = f"UA {t['UA']:.1f}" + (f" ± {t['UA_spread']:.1f}" if "UA_spread" in t else "")
+    rest = f", TA_forgotten {t['TA_forgotten']:.0f}" if "TA_forgotten" in t else ""
+    spread = " (±: two binomial std of the held-out accuracy it is read from)" if "UA_spread" in t else ""
+    return (
+        f"aims at: {ua}, MIA {t['MIA']:.1f}{rest}; RA >= {t['RA_min']:.1f}, TA >= {t['TA_min']:.1f}" + spread
+    )
+
+
 def print_trials(res: TuneResult) -> None:
     """The trials as a table, the chosen one marked, and the overrides that use it. Of a run scored
     after every epoch, the rows are its end and its best earlier epoch (all are in ``tune.json``)."""
@@ -162,6 +174,8 @@ def print_trials(res: TuneResult) -> None:
         f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
     )
+    if res.targets:
+        print(_aims(res.targets))
     if res.shadow and res.shadow[0] < res.shadow[1]:
         print(
             f"membership attack fit on {res.shadow[0]} of the {res.shadow[1]} test examples and as many "

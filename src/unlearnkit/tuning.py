@@ -131,6 +131,7 @@ class TuneResult:
     original: dict[str, float] = field(default_factory=dict)
     # the membership attack's shadow non-members, of the test examples (``max_shadow``): [n, of]
     shadow: list[int] = field(default_factory=list)
+    targets: dict[str, float] = field(default_factory=dict)  # what the score aims at (``targets``)
 
     @property
     def runs(self) -> int:
@@ -214,6 +215,23 @@ def _forget_terms(s: dict[str, float], original: dict[str, float], protocol: str
     # fixed targets, from the original model: as a trial damages the model its own TA falls and its
     # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
     return [abs(s["UA"] - (100.0 - original["TA"])), abs(s["MIA"] - original["MIA_heldout"])]
+
+
+def targets(original: dict[str, float], protocol: str) -> dict[str, float]:
+    """What the score aims each signal at, read from the original's signals: the forget-side targets
+    (random: ``UA_spread``, two binomial standard deviations of the test accuracy the UA target is read
+    from), and the floors of RA and TA below which the guards count (``RA_min``, ``TA_min``: what they
+    keep less the dead zone)."""
+    ra, ta = _kept(original)
+    if protocol == "class":
+        out = {"UA": 100.0, "MIA": 100.0} | ({"TA_forgotten": 0.0} if "TA_forgotten" in original else {})
+    else:
+        spread = _binom_pp(original["TA"], original["n_test"])
+        out = {"UA": 100.0 - original["TA"], "UA_spread": spread, "MIA": original["MIA_heldout"]}
+    return out | {
+        "RA_min": ra - _binom_pp(ra, original["n_retain"]),
+        "TA_min": ta - _binom_pp(ta, original["n_test"]),
+    }
 
 
 def score(s: dict[str, float], original: dict[str, float], protocol: str) -> float:
@@ -438,7 +456,8 @@ def tune_split(
         if last is not None:
             run(*last, _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
-    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow)
+    aims = targets(original, protocol)
+    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow, aims)
 
 
 def check_tunable(setup: Any) -> None:
