@@ -249,6 +249,7 @@ def test_unlearn_with_tune_runs_the_chosen_options(world):
     tuned = unlearnkit.tune(model, "salun", batch_size=16, **data)
     assert res.info["tune"]["best"] == tuned.best and res.info["tune"]["trials"] == len(tuned.trials)
     assert res.info["tune"]["runs"] == tuned.runs <= 10 < len(tuned.trials)
+    assert res.info["tune"]["targets"] == tuned.targets and tuned.targets["TA_forgotten"] == 0.0
     chosen = next(t for t in tuned.trials if t.options == tuned.best)
     assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial
 

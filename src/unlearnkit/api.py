@@ -146,6 +146,7 @@ def unlearn(
             "protocol": tuned.protocol,
             "trials": len(tuned.trials),
             "runs": tuned.runs,
+            "targets": tuned.targets,
             "scored_on": "heldout" if heldout is not None else "test",
         }
     fam = VisionFamily(num_classes=k)
