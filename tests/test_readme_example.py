@@ -1,0 +1,59 @@
+"""The README's Python example, run as written on a small model and data of the kinds it names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_example() -> str:
+    """The first ``python`` block under the README's "## Python" heading."""
+    text = README.read_text()
+    section = text.split("\n## Python\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _model_and_data() -> tuple[nn.Module, dict[str, np.ndarray]]:
+    g = np.random.default_rng(0)
+    centres = g.normal(0, 2.0, (4, 8))
+    y = np.arange(240) % 4
+    x = (centres[y] + g.normal(0, 1.0, (240, 8))).astype(np.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(200):  # the user's trained classifier
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.as_tensor(x[:180])), torch.as_tensor(y[:180])).backward()
+        opt.step()
+    data = {"x": x[:180], "y": y[:180], "xt": x[180:], "yt": y[180:]}
+    data |= {
+        "xf": x[:20],
+        "yf": y[:20],
+        "xr": x[20:180],
+        "yr": y[20:180],
+    }  # numpy arrays, as the comment allows
+    return model.eval(), data
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    model, data = _model_and_data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.chdir(tmp_path)  # out="runs/mine" is relative
+    scope = {"my_model": model, **data}
+    exec(compile(_python_example(), str(README), "exec"), scope)  # our own README's code
+    printed = capsys.readouterr().out.splitlines()
+    res, oracle = scope["res"], scope["oracle"]
+    # "my_model itself is not modified"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert set(res.metrics) >= {"UA", "RA", "TA", "MIA", "RTE"} and printed[0].startswith("{")
+    # the printed gap is the mean distance to the retrained model over UA, RA, TA and MIA
+    want = np.mean([abs(res.metrics[k] - oracle.metrics[k]) for k in ("UA", "RA", "TA", "MIA")])
+    assert float(printed[1]) == pytest.approx(want)
+    assert (tmp_path / "runs" / "mine" / "model.safetensors").is_file()
