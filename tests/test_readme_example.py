@@ -13,10 +13,9 @@ from torch import nn
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _python_example() -> str:
-    """The first ``python`` block under the README's "## Python" heading."""
-    text = README.read_text()
-    section = text.split("\n## Python\n", 1)[1]
+def _python_example(heading: str = "## Python") -> str:
+    """The first ``python`` block under one of the README's headings."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -57,3 +56,15 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     want = np.mean([abs(res.metrics[k] - oracle.metrics[k]) for k in ("UA", "RA", "TA", "MIA")])
     assert float(printed[1]) == pytest.approx(want)
     assert (tmp_path / "runs" / "mine" / "model.safetensors").is_file()
+
+
+def test_the_readme_tune_example_runs_as_written():
+    model, data = _model_and_data()
+    scope = {"my_model": model, "unlearnkit": __import__("unlearnkit")}
+    scope["data"] = {"forget": (data["xf"], data["yf"]), "retain": (data["xr"], data["yr"])}
+    scope["data"]["test"] = (data["xt"], data["yt"])
+    with pytest.warns(UserWarning, match="pass heldout="):  # it tunes on the test set it reports on
+        exec(compile(_python_example("## A method on new data: `tune`"), str(README), "exec"), scope)
+    # unlearn(tune=True) ran the options tune picks on its own: a step, a length and SalUn's form
+    assert scope["res"].info["tune"]["best"] == scope["best"]
+    assert {"lr", "epochs"} <= set(scope["best"]) <= {"lr", "epochs", "schedule"}
