@@ -43,11 +43,11 @@ def test_class_forgetting_score_by_hand():
     assert score(s | {"UA": 75.0}, {"RA": 100.0, "TA": 100.0}, "class") > 0
 
 
-def test_targets_state_what_the_score_aims_at():
-    from unlearnkit.calibration import targets
+def test_aims_state_what_the_score_aims_at():
+    from unlearnkit.calibration import aims
 
     original = {"UA": 0.0, "RA": 99.0, "TA": 80.0, "MIA_heldout": 24.0, "n_retain": 900, "n_test": 400}
-    t = targets(original, "random")
+    t = aims(original, "random")
     spread_ta = 200 * math.sqrt(0.8 * 0.2 / 400)  # two binomial std of TA on 400 examples: 4.0
     assert t == pytest.approx(
         {
@@ -64,7 +64,7 @@ def test_targets_state_what_the_score_aims_at():
     assert score(trial | {"RA": t["RA_min"] - 1.0}, original, "random") == pytest.approx(1.5 * 1.0 / 4)
     # class-wise: fixed targets, and the floors from the accuracy over the remaining classes
     cls = original | {"RA_rest": 99.5, "TA_rest": 82.0, "TA_forgotten": 90.0}
-    c = targets(cls, "class")
+    c = aims(cls, "class")
     assert (c["UA"], c["MIA"], c["TA_forgotten"]) == (100.0, 100.0, 0.0) and "UA_spread" not in c
     assert c["TA_min"] == pytest.approx(82.0 - 200 * math.sqrt(0.82 * 0.18 / 400))
 
@@ -530,10 +530,13 @@ def test_trial_table_shows_each_runs_end_and_best_epoch(capsys):
 
     runs = [trial(0.01, 1, 9.0, 0), trial(0.01, 2, 3.0, 0), trial(0.01, 3, 4.0, 0)]  # epoch 2 beats the end
     runs += [trial(0.1, 1, 8.0, 1), trial(0.1, 2, 7.0, 1), trial(0.1, 3, 6.0, 1)]  # the end is its best
-    res = TuneResult("rl", "random", dict(runs[1].options), runs, {"UA": 1.0})
+    original = {"UA": 1.0, "RA": 99.0, "TA": 90.0, "MIA_heldout": 12.0, "n_retain": 900, "n_test": 100}
+    res = TuneResult("rl", "random", dict(runs[1].options), runs, original)
     print_trials(res)
     out = capsys.readouterr().out.splitlines()
     assert "6 trials from 2 runs" in out[0]
+    # what the score aims at, from the original: UA 100 - TA, ± two binomial std of TA on 100 examples
+    assert out[1].startswith("aims at: UA 10.0 ± 6.0, MIA 12.0; RA >= 98.3, TA >= 84.0")
     rows = [line for line in out[1:] if "score" in line]
     assert [r.split("epochs=")[1].split()[0] for r in rows] == ["2", "3", "3"]
     assert rows[0].startswith("* ") and "schedule=concat" in rows[0]  # a string option, printed as is

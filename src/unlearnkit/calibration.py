@@ -24,12 +24,12 @@ from unlearnkit.tuning import (
     MAX_SHADOW,
     Trial,
     TuneResult,
+    aims,
     check_tunable,
     choice_key,
     damage,
     score,
     signals,
-    targets,
     tune_setup,
     tune_split,
 )
@@ -38,13 +38,13 @@ __all__ = [
     "MAX_SHADOW",
     "Trial",
     "TuneResult",
+    "aims",
     "check_tunable",
     "choice_key",
     "damage",
     "print_trials",
     "score",
     "signals",
-    "targets",
     "tune",
     "tune_config",
     "tune_setup",
@@ -156,8 +156,8 @@ def run_printer(method: str, stream: Any = None) -> Callable[[int, int, Trial, T
     return show
 
 
-def _aims(t: dict[str, float]) -> str:
-    """One line: what the score aims at, and the floors of RA and TA (``tuning.targets``)."""
+def _aims_line(t: dict[str, float]) -> str:
+    """One line: what the score aims at, and the floors of RA and TA (``tuning.aims``)."""
     ua = f"UA {t['UA']:.1f}" + (f" ± {t['UA_spread']:.1f}" if "UA_spread" in t else "")
     rest = f", TA_forgotten {t['TA_forgotten']:.0f}" if "TA_forgotten" in t else ""
     spread = " (±: two binomial std of the held-out accuracy it is read from)" if "UA_spread" in t else ""
@@ -174,8 +174,7 @@ def print_trials(res: TuneResult) -> None:
         f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
     )
-    if res.targets:
-        print(_aims(res.targets))
+    print(_aims_line(res.targets))
     if res.shadow and res.shadow[0] < res.shadow[1]:
         print(
             f"membership attack fit on {res.shadow[0]} of the {res.shadow[1]} test examples and as many "

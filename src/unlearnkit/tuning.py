@@ -131,15 +131,19 @@ class TuneResult:
     original: dict[str, float] = field(default_factory=dict)
     # the membership attack's shadow non-members, of the test examples (``max_shadow``): [n, of]
     shadow: list[int] = field(default_factory=list)
-    targets: dict[str, float] = field(default_factory=dict)  # what the score aims at (``targets``)
 
     @property
     def runs(self) -> int:
         """Training runs spent (the budget); one run may give several trials, one per epoch."""
         return len({t.run for t in self.trials})
 
+    @property
+    def targets(self) -> dict[str, float]:
+        """What the score aimed each signal at (:func:`aims` of ``original``)."""
+        return aims(self.original, self.protocol)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"runs": self.runs}
+        return asdict(self) | {"runs": self.runs, "targets": self.targets}
 
 
 def _binom_pp(p_percent: float, n: int) -> float:
@@ -217,7 +221,7 @@ def _forget_terms(s: dict[str, float], original: dict[str, float], protocol: str
     return [abs(s["UA"] - (100.0 - original["TA"])), abs(s["MIA"] - original["MIA_heldout"])]
 
 
-def targets(original: dict[str, float], protocol: str) -> dict[str, float]:
+def aims(original: dict[str, float], protocol: str) -> dict[str, float]:
     """What the score aims each signal at, read from the original's signals: the forget-side targets
     (random: ``UA_spread``, two binomial standard deviations of the test accuracy the UA target is read
     from), and the floors of RA and TA below which the guards count (``RA_min``, ``TA_min``: what they
@@ -456,8 +460,7 @@ def tune_split(
         if last is not None:
             run(*last, _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
-    aims = targets(original, protocol)
-    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow, aims)
+    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow)
 
 
 def check_tunable(setup: Any) -> None:
