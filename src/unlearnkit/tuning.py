@@ -212,37 +212,44 @@ def _kept(original: dict[str, float]) -> tuple[float, float]:
     return original.get("RA_rest", original["RA"]), original.get("TA_rest", original["TA"])
 
 
+def _forget_targets(original: dict[str, float], protocol: str) -> dict[str, float]:
+    """What the forget set's signals should read. Class-wise, a model that never saw the class: accuracy 0
+    on it (UA 100, TA_forgotten 0), MIA-Efficacy 100. Random, targets fixed from the original model (as a
+    trial damages the model its own TA falls and its held-out MIA verdict rises, and targets taken from
+    the trial would drift with the damage): UA = 100 − its TA, MIA = its verdict on held-out data."""
+    if protocol == "class":
+        return {"UA": 100.0, "MIA": 100.0, "TA_forgotten": 0.0}
+    return {"UA": 100.0 - original["TA"], "MIA": original["MIA_heldout"]}
+
+
 def _forget_terms(s: dict[str, float], original: dict[str, float], protocol: str) -> list[float]:
     """The score's forget-side terms: distances of the forget set's signals from their targets."""
-    if protocol == "class":  # a model that never saw the class: accuracy 0 on it, MIA-Efficacy 100
-        return [100.0 - s["UA"], 100.0 - s["MIA"]] + ([s["TA_forgotten"]] if "TA_forgotten" in s else [])
-    # fixed targets, from the original model: as a trial damages the model its own TA falls and its
-    # held-out MIA verdict rises, and targets taken from the trial would drift with the damage
-    return [abs(s["UA"] - (100.0 - original["TA"])), abs(s["MIA"] - original["MIA_heldout"])]
+    return [abs(s[k] - v) for k, v in _forget_targets(original, protocol).items() if k in s]
+
+
+def _floor(kept: float, n: int) -> float:
+    """The accuracy below which a guard counts: what it keeps less two binomial std of ``n`` items."""
+    return kept - _binom_pp(kept, n)
 
 
 def aims(original: dict[str, float], protocol: str) -> dict[str, float]:
-    """What the score aims each signal at, read from the original's signals: the forget-side targets
-    (random: ``UA_spread``, two binomial standard deviations of the test accuracy the UA target is read
-    from), and the floors of RA and TA below which the guards count (``RA_min``, ``TA_min``: what they
-    keep less the dead zone)."""
+    """What the score aims each signal at, from the original's signals: the forget-side targets (random:
+    with ``UA_spread``, two binomial standard deviations of the test accuracy the UA target is read from)
+    and the floors of RA and TA below which the guards count (``RA_min``, ``TA_min``)."""
+    out = _forget_targets(original, protocol)
+    if "TA_forgotten" not in original:  # no test example of the class (or random forgetting)
+        out.pop("TA_forgotten", None)
+    if protocol != "class":
+        out["UA_spread"] = _binom_pp(original["TA"], original["n_test"])
     ra, ta = _kept(original)
-    if protocol == "class":
-        out = {"UA": 100.0, "MIA": 100.0} | ({"TA_forgotten": 0.0} if "TA_forgotten" in original else {})
-    else:
-        spread = _binom_pp(original["TA"], original["n_test"])
-        out = {"UA": 100.0 - original["TA"], "UA_spread": spread, "MIA": original["MIA_heldout"]}
-    return out | {
-        "RA_min": ra - _binom_pp(ra, original["n_retain"]),
-        "TA_min": ta - _binom_pp(ta, original["n_test"]),
-    }
+    return out | {"RA_min": _floor(ra, original["n_retain"]), "TA_min": _floor(ta, original["n_test"])}
 
 
 def score(s: dict[str, float], original: dict[str, float], protocol: str) -> float:
     """Distance of a trial's signals ``s`` from what unseen data would show (see the module docstring)."""
     ra, ta = _kept(original)
-    keep_ra = max(0.0, ra - s["RA"] - _binom_pp(ra, s["n_retain"]))
-    keep_ta = max(0.0, ta - s["TA"] - _binom_pp(ta, s["n_test"]))
+    keep_ra = max(0.0, _floor(ra, s["n_retain"]) - s["RA"])
+    keep_ta = max(0.0, _floor(ta, s["n_test"]) - s["TA"])
     terms = _forget_terms(s, original, protocol)
     return float((sum(terms) + GUARD_WEIGHT * (keep_ra + keep_ta)) / (len(terms) + 2))
 
