@@ -1,4 +1,4 @@
-"""The README's Python example, run as written on a small model and data of the kinds it names."""
+"""The README's Python examples, run as written on a small model and data of the kinds they name."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+import unlearnkit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,12 +34,8 @@ def _model_and_data() -> tuple[nn.Module, dict[str, np.ndarray]]:
         nn.functional.cross_entropy(model(torch.as_tensor(x[:180])), torch.as_tensor(y[:180])).backward()
         opt.step()
     data = {"x": x[:180], "y": y[:180], "xt": x[180:], "yt": y[180:]}
-    data |= {
-        "xf": x[:20],
-        "yf": y[:20],
-        "xr": x[20:180],
-        "yr": y[20:180],
-    }  # numpy arrays, as the comment allows
+    # forget, retain and test as numpy arrays, one of the kinds the README's comment names
+    data |= {"xf": x[:20], "yf": y[:20], "xr": x[20:180], "yr": y[20:180]}
     return model.eval(), data
 
 
@@ -60,7 +58,7 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
 
 def test_the_readme_tune_example_runs_as_written():
     model, data = _model_and_data()
-    scope = {"my_model": model, "unlearnkit": __import__("unlearnkit")}
+    scope = {"my_model": model, "unlearnkit": unlearnkit}
     scope["data"] = {"forget": (data["xf"], data["yf"]), "retain": (data["xr"], data["yr"])}
     scope["data"]["test"] = (data["xt"], data["yt"])
     with pytest.warns(UserWarning, match="pass heldout="):  # it tunes on the test set it reports on
