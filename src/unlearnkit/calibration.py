@@ -1,6 +1,6 @@
 """``unlearnkit tune``: the API (:func:`tune`), the CLI (:func:`tune_config`), the trial table and
 ``tune.json``, over the oracle-free scoring and plan of :mod:`unlearnkit.tuning` (whose docstring is the
-design and its validation)."""
+design; its validation is in docs/tune-validation.md)."""
 
 from __future__ import annotations
 

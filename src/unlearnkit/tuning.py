@@ -102,7 +102,7 @@ REFINE = ((10**-0.5, 10**0.5), (10**-0.25, 10**0.25))  # then half and quarter d
 OTHER_FORM = (1.0, 10**0.5, 10.0)
 # the guards (RA and TA kept) count 1.5× the forget-side terms: they are measured on sets 5–10× the forget
 # set's size, and the forget-side targets carry its binomial noise and the held-out set's offset (chosen by
-# replaying the stored trials of half the validation seeds; see the module docstring)
+# replaying the stored trials of half the validation seeds: docs/tune-validation.md, "RA and TA kept")
 GUARD_WEIGHT = 1.5
 # said when tune scored its trials on the test set that the run's metrics are then reported on
 ON_TEST = (
