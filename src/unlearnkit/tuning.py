@@ -40,7 +40,7 @@ Per method:
 - **RL and SalUn** have two published forms (methods/rl.py): unless the user fixes ``schedule`` the sweep
   runs the authors' sequential form, three trials run the reference code's ``concat`` at ×1, ×√10 and ×10
   the sweep's best step (concat dilutes the forget term in each batch), then two quarter-decade steps refine
-  the best of either.
+  the best of either, in place of the half-decade steps.
 - **GA** ascends the forget loss with nothing to bound it and has a cliff (one quarter-decade step from
   30% forgotten to collapsed): when its best trial and a neighbouring step straddle the target, its last
   run tries the step halfway between them (``Method.ascent_cliff``).
