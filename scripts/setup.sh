@@ -10,4 +10,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # torch==2.13.0 resolves to a local CPU wheel on our machines; an unpinned torch pulls a CUDA build.
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-.venv/bin/pip install -q -e ".[dev]"
+# The dependencies at the versions the suite last passed with (scripts/constraints.txt).
+.venv/bin/pip install -q -c scripts/constraints.txt -e ".[dev]"
