@@ -270,6 +270,9 @@ def test_cli_tune(tmp_path, capsys):
     t, o = saved["targets"], saved["original"]
     assert t["UA"] == pytest.approx(100 - o["TA"]) and t["MIA"] == o["MIA_heldout"] and t["UA_spread"] > 0
     assert f"aims at: UA {t['UA']:.1f} ± {t['UA_spread']:.1f}, MIA {t['MIA']:.1f}; RA >= " in printed.out
+    # the table and the figure beside tune.json, and the line that says so
+    assert printed.out.splitlines()[0] in (out / "tune.md").read_text() and (out / "tune.png").is_file()
+    assert printed.out.splitlines()[-1] == f"written to {out}: tune.json, tune.md, tune.png"
     # progress: a line per training run on stderr, with the run's options and the best so far
     runs = [line for line in printed.err.splitlines() if line.startswith("tune ga: run ")]
     assert [line.split(" (")[0] for line in runs] == [

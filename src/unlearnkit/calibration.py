@@ -1,6 +1,6 @@
 """``unlearnkit tune``: the API (:func:`tune`), the CLI (:func:`tune_config`), the trial table and
-``tune.json``, over the oracle-free scoring and plan of :mod:`unlearnkit.tuning` (whose docstring is the
-design; its validation is in docs/tune-validation.md)."""
+``tune.json``/``tune.md``/``tune.png``, over the oracle-free scoring and plan of :mod:`unlearnkit.tuning`
+(whose docstring is the design; its validation is in docs/tune-validation.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from unlearnkit.api_args import adapt_model, check_out, check_seed, engine_confi
 from unlearnkit.bench.progress import duration
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
 from unlearnkit.experiment import make_setup, original_model
-from unlearnkit.io import write_json
+from unlearnkit.io import write_bytes, write_json, write_text
 from unlearnkit.runs.store import open_store, store_path
 from unlearnkit.tuning import (
     MAX_SHADOW,
@@ -87,9 +87,9 @@ def tune(
     training runs; ``every_epoch`` scores methods that allow it after each epoch of a run
     (:func:`tune_split`); ``max_shadow`` caps the membership attack's shadow sets in the scoring (a fixed
     random subset of the held-out set and as many retain examples; None: all, as reported). ``out`` writes
-    ``tune.json`` and indexes every trial in the run store. A Hugging Face ``*ForImageClassification`` model
-    and ``image_processor=`` are taken as :func:`unlearnkit.unlearn` takes them. The input model is never
-    modified."""
+    ``tune.json``, ``tune.md`` and ``tune.png`` and indexes every trial in the run store. A Hugging Face
+    ``*ForImageClassification`` model and ``image_processor=`` are taken as :func:`unlearnkit.unlearn`
+    takes them. The input model is never modified."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     if out is not None:
@@ -166,17 +166,17 @@ def _aims_line(t: dict[str, float]) -> str:
     )
 
 
-def print_trials(res: TuneResult) -> None:
+def trial_lines(res: TuneResult) -> list[str]:
     """The trials as a table, the chosen one marked, and the overrides that use it. Of a run scored
     after every epoch, the rows are its end and its best earlier epoch (all are in ``tune.json``)."""
     keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten", "RA_rest", "TA_rest")
-    print(
+    lines = [
         f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
-        + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original)
-    )
-    print(_aims_line(res.targets))
+        + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original),
+        _aims_line(res.targets),
+    ]
     if res.shadow and res.shadow[0] < res.shadow[1]:
-        print(
+        lines.append(
             f"membership attack fit on {res.shadow[0]} of the {res.shadow[1]} test examples and as many "
             "retain examples (--max-shadow, max_shadow=)"
         )
@@ -192,18 +192,38 @@ def print_trials(res: TuneResult) -> None:
             mark = "*" if t.options == res.best else " "
             opts = _options(t)
             sig = " ".join(f"{k} {t.signals[k]:.1f}" for k in keys if k in t.signals)
-            print(f"{mark} {opts:<38} score {t.score:7.2f}  {sig}")
+            lines.append(f"{mark} {opts:<38} score {t.score:7.2f}  {sig}")
             shown += 1
     if shown < len(res.trials):
-        print(f"  ({len(res.trials) - shown} more: the other epochs of the runs, in tune.json)")
-    print("use: " + " ".join(f"method.{k}={_fmt(v, 4)}" for k, v in res.best.items()))
+        lines.append(f"  ({len(res.trials) - shown} more: the other epochs of the runs, in tune.json)")
+    lines.append("use: " + " ".join(f"method.{k}={_fmt(v, 4)}" for k, v in res.best.items()))
+    return lines
+
+
+def print_trials(res: TuneResult) -> None:
+    """:func:`trial_lines`, printed."""
+    print("\n".join(trial_lines(res)))
 
 
 def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> None:
-    """``out/tune.json`` (atomic) and one row per trial in the run store (kind ``tune``)."""
+    """``out/tune.json``, the trial table as ``tune.md`` and the trials plotted as ``tune.png``
+    (:mod:`unlearnkit.report.tune_figure`, with matplotlib), each written atomically; and one row per
+    trial in the run store (kind ``tune``)."""
 
     out = Path(out)
     write_json(out / "tune.json", {"config": config} | result.to_dict())
+    md = [f"# unlearnkit tune: {result.method}", "", "```text", *trial_lines(result), "```", ""]
+    try:
+        from unlearnkit.report.tune_figure import tune_figure
+
+        fig = tune_figure(result)
+    except ImportError:  # matplotlib is an extra
+        fig = None
+        md.append("(no figure: matplotlib is not installed; pip install 'unlearnkit[plots]')")
+    if fig is not None:
+        write_bytes(out / "tune.png", fig.png)
+        md.append(f"![{fig.title}](tune.png)\n\n{fig.caption}")
+    write_text(out / "tune.md", "\n".join(md) + "\n")
     folder = out.resolve()
     try:
         with open_store(store_path(folder, single_run=True)) as store:

@@ -296,6 +296,9 @@ def _cmd_tune(args) -> int:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:
         print_trials(res)
+        if args.out:
+            names = [n for n in ("tune.json", "tune.md", "tune.png") if (Path(args.out) / n).exists()]
+            print(f"written to {args.out}: {', '.join(names)}")
     return 0
 
 

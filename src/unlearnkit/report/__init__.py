@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlearnkit.io import _atomic, write_text
+from unlearnkit.io import write_bytes, write_text
 from unlearnkit.report import render
 from unlearnkit.report.collect import SuiteResult, collect
 from unlearnkit.report.figures import suite_figures
@@ -55,7 +55,7 @@ def make_report(src: str | Path, out: str | Path | None = None, title: str | Non
         for f in s.figures:
             rel = f"report_files/{s.anchor}-{f.slug}.png"
             path = out / rel
-            _atomic(path, lambda tmp, png=f.png: Path(tmp).write_bytes(png))
+            write_bytes(path, f.png)
             s.files[f.slug] = rel
             written.append(path)
     md, page = out / "report.md", out / "report.html"
