@@ -265,6 +265,7 @@ def test_cli_tune(tmp_path, capsys):
     assert [t["options"]["lr"] for t in saved["trials"]] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
     assert [t["options"]["epochs"] for t in saved["trials"]] == [1, 2, 1, 2] and saved["runs"] == 2
     printed = capsys.readouterr()
+    assert saved["scored_on"] == "test" and "runs, scored on the test set; original:" in printed.out
     assert f"method.lr={saved['best']['lr']:.4g}" in printed.out
     # what the score aims at, from the original: UA = 100 - TA, with the held-out set's spread
     t, o = saved["targets"], saved["original"]

@@ -38,6 +38,7 @@ def test_tune_scores_against_heldout_instead_of_the_test_set(world):
     assert on_test.original["TA"] == pytest.approx(_acc(model, xt, yt))
     assert on_heldout.original["TA"] != on_test.original["TA"]
     assert both.original == on_heldout.original  # heldout= wins over test=
+    assert on_heldout.scored_on == both.scored_on == "heldout" and on_test.scored_on == "test"
     assert [t.signals for t in both.trials] == [t.signals for t in on_heldout.trials]
     assert [t.signals["TA"] for t in on_heldout.trials] != [t.signals["TA"] for t in on_test.trials]
 
@@ -112,6 +113,8 @@ def test_config_split_heldout_is_carved_from_the_test_set_and_scored_by_tune(tmp
     assert main([*argv, "--out", str(out)]) == 0
     saved = json.loads((out / "tune.json").read_text())
     assert saved["original"]["n_test"] == 90 and saved["config"]["split"]["heldout"] == 0.25
+    assert saved["scored_on"] == "heldout"
+    assert "scored on the validation set (heldout)" in capsys.readouterr().out
     for bad in ("split.heldout=1.5", "split.heldout=0", "split.heldout=360", "split.heldout=half"):
         assert main(["tune", "--preset", "vision/ga", bad]) == 2
         assert "split.heldout must be a fraction in (0, 1) or a count in 1..359" in capsys.readouterr().err

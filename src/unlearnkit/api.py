@@ -131,14 +131,14 @@ def unlearn(
     work = copy.deepcopy(base)
     split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes, prepare)
     if tune:
-        scored = split
+        scored, on = split, "test"
         if heldout is None:
             fix = "pass heldout= (a validation set) to keep them apart"
             warnings.warn(ON_TEST.format(fix=fix), UserWarning, stacklevel=2)
         else:
             args = (forget, retain, None, heldout, train_set, forget_class, num_classes, prepare)
-            scored, _ = tuning_split(work, *args)
-        tuned = tune_split(base, spec, scored, k, eng | (engine or {}), seed)
+            scored, on = tuning_split(work, *args)[0], "heldout"
+        tuned = tune_split(base, spec, scored, k, eng | (engine or {}), seed, scored_on=on)
         spec = spec | tuned.best
         m = build_method(spec, family)
         info["tune"] = {
@@ -147,7 +147,7 @@ def unlearn(
             "trials": len(tuned.trials),
             "runs": tuned.runs,
             "targets": tuned.targets,
-            "scored_on": "heldout" if heldout is not None else "test",
+            "scored_on": tuned.scored_on,
         }
     fam = VisionFamily(num_classes=k)
     require_device(ecfg.device)

@@ -100,10 +100,11 @@ def tune(
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     data = (forget, retain, test, heldout, train_set, forget_class, num_classes, prepare)
     split, k = tuning_split(base, *data)
-    result = tune_split(base, spec, split, k, eng | (engine or {}), seed, max_trials, every_epoch, max_shadow)
+    budget = (seed, max_trials, every_epoch, max_shadow)
+    on = "test" if heldout is None else "heldout"
+    result = tune_split(base, spec, split, k, eng | (engine or {}), *budget, scored_on=on)
     if out is not None:
-        scored = {"scored_on": "heldout" if heldout is not None else "test"}
-        write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset} | scored)
+        write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
     return result
 
 
@@ -171,7 +172,8 @@ def trial_lines(res: TuneResult) -> list[str]:
     after every epoch, the rows are its end and its best earlier epoch (all are in ``tune.json``)."""
     keys = ("UA", "RA", "TA", "MIA", "MIA_heldout", "TA_forgotten", "RA_rest", "TA_rest")
     lines = [
-        f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs; original: "
+        f"{res.method} ({res.protocol} forgetting), {len(res.trials)} trials from {res.runs} runs, scored on "
+        f"the {'validation set (heldout)' if res.scored_on == 'heldout' else 'test set'}; original: "
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original),
         _aims_line(res.targets),
     ]

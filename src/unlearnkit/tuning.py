@@ -131,6 +131,8 @@ class TuneResult:
     original: dict[str, float] = field(default_factory=dict)
     # the membership attack's shadow non-members, of the test examples (``max_shadow``): [n, of]
     shadow: list[int] = field(default_factory=list)
+    # the held-out set the trials were scored against: "test", or "heldout" (a validation set)
+    scored_on: str = "test"
 
     @property
     def runs(self) -> int:
@@ -383,6 +385,7 @@ def tune_split(
     every_epoch: bool = True,
     max_shadow: int | None = MAX_SHADOW,
     on_run: Callable[[int, int, Trial, Trial], None] | None = None,
+    scored_on: str = "test",
 ) -> TuneResult:
     """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
 
@@ -390,7 +393,8 @@ def tune_split(
     epochs are an e-epoch run (``Method.prefix_consistent``) is also scored after each epoch of each run,
     and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
     end (the plan before epoch scoring). ``max_shadow``: the attack's shadow sets at most (None: all).
-    ``on_run(runs done, max_trials, the run's last trial, the best so far)`` after each run (progress)."""
+    ``on_run(runs done, max_trials, the run's last trial, the best so far)`` after each run (progress).
+    ``scored_on`` records what ``split.test`` is: "test", or "heldout" (a validation set in its place)."""
     _check_budget(max_trials, every_epoch, max_shadow)
     try:
         base = build_method(spec)
@@ -467,7 +471,7 @@ def tune_split(
         if last is not None:
             run(*last, _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
-    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow)
+    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow, scored_on)
 
 
 def check_tunable(setup: Any) -> None:
@@ -509,7 +513,8 @@ def tune_setup(
     build_method(spec)  # a bad option: the config's message (method(ga).lrr), before tune_split's API one
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
-        args = (setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow, on_run)
+        on = "heldout" if setup.split.heldout is not None else "test"
+        args = (setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow, on_run, on)
         return tune_split(model, spec, scored_split(setup.split), k, *args)
     except ArgumentError as exc:  # phrased for the API: name the config key instead
         raise ConfigError(str(exc).replace("method=", "method.name=")) from exc
