@@ -33,6 +33,7 @@ from unlearnkit.tuning import (
     tune_setup,
     tune_split,
 )
+from unlearnkit.tuning_store import PARTIAL
 
 __all__ = [
     "MAX_SHADOW",
@@ -102,7 +103,7 @@ def tune(
     split, k = tuning_split(base, *data)
     budget = (seed, max_trials, every_epoch, max_shadow)
     on = "test" if heldout is None else "heldout"
-    result = tune_split(base, spec, split, k, eng | (engine or {}), *budget, scored_on=on)
+    result = tune_split(base, spec, split, k, eng | (engine or {}), *budget, scored_on=on, keep_in=out)
     if out is not None:
         write_tune(out, result, {"family": "vision", "seed": seed, "method": spec, "preset": preset})
     return result
@@ -126,7 +127,7 @@ def tune_config(
     model = original_model(setup).model
     spec = dict(setup.cfg["method"])
     on_run = run_printer(spec["name"]) if progress else None
-    res = tune_setup(setup, model, spec, max_trials, every_epoch, max_shadow, on_run)
+    res = tune_setup(setup, model, spec, max_trials, every_epoch, max_shadow, on_run, out)
     if out is not None:
         write_tune(out, res, setup.cfg)
     return res
@@ -177,6 +178,8 @@ def trial_lines(res: TuneResult) -> list[str]:
         + ", ".join(f"{k} {res.original[k]:.1f}" for k in keys if k in res.original),
         _aims_line(res.targets),
     ]
+    if res.resumed:
+        lines.insert(1, f"resumed: {res.resumed} of the runs were replayed from a stopped tuning ({PARTIAL})")
     if res.shadow and res.shadow[0] < res.shadow[1]:
         lines.append(
             f"membership attack fit on {res.shadow[0]} of the {res.shadow[1]} test examples and as many "
@@ -214,6 +217,7 @@ def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> N
 
     out = Path(out)
     write_json(out / "tune.json", {"config": config} | result.to_dict())
+    (out / PARTIAL).unlink(missing_ok=True)  # the runs kept for a resume: all in tune.json now
     md = [f"# unlearnkit tune: {result.method}", "", "```text", *trial_lines(result), "```", ""]
     try:
         from unlearnkit.report.tune_figure import tune_figure

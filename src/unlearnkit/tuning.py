@@ -73,8 +73,10 @@ import copy
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,6 +92,7 @@ from unlearnkit.families.vision import VisionFamily
 from unlearnkit.methods.base import Task
 from unlearnkit.metrics.mia import mia_efficacy
 from unlearnkit.metrics.vision import accuracy
+from unlearnkit.tuning_store import TrialStore, fingerprint
 
 # the membership attack's shadow sets in tune's scoring: at most this many non-members (a fixed random subset
 # of the test set) and as many members. Its SVC's fit grows about quadratically with them (1-D features, one
@@ -133,6 +136,8 @@ class TuneResult:
     shadow: list[int] = field(default_factory=list)
     # the held-out set the trials were scored against: "test", or "heldout" (a validation set)
     scored_on: str = "test"
+    # training runs replayed from a stopped tuning of the same model, data and options (``keep_in``)
+    resumed: int = 0
 
     @property
     def runs(self) -> int:
@@ -386,6 +391,7 @@ def tune_split(
     max_shadow: int | None = MAX_SHADOW,
     on_run: Callable[[int, int, Trial, Trial], None] | None = None,
     scored_on: str = "test",
+    keep_in: str | Path | None = None,
 ) -> TuneResult:
     """Tune ``spec`` (a method section: name and fixed options) on a prepared split; see the module doc.
 
@@ -394,7 +400,9 @@ def tune_split(
     and its last run is the best step at the full epochs; ``every_epoch=False`` scores runs only at their
     end (the plan before epoch scoring). ``max_shadow``: the attack's shadow sets at most (None: all).
     ``on_run(runs done, max_trials, the run's last trial, the best so far)`` after each run (progress).
-    ``scored_on`` records what ``split.test`` is: "test", or "heldout" (a validation set in its place)."""
+    ``scored_on`` records what ``split.test`` is: "test", or "heldout" (a validation set in its place).
+    ``keep_in`` (a folder): each run's trials are kept there as the run ends, and a rerun of the same
+    tuning replays them instead of training again (:mod:`unlearnkit.tuning_store`)."""
     _check_budget(max_trials, every_epoch, max_shadow)
     try:
         base = build_method(spec)
@@ -412,18 +420,44 @@ def tune_split(
     trials: list[Trial] = []
     spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
     by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
+    store = None
+    if keep_in is not None:
+        settings = {"spec": spec, "engine": asdict(ecfg), "seed": seed, "every_epoch": every_epoch}
+        store = TrialStore(keep_in, fingerprint(model, split, k, max_shadow=max_shadow, **settings))
+        if store.stale:
+            warnings.warn(
+                f"{store.path} holds the runs of another tuning (another model, data or options): the first "
+                "run to end replaces it",
+                UserWarning,
+                stacklevel=3,
+            )
+    resumed = 0  # runs replayed from the store
 
     def run(value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
         opts = {knob: float(value)} | ({"epochs": epochs} if full_epochs else {}) | (form or {})
         existing = next((t for t in trials if t.options == opts), None)
         if existing is not None:
             return existing
-        nonlocal spent
+        nonlocal spent, resumed
+        run_no, first = spent, len(trials)
+        spent += 1
+        kept = store.get(opts) if store is not None else None
+        if kept is not None:  # a run of this tuning that ended before it was stopped: its trials as they were
+            trials.extend(Trial(**(t | {"run": run_no})) for t in kept)
+            trial, resumed = trials[-1], resumed + 1
+        else:
+            trial = train(opts, epochs, run_no)
+            if store is not None:
+                store.put(opts, [asdict(t) for t in trials[first:]])
+        if on_run is not None:
+            on_run(spent, max_trials, trial, best())
+        return trial
+
+    def train(opts: dict[str, Any], epochs: int, run_no: int) -> Trial:
         m = build_method(spec | opts)
         engine_ = Engine(copy.deepcopy(ecfg), None)
         task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
-        run_no, t0 = spent, time.perf_counter()
-        spent += 1
+        t0 = time.perf_counter()
 
         def at_epoch(desc: str, done: int, current: nn.Module) -> None:
             # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
@@ -442,8 +476,6 @@ def tune_split(
             s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
         trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
         trials.append(trial)
-        if on_run is not None:
-            on_run(spent, max_trials, trial, best())
         return trial
 
     best = functools.partial(_best, trials, original, knob)
@@ -471,7 +503,8 @@ def tune_split(
         if last is not None:
             run(*last, _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
-    return TuneResult(spec["name"], protocol, dict(best().options), trials, original, shadow, scored_on)
+    best_options = dict(best().options)
+    return TuneResult(spec["name"], protocol, best_options, trials, original, shadow, scored_on, resumed)
 
 
 def check_tunable(setup: Any) -> None:
@@ -506,15 +539,17 @@ def tune_setup(
     every_epoch: bool = True,
     max_shadow: int | None = MAX_SHADOW,
     on_run: Callable[[int, int, Trial, Trial], None] | None = None,
+    keep_in: str | Path | None = None,
 ) -> TuneResult:
     """Tune ``spec`` for ``model`` on an experiment setup's split, engine and seed (``unlearnkit tune``,
-    ``bench --tune``), on ``split.heldout`` where the config has one; errors name config keys."""
+    ``bench --tune``), on ``split.heldout`` where the config has one; errors name config keys. ``keep_in``
+    as in :func:`tune_split`."""
     check_tunable(setup)
     build_method(spec)  # a bad option: the config's message (method(ga).lrr), before tune_split's API one
     k = int(setup.family.num_classes or setup.data.num_classes)
     try:
         on = "heldout" if setup.split.heldout is not None else "test"
-        args = (setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow, on_run, on)
+        args = (setup.cfg["engine"], setup.seed, max_trials, every_epoch, max_shadow, on_run, on, keep_in)
         return tune_split(model, spec, scored_split(setup.split), k, *args)
     except ArgumentError as exc:  # phrased for the API: name the config key instead
         raise ConfigError(str(exc).replace("method=", "method.name=")) from exc

@@ -1,0 +1,134 @@
+"""A stopped ``tune --out`` resumes: the runs that ended are replayed, the plan goes on as it would have."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_batchnorm import _signals, _trained_signal_net
+
+import unlearnkit
+from unlearnkit import tuning
+from unlearnkit.calibration import trial_lines
+from unlearnkit.tuning_store import PARTIAL, TrialStore
+
+FORGET = list(range(0, 120, 10))  # 12 of the 120 training examples
+
+
+@pytest.fixture(scope="module")
+def world():
+    model, x, y = _trained_signal_net()
+    return model, {"train_set": (x, y), "forget": FORGET, "test": _signals(15, 1), "batch_size": 32}
+
+
+class _Stop(BaseException):
+    """What a killed process amounts to here: the tuning stops between two runs."""
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Counts the training runs that tune starts (one Engine each)."""
+    runs = []
+
+    class Counting(tuning.Engine):
+        def __init__(self, *a, **kw):
+            runs.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(tuning, "Engine", Counting)
+    return runs
+
+
+def _stop_after(monkeypatch, n: int) -> None:
+    put = TrialStore.put
+
+    def put_then_stop(self, options, trials):
+        put(self, options, trials)
+        if len(self.runs) == n:
+            raise _Stop
+
+    monkeypatch.setattr(TrialStore, "put", put_then_stop)
+
+
+def _same(a, b) -> bool:
+    return [(t.options, t.score, t.signals, t.run) for t in a] == [
+        (t.options, t.score, t.signals, t.run) for t in b
+    ]
+
+
+def test_a_stopped_tuning_resumes_where_it_stopped(tmp_path, world, monkeypatch, trained):
+    model, data = world
+    whole = unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "whole", **data)
+    assert len(trained) == 4 and whole.resumed == 0
+    assert not (tmp_path / "whole" / PARTIAL).exists()  # tune.json holds the runs now
+
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(_Stop):
+            unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "t", **data)
+    assert len(trained) == 6 and not (tmp_path / "t" / "tune.json").exists()
+    kept = json.loads((tmp_path / "t" / PARTIAL).read_text())
+    assert len(kept["runs"]) == 2
+
+    # the rerun trains only the two runs left, and ends with the trials and choice of the whole tuning
+    res = unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "t", **data)
+    assert len(trained) == 8 and res.resumed == 2
+    assert _same(res.trials, whole.trials) and res.best == whole.best
+    assert not (tmp_path / "t" / PARTIAL).exists()
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert saved["resumed"] == 2 and saved["best"] == whole.best
+    assert "resumed: 2 of the runs were replayed" in trial_lines(res)[1]
+
+
+def test_a_larger_budget_reuses_the_runs_and_other_options_start_afresh(
+    tmp_path, world, monkeypatch, trained
+):
+    model, data = world
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(_Stop):
+            unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "t", **data)
+    assert len(trained) == 2
+    # the budget is not part of the tuning's identity: a larger one goes on from the runs done
+    more = unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "more", **data)
+    assert len(trained) == 5
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(_Stop):
+            unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "u", **data)
+    res = unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "u", **data)
+    assert len(trained) == 8 and res.resumed == 2 and _same(res.trials, more.trials)
+    # another batch size (as another model, data or seed): the kept runs are not this tuning's
+    with monkeypatch.context() as m:
+        _stop_after(m, 1)
+        with pytest.raises(_Stop):
+            unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "v", **data)
+    assert len(trained) == 9
+    other = data | {"batch_size": 16}
+    with pytest.warns(UserWarning, match=f"{PARTIAL} holds the runs of another tuning"):
+        res = unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "v", **other)
+    assert len(trained) == 11 and res.resumed == 0
+
+
+def test_the_cli_resumes_a_stopped_tuning(tmp_path, monkeypatch, trained, capsys):
+    from unlearnkit.cli import main
+
+    argv = [
+        "tune",
+        "--preset",
+        "vision/ga",
+        "--max-trials",
+        "3",
+        "train.epochs=3",
+        "--out",
+        str(tmp_path / "t"),
+    ]
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(_Stop):
+            main(argv)
+    assert len(trained) == 2
+    assert main(argv) == 0 and len(trained) == 3
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert saved["resumed"] == 2 and len({t["run"] for t in saved["trials"]}) == 3
+    assert "resumed: 2 of the runs were replayed" in capsys.readouterr().out
