@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("protocols",),
     ("experiment",),
     ("runs",),
-    ("selection", "tuning"),
+    ("selection", "tuning", "tuning_store"),
     ("bench",),
     ("report",),
     ("api_args", "calibration"),

@@ -71,7 +71,8 @@ def test_write_tune_writes_the_table_and_the_figure(tmp_path):
 
 
 def test_without_matplotlib_the_table_says_how_to_get_the_figure(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "unlearnkit.report.tune_figure", None)  # import fails as without it
+    for name in ("matplotlib.figure", "matplotlib.backends.backend_agg"):  # imports fail as without it
+        monkeypatch.setitem(sys.modules, name, None)
     write_tune(tmp_path / "t", _result(), {"seed": 0})
     md = (tmp_path / "t" / "tune.md").read_text()
     assert "pip install 'unlearnkit[plots]'" in md and "tune.png" not in md

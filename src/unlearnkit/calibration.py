@@ -19,6 +19,7 @@ from unlearnkit.bench.progress import duration
 from unlearnkit.errors import ArgumentError, ConfigError, UnlearnkitError
 from unlearnkit.experiment import make_setup, original_model
 from unlearnkit.io import write_bytes, write_json, write_text
+from unlearnkit.report.tune_figure import tune_figure
 from unlearnkit.runs.store import open_store, store_path
 from unlearnkit.tuning import (
     MAX_SHADOW,
@@ -217,11 +218,8 @@ def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> N
 
     out = Path(out)
     write_json(out / "tune.json", {"config": config} | result.to_dict())
-    (out / PARTIAL).unlink(missing_ok=True)  # the runs kept for a resume: all in tune.json now
     md = [f"# unlearnkit tune: {result.method}", "", "```text", *trial_lines(result), "```", ""]
     try:
-        from unlearnkit.report.tune_figure import tune_figure
-
         fig = tune_figure(result)
     except ImportError:  # matplotlib is an extra
         fig = None
@@ -248,3 +246,4 @@ def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> N
                 )
     except (sqlite3.Error, UnlearnkitError, OSError) as exc:
         warnings.warn(f"the tuning in {str(folder)!r} was not indexed in the run store: {exc}", stacklevel=2)
+    (out / PARTIAL).unlink(missing_ok=True)  # the runs kept for a resume: all written now

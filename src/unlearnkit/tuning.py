@@ -379,6 +379,102 @@ def _check_budget(max_trials: Any, every_epoch: Any, max_shadow: Any = None) -> 
         raise ArgumentError(f"every_epoch= must be True or False, got {every_epoch!r}")
 
 
+@dataclass
+class _Runs:
+    """The training runs of one tuning: its trials, the budget spent, and the runs replayed from ``store``."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    split: Split
+    k: int
+    seed: int
+    ecfg: EngineConfig
+    knob: str
+    original: dict[str, float]
+    protocol: str
+    max_shadow: int | None
+    by_epoch: bool  # also score after each epoch (the method is prefix consistent)
+    has_epochs: bool
+    max_trials: int
+    store: TrialStore | None = None
+    on_run: Callable[[int, int, Trial, Trial], None] | None = None
+    trials: list[Trial] = field(default_factory=list)
+    spent: int = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
+    resumed: int = 0
+
+    def best(self) -> Trial:
+        return _best(self.trials, self.original, self.knob)
+
+    def run(self, value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
+        """The trial of one training run (and those of its epochs); a run done before is not repeated."""
+        opts = {self.knob: float(value)} | ({"epochs": epochs} if self.has_epochs else {}) | (form or {})
+        existing = next((t for t in self.trials if t.options == opts), None)
+        if existing is not None:
+            return existing
+        run_no, first = self.spent, len(self.trials)
+        self.spent += 1
+        kept = self.store.get(opts) if self.store is not None else None
+        if kept is not None:  # a run of this tuning that ended before it was stopped: its trials as they were
+            self.trials.extend(Trial(**(t | {"run": run_no})) for t in kept)
+            trial = self.trials[-1]
+            self.resumed += 1
+        else:
+            trial = self._train(opts, epochs, run_no)
+            if self.store is not None:
+                self.store.put(opts, [asdict(t) for t in self.trials[first:]])
+        if self.on_run is not None:
+            self.on_run(self.spent, self.max_trials, trial, self.best())
+        return trial
+
+    def _signals(self, model: nn.Module) -> dict[str, float]:
+        return signals(model, self.split, self.k, self.seed, False, self.max_shadow)
+
+    def _train(self, opts: dict[str, Any], epochs: int, run_no: int) -> Trial:
+        m = build_method(self.spec | opts)
+        engine = Engine(copy.deepcopy(self.ecfg), None)
+        task = Task(
+            VisionFamily(num_classes=self.k), copy.deepcopy(self.model), self.split, engine, self.seed
+        )
+        t0 = time.perf_counter()
+
+        def at_epoch(desc: str, done: int, current: nn.Module) -> None:
+            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
+            eo = opts | {"epochs": done}
+            if done < epochs and not any(t.options == eo for t in self.trials):
+                s = self._signals(m.finished(current))
+                sc = score(s, self.original, self.protocol)
+                self.trials.append(Trial(eo, sc, s, time.perf_counter() - t0, run_no))
+
+        if self.by_epoch:
+            engine.epoch_end = at_epoch
+        try:
+            m.run(task)
+            s = self._signals(task.model)
+            sc = score(s, self.original, self.protocol)
+        except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
+            s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
+        trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
+        self.trials.append(trial)
+        return trial
+
+
+def _open_store(
+    keep_in: str | Path | None, model: nn.Module, split: Split, k: int, **settings: Any
+) -> TrialStore | None:
+    """The runs kept in ``keep_in`` for this tuning (:mod:`unlearnkit.tuning_store`), or None."""
+    if keep_in is None:
+        return None
+    store = TrialStore(keep_in, fingerprint(model, split, k, **settings))
+    if store.stale:
+        warnings.warn(
+            f"{store.path} holds the runs of another tuning (another model, data or options): the first "
+            "run to end replaces it",
+            UserWarning,
+            stacklevel=4,
+        )
+    return store
+
+
 def tune_split(
     model: nn.Module,
     spec: dict[str, Any],
@@ -417,68 +513,13 @@ def tune_split(
     protocol = "class" if split.test_forgotten is not None else "random"
     ecfg = build_dataclass(EngineConfig, {"progress": False} | (engine or {}) | {"seed": seed}, "engine")
     original = signals(model, split, k, seed, max_shadow=max_shadow)
-    trials: list[Trial] = []
-    spent = 0  # training runs so far (the budget); a run scored after each epoch adds several trials
     by_epoch = every_epoch and bool(full_epochs) and base.prefix_consistent
-    store = None
-    if keep_in is not None:
-        settings = {"spec": spec, "engine": asdict(ecfg), "seed": seed, "every_epoch": every_epoch}
-        store = TrialStore(keep_in, fingerprint(model, split, k, max_shadow=max_shadow, **settings))
-        if store.stale:
-            warnings.warn(
-                f"{store.path} holds the runs of another tuning (another model, data or options): the first "
-                "run to end replaces it",
-                UserWarning,
-                stacklevel=3,
-            )
-    resumed = 0  # runs replayed from the store
+    settings = {"spec": spec, "engine": asdict(ecfg), "seed": seed, "every_epoch": every_epoch}
+    store = _open_store(keep_in, model, split, k, max_shadow=max_shadow, **settings)
+    context = (model, spec, split, k, seed, ecfg, knob, original, protocol, max_shadow, by_epoch)
+    runs = _Runs(*context, bool(full_epochs), max_trials, store, on_run)
+    trials, run, best = runs.trials, runs.run, runs.best
 
-    def run(value: float, epochs: int, form: dict[str, Any] | None = None) -> Trial:
-        opts = {knob: float(value)} | ({"epochs": epochs} if full_epochs else {}) | (form or {})
-        existing = next((t for t in trials if t.options == opts), None)
-        if existing is not None:
-            return existing
-        nonlocal spent, resumed
-        run_no, first = spent, len(trials)
-        spent += 1
-        kept = store.get(opts) if store is not None else None
-        if kept is not None:  # a run of this tuning that ended before it was stopped: its trials as they were
-            trials.extend(Trial(**(t | {"run": run_no})) for t in kept)
-            trial, resumed = trials[-1], resumed + 1
-        else:
-            trial = train(opts, epochs, run_no)
-            if store is not None:
-                store.put(opts, [asdict(t) for t in trials[first:]])
-        if on_run is not None:
-            on_run(spent, max_trials, trial, best())
-        return trial
-
-    def train(opts: dict[str, Any], epochs: int, run_no: int) -> Trial:
-        m = build_method(spec | opts)
-        engine_ = Engine(copy.deepcopy(ecfg), None)
-        task = Task(VisionFamily(num_classes=k), copy.deepcopy(model), split, engine_, seed)
-        t0 = time.perf_counter()
-
-        def at_epoch(desc: str, done: int, current: nn.Module) -> None:
-            # the state after ``done`` epochs is a ``done``-epoch run (prefix_consistent): a free trial
-            eo = opts | {"epochs": done}
-            if done < epochs and not any(t.options == eo for t in trials):
-                s = signals(m.finished(current), split, k, seed, False, max_shadow)
-                trials.append(Trial(eo, score(s, original, protocol), s, time.perf_counter() - t0, run_no))
-
-        if by_epoch:
-            engine_.epoch_end = at_epoch
-        try:
-            m.run(task)
-            s = signals(task.model, split, k, seed, False, max_shadow)
-            sc = score(s, original, protocol)
-        except DivergenceError as exc:  # a diverged trial (the NaN guard stopped it) scores worst
-            s, sc = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, math.inf
-        trial = Trial(opts, sc, s, time.perf_counter() - t0, run_no)
-        trials.append(trial)
-        return trial
-
-    best = functools.partial(_best, trials, original, knob)
     plan = [(base_value * f, short) for f in SWEEP]
     for value, epochs in plan[:max_trials]:
         run(value, epochs)
@@ -486,7 +527,7 @@ def tune_split(
     if other is not None:  # the other form over the upper half of the sweep's best, then refine either
         centre = best().options[knob]
         for f in OTHER_FORM:
-            if spent < max_trials:
+            if runs.spent < max_trials:
                 run(centre * f, short, other)
         refine = REFINE[1:]
     else:
@@ -495,16 +536,16 @@ def tune_split(
     for factors in refine:
         b = anchor()
         for f in factors:
-            if spent < max_trials:
+            if runs.spent < max_trials:
                 run(b.options[knob] * f, short, _form(b, knob))
-    if full_epochs and short >= 1 and spent < max_trials:
+    if full_epochs and short >= 1 and runs.spent < max_trials:
         b = anchor()
         last = _last_run(base, trials, b, original, knob, protocol, by_epoch)
         if last is not None:
             run(*last, _form(b, knob))
     shadow = [min(len(split.test), max_shadow or len(split.test)), len(split.test)]
-    best_options = dict(best().options)
-    return TuneResult(spec["name"], protocol, best_options, trials, original, shadow, scored_on, resumed)
+    result = (dict(best().options), trials, original, shadow, scored_on, runs.resumed)
+    return TuneResult(spec["name"], protocol, *result)
 
 
 def check_tunable(setup: Any) -> None:
