@@ -82,7 +82,10 @@ def draw(result: TuneResult) -> tuple[Any, list[Any], str, str] | None:
         ax.set_xlabel(knob, fontsize=9)
     if points is not None and hi > lo:
         bar = fig.colorbar(points, ax=axes, label="epochs", shrink=0.6)
-        bar.set_ticks(sorted(set(epochs)) if len(set(epochs)) <= 12 else bar.get_ticks())
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = MaxNLocator(nbins=8, integer=True).tick_values(lo, hi)
+        bar.set_ticks([t for t in ticks if lo <= t <= hi])
     diverged = len(result.trials) - len(done)
     title = f"tune {result.method} ({result.protocol} forgetting): {len(result.trials)} trials"
     title += f", {diverged} diverged (not drawn)" if diverged else ""
