@@ -241,7 +241,7 @@ def test_options_are_held_fixed_as_in_unlearn(tmp_path, world):
     assert plain.trials[-1].signals != a["trials"][-1]["signals"]
 
 
-def test_unlearn_with_tune_runs_the_chosen_options(world):
+def test_unlearn_with_tune_runs_the_chosen_options(world, tmp_path):
     model, x, y, xt, yt = world
     data = {"train_set": (x, y), "forget_class": 3, "test": (xt, yt)}
     with pytest.warns(UserWarning, match="tune scored its trials on the test set"):  # no heldout=
@@ -252,6 +252,13 @@ def test_unlearn_with_tune_runs_the_chosen_options(world):
     assert res.info["tune"]["targets"] == tuned.targets and tuned.targets["TA_forgotten"] == 0.0
     chosen = next(t for t in tuned.trials if t.options == tuned.best)
     assert res.metrics["UA"] == chosen.signals["UA"] > 70  # the class is forgotten, as in the trial
+    # with out=, the calibration is published beside the run
+    with pytest.warns(UserWarning, match="tune scored its trials"):
+        unlearnkit.unlearn(model, "salun", tune=True, batch_size=16, out=tmp_path / "run", **data)
+    saved = json.loads((tmp_path / "run" / "tune.json").read_text())
+    assert saved["best"] == tuned.best
+    assert [t["score"] for t in saved["trials"]] == [t.score for t in tuned.trials]
+    assert (tmp_path / "run" / "tune.png").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_cli_tune(tmp_path, capsys):
@@ -322,6 +329,10 @@ def test_cli_unlearn_with_tune_runs_and_records_the_chosen_options(tmp_path, cap
     # the run reproduces the chosen trial (same seed, options and data): its UA as the table printed it
     star = next(line for line in captured.err.splitlines() if line.startswith("* "))
     assert float(star.split(" UA ")[1].split()[0]) == pytest.approx(metrics["UA"], abs=0.05)
+    # the calibration is published with the run: its trials, table and figure
+    tuning = json.loads((out / "tune.json").read_text())
+    assert f"{tuning['best']['lr']:.4g}" == chosen and len(tuning["trials"]) == 4
+    assert star in (out / "tune.md").read_text() and (out / "tune.png").is_file()
     # resuming would tune again (and change the config): refused, with what to do instead
     assert main([*argv, "--out", str(out), "--resume"]) == 2
     assert "without --tune" in capsys.readouterr().err

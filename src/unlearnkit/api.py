@@ -30,6 +30,7 @@ from unlearnkit.api_args import (
     recipe,
     tuning_split,
 )
+from unlearnkit.calibration import write_tune_files
 from unlearnkit.data.splits import Split
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import Engine, EngineConfig, is_main_process
@@ -55,7 +56,7 @@ from unlearnkit.metrics.vision import GAP_KEYS, avg_gap, evaluate_classifier
 from unlearnkit.protocols.base import public
 from unlearnkit.runs.folder import RunFolder
 from unlearnkit.runs.record import write_run
-from unlearnkit.tuning import ON_TEST, tune_split
+from unlearnkit.tuning import ON_TEST, TuneResult, tune_split
 
 
 @dataclass
@@ -130,6 +131,7 @@ def unlearn(
     base, prepare = adapt_model(model, image_processor)  # a Hugging Face classifier: wrapped for logits
     work = copy.deepcopy(base)
     split, k = checked_split(work, forget, retain, test, train_set, forget_class, num_classes, prepare)
+    tuned = None
     if tune:
         scored, on = split, "test"
         if heldout is None:
@@ -158,7 +160,7 @@ def unlearn(
         cfg["train"] = {k_: getattr(train_spec, k_) for k_ in RECIPE_KEYS}
     if forget_class is not None:
         cfg["split"] = {"kind": "class", "classes": [forget_class]}
-    job = _Job(m, fam, work, split, ecfg, seed, train_spec, evaluate, cfg, info)
+    job = _Job(m, fam, work, split, ecfg, seed, train_spec, evaluate, cfg, info, tuned)
     if out is None:
         return _unwrapped(job.run(None, None), base is not model)
     with RunFolder(out, cfg, overwrite=overwrite) as folder:
@@ -186,6 +188,7 @@ class _Job:
     evaluate: bool
     cfg: dict[str, Any]
     info: dict[str, Any]
+    tuned: TuneResult | None = None  # tune=True: the calibration, published with the run
 
     def run(self, out: Path | None, folder: Any) -> UnlearnResult:
         before = weights_sha256(self.model)
@@ -204,6 +207,8 @@ class _Job:
         )
         res = UnlearnResult(task.model, metrics, seconds, out, history=fit.history, info=info)
         if out is not None:
+            if self.tuned is not None and is_main_process():  # how the options were chosen, beside the run
+                write_tune_files(folder.work, self.tuned, self.cfg)
             ids_sha, n = self.split.forget_ids_sha256(), len(self.split.forget)
             # rank 0 writes; the other ranks get no receipt
             extra = info | {"training": fit.training}
@@ -268,6 +273,7 @@ def run_config(
     resume: bool = False,
     overwrite: bool = False,
     resume_with_changes: bool = False,
+    tuned: TuneResult | None = None,
 ) -> dict[str, Any]:
     """Run one unlearning job from a config dict (what ``unlearnkit unlearn`` does).
 
@@ -275,7 +281,8 @@ def run_config(
     original from the cache); the final weights and metrics equal an uninterrupted run's (RTE aside). The
     config must equal the run's saved one unless ``resume_with_changes`` (then both are recorded). An ``out``
     that holds another run is refused unless ``overwrite`` or a resume (``runs/folder.py``).
-    Under several processes only the main process writes ``out``."""
+    Under several processes only the main process writes ``out``. ``tuned`` (``unlearn --tune``): the
+    calibration that chose the method's options, published with the run (``tune.json``, ``.md``, ``.png``)."""
 
     cfg = resolve(cfg)
     require_device(cfg["engine"].get("device", "auto"))
@@ -319,6 +326,8 @@ def run_config(
         if out and is_main_process():  # the evaluation's documents (eval.lm_eval: lm_eval.json), published
             for name, doc in setup.protocol.documents().items():
                 write_json(folder.work / name, doc)
+            if tuned is not None:
+                write_tune_files(folder.work, tuned, cfg)
         if out:  # every rank: a sharded model is gathered collectively; rank 0 alone writes
             result["receipt"] = write_run(
                 out,

@@ -206,17 +206,9 @@ def trial_lines(res: TuneResult) -> list[str]:
     return lines
 
 
-def print_trials(res: TuneResult) -> None:
-    """:func:`trial_lines`, printed."""
-    print("\n".join(trial_lines(res)))
-
-
-def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> None:
+def write_tune_files(out: Path, result: TuneResult, config: dict[str, Any]) -> None:
     """``out/tune.json``, the trial table as ``tune.md`` and the trials plotted as ``tune.png``
-    (:mod:`unlearnkit.report.tune_figure`, with matplotlib), each written atomically; and one row per
-    trial in the run store (kind ``tune``)."""
-
-    out = Path(out)
+    (:mod:`unlearnkit.report.tune_figure`, with matplotlib), each written atomically."""
     write_json(out / "tune.json", {"config": config} | result.to_dict())
     md = [f"# unlearnkit tune: {result.method}", "", "```text", *trial_lines(result), "```", ""]
     try:
@@ -228,6 +220,18 @@ def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> N
         write_bytes(out / "tune.png", fig.png)
         md.append(f"![{fig.title}](tune.png)\n\n{fig.caption}")
     write_text(out / "tune.md", "\n".join(md) + "\n")
+
+
+def print_trials(res: TuneResult) -> None:
+    """:func:`trial_lines`, printed."""
+    print("\n".join(trial_lines(res)))
+
+
+def write_tune(out: str | Path, result: TuneResult, config: dict[str, Any]) -> None:
+    """:func:`write_tune_files` into ``out``, and one row per trial in the run store (kind ``tune``)."""
+
+    out = Path(out)
+    write_tune_files(out, result, config)
     folder = out.resolve()
     try:
         with open_store(store_path(folder, single_run=True)) as store:

@@ -27,7 +27,7 @@ from pathlib import Path
 from unlearnkit import registry
 from unlearnkit.api import run_config
 from unlearnkit.bench.suite import print_table, run_suite
-from unlearnkit.calibration import MAX_SHADOW, print_trials, tune_config
+from unlearnkit.calibration import MAX_SHADOW, TuneResult, print_trials, tune_config
 from unlearnkit.config import apply_overrides, load_preset, preset_names
 from unlearnkit.engine.devices import require_device
 from unlearnkit.engine.loop import is_main_process
@@ -237,8 +237,9 @@ def _cmd_list(args) -> int:
 
 def _cmd_unlearn(args) -> int:
     cfg = _load_cfg(args)
+    tuned = None
     if args.tune:
-        cfg = _tuned(cfg, args)
+        cfg, tuned = _tuned(cfg, args)
     elif args.max_trials is not None or args.end_only or args.max_shadow is not None:
         flag = "--max-trials is tune's budget" if args.max_trials is not None else "--end-only is tune's"
         flag = "--max-shadow is tune's" if args.max_shadow is not None else flag
@@ -249,6 +250,7 @@ def _cmd_unlearn(args) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         resume_with_changes=args.resume_with_changes,
+        tuned=tuned,
     )
     if not is_main_process():  # under several processes, rank 0 reports
         return 0
@@ -258,8 +260,9 @@ def _cmd_unlearn(args) -> int:
     return 0
 
 
-def _tuned(cfg: dict, args) -> dict:
-    """``unlearn --tune``: the config with the options ``tune`` chose (the run folder records them)."""
+def _tuned(cfg: dict, args) -> tuple[dict, TuneResult]:
+    """``unlearn --tune``: the config with the options ``tune`` chose (the run folder records them), and
+    the calibration (published with the run)."""
     if args.resume or args.resume_with_changes:
         raise ConfigError(
             "--tune with --resume would tune again; resume with the options the first run chose, "
@@ -276,7 +279,7 @@ def _tuned(cfg: dict, args) -> dict:
             if (cfg.get("split") or {}).get("heldout") is None:
                 fix = "split.heldout=0.5 keeps half of it apart for the trials"
                 print("note: " + ON_TEST.format(fix=fix))
-    return cfg | {"method": dict(cfg["method"]) | res.best}
+    return cfg | {"method": dict(cfg["method"]) | res.best}, res
 
 
 def _max_shadow(args) -> int | None:
