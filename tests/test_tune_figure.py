@@ -10,6 +10,7 @@ import pytest
 
 from unlearnkit.calibration import Trial, TuneResult, trial_lines, write_tune
 from unlearnkit.report.tune_figure import draw
+from unlearnkit.tuning import trial_from
 
 ORIGINAL = {"UA": 0.0, "RA": 99.0, "TA": 90.0, "MIA_heldout": 12.0, "n_retain": 900, "n_test": 100}
 
@@ -26,6 +27,10 @@ def _result() -> TuneResult:
     trials += [trial(0.03, 3, 2.5, 2, schedule="concat")]
     trials.append(Trial({"lr": 1.0, "epochs": 3}, math.inf, {"error": "diverged"}, 0.1, 3))
     return TuneResult("rl", "random", {"lr": 0.03, "epochs": 3, "schedule": "concat"}, trials, ORIGINAL)
+
+
+def _refuse(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
 
 
 def _offsets(ax) -> list[tuple[float, float]]:
@@ -66,7 +71,10 @@ def test_write_tune_writes_the_table_and_the_figure(tmp_path):
     md = (tmp_path / "t" / "tune.md").read_text()
     assert "\n".join(trial_lines(res)) in md and "![tune rl" in md and "(tune.png)" in md
     assert (tmp_path / "t" / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "t" / "tune.json").read_text())["best"] == res.best
+    # strict JSON (no Infinity): the diverged trial's score is null, and reads back as inf
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text(), parse_constant=_refuse)
+    assert saved["best"] == res.best and saved["trials"][-1]["score"] is None
+    assert [trial_from(t) for t in saved["trials"]] == res.trials
     assert not [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".tmp")]  # atomic writes
 
 

@@ -123,6 +123,17 @@ class Trial:
     run: int = 0  # which training run it comes from (one run is scored after each of its epochs)
 
 
+def trial_dict(t: Trial) -> dict[str, Any]:
+    """A trial as JSON holds it: a diverged trial's score (inf) is None."""
+    d = asdict(t)
+    return d | {"score": d["score"] if math.isfinite(d["score"]) else None}
+
+
+def trial_from(d: dict[str, Any]) -> Trial:
+    """The trial of :func:`trial_dict`'s dict."""
+    return Trial(**(d | {"score": math.inf if d["score"] is None else float(d["score"])}))
+
+
 @dataclass
 class TuneResult:
     """``best``: the options to pass to ``unlearn`` (``unlearn(..., **result.best)``)."""
@@ -150,7 +161,9 @@ class TuneResult:
         return aims(self.original, self.protocol)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"runs": self.runs, "targets": self.targets}
+        """As JSON holds it: a diverged trial's score (inf) is None."""
+        trials = [trial_dict(t) for t in self.trials]
+        return asdict(self) | {"trials": trials, "runs": self.runs, "targets": self.targets}
 
 
 def _binom_pp(p_percent: float, n: int) -> float:
@@ -415,13 +428,13 @@ class _Runs:
         self.spent += 1
         kept = self.store.get(opts) if self.store is not None else None
         if kept is not None:  # a run of this tuning that ended before it was stopped: its trials as they were
-            self.trials.extend(Trial(**(t | {"run": run_no})) for t in kept)
+            self.trials.extend(replace(trial_from(t), run=run_no) for t in kept)
             trial = self.trials[-1]
             self.resumed += 1
         else:
             trial = self._train(opts, epochs, run_no)
             if self.store is not None:
-                self.store.put(opts, [asdict(t) for t in self.trials[first:]])
+                self.store.put(opts, [trial_dict(t) for t in self.trials[first:]])
         if self.on_run is not None:
             self.on_run(self.spent, self.max_trials, trial, self.best())
         return trial
