@@ -131,4 +131,6 @@ def test_the_cli_resumes_a_stopped_tuning(tmp_path, monkeypatch, trained, capsys
     assert main(argv) == 0 and len(trained) == 3
     saved = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert saved["resumed"] == 2 and len({t["run"] for t in saved["trials"]}) == 3
-    assert "resumed: 2 of the runs were replayed" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "resumed: 2 of the runs were replayed" in printed.out
+    assert f"{tmp_path / 't' / PARTIAL} holds the runs of a stopped tuning" in printed.err

@@ -128,6 +128,13 @@ def tune_config(
     model = original_model(setup).model
     spec = dict(setup.cfg["method"])
     on_run = run_printer(spec["name"]) if progress else None
+    if progress and out is not None and (Path(out) / PARTIAL).is_file():
+        print(
+            f"tune {spec['name']}: {Path(out) / PARTIAL} holds the runs of a stopped tuning; if they are "
+            "this tuning's (the same model, data and options), they are replayed, not trained again",
+            file=sys.stderr,
+            flush=True,
+        )
     res = tune_setup(setup, model, spec, max_trials, every_epoch, max_shadow, on_run, out)
     if out is not None:
         write_tune(out, res, setup.cfg)
