@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 from test_batchnorm import _signals, _trained_signal_net
 
 import unlearnkit
@@ -134,3 +137,35 @@ def test_the_cli_resumes_a_stopped_tuning(tmp_path, monkeypatch, trained, capsys
     printed = capsys.readouterr()
     assert "resumed: 2 of the runs were replayed" in printed.out
     assert f"{tmp_path / 't' / PARTIAL} holds the runs of a stopped tuning" in printed.err
+
+
+def test_the_fingerprint_tells_tunings_apart(world):
+    from transformers import ViTImageProcessor
+
+    from unlearnkit.api_args import checked_split
+    from unlearnkit.data.examples import ExampleSet
+    from unlearnkit.data.image_processor import ProcessorTransform
+    from unlearnkit.tuning_store import fingerprint
+
+    model, data = world
+    x, y = data["train_set"]
+
+    def split(xs=x, resize=None):
+        s = checked_split(model, FORGET, None, data["test"], (xs, y), None, None)[0]
+        if resize is None:
+            return s
+        processor = ViTImageProcessor(size={"height": resize, "width": resize})
+        t = s.test
+        return replace(s, test=ExampleSet(t.columns, t.ids, ProcessorTransform(processor, 1, False), t.meta))
+
+    key = fingerprint(model, split(), 4, seed=0)
+    assert fingerprint(model, split(), 4, seed=0) == key  # rebuilt from the same inputs: the same
+    assert fingerprint(model, split(), 4, seed=1) != key
+    assert fingerprint(model, split(x.clone().index_fill_(0, torch.tensor([5]), 0.0)), 4, seed=0) != key
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert fingerprint(other, split(), 4, seed=0) != key
+    # an image processor's config is part of the data: another resize is another tuning, the same is not
+    assert fingerprint(model, split(resize=8), 4) == fingerprint(model, split(resize=8), 4)
+    assert fingerprint(model, split(resize=8), 4) != fingerprint(model, split(resize=16), 4)

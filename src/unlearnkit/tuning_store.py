@@ -4,10 +4,11 @@ as the run ends, and a rerun of the same tuning replays them instead of training
 A tuning's plan is a function of its trials' scores (each next step is chosen from the trials so far), so
 replaying the stored runs in order brings the plan to where it stopped, and the tuning goes on from there
 with the same choices it would have made. The file is tied to what the trials depend on: a sha256 over the
-model's weights, the scored sets (their tensors, ids and transform), the method's fixed options, the
-engine's settings, the seed, the number of classes, ``every_epoch`` and ``max_shadow``. The budget is not
-part of it: a rerun with a larger ``max_trials`` reuses the runs done. A file of another tuning is replaced
-at the first run that ends. The file is removed once ``tune.json`` is written.
+model's weights, the scored sets (their tensors, ids and transform, e.g. an image processor's config), the
+method's fixed options, the engine's settings, the seed, the number of classes, ``every_epoch`` and
+``max_shadow``. The budget is not part of it: a rerun with a larger ``max_trials`` reuses the runs done. A
+file of another tuning is replaced at the first run that ends. The file is removed once ``tune.json`` is
+written.
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ def _sets_sha256(split: Split) -> str:
     if split.test_forgotten is not None:
         named.append(("test_forgotten", split.test_forgotten))
     for name, s in named:
-        transform = getattr(s.transform, "__qualname__", type(s.transform).__name__)
-        h.update(f"{name}:{transform}:".encode())
+        h.update(f"{name}:{_describe(s.transform)}:".encode())
         h.update(state_dict_sha256(dict(s.columns) | {"__ids__": s.ids}).encode())
     return h.hexdigest()
+
+
+def _describe(transform: Any) -> str:
+    """A set's batch transform, as it reads the same in every process: a function by its qualified name, an
+    object by its own ``__repr__`` where it has one (e.g. an image processor's config), else by its type."""
+    if transform is None or hasattr(transform, "__qualname__"):
+        return getattr(transform, "__qualname__", "None")
+    own = type(transform).__repr__ is not object.__repr__
+    return repr(transform) if own else type(transform).__qualname__
 
 
 def fingerprint(model: nn.Module, split: Split, k: int, **settings: Any) -> str:

@@ -78,6 +78,11 @@ class ProcessorTransform:
         self.rescale = rescale
         self.inner = inner
 
+    def __repr__(self) -> str:
+        """Stable across processes (an image processor's repr is its JSON config): a resumed ``tune``
+        compares it to know the data are preprocessed as before."""
+        return f"ProcessorTransform({self.processor!r}, {self.channels}, {self.rescale}, {self.inner!r})"
+
     def __call__(self, batch: Batch) -> Batch:
         if self.inner is not None:
             batch = self.inner(batch)
