@@ -54,28 +54,35 @@ def _stop_after(monkeypatch, n: int) -> None:
 
 
 def _same(a, b) -> bool:
-    return [(t.options, t.score, t.signals, t.run) for t in a] == [
-        (t.options, t.score, t.signals, t.run) for t in b
-    ]
+    def key(trials):
+        return [(t.options, t.score, t.signals, t.run) for t in trials]
+
+    return key(a) == key(b)
 
 
-def test_a_stopped_tuning_resumes_where_it_stopped(tmp_path, world, monkeypatch, trained):
+@pytest.fixture(scope="module")
+def whole(world, tmp_path_factory):
+    """An unbroken tuning of four runs, and its folder."""
     model, data = world
-    whole = unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "whole", **data)
-    assert len(trained) == 4 and whole.resumed == 0
-    assert not (tmp_path / "whole" / PARTIAL).exists()  # tune.json holds the runs now
+    out = tmp_path_factory.mktemp("whole")
+    return unlearnkit.tune(model, "ga", max_trials=4, out=out, **data), out
 
+
+def test_a_stopped_tuning_resumes_where_it_stopped(tmp_path, world, whole, monkeypatch, trained):
+    model, data = world
+    whole, folder = whole
+    assert whole.resumed == 0 and not (folder / PARTIAL).exists()  # tune.json holds the runs now
     with monkeypatch.context() as m:
         _stop_after(m, 2)
         with pytest.raises(_Stop):
             unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "t", **data)
-    assert len(trained) == 6 and not (tmp_path / "t" / "tune.json").exists()
+    assert len(trained) == 2 and not (tmp_path / "t" / "tune.json").exists()
     kept = json.loads((tmp_path / "t" / PARTIAL).read_text())
     assert len(kept["runs"]) == 2
 
     # the rerun trains only the two runs left, and ends with the trials and choice of the whole tuning
     res = unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "t", **data)
-    assert len(trained) == 8 and res.resumed == 2
+    assert len(trained) == 4 and res.resumed == 2
     assert _same(res.trials, whole.trials) and res.best == whole.best
     assert not (tmp_path / "t" / PARTIAL).exists()
     saved = json.loads((tmp_path / "t" / "tune.json").read_text())
@@ -83,34 +90,27 @@ def test_a_stopped_tuning_resumes_where_it_stopped(tmp_path, world, monkeypatch,
     assert "resumed: 2 of the runs were replayed" in trial_lines(res)[1]
 
 
-def test_a_larger_budget_reuses_the_runs_and_other_options_start_afresh(
-    tmp_path, world, monkeypatch, trained
-):
+def test_a_larger_budget_reuses_the_runs_other_options_do_not(tmp_path, world, whole, monkeypatch, trained):
     model, data = world
+    whole, _ = whole
     with monkeypatch.context() as m:
-        _stop_after(m, 2)
+        _stop_after(m, 2)  # a tuning of two runs, stopped as its second ended (before tune.json)
         with pytest.raises(_Stop):
             unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "t", **data)
     assert len(trained) == 2
     # the budget is not part of the tuning's identity: a larger one goes on from the runs done
-    more = unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "more", **data)
-    assert len(trained) == 5
-    with monkeypatch.context() as m:
-        _stop_after(m, 2)
-        with pytest.raises(_Stop):
-            unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "u", **data)
-    res = unlearnkit.tune(model, "ga", max_trials=3, out=tmp_path / "u", **data)
-    assert len(trained) == 8 and res.resumed == 2 and _same(res.trials, more.trials)
+    res = unlearnkit.tune(model, "ga", max_trials=4, out=tmp_path / "t", **data)
+    assert len(trained) == 4 and res.resumed == 2 and _same(res.trials, whole.trials)
     # another batch size (as another model, data or seed): the kept runs are not this tuning's
     with monkeypatch.context() as m:
         _stop_after(m, 1)
         with pytest.raises(_Stop):
             unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "v", **data)
-    assert len(trained) == 9
+    assert len(trained) == 5
     other = data | {"batch_size": 16}
     with pytest.warns(UserWarning, match=f"{PARTIAL} holds the runs of another tuning"):
         res = unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "v", **other)
-    assert len(trained) == 11 and res.resumed == 0
+    assert len(trained) == 7 and res.resumed == 0
 
 
 def test_the_cli_resumes_a_stopped_tuning(tmp_path, monkeypatch, trained, capsys):
