@@ -11,7 +11,9 @@ for this MLP; for a ResNet on a GPU, seconds) are the same both ways. A trial's 
 two more fits on half the test set each) once per tuning.
 
 Printed, per scoring: seconds with the whole shadow sets, seconds capped, their ratio (median of
-``--repeats``, measured in this one process), and the signals both ways.
+``--repeats``, measured in this one process), and the signals both ways. Last, what ``tune --out`` adds
+once per tuning to be resumable: the fingerprint (``tuning_store``) of ``resnet18`` and a split of
+CIFAR-10's shape (3×32×32 float images), over the capped trial scoring.
 
     python benchmarks/tune_scoring.py [--train 50000] [--test 10000] [--max-shadow 5000] [--repeats 3]
 """
@@ -77,6 +79,37 @@ def main() -> None:
         print(f"{label:<24} {whole:7.2f}s {part:7.2f}s {whole / part:6.1f}x")
         for name, sig in (("whole", s_whole), ("capped", s_cut)):
             print(f"   {name + ':':<8} " + ", ".join(f"{key} {sig[key]:.1f}" for key in shown if key in sig))
+        if not targets:
+            trial = part
+    fp = _fingerprint(args)
+    print(
+        f"resume fingerprint (once per tuning; CIFAR-10's shape, resnet18): {fp:.2f}s, "
+        f"{fp / trial:.2f}x a capped trial"
+    )
+
+
+def _fingerprint(args) -> float:
+    """Seconds to fingerprint ``resnet18`` and a random split of CIFAR-10's shape (median of repeats)."""
+    from unlearnkit.data.examples import ExampleSet
+    from unlearnkit.data.splits import random_split
+    from unlearnkit.registry import get_model
+    from unlearnkit.tuning_store import fingerprint
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(args.train, 3, 32, 32, generator=g)
+    split = random_split(
+        ExampleSet({"x": images, "y": torch.randint(10, (args.train,), generator=g)}),
+        ExampleSet({"x": images[: args.test].clone(), "y": torch.randint(10, (args.test,), generator=g)}),
+        0.1,
+        0,
+    )
+    model = get_model("resnet18")((3, 32, 32), 10)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        fingerprint(model, split, 10, seed=0)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
