@@ -20,6 +20,7 @@ from unlearnkit.data.image_processor import pixel_kind, with_processor
 from unlearnkit.errors import DataError
 from unlearnkit.io import load_weights, state_dict_sha256
 from unlearnkit.models.hf_vision import HFImageClassifier
+from unlearnkit.tuning_store import TrialStore
 
 FORGET_CLASS = 3
 
@@ -138,7 +139,7 @@ def test_api_unlearns_an_in_memory_pretrained_model(zoo, tmp_path):
     assert again["UA"] == pytest.approx(res.metrics["UA"]) and again["TA"] == pytest.approx(res.metrics["TA"])
 
 
-def test_tune_takes_a_pretrained_model_and_its_processor_as_unlearn_does(zoo):
+def test_tune_takes_a_pretrained_model_and_its_processor_as_unlearn_does(zoo, tmp_path, monkeypatch):
     """``unlearnkit.tune`` on an in-memory HF ResNet (BatchNorm) and raw images: its trials see what
     ``evaluate`` and ``unlearn`` see, and ``unlearn(**best)`` reproduces the chosen trial."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -150,8 +151,22 @@ def test_tune_takes_a_pretrained_model_and_its_processor_as_unlearn_does(zoo):
     x, y, xt, yt = digits(600)
     raw = (x * 255).round().to(torch.uint8)
     data = {"train_set": (raw, y), "test": (xt, yt), "forget_class": FORGET_CLASS, "image_processor": proc}
-    res = unlearnkit.tune(model, "rl", max_trials=3, epochs=2, batch_size=64, **data)
+    res = unlearnkit.tune(model, "rl", max_trials=3, epochs=2, batch_size=64, out=tmp_path / "t", **data)
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # input untouched
+    assert (tmp_path / "t" / "tune.png").is_file()
+    # stopped after two runs, a rerun replays them through the same processor and ends as the whole one
+    put = TrialStore.put
+
+    def put_then_stop(self, options, trials):
+        put(self, options, trials)
+        if len(self.runs) == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(TrialStore, "put", put_then_stop)
+        unlearnkit.tune(model, "rl", max_trials=3, epochs=2, batch_size=64, out=tmp_path / "s", **data)
+    again = unlearnkit.tune(model, "rl", max_trials=3, epochs=2, batch_size=64, out=tmp_path / "s", **data)
+    assert again.resumed == 2 and [t.signals for t in again.trials] == [t.signals for t in res.trials]
     first = unlearnkit.evaluate(model, **data)
     assert res.original["TA"] == pytest.approx(first["TA"]) and res.original["UA"] == pytest.approx(
         first["UA"]

@@ -368,8 +368,9 @@ def _last_run(
     return (b.options[knob], max(1, short // 2)) if short > 1 else None
 
 
-def _knob(method: Any) -> str:
-    return "alpha" if method.name == "iu" else "lr"
+def step_knob(method: str) -> str:
+    """The option ``tune`` sweeps for a method: its learning rate, or IU's single step ``alpha``."""
+    return "alpha" if method == "iu" else "lr"
 
 
 def _other_form(method: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -519,7 +520,7 @@ def tune_split(
         raise ArgumentError(api_phrased(str(exc))) from exc
     if base.exact:
         raise ArgumentError(f"method={spec['name']!r} is exact: it has nothing to tune")
-    knob = _knob(base)
+    knob = step_knob(base.name)
     base_value = float(getattr(base.cfg, knob))
     full_epochs = int(base.cfg.epochs)
     short = max(1, full_epochs // 2) if full_epochs else 0

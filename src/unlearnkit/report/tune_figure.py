@@ -14,11 +14,7 @@ import math
 from typing import Any
 
 from unlearnkit.report.figures import Figure, _figure, _png
-from unlearnkit.tuning import TuneResult
-
-
-def _knob(result: TuneResult) -> str:
-    return "alpha" if any("alpha" in t.options for t in result.trials) else "lr"
+from unlearnkit.tuning import TuneResult, step_knob
 
 
 def tune_figure(result: TuneResult) -> Figure | None:
@@ -32,7 +28,7 @@ def tune_figure(result: TuneResult) -> Figure | None:
 
 def draw(result: TuneResult) -> tuple[Any, list[Any], str, str] | None:
     """(matplotlib figure, four axes, title, caption) of :func:`tune_figure` (None: no trial finished)."""
-    knob = _knob(result)
+    knob = step_knob(result.method)
     done = [t for t in result.trials if math.isfinite(t.score) and knob in t.options]
     if not done:
         return None
