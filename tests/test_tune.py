@@ -281,6 +281,12 @@ def test_cli_tune(tmp_path, capsys):
     # the table and the figure beside tune.json, and the line that says so
     assert printed.out.splitlines()[0] in (out / "tune.md").read_text() and (out / "tune.png").is_file()
     assert printed.out.splitlines()[-1] == f"written to {out}: tune.json, tune.md, tune.png"
+    # an --out that is a file (or under one): exit 2 before any training, naming it
+    (tmp_path / "f").write_text("")
+    for bad in (tmp_path / "f", tmp_path / "f" / "sub"):
+        assert main([*argv[:-1], str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {str(bad)!r}" in err and f"{str(tmp_path / 'f')!r} is a file" in err
     # progress: a line per training run on stderr, with the run's options and the best so far
     runs = [line for line in printed.err.splitlines() if line.startswith("tune ga: run ")]
     assert [line.split(" (")[0] for line in runs] == [

@@ -111,6 +111,12 @@ def test_a_larger_budget_reuses_the_runs_other_options_do_not(tmp_path, world, w
     with pytest.warns(UserWarning, match=f"{PARTIAL} holds the runs of another tuning"):
         res = unlearnkit.tune(model, "ga", max_trials=2, out=tmp_path / "v", **other)
     assert len(trained) == 7 and res.resumed == 0
+    # a file that cannot be read (cut short) is not trusted either
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / PARTIAL).write_text('{"key": "')
+    with pytest.warns(UserWarning, match="or cannot be read"):
+        res = unlearnkit.tune(model, "ga", max_trials=1, out=tmp_path / "w", **data)
+    assert len(trained) == 8 and res.resumed == 0
 
 
 def test_the_cli_resumes_a_stopped_tuning(tmp_path, monkeypatch, trained, capsys):

@@ -123,6 +123,8 @@ def tune_config(
 
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ConfigError(f"--max-trials must be >= 1, got {max_trials}")
+    if out is not None:  # before minutes of training: a folder tune cannot write into
+        _check_tune_out(Path(out))
     setup = make_setup(cfg)
     check_tunable(setup)
     model = original_model(setup).model
@@ -139,6 +141,19 @@ def tune_config(
     if out is not None:
         write_tune(out, res, setup.cfg)
     return res
+
+
+def _check_tune_out(out: Path) -> None:
+    """``--out`` must be a folder, or a path where one can be made (no file in its place or above it)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = f"--out {str(out)!r}" if p == out else f"--out {str(out)!r}: its parent {str(p)!r}"
+                raise ConfigError(
+                    f"{what} is a file; tune writes tune.json, tune.md and tune.png into a folder: choose a "
+                    "folder path"
+                )
+            return
 
 
 def _fmt(value: Any, digits: int) -> str:

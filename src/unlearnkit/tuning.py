@@ -481,8 +481,8 @@ def _open_store(
     store = TrialStore(keep_in, fingerprint(model, split, k, **settings))
     if store.stale:
         warnings.warn(
-            f"{store.path} holds the runs of another tuning (another model, data or options): the first "
-            "run to end replaces it",
+            f"{store.path} holds the runs of another tuning (another model, data or options) or cannot be "
+            "read: the first run to end replaces it",
             UserWarning,
             stacklevel=4,
         )
